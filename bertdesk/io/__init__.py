@@ -1,0 +1,151 @@
+"""Import and export of BERT checkpoints.
+
+    backbone = bertdesk.io.load_backbone("path/to/folder")   # any format
+    bertdesk.io.save_pretrained(backbone, "out", tokenizer, format="hf")
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
+from bertdesk.io.errors import CheckpointError
+from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
+                                 detect_format)
+from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, assign_backbone,
+                                 backbone_tensors, validate)
+
+__all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
+           "load_tokenizer", "read_checkpoint", "save_pretrained"]
+
+
+def read_checkpoint(folder, format=None):
+    """Read a checkpoint folder into memory, validated against its config.
+
+    Raises `CheckpointError` naming the file and tensor on any mismatch;
+    nothing is assigned to any model here.
+    """
+    folder = Path(folder)
+    format = format or detect_format(folder)
+    if format not in READERS:
+        raise CheckpointError(f"unknown checkpoint format {format!r}; expected one of {FORMATS}")
+    ckpt = READERS[format](folder)
+    missing_optional, task_heads = validate(ckpt.tensors, ckpt.config, ckpt.weights_file)
+    if missing_optional:
+        warnings.warn(
+            f"{ckpt.weights_file}: no pooler weights ({', '.join(missing_optional)}); "
+            "the pooler keeps its random initialisation",
+            stacklevel=2,
+        )
+    ckpt.metadata["task_heads"] = sorted(task_heads)
+    if ckpt.vocab_file is not None:
+        from bertdesk.tokenizer import read_vocab
+
+        n = len(read_vocab(ckpt.vocab_file))
+        if n != ckpt.config["vocabulary_size"]:
+            raise CheckpointError(
+                f"{ckpt.vocab_file}: {n} tokens, but the model's token embedding "
+                f"'embeddings.word_embeddings.weight' has {ckpt.config['vocabulary_size']} rows"
+            )
+    return ckpt
+
+
+def load_backbone(folder, format=None, **overrides):
+    """A `BertBackbone` with the weights of the checkpoint in `folder`.
+
+    `overrides` set non-architecture options such as `dropout`, `dtype`,
+    `output_attentions`; architecture fields must agree with the checkpoint.
+    """
+    from bertdesk.models.bert_backbone import BertBackbone
+
+    ckpt = read_checkpoint(folder, format)
+    config = dict(ckpt.config)
+    for key, value in overrides.items():
+        if key in config and config[key] != value and key not in (
+                "dropout", "attention_dropout", "initializer_range"):
+            raise CheckpointError(
+                f"{ckpt.folder}: the checkpoint has {key}={config[key]}, cannot load it as {value}"
+            )
+        config[key] = value
+    backbone = BertBackbone(**config)
+    assign_backbone(backbone, ckpt.tensors)
+    backbone.checkpoint = ckpt.folder
+    return backbone
+
+
+def load_tokenizer(folder):
+    """The `BertTokenizer` stored with a checkpoint."""
+    from bertdesk.tokenizer import BertTokenizer
+
+    return BertTokenizer.from_pretrained(folder)
+
+
+def _safetensors_bytes(tensors):
+    from safetensors.numpy import save
+
+    return save(tensors, metadata={"format": "pt"})
+
+
+def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_tensors=None,
+                    overwrite=False):
+    """Write `backbone` (and its tokenizer) as a checkpoint folder.
+
+    format "bertdesk": bertdesk.json + model.safetensors + vocab.txt.
+    format "hf": config.json + model.safetensors + vocab.txt, loadable by
+    transformers' `BertModel.from_pretrained` (or `BertForPreTraining` when
+    `extra_tensors` hold the MLM and NSP heads).
+
+    The folder is assembled next to its destination and moved in place; an
+    existing folder is only touched with `overwrite=True`, file by file,
+    each replaced atomically.
+    """
+    if format not in ("bertdesk", "hf"):
+        raise ValueError(f"format must be 'bertdesk' or 'hf', got {format!r}")
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder}: folder exists and is not empty (use overwrite=True)")
+    tensors = backbone_tensors(backbone)
+    tensors.update(extra_tensors or {})
+    config = backbone.architecture_config()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        atomic_write_bytes(staging / "model.safetensors", _safetensors_bytes(tensors))
+        if tokenizer is not None:
+            tokenizer.save(staging)
+        if format == "hf":
+            heads = all(n in tensors for n in MLM_NAMES + NSP_NAMES)
+            hf = config_to_hf(config, ["BertForPreTraining"] if heads else ["BertModel"])
+            atomic_write_text(staging / "config.json", json.dumps(hf, indent=2))
+        else:
+            meta = {"format": "bertdesk", "version": 1, "backbone": config}
+            if tokenizer is not None:
+                meta["tokenizer"] = {"lowercase": tokenizer.lowercase,
+                                     "strip_accents": tokenizer.strip_accents}
+            atomic_write_text(staging / "bertdesk.json", json.dumps(meta, indent=2))
+        if not folder.exists():
+            os.rename(staging, folder)
+        else:
+            for item in staging.iterdir():
+                os.replace(item, folder / item.name)
+            staging.rmdir()
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def convert(src, dst, to="bertdesk", overwrite=False):
+    """Convert the checkpoint folder `src` to format `to` ("hf" or "bertdesk")
+    in `dst`, heads (MLM, NSP) included when present."""
+    import keras  # noqa: F401  (a backend is needed to build the model)
+
+    ckpt = read_checkpoint(src)
+    backbone = load_backbone(src)
+    extra = {k: v for k, v in ckpt.tensors.items() if k in MLM_NAMES + NSP_NAMES}
+    tokenizer = load_tokenizer(src) if ckpt.vocab_file is not None else None
+    return save_pretrained(backbone, dst, tokenizer=tokenizer, format=to,
+                           extra_tensors=extra, overwrite=overwrite)

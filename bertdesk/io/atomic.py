@@ -1,0 +1,34 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half."""
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Call `write_fn(file)` on a temporary file next to `path`, fsync it, then
+    rename it over `path`. On any error the temporary file is removed and the
+    old `path` is left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def atomic_write_bytes(path, data):
+    atomic_write(path, lambda f: f.write(data), mode="wb")

@@ -1,0 +1,352 @@
+"""Readers and writers for the checkpoint formats bertdesk understands.
+
+Every reader returns a `Checkpoint` whose tensors use the canonical names of
+`bertdesk.io.mapping`. Opening a checkpoint never runs code from it:
+safetensors first, `torch.load(weights_only=True)` for `.bin` files, and
+keras-hub presets are rebuilt from their JSON config by keras-hub itself.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bertdesk.io.errors import CheckpointError
+from bertdesk.io.mapping import canonical_name
+
+# Hugging Face config key -> bertdesk backbone argument.
+HF_CONFIG_KEYS = {
+    "vocab_size": "vocabulary_size",
+    "num_hidden_layers": "num_layers",
+    "hidden_size": "hidden_dim",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "intermediate_dim",
+    "max_position_embeddings": "max_sequence_length",
+    "type_vocab_size": "type_vocabulary_size",
+    "hidden_dropout_prob": "dropout",
+    "attention_probs_dropout_prob": "attention_dropout",
+    "layer_norm_eps": "layer_norm_epsilon",
+    "initializer_range": "initializer_range",
+}
+REQUIRED_HF_KEYS = ("vocab_size", "num_hidden_layers", "hidden_size",
+                    "num_attention_heads", "intermediate_size")
+FORMATS = ("bertdesk", "hf", "google", "keras_hub")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read into memory, not yet assigned to any model."""
+
+    format: str
+    folder: Path
+    config: dict  # BertBackbone architecture kwargs
+    tensors: dict  # canonical name -> float32 numpy array
+    weights_file: Path
+    vocab_file: Path | None = None
+    lowercase: bool | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+def read_json(path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def detect_format(folder):
+    """Which format the folder holds: bertdesk, hf, google or keras_hub."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise CheckpointError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: expected a checkpoint folder, got a file")
+    if (folder / "bertdesk.json").is_file():
+        return "bertdesk"
+    if (folder / "bert_config.json").is_file() or list(folder.glob("*.ckpt*.index")):
+        return "google"
+    if (folder / "config.json").is_file():
+        config = read_json(folder / "config.json")
+        if "class_name" in config and "keras_hub" in str(config.get("module", "")):
+            return "keras_hub"
+        return "hf"
+    raise CheckpointError(
+        f"{folder}: not a checkpoint folder; expected bertdesk.json (bertdesk), "
+        "config.json with model.safetensors or pytorch_model.bin (Hugging Face), "
+        "bert_config.json with bert_model.ckpt.* (Google), or a keras-hub preset"
+    )
+
+
+def config_from_hf(hf, source):
+    """bertdesk backbone kwargs from a Hugging Face / Google BERT config."""
+    missing = [k for k in REQUIRED_HF_KEYS if k not in hf]
+    if missing:
+        raise CheckpointError(f"{source}: missing config fields {missing}")
+    if hf.get("model_type", "bert") != "bert":
+        raise CheckpointError(
+            f"{source}: model_type is {hf['model_type']!r}, expected 'bert'"
+        )
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(
+            f"{source}: hidden_act is {hf['hidden_act']!r}; bertdesk implements "
+            "BERT's exact (erf) 'gelu' only"
+        )
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(
+            f"{source}: position_embedding_type {hf['position_embedding_type']!r} "
+            "is not supported (expected 'absolute')"
+        )
+    config = {ours: hf[theirs] for theirs, ours in HF_CONFIG_KEYS.items() if theirs in hf}
+    config.setdefault("max_sequence_length", 512)
+    config.setdefault("type_vocabulary_size", 2)
+    config.setdefault("layer_norm_epsilon", 1e-12)
+    if config["hidden_dim"] % config["num_heads"]:
+        raise CheckpointError(
+            f"{source}: hidden_size {config['hidden_dim']} is not divisible by "
+            f"num_attention_heads {config['num_heads']}"
+        )
+    return config
+
+
+def config_to_hf(config, architectures=("BertModel",)):
+    hf = {theirs: config[ours] for theirs, ours in HF_CONFIG_KEYS.items() if ours in config}
+    hf.update({
+        "architectures": list(architectures),
+        "model_type": "bert",
+        "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
+        "pad_token_id": 0,
+    })
+    return hf
+
+
+# === Weight files ===
+def _load_safetensors(path):
+    from safetensors import safe_open
+
+    out = {}
+    try:
+        with safe_open(str(path), framework="np") as f:
+            for name in f.keys():
+                out[name] = f.get_tensor(name)
+    except TypeError:
+        # numpy has no bfloat16: read through torch, then upcast.
+        import torch  # noqa: F401  (only for bf16 files)
+
+        with safe_open(str(path), framework="pt") as f:
+            out = {name: f.get_tensor(name).float().numpy() for name in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
+    return out
+
+
+def _load_torch_bin(path):
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds more than tensors and "
+            f"loading it could run code ({e})"
+        ) from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read PyTorch file ({e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in state.items()}
+
+
+def _canonical(raw, source):
+    out = {}
+    for name, value in raw.items():
+        key = canonical_name(name)
+        if key in out:
+            raise CheckpointError(f"{source}: tensor {name!r} appears twice (as {key!r})")
+        value = np.asarray(value)
+        out[key] = value.astype(np.float32) if value.dtype.kind == "f" else value
+    return out
+
+
+def read_hf(folder):
+    folder = Path(folder)
+    config = config_from_hf(read_json(folder / "config.json"), folder / "config.json")
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        weights_file = folder / "model.safetensors"
+        raw = _load_safetensors(weights_file)
+    elif index.is_file():
+        weights_file = index
+        raw = {}
+        for shard in sorted(set(read_json(index).get("weight_map", {}).values())):
+            raw.update(_load_safetensors(folder / shard))
+    elif (folder / "pytorch_model.bin").is_file():
+        weights_file = folder / "pytorch_model.bin"
+        raw = _load_torch_bin(weights_file)
+    else:
+        raise CheckpointError(
+            f"{folder}: config.json found but no weights: expected model.safetensors "
+            "or pytorch_model.bin"
+        )
+    return Checkpoint("hf", folder, config, _canonical(raw, weights_file), weights_file,
+                      vocab_file=_vocab_file(folder))
+
+
+_GOOGLE_SKIP = re.compile(r"(^|/)(adam_[mv]|global_step|good_steps|bad_steps|loss_scale)($|/)")
+_GOOGLE_EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+
+
+def google_to_canonical(name, value):
+    """Canonical name and value of one Google TF checkpoint variable, or None
+    for optimizer slots and counters."""
+    if _GOOGLE_SKIP.search(name):
+        return None
+    special = {
+        "cls/predictions/output_bias": "cls.predictions.bias",
+        "cls/seq_relationship/output_weights": "cls.seq_relationship.weight",
+        "cls/seq_relationship/output_bias": "cls.seq_relationship.bias",
+    }
+    if name in special:
+        return special[name], value
+    n = name[len("bert/"):] if name.startswith("bert/") else name
+    n = re.sub(r"layer_(\d+)", r"layer.\1", n).replace("/", ".")
+    if n.endswith(".kernel"):
+        return n[: -len(".kernel")] + ".weight", value.T
+    if n.split(".")[-1] in _GOOGLE_EMBEDDINGS:
+        return n + ".weight", value
+    return n, value
+
+
+def read_google(folder):
+    folder = Path(folder)
+    config_path = folder / "bert_config.json"
+    config = config_from_hf(read_json(config_path), config_path)
+    indexes = sorted(folder.glob("*.ckpt*.index"))
+    if not indexes:
+        raise CheckpointError(f"{folder}: bert_config.json found but no bert_model.ckpt.index")
+    if len(indexes) > 1:
+        # Several saves: take the newest step, as tf.train.latest_checkpoint would.
+        indexes.sort(key=lambda p: int(m.group(1)) if (m := re.search(r"-(\d+)\.index$", p.name)) else -1)
+    prefix = str(indexes[-1])[: -len(".index")]
+    import tensorflow as tf  # the checkpoint format is TensorFlow's own
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = reader.get_variable_to_shape_map()
+        raw = {}
+        for name in names:
+            mapped = google_to_canonical(name, None)
+            if mapped is not None:
+                key, _ = mapped
+                value = reader.get_tensor(name)
+                raw[key] = google_to_canonical(name, value)[1]
+    except tf.errors.OpError as e:
+        raise CheckpointError(f"{prefix}: cannot read TF checkpoint ({e.message})") from None
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw.items()}
+    return Checkpoint("google", folder, config, tensors, Path(prefix + ".index"),
+                      vocab_file=_vocab_file(folder))
+
+
+def read_keras_hub(folder):
+    folder = Path(folder)
+    try:
+        import keras_hub
+    except ImportError as e:
+        raise CheckpointError(f"{folder}: is a keras-hub preset but keras-hub is not installed ({e})") from None
+    spec = read_json(folder / "config.json")
+    if spec.get("class_name") != "BertBackbone":
+        raise CheckpointError(
+            f"{folder / 'config.json'}: keras-hub class {spec.get('class_name')!r}, expected BertBackbone"
+        )
+    c = spec.get("config", {})
+    try:
+        config = {
+            "vocabulary_size": c["vocabulary_size"], "num_layers": c["num_layers"],
+            "hidden_dim": c["hidden_dim"], "num_heads": c["num_heads"],
+            "intermediate_dim": c["intermediate_dim"],
+            "max_sequence_length": c.get("max_sequence_length", 512),
+            "type_vocabulary_size": c.get("num_segments", 2),
+            "dropout": c.get("dropout", 0.1), "attention_dropout": c.get("dropout", 0.1),
+            "layer_norm_epsilon": 1e-12,
+        }
+    except KeyError as e:
+        raise CheckpointError(f"{folder / 'config.json'}: missing config field {e}") from None
+    try:
+        model = keras_hub.models.BertBackbone.from_preset(str(folder))
+    except Exception as e:
+        raise CheckpointError(f"{folder}: keras-hub could not load this preset ({e})") from None
+    tensors = keras_hub_backbone_tensors(model)
+    return Checkpoint("keras_hub", folder, config, tensors, folder / "model.weights.h5",
+                      vocab_file=_vocab_file(folder))
+
+
+def keras_hub_backbone_tensors(model):
+    """Canonical tensors of a keras-hub `BertBackbone` (read by layer name)."""
+    from keras import ops
+
+    def a(v):
+        return np.asarray(ops.convert_to_numpy(v), dtype=np.float32)
+
+    H = model.hidden_dim
+    out = {
+        "embeddings.word_embeddings.weight": a(model.get_layer("token_embedding").embeddings),
+        "embeddings.position_embeddings.weight": a(model.get_layer("position_embedding").position_embeddings),
+        "embeddings.token_type_embeddings.weight": a(model.get_layer("segment_embedding").embeddings),
+        "embeddings.LayerNorm.weight": a(model.get_layer("embeddings_layer_norm").gamma),
+        "embeddings.LayerNorm.bias": a(model.get_layer("embeddings_layer_norm").beta),
+        "pooler.dense.weight": a(model.get_layer("pooled_dense").kernel).T,
+        "pooler.dense.bias": a(model.get_layer("pooled_dense").bias),
+    }
+    for i in range(model.num_layers):
+        block = model.get_layer(f"transformer_layer_{i}")
+        attn = block._self_attention_layer
+        p = f"encoder.layer.{i}."
+        for proj, dense in (("query", attn.query_dense), ("key", attn.key_dense),
+                            ("value", attn.value_dense)):
+            out[f"{p}attention.self.{proj}.weight"] = a(dense.kernel).reshape(H, H).T
+            out[f"{p}attention.self.{proj}.bias"] = a(dense.bias).reshape(H)
+        out[f"{p}attention.output.dense.weight"] = a(attn.output_dense.kernel).reshape(H, H).T
+        out[f"{p}attention.output.dense.bias"] = a(attn.output_dense.bias)
+        for norm, name in ((block._self_attention_layer_norm, "attention.output.LayerNorm"),
+                           (block._feedforward_layer_norm, "output.LayerNorm")):
+            out[f"{p}{name}.weight"] = a(norm.gamma)
+            out[f"{p}{name}.bias"] = a(norm.beta)
+        out[f"{p}intermediate.dense.weight"] = a(block._feedforward_intermediate_dense.kernel).T
+        out[f"{p}intermediate.dense.bias"] = a(block._feedforward_intermediate_dense.bias)
+        out[f"{p}output.dense.weight"] = a(block._feedforward_output_dense.kernel).T
+        out[f"{p}output.dense.bias"] = a(block._feedforward_output_dense.bias)
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def read_bertdesk(folder):
+    folder = Path(folder)
+    meta = read_json(folder / "bertdesk.json")
+    if "backbone" not in meta:
+        raise CheckpointError(f"{folder / 'bertdesk.json'}: missing the 'backbone' field")
+    weights_file = folder / "model.safetensors"
+    if not weights_file.is_file():
+        raise CheckpointError(f"{weights_file}: file not found")
+    tensors = _canonical(_load_safetensors(weights_file), weights_file)
+    tok = meta.get("tokenizer", {})
+    return Checkpoint("bertdesk", folder, dict(meta["backbone"]), tensors, weights_file,
+                      vocab_file=_vocab_file(folder), lowercase=tok.get("lowercase"),
+                      metadata=meta)
+
+
+READERS = {"bertdesk": read_bertdesk, "hf": read_hf, "google": read_google,
+           "keras_hub": read_keras_hub}
+
+
+def _vocab_file(folder):
+    for name in ("vocab.txt", "assets/tokenizer/vocabulary.txt"):
+        if (folder / name).is_file():
+            return folder / name
+    return None

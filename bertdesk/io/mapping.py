@@ -1,0 +1,212 @@
+"""Map BERT weights between the canonical names and bertdesk layers.
+
+The canonical form is the Hugging Face `BertModel` state dict: names such as
+`encoder.layer.3.attention.self.query.weight`, dense weights `(out, in)`.
+Every importer converts its source into this form and every exporter starts
+from it, so each format needs one name table, not one per pair of formats.
+Weights are matched by name, never by position.
+"""
+
+import numpy as np
+from keras import ops
+
+from bertdesk.io.errors import CheckpointError
+
+# Tensors that carry no weights of their own (buffers, tied copies).
+IGNORED = ("embeddings.position_ids", "cls.predictions.decoder.weight",
+           "cls.predictions.decoder.bias")
+# Task heads of transformers' Bert*For* classes: kept aside, not an error.
+TASK_HEAD_PREFIXES = ("classifier.", "qa_outputs.")
+MLM_NAMES = ("cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+             "cls.predictions.transform.LayerNorm.weight",
+             "cls.predictions.transform.LayerNorm.bias", "cls.predictions.bias")
+NSP_NAMES = ("cls.seq_relationship.weight", "cls.seq_relationship.bias")
+POOLER_NAMES = ("pooler.dense.weight", "pooler.dense.bias")
+
+
+def canonical_name(name):
+    """Normalise spelling variants: a `bert.` prefix and LayerNorm gamma/beta."""
+    for prefix in ("bert.", "model."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    if name.endswith(".gamma"):
+        name = name[: -len(".gamma")] + ".weight"
+    elif name.endswith(".beta"):
+        name = name[: -len(".beta")] + ".bias"
+    return name
+
+
+def expected_shapes(config):
+    """Canonical name -> shape for a backbone config, heads included."""
+    V, H, F = config["vocabulary_size"], config["hidden_dim"], config["intermediate_dim"]
+    shapes = {
+        "embeddings.word_embeddings.weight": (V, H),
+        "embeddings.position_embeddings.weight": (config["max_sequence_length"], H),
+        "embeddings.token_type_embeddings.weight": (config["type_vocabulary_size"], H),
+        "embeddings.LayerNorm.weight": (H,),
+        "embeddings.LayerNorm.bias": (H,),
+    }
+    for i in range(config["num_layers"]):
+        p = f"encoder.layer.{i}."
+        for proj in ("query", "key", "value"):
+            shapes[f"{p}attention.self.{proj}.weight"] = (H, H)
+            shapes[f"{p}attention.self.{proj}.bias"] = (H,)
+        shapes.update({
+            f"{p}attention.output.dense.weight": (H, H),
+            f"{p}attention.output.dense.bias": (H,),
+            f"{p}attention.output.LayerNorm.weight": (H,),
+            f"{p}attention.output.LayerNorm.bias": (H,),
+            f"{p}intermediate.dense.weight": (F, H),
+            f"{p}intermediate.dense.bias": (F,),
+            f"{p}output.dense.weight": (H, F),
+            f"{p}output.dense.bias": (H,),
+            f"{p}output.LayerNorm.weight": (H,),
+            f"{p}output.LayerNorm.bias": (H,),
+        })
+    shapes.update({"pooler.dense.weight": (H, H), "pooler.dense.bias": (H,)})
+    shapes.update({
+        "cls.predictions.transform.dense.weight": (H, H),
+        "cls.predictions.transform.dense.bias": (H,),
+        "cls.predictions.transform.LayerNorm.weight": (H,),
+        "cls.predictions.transform.LayerNorm.bias": (H,),
+        "cls.predictions.bias": (V,),
+        "cls.seq_relationship.weight": (2, H),
+        "cls.seq_relationship.bias": (2,),
+    })
+    return shapes
+
+
+def validate(tensors, config, source):
+    """Check names and shapes of canonical `tensors` against `config`.
+
+    Returns `(backbone_names_missing_but_optional, task_head_tensors)`.
+    Raises `CheckpointError` naming `source` and every offending tensor.
+    """
+    shapes = expected_shapes(config)
+    problems, task_heads = [], {}
+    for name, value in tensors.items():
+        if name in IGNORED:
+            continue
+        if name.startswith(TASK_HEAD_PREFIXES):
+            task_heads[name] = value
+            continue
+        if name not in shapes:
+            problems.append(f"unknown tensor {name!r} {tuple(value.shape)}")
+        elif tuple(value.shape) != shapes[name]:
+            problems.append(
+                f"tensor {name!r} has shape {tuple(value.shape)}, the config "
+                f"expects {shapes[name]}"
+            )
+    optional = set(POOLER_NAMES + MLM_NAMES + NSP_NAMES)
+    missing = [n for n in shapes if n not in tensors and n not in optional]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        problems.append(f"missing tensors {shown}{more}")
+    if problems:
+        raise CheckpointError(
+            f"{source}: does not match its config "
+            f"(layers={config['num_layers']}, hidden={config['hidden_dim']}, "
+            f"vocab={config['vocabulary_size']}): " + "; ".join(problems[:8])
+            + (f"; and {len(problems) - 8} more problems" if len(problems) > 8 else "")
+        )
+    missing_optional = [n for n in POOLER_NAMES if n not in tensors]
+    return missing_optional, task_heads
+
+
+def _np(variable):
+    return np.asarray(ops.convert_to_numpy(variable))
+
+
+def backbone_tensors(backbone):
+    """The backbone's weights as canonical numpy arrays (float32)."""
+    e = backbone.embeddings
+    out = {
+        "embeddings.word_embeddings.weight": _np(e.token_embedding.embeddings),
+        "embeddings.position_embeddings.weight": _np(e.position_embedding.embeddings),
+        "embeddings.token_type_embeddings.weight": _np(e.segment_embedding.embeddings),
+        "embeddings.LayerNorm.weight": _np(e.layer_norm.gamma),
+        "embeddings.LayerNorm.bias": _np(e.layer_norm.beta),
+    }
+    H = backbone.hidden_dim
+    for i, block in enumerate(backbone.encoder_layers):
+        p = f"encoder.layer.{i}."
+        qkv_kernel = _np(block.attention.qkv.kernel)  # (H, 3H) = [q | k | v]
+        qkv_bias = _np(block.attention.qkv.bias)
+        for j, proj in enumerate(("query", "key", "value")):
+            out[f"{p}attention.self.{proj}.weight"] = qkv_kernel[:, j * H:(j + 1) * H].T
+            out[f"{p}attention.self.{proj}.bias"] = qkv_bias[j * H:(j + 1) * H]
+        for dense, name in ((block.attention_output, "attention.output.dense"),
+                            (block.intermediate, "intermediate.dense"),
+                            (block.output_dense, "output.dense")):
+            out[f"{p}{name}.weight"] = _np(dense.kernel).T
+            out[f"{p}{name}.bias"] = _np(dense.bias)
+        for norm, name in ((block.attention_layer_norm, "attention.output.LayerNorm"),
+                           (block.output_layer_norm, "output.LayerNorm")):
+            out[f"{p}{name}.weight"] = _np(norm.gamma)
+            out[f"{p}{name}.bias"] = _np(norm.beta)
+    out["pooler.dense.weight"] = _np(backbone.pooler.dense.kernel).T
+    out["pooler.dense.bias"] = _np(backbone.pooler.dense.bias)
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def _assign(variable, value):
+    variable.assign(np.asarray(value, dtype=np.float32).astype(variable.dtype))
+
+
+def assign_backbone(backbone, tensors):
+    """Assign validated canonical `tensors` to `backbone` (pooler optional)."""
+    e = backbone.embeddings
+    _assign(e.token_embedding.embeddings, tensors["embeddings.word_embeddings.weight"])
+    _assign(e.position_embedding.embeddings, tensors["embeddings.position_embeddings.weight"])
+    _assign(e.segment_embedding.embeddings, tensors["embeddings.token_type_embeddings.weight"])
+    _assign(e.layer_norm.gamma, tensors["embeddings.LayerNorm.weight"])
+    _assign(e.layer_norm.beta, tensors["embeddings.LayerNorm.bias"])
+    for i, block in enumerate(backbone.encoder_layers):
+        p = f"encoder.layer.{i}."
+        _assign(block.attention.qkv.kernel, np.concatenate(
+            [tensors[f"{p}attention.self.{proj}.weight"].T
+             for proj in ("query", "key", "value")], axis=1))
+        _assign(block.attention.qkv.bias, np.concatenate(
+            [tensors[f"{p}attention.self.{proj}.bias"]
+             for proj in ("query", "key", "value")]))
+        for dense, name in ((block.attention_output, "attention.output.dense"),
+                            (block.intermediate, "intermediate.dense"),
+                            (block.output_dense, "output.dense")):
+            _assign(dense.kernel, tensors[f"{p}{name}.weight"].T)
+            _assign(dense.bias, tensors[f"{p}{name}.bias"])
+        for norm, name in ((block.attention_layer_norm, "attention.output.LayerNorm"),
+                           (block.output_layer_norm, "output.LayerNorm")):
+            _assign(norm.gamma, tensors[f"{p}{name}.weight"])
+            _assign(norm.beta, tensors[f"{p}{name}.bias"])
+    if "pooler.dense.weight" in tensors:
+        _assign(backbone.pooler.dense.kernel, tensors["pooler.dense.weight"].T)
+        _assign(backbone.pooler.dense.bias, tensors["pooler.dense.bias"])
+
+
+def mlm_head_tensors(head):
+    return {
+        "cls.predictions.transform.dense.weight": _np(head.transform.kernel).T,
+        "cls.predictions.transform.dense.bias": _np(head.transform.bias),
+        "cls.predictions.transform.LayerNorm.weight": _np(head.layer_norm.gamma),
+        "cls.predictions.transform.LayerNorm.bias": _np(head.layer_norm.beta),
+        "cls.predictions.bias": _np(head.output_bias),
+    }
+
+
+def assign_mlm_head(head, tensors):
+    _assign(head.transform.kernel, tensors["cls.predictions.transform.dense.weight"].T)
+    _assign(head.transform.bias, tensors["cls.predictions.transform.dense.bias"])
+    _assign(head.layer_norm.gamma, tensors["cls.predictions.transform.LayerNorm.weight"])
+    _assign(head.layer_norm.beta, tensors["cls.predictions.transform.LayerNorm.bias"])
+    _assign(head.output_bias, tensors["cls.predictions.bias"])
+
+
+def nsp_head_tensors(head):
+    return {"cls.seq_relationship.weight": _np(head.dense.kernel).T,
+            "cls.seq_relationship.bias": _np(head.dense.bias)}
+
+
+def assign_nsp_head(head, tensors):
+    _assign(head.dense.kernel, tensors["cls.seq_relationship.weight"].T)
+    _assign(head.dense.bias, tensors["cls.seq_relationship.bias"])

@@ -1,0 +1,17 @@
+"""BERT building blocks as Keras 3 layers (backend-neutral, `keras.ops` only)."""
+
+from bertdesk.layers.bert_embeddings import BertEmbeddings
+from bertdesk.layers.bert_encoder_block import BertEncoderBlock
+from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
+from bertdesk.layers.bert_nsp_head import BertNSPHead
+from bertdesk.layers.bert_pooler import BertPooler
+from bertdesk.layers.bert_self_attention import BertSelfAttention
+
+__all__ = [
+    "BertEmbeddings",
+    "BertEncoderBlock",
+    "BertMaskedLMHead",
+    "BertNSPHead",
+    "BertPooler",
+    "BertSelfAttention",
+]

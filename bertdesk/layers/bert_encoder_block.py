@@ -1,0 +1,139 @@
+"""Post-LayerNorm transformer encoder block, as in the original BERT."""
+
+import keras
+
+from bertdesk.layers.bert_self_attention import BertSelfAttention
+
+
+def gelu(x):
+    """Exact (erf) GELU, as in the reference checkpoints."""
+    return keras.activations.gelu(x, approximate=False)
+
+
+# === Layer ===
+@keras.saving.register_keras_serializable(package="bertdesk")
+class BertEncoderBlock(keras.layers.Layer):
+    """One BERT layer: self-attention and feed-forward, each followed by
+    dropout, a residual connection and LayerNorm (post-LN).
+
+    Sublayer names mirror the checkpoint structure
+    (`attention/{self,output}`, `intermediate`, `output`) so importers map
+    weights by name.
+
+    Args:
+        num_heads: attention heads.
+        intermediate_dim: feed-forward width (4 * hidden in BERT).
+        dropout: dropout after the attention output and the feed-forward.
+        attention_dropout: dropout on attention probabilities.
+        layer_norm_epsilon: LayerNorm epsilon.
+        initializer_range: std of the normal kernel initialiser.
+        use_fused_attention: see `BertSelfAttention`.
+
+    Call args:
+        x: `(batch, seq, hidden)`.
+        padding_mask: `(batch, seq)`, nonzero at real tokens.
+        return_attention_scores: also return `(batch, heads, seq, seq)`.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.1,
+        attention_dropout=0.1,
+        layer_norm_epsilon=1e-12,
+        initializer_range=0.02,
+        use_fused_attention=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.use_fused_attention = use_fused_attention
+
+    def build(self, input_shape):
+        hidden = input_shape[-1]
+        if hidden % self.num_heads:
+            raise ValueError(
+                f"hidden_dim {hidden} is not divisible by num_heads {self.num_heads}"
+            )
+        init = keras.initializers.RandomNormal(stddev=self.initializer_range)
+        policy = self.dtype_policy
+        self.attention = BertSelfAttention(
+            num_heads=self.num_heads,
+            head_dim=hidden // self.num_heads,
+            attention_dropout=self.attention_dropout,
+            initializer_range=self.initializer_range,
+            use_fused_attention=self.use_fused_attention,
+            dtype=policy,
+            name="attention",
+        )
+        self.attention_output = keras.layers.Dense(
+            hidden, kernel_initializer=init, dtype=policy, name="attention_output"
+        )
+        self.attention_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="attention_layer_norm"
+        )
+        self.intermediate = keras.layers.Dense(
+            self.intermediate_dim,
+            activation=gelu,
+            kernel_initializer=init,
+            dtype=policy,
+            name="intermediate",
+        )
+        self.output_dense = keras.layers.Dense(
+            hidden, kernel_initializer=init, dtype=policy, name="output"
+        )
+        self.output_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="output_layer_norm"
+        )
+        self.dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=policy, name="dropout"
+        )
+        self.attention.build(input_shape)
+        self.attention_output.build(tuple(input_shape[:-1]) + (hidden,))
+        self.attention_layer_norm.build(input_shape)
+        self.intermediate.build(input_shape)
+        self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+        self.output_layer_norm.build(input_shape)
+        self.built = True
+
+    def call(self, x, padding_mask=None, training=None, return_attention_scores=False):
+        attended = self.attention(
+            x,
+            padding_mask=padding_mask,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
+        if return_attention_scores:
+            attended, probs = attended
+        h = self.dropout_layer(self.attention_output(attended), training=training)
+        x = self.attention_layer_norm(x + h)  # (batch, seq, hidden)
+        h = self.output_dense(self.intermediate(x))
+        h = self.dropout_layer(h, training=training)
+        x = self.output_layer_norm(x + h)
+        if return_attention_scores:
+            return x, probs
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "initializer_range": self.initializer_range,
+                "use_fused_attention": self.use_fused_attention,
+            }
+        )
+        return config

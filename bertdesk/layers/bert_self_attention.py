@@ -1,0 +1,118 @@
+"""Multi-head self-attention with a padding mask and a fused QKV projection."""
+
+import keras
+from keras import ops
+
+
+# === Layer ===
+@keras.saving.register_keras_serializable(package="bertdesk")
+class BertSelfAttention(keras.layers.Layer):
+    """Bidirectional multi-head self-attention (BERT's `attention/self` block).
+
+    Query, key and value come from one `(hidden, 3 * hidden)` projection (one
+    matrix multiply instead of three). Scores are computed by the backend's
+    fused `keras.ops.dot_product_attention` whenever attention probabilities
+    are neither dropped out nor returned; otherwise by an explicit softmax,
+    which always runs in float32.
+
+    Args:
+        num_heads: number of attention heads.
+        head_dim: width of each head (hidden_dim // num_heads in BERT).
+        attention_dropout: dropout on the attention probabilities.
+        initializer_range: std of the normal kernel initialiser.
+        use_fused_attention: let the backend fuse score/softmax/value when it
+            can. Set False to force the explicit path (used in tests).
+
+    Call args:
+        x: `(batch, seq, hidden)`.
+        padding_mask: `(batch, seq)`, nonzero/True at real tokens.
+        return_attention_scores: also return `(batch, heads, seq, seq)`
+            attention probabilities.
+
+    Returns:
+        `(batch, seq, num_heads * head_dim)`, the concatenated heads before the
+        output projection; and the probabilities when asked.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        head_dim,
+        attention_dropout=0.1,
+        initializer_range=0.02,
+        use_fused_attention=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.attention_dropout = attention_dropout
+        self.initializer_range = initializer_range
+        self.use_fused_attention = use_fused_attention
+
+    def build(self, input_shape):
+        hidden = input_shape[-1]
+        self.qkv = keras.layers.Dense(
+            3 * self.num_heads * self.head_dim,
+            kernel_initializer=keras.initializers.RandomNormal(
+                stddev=self.initializer_range
+            ),
+            dtype=self.dtype_policy,
+            name="qkv",
+        )
+        self.qkv.build(tuple(input_shape[:-1]) + (hidden,))
+        self.dropout_layer = keras.layers.Dropout(
+            self.attention_dropout, dtype=self.dtype_policy, name="dropout"
+        )
+        self.built = True
+
+    def call(
+        self,
+        x,
+        padding_mask=None,
+        training=None,
+        return_attention_scores=False,
+    ):
+        batch, seq = ops.shape(x)[0], ops.shape(x)[1]
+        qkv = self.qkv(x)  # (batch, seq, 3 * heads * head_dim)
+        qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, seq, heads, head_dim)
+        mask = None
+        if padding_mask is not None:
+            # (batch, 1, 1, seq): every query attends to every real key.
+            mask = ops.cast(padding_mask, "bool")[:, None, None, :]
+        scale = 1.0 / float(self.head_dim) ** 0.5
+
+        dropping = bool(training) and self.attention_dropout > 0
+        if self.use_fused_attention and not dropping and not return_attention_scores:
+            out = ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
+            return ops.reshape(out, (batch, seq, self.num_heads * self.head_dim))
+
+        # Explicit path. (batch, heads, seq_q, seq_k)
+        scores = ops.einsum("bqnd,bknd->bnqk", q, k) * ops.cast(scale, q.dtype)
+        scores = ops.cast(scores, "float32")
+        if mask is not None:
+            scores = ops.where(mask, scores, ops.cast(-1e9, "float32"))
+        probs = ops.softmax(scores, axis=-1)
+        dropped = self.dropout_layer(ops.cast(probs, v.dtype), training=training)
+        out = ops.einsum("bnqk,bknd->bqnd", dropped, v)  # (batch, seq, heads, head_dim)
+        out = ops.reshape(out, (batch, seq, self.num_heads * self.head_dim))
+        if return_attention_scores:
+            return out, probs
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_heads * self.head_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "head_dim": self.head_dim,
+                "attention_dropout": self.attention_dropout,
+                "initializer_range": self.initializer_range,
+                "use_fused_attention": self.use_fused_attention,
+            }
+        )
+        return config

@@ -1,0 +1,214 @@
+"""BERT encoder as a functional Keras model with dict inputs and outputs."""
+
+import json
+from importlib import resources
+
+import keras
+from keras import ops
+
+from bertdesk.layers.bert_embeddings import BertEmbeddings
+from bertdesk.layers.bert_encoder_block import BertEncoderBlock
+from bertdesk.layers.bert_pooler import BertPooler
+
+BACKBONE_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
+
+def preset_names():
+    """Names of the architecture presets shipped in `models/`."""
+    root = resources.files("bertdesk_models")
+    return sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def preset_config(name):
+    """Backbone kwargs of the architecture preset `name` (e.g. "base")."""
+    path = resources.files("bertdesk_models") / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(
+            f"Unknown preset {name!r}; available presets: {', '.join(preset_names())}"
+        )
+    return dict(json.loads(path.read_text())["backbone"])
+
+
+# === Model ===
+@keras.saving.register_keras_serializable(package="bertdesk")
+class BertBackbone(keras.Model):
+    """The BERT encoder (Devlin et al., 2018) without task heads.
+
+    Inputs are a dict of int tensors, each `(batch, seq)`: `token_ids`,
+    `segment_ids`, `padding_mask` (1 at real tokens, 0 at padding); the
+    tokenizer's output feeds it as it is. Outputs are a dict:
+    `sequence_output` `(batch, seq, hidden)`, `pooled_output` `(batch, hidden)`,
+    and when asked `hidden_states` `(batch, num_layers + 1, seq, hidden)`
+    (embeddings, then every layer) and `attention_probs`
+    `(batch, num_layers, heads, seq, seq)`.
+
+    Args:
+        vocabulary_size: word pieces in the vocabulary.
+        num_layers: transformer blocks.
+        hidden_dim: model width.
+        num_heads: attention heads (hidden_dim // 64 in the reference shapes).
+        intermediate_dim: feed-forward width.
+        max_sequence_length: learned positions.
+        type_vocabulary_size: segments.
+        dropout: hidden dropout.
+        attention_dropout: attention-probability dropout.
+        layer_norm_epsilon: LayerNorm epsilon (1e-12 in the reference).
+        initializer_range: std of the normal initialiser.
+        output_hidden_states: add `hidden_states` to the outputs.
+        output_attentions: add `attention_probs` to the outputs (uses the
+            explicit attention path).
+        use_fused_attention: use `keras.ops.dot_product_attention` when it
+            applies.
+        dtype: dtype policy of every layer (e.g. "mixed_bfloat16").
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        hidden_dim,
+        num_heads,
+        intermediate_dim,
+        max_sequence_length=512,
+        type_vocabulary_size=2,
+        dropout=0.1,
+        attention_dropout=0.1,
+        layer_norm_epsilon=1e-12,
+        initializer_range=0.02,
+        output_hidden_states=False,
+        output_attentions=False,
+        use_fused_attention=True,
+        dtype=None,
+        **kwargs,
+    ):
+        # === Layers ===
+        embeddings = BertEmbeddings(
+            vocabulary_size=vocabulary_size,
+            hidden_dim=hidden_dim,
+            max_sequence_length=max_sequence_length,
+            type_vocabulary_size=type_vocabulary_size,
+            dropout=dropout,
+            layer_norm_epsilon=layer_norm_epsilon,
+            initializer_range=initializer_range,
+            dtype=dtype,
+            name="embeddings",
+        )
+        encoder_layers = [
+            BertEncoderBlock(
+                num_heads=num_heads,
+                intermediate_dim=intermediate_dim,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                layer_norm_epsilon=layer_norm_epsilon,
+                initializer_range=initializer_range,
+                use_fused_attention=use_fused_attention,
+                dtype=dtype,
+                name=f"encoder_layer_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        pooler = BertPooler(
+            initializer_range=initializer_range, dtype=dtype, name="pooler"
+        )
+
+        # === Functional model ===
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int32", name=name)
+            for name in BACKBONE_INPUTS
+        }
+        x = embeddings(inputs["token_ids"], inputs["segment_ids"])
+        hidden_states, attention_probs = [x], []
+        for layer in encoder_layers:
+            if output_attentions:
+                x, probs = layer(
+                    x, padding_mask=inputs["padding_mask"], return_attention_scores=True
+                )
+                attention_probs.append(probs)
+            else:
+                x = layer(x, padding_mask=inputs["padding_mask"])
+            hidden_states.append(x)
+        outputs = {"sequence_output": x, "pooled_output": pooler(x)}
+        if output_hidden_states:
+            outputs["hidden_states"] = ops.stack(hidden_states, axis=1)
+        if output_attentions:
+            outputs["attention_probs"] = ops.stack(attention_probs, axis=1)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.max_sequence_length = max_sequence_length
+        self.type_vocabulary_size = type_vocabulary_size
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.output_hidden_states = output_hidden_states
+        self.output_attentions = output_attentions
+        self.use_fused_attention = use_fused_attention
+        self.embeddings = embeddings
+        self.encoder_layers = encoder_layers
+        self.pooler = pooler
+
+    @property
+    def token_embedding(self):
+        """The token embedding layer (shared with the masked-LM head)."""
+        return self.embeddings.token_embedding
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "max_sequence_length": self.max_sequence_length,
+            "type_vocabulary_size": self.type_vocabulary_size,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": self.initializer_range,
+            "output_hidden_states": self.output_hidden_states,
+            "output_attentions": self.output_attentions,
+            "use_fused_attention": self.use_fused_attention,
+            "dtype": keras.dtype_policies.serialize(self.embeddings.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+    def architecture_config(self):
+        """The constructor arguments that define the weights' shapes and math
+        (no names, no output switches): what a saved folder records."""
+        config = self.get_config()
+        for key in ("name", "trainable", "output_hidden_states", "output_attentions",
+                    "use_fused_attention", "dtype"):
+            config.pop(key)
+        return config
+
+    # === Constructors ===
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A randomly initialised backbone of the architecture preset `name`
+        (tiny, mini, small, medium, base, large); `overrides` replace any
+        field, e.g. `vocabulary_size=8000`."""
+        config = preset_config(name)
+        config.update(overrides)
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides):
+        """Load pretrained weights from a folder: Hugging Face, Google's
+        original TF checkpoint, a keras-hub preset, or a bertdesk folder."""
+        from bertdesk.io import load_backbone
+
+        return load_backbone(path, **overrides)

@@ -1,0 +1,241 @@
+"""BERT WordPiece tokenizer on the compiled `tokenizers` library.
+
+The pipeline is the one transformers' `BertTokenizerFast` builds from a
+`vocab.txt` (BertNormalizer, BertPreTokenizer, WordPiece, [CLS]/[SEP]
+template), so ids match it exactly; the Rust core encodes batches in
+parallel, keeping 100k sentences to seconds.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def read_vocab(path):
+    """Read a `vocab.txt` (one word piece per line, id = line number)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: vocabulary file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    tokens = text.split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    tokens = [t.rstrip("\r") for t in tokens]
+    seen = {}
+    for line, token in enumerate(tokens, 1):
+        if token in seen:
+            raise ValueError(
+                f"{path}: line {line}: token {token!r} already on line {seen[token]}"
+            )
+        seen[token] = line
+    missing = [t for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]") if t not in seen]
+    if missing:
+        raise ValueError(f"{path}: vocabulary lacks the special tokens {missing}")
+    return tokens
+
+
+class BertTokenizer:
+    """WordPiece tokenizer for BERT.
+
+    Args:
+        vocabulary: list of word pieces (id = index) or a path to `vocab.txt`.
+        lowercase: lower-case (and strip accents, unless `strip_accents` is
+            False) as uncased checkpoints expect.
+        strip_accents: None follows `lowercase`, as in the reference.
+        tokenize_chinese_chars: split CJK ideographs one per token.
+
+    Call with a list of texts (and optionally `text_pairs`) to get numpy
+    arrays `token_ids`, `segment_ids`, `padding_mask` `(batch, seq)` that
+    `BertBackbone` takes as they are; `return_offsets=True` adds `offsets`
+    `(batch, seq, 2)` character spans (0, 0 for special tokens and padding)
+    and `return_word_ids=True` adds `word_ids` `(batch, seq)` (-1 where none).
+    """
+
+    def __init__(self, vocabulary, lowercase=True, strip_accents=None,
+                 tokenize_chinese_chars=True):
+        if isinstance(vocabulary, (str, os.PathLike)):
+            vocabulary = read_vocab(vocabulary)
+        self.vocabulary = list(vocabulary)
+        self.lowercase = bool(lowercase)
+        self.strip_accents = strip_accents
+        self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        vocab = {token: i for i, token in enumerate(self.vocabulary)}
+        for token in ("[UNK]", "[CLS]", "[SEP]", "[PAD]"):
+            if token not in vocab:
+                raise ValueError(f"vocabulary lacks the special token {token}")
+        tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=self.tokenize_chinese_chars,
+            strip_accents=strip_accents,
+            lowercase=self.lowercase,
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0",
+            pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        tok.decoder = decoders.WordPiece(prefix="##")
+        # Special tokens in the text are matched whole, never split.
+        tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])
+        self._tokenizer = tok
+        self.pad_token_id = vocab["[PAD]"]
+        self.cls_token_id = cls_id
+        self.sep_token_id = sep_id
+        self.unk_token_id = vocab["[UNK]"]
+        self.mask_token_id = vocab.get("[MASK]")
+
+    # === Loading and saving ===
+    @classmethod
+    def from_pretrained(cls, folder):
+        """Read `vocab.txt` (or keras-hub's `assets/tokenizer/vocabulary.txt`)
+        and the casing from the folder's config files."""
+        folder = Path(folder)
+        vocab = next(
+            (folder / name for name in ("vocab.txt", "assets/tokenizer/vocabulary.txt")
+             if (folder / name).is_file()),
+            None,
+        )
+        if vocab is None:
+            raise FileNotFoundError(f"{folder}: no vocab.txt in this folder")
+        lowercase, strip_accents = _casing_from_folder(folder)
+        return cls(vocab, lowercase=lowercase, strip_accents=strip_accents)
+
+    def save(self, folder):
+        """Write `vocab.txt` and `tokenizer_config.json` into `folder`."""
+        from bertdesk.io.atomic import atomic_write_text
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "vocab.txt", "".join(t + "\n" for t in self.vocabulary))
+        atomic_write_text(
+            folder / "tokenizer_config.json",
+            json.dumps(
+                {
+                    "tokenizer_class": "BertTokenizer",
+                    "do_lower_case": self.lowercase,
+                    "strip_accents": self.strip_accents,
+                    "tokenize_chinese_chars": self.tokenize_chinese_chars,
+                    "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                    "cls_token": "[CLS]", "mask_token": "[MASK]",
+                    "model_max_length": 512,
+                },
+                indent=2,
+            ),
+        )
+
+    @property
+    def vocabulary_size(self):
+        return len(self.vocabulary)
+
+    # === Encoding ===
+    def tokenize(self, text):
+        """Word pieces of one text, without special tokens."""
+        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text, text_pair=None):
+        """Ids of one text (or pair) with [CLS]/[SEP], no truncation."""
+        return self._tokenizer.encode(text, text_pair).ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        return self._tokenizer.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
+
+    def __call__(self, texts, text_pairs=None, max_length=128, padding="max_length",
+                 return_offsets=False, return_word_ids=False):
+        """Encode a batch.
+
+        Args:
+            texts: a string or a list of strings.
+            text_pairs: optional second texts, same length as `texts`.
+            max_length: truncate (longer side of a pair first) to this many
+                tokens including specials.
+            padding: "max_length" pads to `max_length`; "longest" pads to the
+                longest sequence of this batch.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if text_pairs is not None:
+            text_pairs = [text_pairs] if isinstance(text_pairs, str) else list(text_pairs)
+            if len(text_pairs) != len(texts):
+                raise ValueError(
+                    f"text_pairs has {len(text_pairs)} items but texts has {len(texts)}"
+                )
+        for name, values in (("texts", texts), ("text_pairs", text_pairs or [])):
+            for i, t in enumerate(values):
+                if not isinstance(t, str):
+                    raise TypeError(f"{name}[{i}] is {type(t).__name__}, expected str")
+        if padding not in ("max_length", "longest"):
+            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
+        if max_length < (3 if text_pairs is None else 4):
+            raise ValueError(f"max_length {max_length} leaves no room for text")
+
+        tok = self._tokenizer
+        tok.enable_truncation(max_length, strategy="longest_first")
+        tok.no_padding()
+        batch = (
+            tok.encode_batch(texts) if text_pairs is None
+            else tok.encode_batch(list(zip(texts, text_pairs)))
+        )
+        length = max_length if padding == "max_length" else max((len(e.ids) for e in batch), default=0)
+        n = len(batch)
+        token_ids = np.full((n, length), self.pad_token_id, dtype=np.int32)
+        segment_ids = np.zeros((n, length), dtype=np.int32)
+        padding_mask = np.zeros((n, length), dtype=np.int32)
+        offsets = np.zeros((n, length, 2), dtype=np.int32) if return_offsets else None
+        word_ids = np.full((n, length), -1, dtype=np.int32) if return_word_ids else None
+        for i, e in enumerate(batch):
+            k = len(e.ids)
+            token_ids[i, :k] = e.ids
+            segment_ids[i, :k] = e.type_ids
+            padding_mask[i, :k] = 1
+            if return_offsets:
+                offsets[i, :k] = e.offsets
+                special = np.asarray(e.special_tokens_mask[:k], bool)
+                offsets[i, :k][special] = 0
+            if return_word_ids:
+                word_ids[i, :k] = [-1 if w is None else w for w in e.word_ids]
+        out = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        if return_offsets:
+            out["offsets"] = offsets
+        if return_word_ids:
+            out["word_ids"] = word_ids
+        return out
+
+
+def _casing_from_folder(folder):
+    """(lowercase, strip_accents) from a checkpoint folder's config files."""
+    for name in ("tokenizer_config.json", "tokenizer.json", "bertdesk.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if name == "tokenizer.json" and isinstance(data.get("config"), dict):
+            data = data["config"]  # keras-hub tokenizer.json
+        elif name == "tokenizer.json" and isinstance(data.get("normalizer"), dict):
+            data = {"do_lower_case": data["normalizer"].get("lowercase", True),
+                    "strip_accents": data["normalizer"].get("strip_accents")}
+        elif name == "bertdesk.json":
+            data = data.get("tokenizer", {})
+        for key in ("do_lower_case", "lowercase"):
+            if key in data:
+                return bool(data[key]), data.get("strip_accents")
+    # Google's folders record casing only in their name (e.g. uncased_L-12_H-768_A-12).
+    name = folder.resolve().name.lower()
+    if "uncased" in name:
+        return True, None
+    if "cased" in name:
+        return False, None
+    return True, None

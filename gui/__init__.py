@@ -1,0 +1,1 @@
+"""The bertdesk desktop app (PySide6), installed as `bertdesk_gui`."""

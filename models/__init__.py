@@ -1,0 +1,1 @@
+"""Architecture presets of bertdesk, as JSON data (installed as `bertdesk_models`)."""
