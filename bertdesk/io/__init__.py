@@ -11,6 +11,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
@@ -86,6 +88,8 @@ def load_tokenizer(folder):
 def _safetensors_bytes(tensors):
     from safetensors.numpy import save
 
+    # safetensors writes raw buffers: transposed views must be made contiguous.
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     return save(tensors, metadata={"format": "pt"})
 
 
@@ -118,6 +122,15 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
             tokenizer.save(staging)
         if format == "hf":
             heads = all(n in tensors for n in MLM_NAMES + NSP_NAMES)
+            if heads:
+                # transformers' BertForPreTraining layout: `bert.` prefix and
+                # explicit copies of the tied decoder weights.
+                tensors = {(k if k.startswith("cls.") else "bert." + k): v
+                           for k, v in tensors.items()}
+                tensors["cls.predictions.decoder.weight"] = tensors[
+                    "bert.embeddings.word_embeddings.weight"].copy()
+                tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
+                atomic_write_bytes(staging / "model.safetensors", _safetensors_bytes(tensors))
             hf = config_to_hf(config, ["BertForPreTraining"] if heads else ["BertModel"])
             atomic_write_text(staging / "config.json", json.dumps(hf, indent=2))
         else:

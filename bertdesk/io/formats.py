@@ -204,9 +204,9 @@ _GOOGLE_SKIP = re.compile(r"(^|/)(adam_[mv]|global_step|good_steps|bad_steps|los
 _GOOGLE_EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
 
 
-def google_to_canonical(name, value):
-    """Canonical name and value of one Google TF checkpoint variable, or None
-    for optimizer slots and counters."""
+def google_to_canonical(name):
+    """(canonical name, transpose?) of one Google TF checkpoint variable, or
+    None for optimizer slots and counters."""
     if _GOOGLE_SKIP.search(name):
         return None
     special = {
@@ -215,14 +215,14 @@ def google_to_canonical(name, value):
         "cls/seq_relationship/output_bias": "cls.seq_relationship.bias",
     }
     if name in special:
-        return special[name], value
+        return special[name], False
     n = name[len("bert/"):] if name.startswith("bert/") else name
     n = re.sub(r"layer_(\d+)", r"layer.\1", n).replace("/", ".")
     if n.endswith(".kernel"):
-        return n[: -len(".kernel")] + ".weight", value.T
+        return n[: -len(".kernel")] + ".weight", True
     if n.split(".")[-1] in _GOOGLE_EMBEDDINGS:
-        return n + ".weight", value
-    return n, value
+        return n + ".weight", False
+    return n, False
 
 
 def read_google(folder):
@@ -243,11 +243,14 @@ def read_google(folder):
         names = reader.get_variable_to_shape_map()
         raw = {}
         for name in names:
-            mapped = google_to_canonical(name, None)
+            mapped = google_to_canonical(name)
             if mapped is not None:
-                key, _ = mapped
+                key, transpose = mapped
+                key = canonical_name(key)
+                if key in raw:
+                    raise CheckpointError(f"{prefix}: variable {name!r} maps to {key!r} twice")
                 value = reader.get_tensor(name)
-                raw[key] = google_to_canonical(name, value)[1]
+                raw[key] = value.T if transpose else value
     except tf.errors.OpError as e:
         raise CheckpointError(f"{prefix}: cannot read TF checkpoint ({e.message})") from None
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw.items()}

@@ -120,9 +120,6 @@ class BertEncoderBlock(keras.layers.Layer):
             return x, probs
         return x
 
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
     def get_config(self):
         config = super().get_config()
         config.update(

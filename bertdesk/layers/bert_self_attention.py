@@ -101,9 +101,6 @@ class BertSelfAttention(keras.layers.Layer):
             return out, probs
         return out
 
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.num_heads * self.head_dim,)
-
     def get_config(self):
         config = super().get_config()
         config.update(

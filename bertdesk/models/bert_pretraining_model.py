@@ -1,0 +1,88 @@
+"""BERT with its pretraining heads: masked LM (tied) and next sentence."""
+
+import keras
+
+from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
+from bertdesk.layers.bert_nsp_head import BertNSPHead
+from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BertBackbone
+
+
+# === Model ===
+@keras.saving.register_keras_serializable(package="bertdesk")
+class BertPretrainingModel(keras.Model):
+    """Backbone + masked-LM head (output weights tied to the token embedding,
+    logits only at `mask_positions`) + next-sentence head.
+
+    Inputs: the backbone's dict plus `mask_positions` `(batch, num_masked)`.
+    Outputs: `mlm_logits` `(batch, num_masked, vocab)` and `nsp_logits`
+    `(batch, 2)`, both float32.
+    """
+
+    def __init__(self, backbone, **kwargs):
+        # === Layers ===
+        mlm_head = BertMaskedLMHead(
+            token_embedding=backbone.token_embedding,
+            layer_norm_epsilon=backbone.layer_norm_epsilon,
+            initializer_range=backbone.initializer_range,
+            dtype=backbone.embeddings.dtype_policy,
+            name="mlm_head",
+        )
+        nsp_head = BertNSPHead(
+            initializer_range=backbone.initializer_range,
+            dtype=backbone.embeddings.dtype_policy,
+            name="nsp_head",
+        )
+
+        # === Functional model ===
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int32", name=name)
+            for name in BACKBONE_INPUTS + ("mask_positions",)
+        }
+        encoded = backbone({name: inputs[name] for name in BACKBONE_INPUTS})
+        outputs = {
+            "mlm_logits": mlm_head(encoded["sequence_output"], inputs["mask_positions"]),
+            "nsp_logits": nsp_head(encoded["pooled_output"]),
+        }
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.mlm_head = mlm_head
+        self.nsp_head = nsp_head
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, folder, **overrides):
+        """Backbone and, when the checkpoint has them, MLM and NSP head
+        weights; heads absent from the checkpoint stay randomly initialised."""
+        from bertdesk.io import load_backbone, read_checkpoint
+        from bertdesk.io.mapping import MLM_NAMES, NSP_NAMES, assign_mlm_head, assign_nsp_head
+
+        ckpt = read_checkpoint(folder)
+        model = cls(load_backbone(folder, **overrides))
+        if all(n in ckpt.tensors for n in MLM_NAMES):
+            assign_mlm_head(model.mlm_head, ckpt.tensors)
+        if all(n in ckpt.tensors for n in NSP_NAMES):
+            assign_nsp_head(model.nsp_head, ckpt.tensors)
+        return model
+
+    def head_tensors(self):
+        """MLM and NSP head weights under their canonical names."""
+        from bertdesk.io.mapping import mlm_head_tensors, nsp_head_tensors
+
+        return {**mlm_head_tensors(self.mlm_head), **nsp_head_tensors(self.nsp_head)}
+
+
+__all__ = ["BertPretrainingModel", "BertBackbone"]

@@ -1,0 +1,72 @@
+"""Shared fixtures. Each test process runs one Keras backend (KERAS_BACKEND);
+`tests/run_all_backends.py` runs the suite once per backend."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Tests that touch no backend run in this backend's process only.
+NEUTRAL_BACKEND = "jax"
+
+TINY = dict(vocabulary_size=120, num_layers=2, hidden_dim=16, num_heads=2,
+            intermediate_dim=32, max_sequence_length=32)
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == NEUTRAL_BACKEND:
+        return
+    skip = pytest.mark.skip(reason=f"backend-neutral; runs in the {NEUTRAL_BACKEND} process")
+    for item in items:
+        if "backend_neutral" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_policy():
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def minilm_folder():
+    import bertdesk
+
+    return Path(bertdesk.bundled_checkpoint())
+
+
+@pytest.fixture
+def tiny_config():
+    return dict(TINY)
+
+
+def random_batch(batch=3, seq=10, vocab=120, lengths=None, seed=0):
+    """A token batch whose rows have `lengths` real tokens (then padding)."""
+    rng = np.random.default_rng(seed)
+    lengths = lengths or [seq - i * 3 for i in range(batch)]
+    token_ids = rng.integers(5, vocab, size=(batch, seq)).astype("int32")
+    padding_mask = (np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype("int32")
+    token_ids[padding_mask == 0] = 0
+    segment_ids = np.zeros_like(token_ids)
+    segment_ids[:, seq // 2:] = 1
+    segment_ids[padding_mask == 0] = 0
+    return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+
+
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+# torch.compile (Keras' jit_compile on the torch backend) takes 1-2 minutes per
+# model on 2 CPU cores; the suite compiles one real model with it
+# (test_parity.py) and leaves the rest of jit_compile to TensorFlow and JAX.
+skip_torch_compile = pytest.mark.skipif(
+    BACKEND == "torch", reason="torch.compile covered once by test_parity (1-2 min per model)")

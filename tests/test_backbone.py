@@ -1,0 +1,165 @@
+"""BertBackbone and BertPretrainingModel through the harness, plus presets."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY, random_batch, skip_torch_compile
+from harness import (check_fit_step, check_keras_roundtrip, check_mixed_precision,
+                     check_padding_invariance, check_variable_length, flat_outputs, to_np)
+
+import bertdesk
+from bertdesk import BertBackbone, BertPretrainingModel
+
+
+def backbone(**kw):
+    return BertBackbone(**{**TINY, **kw})
+
+
+def pretraining_inputs(seq=10):
+    x = random_batch(seq=seq)
+    x["mask_positions"] = np.array([[1, 2], [3, 0], [0, 1]], "int32")
+    return x
+
+
+def test_outputs_shapes_and_dtypes():
+    out = backbone()(random_batch(seq=10))
+    assert set(out) == {"sequence_output", "pooled_output"}
+    assert tuple(out["sequence_output"].shape) == (3, 10, 16)
+    assert tuple(out["pooled_output"].shape) == (3, 16)
+
+
+def test_hidden_states_and_attentions():
+    model = backbone(output_hidden_states=True, output_attentions=True)
+    x = random_batch(seq=10)
+    out = flat_outputs(model(x))
+    assert out["hidden_states"].shape == (3, 3, 10, 16)  # embeddings + 2 layers
+    assert out["attention_probs"].shape == (3, 2, 2, 10, 10)
+    np.testing.assert_allclose(out["hidden_states"][:, -1], out["sequence_output"], atol=1e-6)
+    np.testing.assert_allclose(out["attention_probs"].sum(-1), 1.0, atol=1e-5)
+    # The same weights without the extra outputs give the same encoding.
+    plain = backbone()
+    plain.set_weights(model.get_weights())
+    np.testing.assert_allclose(to_np(plain(x)["sequence_output"]), out["sequence_output"],
+                               atol=1e-5)
+
+
+def test_padding_invariance():
+    model = backbone()
+    check_padding_invariance(model, random_batch(seq=12), "padding_mask", float_key="token_ids",
+                             seq_outputs={"sequence_output"})
+
+
+def test_variable_length():
+    check_variable_length(backbone(), lambda seq: random_batch(seq=seq), lengths=(6, 17, 32))
+
+
+def test_keras_roundtrip(tmp_path):
+    loaded = check_keras_roundtrip(backbone(output_hidden_states=True), random_batch(), tmp_path)
+    assert loaded.output_hidden_states and loaded.num_layers == 2
+
+
+def test_pretraining_model_roundtrip_keeps_weights_tied(tmp_path):
+    model = BertPretrainingModel(backbone())
+    loaded = check_keras_roundtrip(model, pretraining_inputs(), tmp_path)
+    assert loaded.mlm_head.token_embedding is loaded.backbone.token_embedding
+    out = flat_outputs(loaded(pretraining_inputs()))
+    assert out["mlm_logits"].shape == (3, 2, 120) and out["nsp_logits"].shape == (3, 2)
+
+
+def test_mixed_precision():
+    model = check_mixed_precision(backbone, random_batch())
+    out = model(random_batch())
+    assert keras.backend.standardize_dtype(out["sequence_output"].dtype) == "bfloat16"
+
+
+def test_fit_step_backbone():
+    model = backbone()
+    x = random_batch()
+    y = np.random.default_rng(0).normal(size=(3, 16)).astype("float32")
+    check_fit_step(model, x, {"pooled_output": y},
+                   {"pooled_output": "mse", "sequence_output": None})
+
+
+@pytest.mark.parametrize("jit", [False, pytest.param(True, marks=skip_torch_compile)])
+def test_fit_step_pretraining(jit):
+    model = BertPretrainingModel(backbone())
+    x = pretraining_inputs()
+    y = {"mlm_logits": np.array([[5, 6], [7, 8], [9, 10]], "int32"),
+         "nsp_logits": np.array([0, 1, 0], "int32")}
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="adam", loss={"mlm_logits": loss, "nsp_logits": loss},
+                  jit_compile=jit)
+    before = model.get_weights()
+    hist = model.fit(x, y, epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"]).all()
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+
+
+@skip_torch_compile
+def test_jit_compiled_predict_matches_eager():
+    model = backbone()
+    x = random_batch()
+    eager = flat_outputs(model(x))
+    model.compile(jit_compile=True)
+    compiled = model.predict(x, verbose=0)
+    np.testing.assert_allclose(np.asarray(compiled["sequence_output"]), eager["sequence_output"],
+                               atol=1e-5)
+
+
+@skip_torch_compile
+def test_mixed_precision_fit_step_with_jit():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = backbone()
+    model.compile(optimizer="adam", loss={"pooled_output": "mse", "sequence_output": None},
+                  jit_compile=True)
+    y = np.zeros((3, 16), "float32")
+    hist = model.fit(random_batch(), {"pooled_output": y}, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+
+
+def bert_parameter_count(V, L, H, F, P=512, T=2):
+    """Closed form of BERT's parameter count (embeddings, layers, pooler)."""
+    embeddings = (V + P + T) * H + 2 * H
+    layer = 4 * (H * H + H) + 2 * H + (H * F + F) + (F * H + H) + 2 * H
+    return embeddings + L * layer + H * H + H
+
+
+def test_base_parameter_count_is_bert_base_uncased():
+    # BERT-base uncased with pooler, as transformers' BertModel counts it.
+    assert BertBackbone.from_preset("base").count_params() == 109_482_240
+    assert bert_parameter_count(30522, 12, 768, 3072) == 109_482_240
+
+
+@pytest.mark.parametrize("name", ["tiny", "mini", "small"])
+def test_preset_parameter_counts(name):
+    c = bertdesk.preset_config(name)
+    expected = bert_parameter_count(c["vocabulary_size"], c["num_layers"], c["hidden_dim"],
+                                    c["intermediate_dim"])
+    assert BertBackbone.from_preset(name).count_params() == expected
+
+
+@pytest.mark.backend_neutral
+def test_preset_shapes_follow_the_rules():
+    names = bertdesk.preset_names()
+    assert names == sorted(["tiny", "mini", "small", "medium", "base", "large"])
+    expected = {"tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "medium": (8, 512),
+                "base": (12, 768), "large": (24, 1024)}
+    for name in names:
+        c = bertdesk.preset_config(name)
+        assert (c["num_layers"], c["hidden_dim"]) == expected[name]
+        assert c["num_heads"] == c["hidden_dim"] // 64
+        assert c["intermediate_dim"] == 4 * c["hidden_dim"]
+        assert c["layer_norm_epsilon"] == 1e-12
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="tiny"):
+        BertBackbone.from_preset("gigantic")
+
+
+def test_preset_overrides():
+    model = BertBackbone.from_preset("tiny", vocabulary_size=500, max_sequence_length=64)
+    assert model.token_embedding.input_dim == 500
+    assert json.dumps(model.get_config())  # JSON-serialisable config

@@ -1,0 +1,316 @@
+"""Import and export of checkpoints: Hugging Face (safetensors and .bin),
+Google's original TF checkpoints, keras-hub presets, bertdesk folders; and
+every kind of bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import random_batch
+from harness import to_np
+
+import bertdesk
+from bertdesk import BertPretrainingModel, CheckpointError
+from bertdesk.cli import main as cli_main
+from bertdesk.io import read_checkpoint, save_pretrained
+
+HF_TINY = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=32, max_position_embeddings=32)
+
+
+def write_vocab(folder, size=120):
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = specials + [f"w{i}" for i in range(size - len(specials))]
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
+
+
+@pytest.fixture(scope="module")
+def hf_tiny(tmp_path_factory):
+    """A randomly initialised transformers BertForPreTraining, saved both as
+    safetensors and as pytorch_model.bin."""
+    import torch
+    from transformers import BertConfig, BertForPreTraining
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(**HF_TINY, attn_implementation="eager")).eval()
+    with torch.no_grad():  # non-trivial LayerNorm and bias values
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    folder = tmp_path_factory.mktemp("hf_tiny")
+    model.save_pretrained(folder)
+    write_vocab(folder)
+    binfolder = tmp_path_factory.mktemp("hf_tiny_bin")
+    shutil.copy(folder / "config.json", binfolder)
+    shutil.copy(folder / "vocab.txt", binfolder)
+    torch.save(model.state_dict(), binfolder / "pytorch_model.bin")
+    return model, folder, binfolder
+
+
+def hf_outputs(model, batch, mask_positions):
+    import torch
+
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(batch["token_ids"], dtype=torch.long),
+                    token_type_ids=torch.tensor(batch["segment_ids"], dtype=torch.long),
+                    attention_mask=torch.tensor(batch["padding_mask"], dtype=torch.long),
+                    output_hidden_states=True)
+    mlm = out.prediction_logits.numpy()
+    mlm = np.take_along_axis(mlm, mask_positions[..., None], axis=1)
+    return out.hidden_states[-1].numpy(), mlm, out.seq_relationship_logits.numpy()
+
+
+def assert_same_as_hf(model, hf_model, atol=1e-5):
+    batch = random_batch(seq=12)
+    positions = np.array([[1, 3], [2, 5], [0, 4]], "int32")
+    seq, mlm, nsp = hf_outputs(hf_model, batch, positions)
+    out = model({**batch, "mask_positions": positions})
+    mask = batch["padding_mask"].astype(bool)
+    enc = model.backbone(batch)["sequence_output"]
+    np.testing.assert_allclose(to_np(enc)[mask], seq[mask], atol=atol)
+    np.testing.assert_allclose(to_np(out["mlm_logits"]), mlm, atol=atol)
+    np.testing.assert_allclose(to_np(out["nsp_logits"]), nsp, atol=atol)
+
+
+def test_hf_safetensors_with_heads(hf_tiny):
+    hf_model, folder, _ = hf_tiny
+    assert_same_as_hf(BertPretrainingModel.from_pretrained(folder), hf_model)
+
+
+def test_hf_pytorch_bin(hf_tiny):
+    hf_model, _, binfolder = hf_tiny
+    assert read_checkpoint(binfolder).weights_file.name == "pytorch_model.bin"
+    assert_same_as_hf(BertPretrainingModel.from_pretrained(binfolder), hf_model)
+
+
+def test_pickled_code_in_bin_is_refused(tmp_path, hf_tiny):
+    import torch
+
+    shutil.copy(hf_tiny[1] / "config.json", tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"embeddings.word_embeddings.weight": Evil()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: refused to load"):
+        read_checkpoint(tmp_path)
+
+
+def google_name(name):
+    """Canonical name -> (Google TF variable name, transpose?), written from
+    google-research/bert's modeling.py variable scopes."""
+    special = {"cls.predictions.bias": "cls/predictions/output_bias",
+               "cls.seq_relationship.weight": "cls/seq_relationship/output_weights",
+               "cls.seq_relationship.bias": "cls/seq_relationship/output_bias"}
+    if name in special:
+        return special[name], False
+    parts = name.replace("encoder.layer.", "encoder.layer_").split(".")
+    last = parts[-1]
+    transpose = False
+    if parts[-2] == "LayerNorm":
+        parts[-1] = "gamma" if last == "weight" else "beta"
+    elif parts[-2].endswith("_embeddings"):
+        parts = parts[:-1]
+    elif last == "weight":
+        parts[-1], transpose = "kernel", True
+    prefix = [] if parts[0] == "cls" else ["bert"]
+    return "/".join(prefix + parts), transpose
+
+
+@pytest.fixture(scope="module")
+def google_tiny(hf_tiny, tmp_path_factory):
+    """A real TF1 checkpoint (tf.compat.v1.train.Saver), as Google published
+    BERT, with optimizer slots that the loader must skip."""
+    import tensorflow as tf
+    from safetensors.numpy import load_file
+
+    hf_model, hf_folder, _ = hf_tiny
+    folder = tmp_path_factory.mktemp("uncased_L-2_H-16_A-2")
+    tensors = load_file(str(hf_folder / "model.safetensors"))
+    config = json.loads((hf_folder / "config.json").read_text())
+    (folder / "bert_config.json").write_text(json.dumps(
+        {k: config[k] for k in list(HF_TINY) + ["hidden_act", "hidden_dropout_prob",
+                                                "attention_probs_dropout_prob",
+                                                "type_vocab_size", "initializer_range"]}))
+    write_vocab(folder)
+    with tf.Graph().as_default():
+        variables = []
+        for name, value in tensors.items():
+            if name.endswith("position_ids") or name.startswith("cls.predictions.decoder"):
+                continue
+            gname, transpose = google_name(name.removeprefix("bert."))
+            value = value.T if transpose else value
+            variables.append(tf.compat.v1.Variable(value, name=gname))
+            variables.append(tf.compat.v1.Variable(np.zeros_like(value), name=gname + "/adam_m"))
+        variables.append(tf.compat.v1.Variable(7, name="global_step", dtype=tf.int64))
+        saver = tf.compat.v1.train.Saver(variables)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(folder / "bert_model.ckpt"), write_meta_graph=False)
+    return hf_model, folder
+
+
+def test_google_tf_checkpoint(google_tiny):
+    hf_model, folder = google_tiny
+    ckpt = read_checkpoint(folder)
+    assert ckpt.format == "google"
+    assert not any("adam" in k or "global_step" in k for k in ckpt.tensors)
+    assert_same_as_hf(BertPretrainingModel.from_pretrained(folder), hf_model)
+    assert bertdesk.load_tokenizer(folder).lowercase is True  # "uncased" in the folder name
+
+
+def test_keras_hub_preset(tmp_path):
+    import keras_hub
+
+    kh = keras_hub.models.BertBackbone(vocabulary_size=120, num_layers=2, num_heads=2,
+                                       hidden_dim=16, intermediate_dim=32,
+                                       max_sequence_length=32)
+    kh.save_to_preset(str(tmp_path))
+    write_vocab(tmp_path)
+    vocab = (tmp_path / "vocab.txt").read_text().split()
+    keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=True).save_to_preset(str(tmp_path))
+    assert read_checkpoint(tmp_path).format == "keras_hub"
+    ours = bertdesk.load_backbone(tmp_path)
+    batch = random_batch(seq=12)
+    mask = batch["padding_mask"].astype(bool)
+    theirs = kh(batch)
+    np.testing.assert_allclose(to_np(ours(batch)["sequence_output"])[mask],
+                               to_np(theirs["sequence_output"])[mask], atol=1e-5)
+    np.testing.assert_allclose(to_np(ours(batch)["pooled_output"]),
+                               to_np(theirs["pooled_output"]), atol=1e-5)
+    assert bertdesk.load_tokenizer(tmp_path).vocabulary == vocab
+
+
+def test_export_to_hf_loads_in_transformers(minilm_folder, tmp_path):
+    import torch
+    from transformers import BertModel
+
+    out = tmp_path / "export"
+    assert cli_main(["convert", str(minilm_folder), str(out), "--to", "hf"]) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "vocab.txt",
+                                              "tokenizer_config.json"}
+    ref = BertModel.from_pretrained(str(minilm_folder)).eval()
+    exported = BertModel.from_pretrained(str(out)).eval()
+    batch = bertdesk.load_tokenizer(out)(["an exported model", "x"], max_length=12)
+    ids = {"input_ids": torch.tensor(batch["token_ids"], dtype=torch.long),
+           "attention_mask": torch.tensor(batch["padding_mask"], dtype=torch.long)}
+    with torch.no_grad():
+        np.testing.assert_allclose(exported(**ids).last_hidden_state.numpy(),
+                                   ref(**ids).last_hidden_state.numpy(), atol=1e-6)
+
+
+def test_export_with_heads_loads_as_bert_for_pretraining(hf_tiny, tmp_path):
+    from transformers import BertForPreTraining
+
+    hf_model, folder, _ = hf_tiny
+    model = BertPretrainingModel.from_pretrained(folder)
+    save_pretrained(model.backbone, tmp_path / "out", bertdesk.load_tokenizer(folder),
+                    format="hf", extra_tensors=model.head_tensors())
+    again = BertForPreTraining.from_pretrained(str(tmp_path / "out"),
+                                               attn_implementation="eager").eval()
+    assert_same_as_hf(model, again)
+
+
+def test_bertdesk_format_roundtrip_and_cli(hf_tiny, tmp_path, capsys):
+    hf_model, folder, _ = hf_tiny
+    assert cli_main(["convert", str(folder), str(tmp_path / "bd")]) == 0
+    assert read_checkpoint(tmp_path / "bd").format == "bertdesk"
+    assert_same_as_hf(BertPretrainingModel.from_pretrained(tmp_path / "bd"), hf_model)
+    assert cli_main(["info", str(tmp_path / "bd")]) == 0
+    assert "L2/H16/A2/FFN32" in capsys.readouterr().out
+
+
+# === Bad input ===
+def copy_folder(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_folder_and_missing_weights(tmp_path, hf_tiny):
+    with pytest.raises(CheckpointError, match="nowhere: no such folder"):
+        bertdesk.load_backbone(tmp_path / "nowhere")
+    folder = tmp_path / "noweights"
+    folder.mkdir()
+    shutil.copy(hf_tiny[1] / "config.json", folder)
+    with pytest.raises(CheckpointError, match="noweights: config.json found but no weights"):
+        bertdesk.load_backbone(folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="empty: not a checkpoint folder"):
+        bertdesk.load_backbone(empty)
+
+
+def test_config_that_does_not_match_the_weights(tmp_path, hf_tiny):
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as err:
+        bertdesk.load_backbone(folder)
+    msg = str(err.value)
+    assert "model.safetensors" in msg
+    assert "'encoder.layer.0.intermediate.dense.weight' has shape (32, 16)" in msg
+    assert "expects (64, 16)" in msg
+
+
+def test_unknown_and_missing_tensors(tmp_path, hf_tiny):
+    from safetensors.numpy import load_file, save_file
+
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["bert.encoder.layer.0.adapter.weight"] = np.zeros((4, 4), "float32")
+    del tensors["bert.encoder.layer.1.output.dense.bias"]
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        bertdesk.load_backbone(folder)
+    msg = str(err.value)
+    assert "unknown tensor 'encoder.layer.0.adapter.weight'" in msg
+    assert "missing tensors 'encoder.layer.1.output.dense.bias'" in msg
+
+
+def test_vocab_of_the_wrong_size(tmp_path, hf_tiny):
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    write_vocab(folder, size=100)
+    with pytest.raises(CheckpointError, match=r"vocab.txt: 100 tokens, but .*120 rows"):
+        bertdesk.load_backbone(folder)
+
+
+def test_corrupt_files(tmp_path, hf_tiny):
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot read safetensors"):
+        bertdesk.load_backbone(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        bertdesk.load_backbone(folder)
+
+
+def test_unsupported_architecture_fields(tmp_path, hf_tiny):
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_act"] = "gelu_new"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json: hidden_act is 'gelu_new'"):
+        bertdesk.load_backbone(folder)
+
+
+def test_export_never_clobbers_or_leaves_partial_folders(tmp_path, hf_tiny):
+    backbone = bertdesk.load_backbone(hf_tiny[1])
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="dst: folder exists"):
+        save_pretrained(backbone, dst)
+    assert [p.name for p in dst.iterdir()] == ["notes.txt"]
+    save_pretrained(backbone, dst, overwrite=True)
+    assert (dst / "notes.txt").read_text() == "user data"
+    assert (dst / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
+    assert cli_main(["info", str(tmp_path / "missing")]) == 2
+    assert "missing: no such folder" in capsys.readouterr().err

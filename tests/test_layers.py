@@ -1,0 +1,164 @@
+"""Every public layer through the shared harness, on the current backend."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY, random_batch
+from harness import (check_config_roundtrip, check_fit_step, check_keras_roundtrip,
+                     check_mixed_precision, check_padding_invariance,
+                     check_variable_length, flat_outputs)
+
+from bertdesk.layers import (BertEmbeddings, BertEncoderBlock, BertNSPHead, BertPooler,
+                             BertSelfAttention)
+
+H = TINY["hidden_dim"]
+
+
+def hidden_inputs(seq=10, batch=3, seed=0):
+    batch_ = random_batch(batch=batch, seq=seq, seed=seed)
+    x = np.random.default_rng(seed).normal(size=(batch, seq, H)).astype("float32")
+    return {"x": x, "padding_mask": batch_["padding_mask"]}
+
+
+def sequence_model(layer_fn, name):
+    x = keras.Input((None, H), name="x")
+    mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    return keras.Model({"x": x, "padding_mask": mask}, layer_fn()(x, padding_mask=mask), name=name)
+
+
+def attention_model(**kw):
+    return sequence_model(lambda: BertSelfAttention(num_heads=2, head_dim=H // 2, **kw),
+                          "attention_model")
+
+
+def encoder_model(**kw):
+    return sequence_model(lambda: BertEncoderBlock(num_heads=2, intermediate_dim=32, **kw),
+                          "encoder_model")
+
+
+def embeddings_model():
+    tok = keras.Input((None,), dtype="int32", name="token_ids")
+    seg = keras.Input((None,), dtype="int32", name="segment_ids")
+    out = BertEmbeddings(vocabulary_size=120, hidden_dim=H, max_sequence_length=32)(tok, seg)
+    return keras.Model({"token_ids": tok, "segment_ids": seg}, out, name="embeddings_model")
+
+
+def pooler_model():
+    x = keras.Input((None, H), name="x")
+    return keras.Model({"x": x}, BertPooler()(x), name="pooler_model")
+
+
+def nsp_model():
+    x = keras.Input((H,), name="pooled")
+    return keras.Model({"pooled": x}, BertNSPHead()(x), name="nsp_model")
+
+
+def emb_inputs(seq=10):
+    b = random_batch(seq=seq)
+    return {"token_ids": b["token_ids"], "segment_ids": b["segment_ids"]}
+
+
+CASES = {
+    "embeddings": (embeddings_model, emb_inputs),
+    "attention": (attention_model, lambda seq=10: hidden_inputs(seq)),
+    "encoder": (encoder_model, lambda seq=10: hidden_inputs(seq)),
+    "pooler": (pooler_model, lambda seq=10: {"x": hidden_inputs(seq)["x"]}),
+    "nsp": (nsp_model, lambda seq=10: {"pooled": hidden_inputs(seq)["x"][:, 0]}),
+}
+LAYERS = {
+    "embeddings": BertEmbeddings(vocabulary_size=120, hidden_dim=H, dropout=0.2),
+    "attention": BertSelfAttention(num_heads=2, head_dim=8, attention_dropout=0.0),
+    "encoder": BertEncoderBlock(num_heads=2, intermediate_dim=32, layer_norm_epsilon=1e-6),
+    "pooler": BertPooler(initializer_range=0.05),
+    "nsp": BertNSPHead(),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_config_roundtrip(name):
+    check_config_roundtrip(LAYERS[name])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_keras_file_roundtrip(name, tmp_path):
+    build, inputs = CASES[name]
+    check_keras_roundtrip(build(), inputs(), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["embeddings", "attention", "encoder", "pooler"])
+def test_variable_sequence_length(name):
+    build, inputs = CASES[name]
+    check_variable_length(build(), inputs)
+
+
+@pytest.mark.parametrize("name", ["attention", "encoder"])
+def test_padding_invariance(name):
+    build, inputs = CASES[name]
+    check_padding_invariance(build(), inputs(), "padding_mask", float_key="x")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_mixed_precision(name):
+    build, inputs = CASES[name]
+    model = check_mixed_precision(build, inputs())
+    out = model(inputs())
+    assert keras.backend.standardize_dtype(out.dtype) == ("float32" if name == "nsp" else "bfloat16")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fit_step(name):
+    build, inputs = CASES[name]
+    model = build()
+    x = inputs()
+    y = np.random.default_rng(1).normal(size=flat_outputs(model(x))["out"].shape)
+    check_fit_step(model, x, y.astype("float32"), "mse")
+
+
+def test_fused_attention_matches_explicit_path():
+    x = hidden_inputs(seq=12)
+    fused = attention_model(use_fused_attention=True)
+    explicit = attention_model(use_fused_attention=False)
+    explicit.set_weights(fused.get_weights())
+    a, b = flat_outputs(fused(x))["out"], flat_outputs(explicit(x))["out"]
+    mask = x["padding_mask"].astype(bool)
+    np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
+
+
+def test_attention_probabilities_are_masked_and_normalised():
+    layer = BertSelfAttention(num_heads=2, head_dim=8)
+    x = hidden_inputs(seq=9)
+    _, probs = layer(x["x"], padding_mask=x["padding_mask"], return_attention_scores=True)
+    probs = np.asarray(keras.ops.convert_to_numpy(probs))
+    assert probs.shape == (3, 2, 9, 9)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    keys_padded = x["padding_mask"][:, None, None, :] == 0
+    assert np.all(np.where(np.broadcast_to(keys_padded, probs.shape), probs, 0) < 1e-6)
+
+
+def test_attention_dropout_only_in_training():
+    layer = BertSelfAttention(num_heads=2, head_dim=8, attention_dropout=0.5)
+    x = hidden_inputs(seq=8)
+    a = np.asarray(keras.ops.convert_to_numpy(layer(x["x"], padding_mask=x["padding_mask"])))
+    b = np.asarray(keras.ops.convert_to_numpy(layer(x["x"], padding_mask=x["padding_mask"])))
+    c = np.asarray(keras.ops.convert_to_numpy(
+        layer(x["x"], padding_mask=x["padding_mask"], training=True)))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_gelu_is_exact_erf():
+    from math import erf, sqrt
+
+    from bertdesk.layers.bert_encoder_block import gelu
+
+    xs = np.array([-3.0, -1.0, -0.3, 0.0, 0.5, 2.0], dtype="float32")
+    expected = [v * 0.5 * (1 + erf(v / sqrt(2))) for v in xs]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(gelu(xs)), expected, atol=1e-6)
+
+
+def test_embedding_initialisation_is_normal_002():
+    layer = BertEmbeddings(vocabulary_size=2000, hidden_dim=64)
+    layer.build((None, None))
+    w = np.asarray(keras.ops.convert_to_numpy(layer.token_embedding.embeddings))
+    assert abs(w.std() - 0.02) < 0.001 and abs(w.mean()) < 0.001
+    assert np.abs(w).max() > 0.06  # not truncated at 2 std

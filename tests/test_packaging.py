@@ -1,0 +1,42 @@
+"""The built wheel installs only bertdesk-named top-level packages."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.backend_neutral
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_top_level_names(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("bertdesk-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"bertdesk", "bertdesk_gui", "bertdesk_models"}
+    assert "bertdesk_models/base.json" in names
+    assert not any(n.startswith(("gui/", "models/", "tests/")) for n in names)
+
+
+def test_library_never_imports_qt():
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, bertdesk, bertdesk.io, bertdesk.layers, bertdesk.models, bertdesk.cli;"
+         "bad = [m for m in sys.modules if m.startswith(('PySide6', 'PyQt', 'shiboken'))];"
+         "print(bad); sys.exit(1 if bad else 0)"],
+        capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_layers_use_keras_ops_only():
+    for path in (ROOT / "bertdesk" / "layers").glob("*.py"):
+        source = path.read_text()
+        for backend in ("import tensorflow", "import jax", "import torch", "from tensorflow",
+                        "from jax", "from torch"):
+            assert backend not in source, f"{path.name} imports a backend: {backend}"
