@@ -1,6 +1,10 @@
 """The `bertdesk` command line.
 
-    bertdesk demo                              # the README's main job
+    bertdesk demo                              # the README's main job: fine-tune
+    bertdesk finetune --task classify --train FILE --model PRESET_OR_FOLDER --output DIR
+    bertdesk evaluate --model DIR --data FILE [--metrics-out FILE.json]
+    bertdesk predict  --model DIR --data FILE --output FILE(.csv|.jsonl)
+    bertdesk encode                            # sentence similarities with the bundled BERT
     bertdesk convert SRC DST --to hf|bertdesk  # checkpoint conversion
     bertdesk info FOLDER                       # what a checkpoint holds
 
@@ -50,7 +54,7 @@ def _cmd_info(args):
     print(f"vocab:   {ckpt.vocab_file or 'none'}")
 
 
-def _cmd_demo(args):
+def _cmd_encode(args):
     import numpy as np
 
     import bertdesk
@@ -80,14 +84,166 @@ def _cmd_demo(args):
         print(f"{s:<40} closest: {sentences[best]!r} (cosine {sim[i, best]:.3f})")
 
 
+def _finetune_config(args):
+    from bertdesk.training.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        train=args.train, output=args.output, task=args.task, validation=args.validation,
+        text_column=args.text_column, text_pair_column=args.text_pair_column,
+        label_column=args.label_column, problem_type=args.problem_type,
+        label_separator=args.label_separator, model=args.model, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+        max_length=args.max_length, seed=args.seed,
+        validation_fraction=args.validation_fraction,
+        early_stopping_patience=args.early_stopping_patience,
+        mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
+        bucket=not args.no_bucketing, resume=args.resume)
+
+
+def _print_metrics(metrics):
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            print(f"  {key:<10} {value:.4f}")
+
+
+def _cmd_finetune(args):
+    import json
+
+    import keras
+
+    from bertdesk.training.callbacks import TerminalProgress
+    from bertdesk.training.finetune import run_finetune
+
+    config = _finetune_config(args)
+    print(f"fine-tuning on the {keras.backend.backend()} backend: {config.train} -> {config.output}")
+    result = run_finetune(config, TerminalProgress())
+    print(f"best epoch {result['best_epoch']}; validation metrics:")
+    _print_metrics(result["metrics"])
+    print(f"model:       {result['model']}\npredictions: {result['predictions']}")
+    if args.metrics_out:
+        from bertdesk.io.atomic import atomic_write_text
+
+        atomic_write_text(args.metrics_out, json.dumps(_public_metrics(result["metrics"]), indent=2))
+
+
+def _public_metrics(metrics):
+    return {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")} | (
+        {"per_class": metrics["per_class"]} if "per_class" in metrics else {})
+
+
+def _load_data_for(model, args, require_labels):
+    from bertdesk.data.tables import load_classification
+
+    args_meta = model.meta.get("training_args", {})
+    return load_classification(
+        args.data, text_column=args.text_column or args_meta.get("text_column", "text"),
+        text_pair_column=args.text_pair_column or args_meta.get("text_pair_column"),
+        label_column=args.label_column or args_meta.get("label_column", "label"),
+        problem_type=model.head["problem_type"],
+        label_separator=args_meta.get("label_separator", ","), require_labels=require_labels)
+
+
+def _cmd_evaluate(args):
+    import json
+
+    from bertdesk.io.atomic import atomic_write_text
+    from bertdesk.tasks.saving import load_model
+    from bertdesk.training.finetune import compute_metrics, predict_scores
+
+    model = load_model(args.model)
+    data = _load_data_for(model, args, require_labels=True)
+    scores = predict_scores(model.model, model.tokenizer, data, model.max_length, model.head)
+    metrics = compute_metrics(scores, data, model.head)
+    print(f"{len(data)} examples from {args.data}:")
+    _print_metrics(metrics)
+    if args.metrics_out:
+        atomic_write_text(args.metrics_out, json.dumps(_public_metrics(metrics), indent=2))
+        print(f"metrics written to {args.metrics_out}")
+
+
+def _cmd_predict(args):
+    from bertdesk.tasks.saving import load_model
+    from bertdesk.training.finetune import predict_scores, prediction_rows, write_rows
+
+    model = load_model(args.model)
+    data = _load_data_for(model, args, require_labels=False)
+    scores = predict_scores(model.model, model.tokenizer, data, model.max_length, model.head)
+    write_rows(prediction_rows(scores, data, model.head), args.output)
+    print(f"{len(data)} predictions written to {args.output}")
+
+
+def _cmd_demo(args):
+    """The main job: fine-tune the bundled pretrained BERT on the bundled
+    English sentiment sample, print validation metrics, write the model and
+    its predictions."""
+    from pathlib import Path
+
+    assets = Path(__file__).resolve().parent.parent / "assets"
+    sample = assets / "sentiment_en.csv"
+    if not sample.is_file():
+        raise FileNotFoundError(f"{sample}: the bundled sample is missing")
+    argv = ["finetune", "--task", "classify", "--train", str(sample), "--model", "bundled",
+            "--output", args.output, "--epochs", "2", "--batch-size", "16", "--max-length", "64",
+            "--learning-rate", "1e-4"] + (["--resume"] if args.resume else [])
+    fargs = build_parser().parse_args(argv)
+    _cmd_finetune(fargs)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="bertdesk", description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="encode sentences with the bundled pretrained BERT")
-    p.add_argument("--model", help="checkpoint folder (default: the bundled MiniLM)")
+    p = sub.add_parser("demo", help="fine-tune the bundled pretrained BERT on the bundled sample")
+    p.add_argument("--output", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--resume", action="store_true")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on a dataset")
+    p.add_argument("--task", choices=("classify",), default="classify")
+    p.add_argument("--train", required=True, help="CSV, TSV, JSON lines, JSON, Parquet or Excel")
+    p.add_argument("--validation", help="validation file (default: stratified split of --train)")
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    _column_options(p, defaults=True)
+    p.add_argument("--problem-type", choices=("single_label", "multi_label", "regression"),
+                   default="single_label")
+    p.add_argument("--label-separator", default=",", help="separates labels (multi_label)")
+    p.add_argument("--model", default="bundled",
+                   help="'bundled' (pretrained MiniLM), a preset (tiny, mini, ..., base) or a folder")
+    p.add_argument("--output", required=True, help="run folder (model, predictions, metrics)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--early-stopping-patience", type=int)
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
+    p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--no-bucketing", action="store_true", help="do not group similar lengths")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--metrics-out", help="also write validation metrics as JSON here")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model on labelled data")
+    p.add_argument("--model", required=True, help="fine-tuned model folder (RUN/model)")
+    p.add_argument("--data", required=True)
+    _column_options(p, defaults=False)
+    p.add_argument("--metrics-out", help="write metrics as JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict with a fine-tuned model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--output", required=True, help="predictions (.csv or .jsonl)")
+    _column_options(p, defaults=False)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("encode", help="sentence similarities with the bundled pretrained BERT")
+    p.add_argument("--model", help="checkpoint folder (default: the bundled MiniLM)")
+    p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("convert", help="convert a checkpoint folder")
     p.add_argument("src", help="Hugging Face, Google TF, keras-hub or bertdesk folder")
@@ -102,14 +258,21 @@ def build_parser():
     return parser
 
 
+def _column_options(p, defaults):
+    p.add_argument("--text-column", default="text" if defaults else None)
+    p.add_argument("--text-pair-column", default=None)
+    p.add_argument("--label-column", default="label" if defaults else None)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     _set_backend(args.backend)
+    from bertdesk.data.tables import DataError
     from bertdesk.io.errors import CheckpointError
 
     try:
         args.func(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError) as e:
+    except (CheckpointError, DataError, FileNotFoundError, FileExistsError) as e:
         print(f"bertdesk {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

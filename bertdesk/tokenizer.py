@@ -150,6 +150,17 @@ class BertTokenizer:
     def decode(self, ids, skip_special_tokens=True):
         return self._tokenizer.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
 
+    def encode_ragged(self, texts, text_pairs=None, max_length=128):
+        """Unpadded encodings for batching later: a list of
+        `(token_ids, segment_ids)` int32 arrays, truncated to `max_length`."""
+        tok = self._tokenizer
+        tok.enable_truncation(max_length, strategy="longest_first")
+        tok.no_padding()
+        texts = list(texts)
+        batch = (tok.encode_batch(texts) if text_pairs is None
+                 else tok.encode_batch(list(zip(texts, list(text_pairs)))))
+        return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32)) for e in batch]
+
     def __call__(self, texts, text_pairs=None, max_length=128, padding="max_length",
                  return_offsets=False, return_word_ids=False):
         """Encode a batch.

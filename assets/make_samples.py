@@ -1,0 +1,88 @@
+"""Writes the small sample datasets in assets/ (deterministic; re-run to
+regenerate). All text here is composed by this script, not copied from any
+dataset.
+
+    python assets/make_samples.py
+"""
+
+import csv
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+SUBJECTS = ["The film", "This movie", "The acting", "The plot", "The soundtrack", "The ending",
+            "The director's new picture", "The cast", "The script", "The second half",
+            "The animation", "The dialogue", "Every scene", "The lead performance"]
+POSITIVE = ["wonderful", "moving", "brilliant", "charming", "gripping", "delightful", "superb",
+            "heartfelt", "funny", "beautiful", "clever", "memorable", "touching", "fresh"]
+NEGATIVE = ["dull", "boring", "clumsy", "tedious", "painful", "forgettable", "messy",
+            "lifeless", "predictable", "bland", "confusing", "shallow", "awkward", "stale"]
+ADVERBS = ["", "truly ", "rather ", "remarkably ", "utterly ", "surprisingly ", "quite ",
+           "simply ", "really "]
+POS_TAILS = ["and I would watch it again.", "from start to finish.", "- a real treat.",
+             "and the audience loved it.", "; highly recommended!", "."]
+NEG_TAILS = ["and I left early.", "from start to finish.", "- a waste of an evening.",
+             "and the audience was restless.", "; skip it.", "."]
+
+ZH_SUBJECTS = ["这部电影", "酒店的服务", "这本书", "房间", "演员的表演", "这家餐厅", "故事情节", "这款手机"]
+ZH_POSITIVE = ["非常好", "很精彩", "令人满意", "特别棒", "很温馨", "值得推荐", "让人感动", "好极了"]
+ZH_NEGATIVE = ["太差了", "很无聊", "让人失望", "非常糟糕", "不干净", "不值这个价", "浪费时间", "很难受"]
+ZH_TAILS = ["。", "！", "，下次还会再来。", "，说实话。", "，朋友也这么说。", "。总体来说如此。"]
+
+
+def english_sentiment(n, rng):
+    rows = []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        negated = rng.random() < 0.2
+        words = NEGATIVE if positive == negated else POSITIVE
+        adj = rng.choice(words)
+        not_ = "not " if negated else ""
+        tail = rng.choice(POS_TAILS if positive else NEG_TAILS)
+        text = f"{rng.choice(SUBJECTS)} is {not_}{rng.choice(ADVERBS)}{adj} {tail}"
+        rows.append({"text": text.replace(" .", ".").replace(" ;", ";"),
+                     "label": "positive" if positive else "negative"})
+    return rows
+
+
+def chinese_sentiment(n, rng):
+    rows = []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        text = rng.choice(ZH_SUBJECTS) + rng.choice(ZH_POSITIVE if positive else ZH_NEGATIVE)
+        rows.append({"text": text + rng.choice(ZH_TAILS), "label": "正面" if positive else "负面"})
+    return rows
+
+
+def english_pairs(n, rng):
+    """Does the review (text_pair) agree with the claim (text)?"""
+    rows = []
+    for _ in range(n):
+        claim_positive = rng.random() < 0.5
+        review = english_sentiment(1, rng)[0]
+        subject = rng.choice(SUBJECTS).lower()
+        claim = f"The reviewer liked {subject}." if claim_positive else \
+            f"The reviewer disliked {subject}."
+        agree = (review["label"] == "positive") == claim_positive
+        rows.append({"claim": claim, "review": review["text"],
+                     "label": "agree" if agree else "disagree"})
+    return rows
+
+
+def write(rows, name):
+    with open(HERE / name, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main():
+    rng = random.Random(20261129)
+    write(english_sentiment(1200, rng), "sentiment_en.csv")
+    write(chinese_sentiment(600, rng), "sentiment_zh.csv")
+    write(english_pairs(800, rng), "pairs_en.csv")
+
+
+if __name__ == "__main__":
+    main()

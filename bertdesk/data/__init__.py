@@ -1,0 +1,5 @@
+"""Reading and batching datasets."""
+
+from bertdesk.data.tables import DataError, load_classification, read_table
+
+__all__ = ["DataError", "load_classification", "read_table"]

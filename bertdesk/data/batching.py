@@ -1,0 +1,113 @@
+"""Batches padded to their own longest sequence, with length bucketing."""
+
+import math
+
+import keras
+import numpy as np
+
+
+class PaddedBatches(keras.utils.PyDataset):
+    """A Keras dataset over ragged encodings.
+
+    Each batch is padded only to its own longest sequence (rounded up to a
+    multiple of `pad_to_multiple`, which bounds how many shapes a compiled
+    step sees). With `bucket=True`, examples are sorted by length inside
+    windows of `bucket_batches` batches, so a batch holds similar lengths;
+    the order of batches is shuffled each epoch (seeded per epoch, so a
+    resumed run sees the same order).
+
+    Args:
+        encodings: list of `(token_ids, segment_ids)` int32 arrays.
+        targets: array `(n, ...)` or None (prediction).
+        fixed_length: pad every batch to this length instead (the
+            "pad to max_length" baseline).
+    """
+
+    def __init__(self, encodings, targets=None, batch_size=32, shuffle=False, bucket=True,
+                 seed=0, pad_to_multiple=8, fixed_length=None, bucket_batches=50,
+                 target_pad_value=None):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.encodings = encodings
+        self.targets = None if targets is None else np.asarray(targets)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.bucket = bucket
+        self.seed = seed
+        self.pad_to_multiple = pad_to_multiple
+        self.fixed_length = fixed_length
+        self.bucket_batches = bucket_batches
+        self.target_pad_value = target_pad_value
+        self.lengths = np.array([len(ids) for ids, _ in encodings])
+        self.epoch = 0
+        self._make_batches()
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self._make_batches()
+
+    def _make_batches(self):
+        n = len(self.encodings)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.bucket:
+            window = self.batch_size * self.bucket_batches
+            chunks = [order[i:i + window] for i in range(0, n, window)]
+            order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")]
+                                    for c in chunks]) if n else order
+        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
+
+    def batch_length(self, idx):
+        if self.fixed_length:
+            return self.fixed_length
+        longest = int(self.lengths[idx].max())
+        m = self.pad_to_multiple
+        return int(math.ceil(longest / m) * m)
+
+    def __getitem__(self, i):
+        idx = self.batches[i]
+        length = self.batch_length(idx)
+        token_ids = np.zeros((len(idx), length), np.int32)
+        segment_ids = np.zeros((len(idx), length), np.int32)
+        padding_mask = np.zeros((len(idx), length), np.int32)
+        for row, j in enumerate(idx):
+            ids, seg = self.encodings[j]
+            token_ids[row, :len(ids)] = ids
+            segment_ids[row, :len(ids)] = seg
+            padding_mask[row, :len(ids)] = 1
+        x = {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        if self.targets is None:
+            return (x,)
+        y = self.targets[idx]
+        if self.target_pad_value is not None:  # per-token targets (batch, seq)
+            padded = np.full((len(idx), length), self.target_pad_value, y.dtype if y.dtype != object else np.int32)
+            for row, t in enumerate(y):
+                padded[row, :len(t)] = t[:length]
+            y = padded
+        return x, y
+
+    def padded_tokens(self):
+        """Token slots computed per epoch (real + padding): what bucketing saves."""
+        return int(sum(len(b) * self.batch_length(b) for b in self.batches))
+
+
+def predict_batches(model, dataset):
+    """Run `model` over `dataset` batch by batch; outputs back in example
+    order as a list of per-example arrays (trimmed of padding along seq when
+    the output is per token) or a stacked array."""
+    outputs = [None] * len(dataset.encodings)
+    for i in range(len(dataset)):
+        x = dataset[i][0]
+        out = model.predict_on_batch(x)
+        out = np.asarray(out["logits"] if isinstance(out, dict) else out, dtype=np.float32)
+        for row, j in enumerate(dataset.batches[i]):
+            outputs[j] = out[row]
+    return outputs

@@ -1,0 +1,169 @@
+"""Tables of examples (CSV, TSV, JSON lines, JSON, Parquet, Excel) read with
+pandas, checked row by row. The user's files are only ever read."""
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+READERS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "json",
+           ".parquet": "parquet", ".xlsx": "excel", ".xls": "excel"}
+PROBLEM_TYPES = ("single_label", "multi_label", "regression")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the row and the problem."""
+
+
+def read_table(path):
+    """A pandas DataFrame of strings (no 'NA' -> NaN guessing) from `path`."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unknown table format {path.suffix!r}; expected one of "
+                        f"{', '.join(sorted(READERS))}")
+    text_opts = dict(dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+    try:
+        if kind == "csv":
+            df = pd.read_csv(path, **text_opts)
+        elif kind == "tsv":
+            # GLUE-style TSV: tabs only, quotes are text.
+            df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, **text_opts)
+        elif kind == "jsonl":
+            df = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+        elif kind == "json":
+            df = pd.read_json(path, dtype=False, encoding="utf-8")
+        elif kind == "parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_excel(path, dtype=str, keep_default_na=False, na_filter=False)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (undecodable byte at position {e.start})") from None
+    except (ValueError, pd.errors.ParserError) as e:
+        raise DataError(f"{path}: cannot read as {kind}: {str(e).splitlines()[0]}") from None
+    except ImportError as e:
+        raise DataError(f"{path}: reading {kind} needs an optional package ({e})") from None
+    if len(df) == 0:
+        raise DataError(f"{path}: no rows")
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _column(df, name, path, role):
+    if name not in df.columns:
+        raise DataError(f"{path}: no {role} column {name!r}; columns are: "
+                        f"{', '.join(map(repr, df.columns))}")
+    return df[name].tolist()
+
+
+def _cell_text(value):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value)
+
+
+@dataclass
+class ClassificationData:
+    """Texts (and pairs) with raw labels: strings, lists of strings
+    (multi-label) or floats (regression)."""
+
+    texts: list
+    pairs: list | None
+    labels: list | None
+    source: str = ""
+    rows: list = field(default_factory=list)  # 1-based data row of each example
+
+    def __len__(self):
+        return len(self.texts)
+
+
+def load_classification(path, text_column="text", text_pair_column=None, label_column="label",
+                        problem_type="single_label", label_separator=",", require_labels=True):
+    """Read and check a classification table. Every bad row is reported
+    with its row number (1 = first data row)."""
+    if problem_type not in PROBLEM_TYPES:
+        raise DataError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+    df = read_table(path)
+    texts = [_cell_text(v) for v in _column(df, text_column, path, "text")]
+    pairs = None
+    if text_pair_column:
+        pairs = [_cell_text(v) for v in _column(df, text_pair_column, path, "text pair")]
+    labels = None
+    has_labels = label_column in df.columns
+    if require_labels or has_labels:
+        raw = _column(df, label_column, path, "label")
+        labels = []
+        for i, v in enumerate(raw, 1):
+            cell = _cell_text(v).strip() if not isinstance(v, list) else v
+            if cell == "" or cell == []:
+                raise DataError(f"{path}: row {i}: missing label in column {label_column!r}")
+            if problem_type == "regression":
+                try:
+                    labels.append(float(cell))
+                except ValueError:
+                    raise DataError(f"{path}: row {i}: label {cell!r} in column "
+                                    f"{label_column!r} is not a number") from None
+            elif problem_type == "multi_label":
+                if isinstance(cell, list):
+                    items = [str(x).strip() for x in cell]
+                elif cell.startswith("["):
+                    try:
+                        items = [str(x).strip() for x in json.loads(cell)]
+                    except json.JSONDecodeError:
+                        raise DataError(f"{path}: row {i}: label {cell!r} is not a JSON list") from None
+                else:
+                    items = [x.strip() for x in cell.split(label_separator)]
+                labels.append(sorted({x for x in items if x}))
+            else:
+                labels.append(_label_str(cell))
+    for i, t in enumerate(texts, 1):
+        if not t.strip():
+            raise DataError(f"{path}: row {i}: empty text in column {text_column!r}")
+        if pairs is not None and not pairs[i - 1].strip():
+            raise DataError(f"{path}: row {i}: empty text pair in column {text_pair_column!r} "
+                            "(every row needs both texts)")
+    return ClassificationData(texts, pairs, labels, str(path), list(range(1, len(texts) + 1)))
+
+
+def _label_str(value):
+    """Labels as strings; '1.0' from a float column reads as '1'."""
+    s = str(value).strip()
+    try:
+        f = float(s)
+        if f.is_integer() and ("." in s or "e" in s.lower()):
+            return str(int(f))
+    except ValueError:
+        pass
+    return s
+
+
+def stratified_split(labels, fraction=0.1, seed=0):
+    """(train_indices, validation_indices), each label split in proportion
+    (at least one validation example per label with two or more examples)."""
+    rng = np.random.default_rng(seed)
+    keys = [tuple(l) if isinstance(l, list) else l for l in labels]
+    by_label = {}
+    for i, k in enumerate(keys):
+        by_label.setdefault(k if not isinstance(k, float) else 0, []).append(i)
+    train, val = [], []
+    for k in sorted(by_label, key=str):
+        idx = np.array(by_label[k])
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * fraction))
+        if n_val == 0 and len(idx) >= 2 and fraction > 0:
+            n_val = 1
+        val.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    return sorted(train), sorted(val)
+
+
+def subset(data, indices):
+    pick = lambda xs: None if xs is None else [xs[i] for i in indices]  # noqa: E731
+    return ClassificationData(pick(data.texts), pick(data.pairs), pick(data.labels),
+                              data.source, pick(data.rows))

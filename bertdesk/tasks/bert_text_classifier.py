@@ -1,0 +1,83 @@
+"""Text classification (single or pair; multi-class, multi-label, regression)."""
+
+import keras
+from keras import ops
+
+from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BertBackbone  # noqa: F401
+
+
+# === Model ===
+@keras.saving.register_keras_serializable(package="bertdesk")
+class BertTextClassifier(keras.Model):
+    """Backbone + dropout + dense on the pooled [CLS] output, as in
+    transformers' `BertForSequenceClassification` (whose `classifier`
+    weights these map to).
+
+    Args:
+        backbone: a `BertBackbone`.
+        num_classes: outputs (1 for regression).
+        problem_type: "single_label" (softmax), "multi_label" (sigmoid per
+            class) or "regression".
+        dropout: dropout before the classifier (default: the backbone's).
+
+    Output: `logits` `(batch, num_classes)`, float32.
+    """
+
+    def __init__(self, backbone, num_classes, problem_type="single_label", dropout=None,
+                 **kwargs):
+        # === Layers ===
+        dropout = backbone.dropout if dropout is None else dropout
+        dropout_layer = keras.layers.Dropout(dropout, name="classifier_dropout")
+        classifier = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=backbone.initializer_range),
+            dtype=backbone.embeddings.dtype_policy,
+            name="classifier",
+        )
+
+        # === Functional model ===
+        inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
+                  for name in BACKBONE_INPUTS}
+        pooled = backbone(inputs)["pooled_output"]  # (batch, hidden)
+        logits = ops.cast(classifier(dropout_layer(pooled)), "float32")
+        super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.problem_type = problem_type
+        self.dropout = dropout
+        self.classifier = classifier
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "backbone": keras.layers.serialize(self.backbone),
+                "num_classes": self.num_classes, "problem_type": self.problem_type,
+                "dropout": self.dropout}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+    def head_tensors(self):
+        """Classifier weights under transformers' names."""
+        import numpy as np
+
+        return {"classifier.weight": np.asarray(ops.convert_to_numpy(self.classifier.kernel)).T,
+                "classifier.bias": np.asarray(ops.convert_to_numpy(self.classifier.bias))}
+
+    def assign_head(self, tensors, source):
+        from bertdesk.io.errors import CheckpointError
+
+        expected = {"classifier.weight": (self.num_classes, self.backbone.hidden_dim),
+                    "classifier.bias": (self.num_classes,)}
+        for name, shape in expected.items():
+            if name not in tensors:
+                raise CheckpointError(f"{source}: missing tensor {name!r}")
+            if tuple(tensors[name].shape) != shape:
+                raise CheckpointError(f"{source}: tensor {name!r} has shape "
+                                      f"{tuple(tensors[name].shape)}, expected {shape}")
+        self.classifier.kernel.assign(tensors["classifier.weight"].T)
+        self.classifier.bias.assign(tensors["classifier.bias"])

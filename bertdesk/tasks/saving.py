@@ -1,0 +1,96 @@
+"""Fine-tuned model folders: config, weights, tokenizer, labels, arguments.
+
+    folder/bertdesk.json      format, task, backbone config, head, training args
+    folder/model.safetensors  backbone + head under transformers' names
+    folder/vocab.txt, tokenizer_config.json
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertdesk.io import read_checkpoint
+from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
+from bertdesk.io.errors import CheckpointError
+from bertdesk.io.formats import read_json
+
+TASKS = ("classify",)
+
+
+def save_task_model(model, folder, tokenizer, task, head_config, training_args=None,
+                    overwrite=False):
+    """Write a fine-tuned model folder; assembled beside `folder`, then moved
+    in (or, with `overwrite`, each file replaced atomically)."""
+    from safetensors.numpy import save
+
+    from bertdesk.io.mapping import backbone_tensors
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder}: folder exists and is not empty")
+    tensors = {**backbone_tensors(model.backbone), **model.head_tensors()}
+    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    meta = {"format": "bertdesk", "version": 1, "task": task,
+            "backbone": model.backbone.architecture_config(),
+            "tokenizer": {"lowercase": tokenizer.lowercase,
+                          "strip_accents": tokenizer.strip_accents},
+            "head": head_config, "training_args": training_args or {}}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial",
+                                    dir=folder.parent))
+    try:
+        atomic_write_bytes(staging / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+        tokenizer.save(staging)
+        atomic_write_text(staging / "bertdesk.json", json.dumps(meta, indent=2))
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, folder / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+@dataclass
+class FineTunedModel:
+    """A loaded fine-tuned model: Keras model, tokenizer and its metadata."""
+
+    model: object
+    tokenizer: object
+    task: str
+    head: dict
+    meta: dict
+    folder: Path
+
+    @property
+    def labels(self):
+        return self.head.get("labels")
+
+    @property
+    def max_length(self):
+        return int(self.meta.get("training_args", {}).get("max_length", 128))
+
+
+def load_model(folder, **backbone_overrides):
+    """Restore a fine-tuned model folder written by `bertdesk finetune`."""
+    from bertdesk.io import load_backbone, load_tokenizer
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+
+    folder = Path(folder)
+    meta_path = folder / "bertdesk.json"
+    meta = read_json(meta_path)
+    task = meta.get("task")
+    if task not in TASKS:
+        raise CheckpointError(f"{meta_path}: no fine-tuned task in this folder "
+                              f"(task={task!r}); expected one of {TASKS}")
+    head = meta.get("head") or {}
+    ckpt = read_checkpoint(folder)
+    backbone = load_backbone(folder, **backbone_overrides)
+    model = BertTextClassifier(backbone, num_classes=head["num_classes"],
+                               problem_type=head["problem_type"])
+    model.assign_head(ckpt.tensors, ckpt.weights_file)
+    return FineTunedModel(model, load_tokenizer(folder), task, head, meta, folder)

@@ -1,0 +1,1 @@
+"""Fine-tuning: optimizer, callbacks with progress events, metrics, the run."""

@@ -1,0 +1,185 @@
+"""Keras callbacks that report training as plain events (dicts), evaluate on
+the validation set, keep the best model and write resumable checkpoints.
+
+Events, in order: `train_begin`, then per step `step`, per epoch `epoch`,
+and `train_end`. Every event is a JSON-serialisable dict with an "event" key;
+the terminal progress bar and the desktop app both consume them.
+"""
+
+import json
+import math
+import sys
+import time
+
+import keras
+import numpy as np
+
+from bertdesk.io.atomic import atomic_write_text
+
+
+def _float(x):
+    try:
+        return float(np.asarray(keras.ops.convert_to_numpy(x)))
+    except Exception:
+        return float(x)
+
+
+class ProgressEvents(keras.callbacks.Callback):
+    """Emits `step` events (step, epoch, loss, learning rate, throughput, ETA)."""
+
+    def __init__(self, sink, steps_per_epoch, epochs, batch_size, initial_epoch=0, every=1):
+        super().__init__()
+        self.sink = sink
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.initial_epoch = initial_epoch
+        self.every = max(1, every)
+        self.total_steps = steps_per_epoch * epochs
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+        self.steps_done = 0
+        self.sink({"event": "train_begin", "epochs": self.epochs,
+                   "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                   "initial_epoch": self.initial_epoch})
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_done += 1
+        step = self.epoch * self.steps_per_epoch + batch + 1
+        if step % self.every and batch + 1 != self.steps_per_epoch:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.steps_done / elapsed if elapsed > 0 else 0.0
+        remaining = self.total_steps - step
+        self.sink({"event": "step", "step": step, "total_steps": self.total_steps,
+                   "epoch": self.epoch + 1, "epochs": self.epochs,
+                   "loss": _float((logs or {}).get("loss", math.nan)),
+                   "learning_rate": _float(self.model.optimizer.learning_rate),
+                   "examples_per_second": rate * self.batch_size,
+                   "elapsed_seconds": elapsed,
+                   "eta_seconds": remaining / rate if rate > 0 else None})
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """At each epoch end, runs `evaluate_fn()` -> metrics dict, adds its
+    numbers to the logs as `val_<name>` (for early stopping and best-model
+    keeping) and emits an `epoch` event."""
+
+    def __init__(self, evaluate_fn, sink, monitor, mode="max"):
+        super().__init__()
+        self.evaluate_fn = evaluate_fn
+        self.sink = sink
+        self.monitor = monitor
+        self.mode = mode
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        metrics = self.evaluate_fn() if self.evaluate_fn else {}
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                logs[f"val_{k}"] = v
+        value = metrics.get(self.monitor)
+        improved = value is not None and (
+            self.best is None or (value > self.best if self.mode == "max" else value < self.best))
+        if improved:
+            self.best = value
+        logs["_improved"] = improved
+        self.sink({"event": "epoch", "epoch": epoch + 1, "loss": _float(logs.get("loss", math.nan)),
+                   "validation": {k: v for k, v in metrics.items()
+                                  if isinstance(v, (int, float))},
+                   "monitor": self.monitor, "improved": bool(improved), "best": self.best})
+
+
+class BestModelKeeper(keras.callbacks.Callback):
+    """Keeps the best epoch's weights in memory and calls `save_fn(epoch)`
+    when it improves; restores them when training ends."""
+
+    def __init__(self, save_fn=None):
+        super().__init__()
+        self.save_fn = save_fn
+        self.best_weights = None
+        self.best_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (logs or {}).pop("_improved", False) or self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch + 1
+            if self.save_fn:
+                self.save_fn(epoch + 1)
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """After every epoch, writes the whole model with its optimizer state
+    (`last.keras`) and `state.json` atomically, so `--resume` continues from
+    the last finished epoch."""
+
+    def __init__(self, folder, extra_state_fn=None):
+        super().__init__()
+        self.folder = folder
+        self.extra_state_fn = extra_state_fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        import os
+        import tempfile
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".keras", dir=self.folder)
+        os.close(fd)
+        try:
+            self.model.save(tmp)
+            os.replace(tmp, self.folder / "last.keras")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        state = {"epochs_done": epoch + 1,
+                 **(self.extra_state_fn() if self.extra_state_fn else {})}
+        atomic_write_text(self.folder / "state.json", json.dumps(state, indent=2))
+
+
+class TerminalProgress:
+    """An event sink that draws a progress bar on a terminal (stderr)."""
+
+    def __init__(self, stream=None, width=30):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, event):
+        kind = event["event"]
+        if kind == "step":
+            done = event["step"] / max(1, event["total_steps"])
+            bar = "#" * int(done * self.width)
+            eta = event["eta_seconds"]
+            line = (f"epoch {event['epoch']}/{event['epochs']} [{bar:<{self.width}}] "
+                    f"{event['step']}/{event['total_steps']} loss {event['loss']:.4f} "
+                    f"lr {event['learning_rate']:.2e} {event['examples_per_second']:.1f} ex/s "
+                    f"ETA {_fmt_time(eta)}")
+            if self.tty:
+                self.stream.write("\r" + line + " " * 4)
+            elif event["step"] % max(1, event["total_steps"] // 20) == 0 or done >= 1:
+                self.stream.write(line + "\n")
+        elif kind == "epoch":
+            val = ", ".join(f"{k} {v:.4f}" for k, v in event["validation"].items())
+            mark = " (best)" if event["improved"] else ""
+            self.stream.write(("\n" if self.tty else "") +
+                              f"epoch {event['epoch']}: loss {event['loss']:.4f}; "
+                              f"validation: {val}{mark}\n")
+        elif kind == "message":
+            self.stream.write(event["text"] + "\n")
+        self.stream.flush()
+
+
+def _fmt_time(seconds):
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"

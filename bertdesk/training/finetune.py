@@ -1,0 +1,321 @@
+"""Fine-tuning, evaluation and prediction for text classification.
+
+One configuration object (`FinetuneConfig`) serves the library, the command
+line and the desktop app; progress goes to an event sink (see callbacks.py).
+"""
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from bertdesk.data.tables import DataError, load_classification, stratified_split, subset
+from bertdesk.io.atomic import atomic_write_text
+
+
+@dataclass
+class FinetuneConfig:
+    train: str
+    output: str
+    task: str = "classify"
+    validation: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    problem_type: str = "single_label"  # single_label | multi_label | regression
+    label_separator: str = ","
+    model: str = "bundled"  # "bundled", a preset name, or a checkpoint folder
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    seed: int = 0
+    validation_fraction: float = 0.1
+    early_stopping_patience: int | None = None
+    mixed_precision: bool = False
+    jit_compile: str = "auto"  # auto | on | off
+    bucket: bool = True
+    dynamic_padding: bool = True
+    resume: bool = False
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown fine-tuning options: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _natural_key(label):
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def resolve_model(spec):
+    """(backbone, tokenizer) for "bundled", a preset name or a folder."""
+    import bertdesk
+    from bertdesk.io import load_backbone, load_tokenizer
+
+    if spec in ("bundled", "minilm"):
+        folder = bertdesk.bundled_checkpoint()
+        return load_backbone(folder), load_tokenizer(folder)
+    if spec in bertdesk.preset_names():
+        # A random backbone with BERT's uncased WordPiece vocabulary (30,522).
+        tokenizer = load_tokenizer(bertdesk.bundled_checkpoint())
+        return (bertdesk.BertBackbone.from_preset(spec, vocabulary_size=tokenizer.vocabulary_size),
+                tokenizer)
+    if not Path(spec).exists():
+        raise DataError(f"--model {spec!r}: not a preset ({', '.join(bertdesk.preset_names())}), "
+                        "not 'bundled', and no such folder")
+    return load_backbone(spec), load_tokenizer(spec)
+
+
+def targets_for(data, head):
+    kind = head["problem_type"]
+    if kind == "regression":
+        return np.asarray(data.labels, np.float32)[:, None]
+    index = {label: i for i, label in enumerate(head["labels"])}
+    if kind == "multi_label":
+        y = np.zeros((len(data), len(index)), np.float32)
+        for row, (labels, source_row) in enumerate(zip(data.labels, data.rows)):
+            for label in labels:
+                if label not in index:
+                    raise DataError(f"{data.source}: row {source_row}: label {label!r} is not "
+                                    f"one the model knows ({', '.join(head['labels'])})")
+                y[row, index[label]] = 1
+        return y
+    y = np.zeros(len(data), np.int32)
+    for row, (label, source_row) in enumerate(zip(data.labels, data.rows)):
+        if label not in index:
+            raise DataError(f"{data.source}: row {source_row}: label {label!r} is not one the "
+                            f"model knows ({', '.join(head['labels'])})")
+        y[row] = index[label]
+    return y
+
+
+def scores_from_logits(logits, head):
+    """Probabilities (classification) or values (regression) from logits."""
+    if head["problem_type"] == "regression":
+        return logits[:, 0]
+    if head["problem_type"] == "multi_label":
+        return 1 / (1 + np.exp(-logits))
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def compute_metrics(scores, data, head):
+    from bertdesk.training import metrics as M
+
+    y = targets_for(data, head)
+    if head["problem_type"] == "regression":
+        return M.regression_metrics(y[:, 0], scores)
+    if head["problem_type"] == "multi_label":
+        return M.multilabel_metrics(y, scores >= 0.5, head["labels"])
+    return M.classification_metrics(y, scores.argmax(1), head["labels"])
+
+
+def make_dataset(tokenizer, data, max_length, batch_size, targets=None, shuffle=False, seed=0,
+                 bucket=True, dynamic_padding=True):
+    from bertdesk.data.batching import PaddedBatches
+
+    enc = tokenizer.encode_ragged(data.texts, data.pairs, max_length=max_length)
+    return PaddedBatches(enc, targets, batch_size=batch_size, shuffle=shuffle, bucket=bucket,
+                         seed=seed, fixed_length=None if dynamic_padding else max_length)
+
+
+def predict_scores(model, tokenizer, data, max_length, head, batch_size=64):
+    from bertdesk.data.batching import predict_batches
+
+    ds = make_dataset(tokenizer, data, max_length, batch_size)
+    logits = np.stack(predict_batches(model, ds)) if len(data) else np.zeros((0, 1))
+    return scores_from_logits(logits, head)
+
+
+def prediction_rows(scores, data, head):
+    """One dict per example: text(s), prediction, confidence, gold, correct."""
+    rows = []
+    labels = head.get("labels")
+    for i in range(len(data)):
+        row = {"row": data.rows[i], "text": data.texts[i]}
+        if data.pairs is not None:
+            row["text_pair"] = data.pairs[i]
+        if head["problem_type"] == "regression":
+            row["prediction"] = float(scores[i])
+            if data.labels is not None:
+                row["gold"] = float(data.labels[i])
+        elif head["problem_type"] == "multi_label":
+            chosen = [labels[j] for j in np.flatnonzero(scores[i] >= 0.5)]
+            row["prediction"] = ",".join(chosen)
+            row["confidence"] = float(np.where(scores[i] >= 0.5, scores[i], 1 - scores[i]).min())
+            if data.labels is not None:
+                row["gold"] = ",".join(data.labels[i])
+                row["correct"] = sorted(chosen) == sorted(data.labels[i])
+        else:
+            j = int(scores[i].argmax())
+            row["prediction"] = labels[j]
+            row["confidence"] = float(scores[i, j])
+            if data.labels is not None:
+                row["gold"] = data.labels[i]
+                row["correct"] = labels[j] == data.labels[i]
+            for k, label in enumerate(labels):
+                row[f"p({label})"] = float(scores[i, k])
+        rows.append(row)
+    return rows
+
+
+def write_rows(rows, path):
+    """Predictions as CSV or JSON lines (by extension), written atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        buf = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]),
+                                    delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+        text = buf.getvalue()
+    else:
+        raise DataError(f"{path}: output must end in .csv, .tsv or .jsonl")
+    atomic_write_text(path, text)
+    return path
+
+
+def _prepare_output(config):
+    out = Path(config.output)
+    state = out / "checkpoint" / "state.json"
+    if config.resume:
+        return out, state.is_file()
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: output folder is not empty; choose another --output, or "
+                        "--resume to continue the run in it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, False
+
+
+def run_finetune(config, sink=None):
+    """Fine-tune as `config` says; returns a dict of results (metrics,
+    paths, timings). Progress events go to `sink` (a callable)."""
+    import keras
+
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+    from bertdesk.tasks.saving import save_task_model
+    from bertdesk.training.callbacks import (BestModelKeeper, ProgressEvents, ResumeCheckpoint,
+                                             ValidationCallback)
+    from bertdesk.training.optimization import bert_adamw
+
+    sink = sink or (lambda event: None)
+    if config.task != "classify":
+        raise DataError(f"task {config.task!r} is not available yet (only 'classify')")
+    out, resuming = _prepare_output(config)
+    keras.utils.set_random_seed(config.seed)
+    keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
+
+    # === Data ===
+    read = dict(text_column=config.text_column, text_pair_column=config.text_pair_column,
+                label_column=config.label_column, problem_type=config.problem_type,
+                label_separator=config.label_separator)
+    train = load_classification(config.train, **read)
+    if config.validation:
+        validation = load_classification(config.validation, **read)
+    else:
+        tr, va = stratified_split(train.labels, config.validation_fraction, config.seed)
+        train, validation = subset(train, tr), subset(train, va)
+    if config.problem_type == "regression":
+        head = {"problem_type": "regression", "num_classes": 1, "labels": None}
+    else:
+        seen = (set(train.labels) if config.problem_type == "single_label"
+                else {label for labels in train.labels for label in labels})
+        labels = sorted(seen, key=_natural_key)
+        if config.problem_type == "single_label" and len(labels) < 2:
+            raise DataError(f"{config.train}: only one label ({labels}) in the training data")
+        head = {"problem_type": config.problem_type, "num_classes": len(labels), "labels": labels}
+    y_train = targets_for(train, head)
+    targets_for(validation, head)  # unknown validation labels fail now, not after training
+    sink({"event": "message", "text": f"data: {len(train)} training, {len(validation)} "
+                                      f"validation examples; labels: {head['labels']}"})
+
+    # === Model ===
+    backbone, tokenizer = resolve_model(config.model)
+    train_ds = make_dataset(tokenizer, train, config.max_length, config.batch_size, y_train,
+                            shuffle=True, seed=config.seed, bucket=config.bucket,
+                            dynamic_padding=config.dynamic_padding)
+    steps_per_epoch = len(train_ds)
+    total_steps = steps_per_epoch * config.epochs
+    jit = {"on": True, "off": False}.get(config.jit_compile,
+                                          keras.backend.backend() == "jax")
+    state = {}
+    if resuming:
+        state = json.loads((out / "checkpoint" / "state.json").read_text())
+        model = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+        initial_epoch = int(state["epochs_done"])
+        sink({"event": "message", "text": f"resuming after epoch {initial_epoch}"})
+    else:
+        model = BertTextClassifier(backbone, num_classes=head["num_classes"],
+                                   problem_type=head["problem_type"])
+        if head["problem_type"] == "single_label":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        elif head["problem_type"] == "multi_label":
+            loss = keras.losses.BinaryCrossentropy(from_logits=True)
+        else:
+            loss = keras.losses.MeanSquaredError()
+        model.compile(optimizer=bert_adamw(config.learning_rate, total_steps, config.warmup_ratio,
+                                           config.weight_decay, config.max_grad_norm),
+                      loss={"logits": loss}, jit_compile=jit)
+        initial_epoch = 0
+    train_ds.set_epoch(initial_epoch)
+
+    monitor, mode = {"single_label": ("accuracy", "max"), "multi_label": ("macro_f1", "max"),
+                     "regression": ("pearson", "max")}[head["problem_type"]]
+    history = state.get("history", [])
+    training_args = asdict(config)
+
+    def evaluate():
+        scores = predict_scores(model, tokenizer, validation, config.max_length, head)
+        metrics = compute_metrics(scores, validation, head)
+        history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        return metrics
+
+    validator = ValidationCallback(evaluate, sink, monitor, mode)
+    validator.best = state.get("best")
+    keeper = BestModelKeeper(lambda epoch: save_task_model(
+        model, out / "model", tokenizer, "classify", head, training_args, overwrite=True))
+    callbacks = [ProgressEvents(sink, steps_per_epoch, config.epochs, config.batch_size,
+                                initial_epoch), validator, keeper,
+                 ResumeCheckpoint(out / "checkpoint",
+                                  lambda: {"best": validator.best, "history": history})]
+    if config.early_stopping_patience:
+        callbacks.insert(3, keras.callbacks.EarlyStopping(
+            monitor=f"val_{monitor}", mode=mode, patience=config.early_stopping_patience))
+    start = time.perf_counter()
+    if initial_epoch < config.epochs:
+        model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=0)
+    train_seconds = time.perf_counter() - start
+    if keeper.best_weights is None and resuming:
+        pass  # nothing left to train; the saved model stands
+    from bertdesk.tasks.saving import load_model
+
+    best = load_model(out / "model")
+    scores = predict_scores(best.model, best.tokenizer, validation, config.max_length, head)
+    metrics = compute_metrics(scores, validation, head)
+    rows = prediction_rows(scores, validation, head)
+    write_rows(rows, out / "validation_predictions.csv")
+    result = {"metrics": metrics, "best_epoch": keeper.best_epoch, "history": history,
+              "train_seconds": train_seconds, "steps": total_steps,
+              "model": str(out / "model"), "predictions": str(out / "validation_predictions.csv")}
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
+    sink({"event": "train_end", **{k: v for k, v in result.items() if k != "history"}})
+    return result
