@@ -111,3 +111,31 @@ def predict_batches(model, dataset):
         for row, j in enumerate(dataset.batches[i]):
             outputs[j] = out[row]
     return outputs
+
+
+def fit_input(dataset):
+    """What to hand `model.fit`. On TensorFlow, Keras turns a PyDataset into a
+    `tf.data` pipeline whose shapes it guesses from the first batches, and
+    fails when a later batch is longer; there the batches go through a
+    generator with an explicit `(batch, None)` signature instead."""
+    if keras.backend.backend() != "tensorflow":
+        return dataset
+    import tensorflow as tf
+
+    x_spec = {k: tf.TensorSpec((None, None), tf.int32)
+              for k in ("token_ids", "segment_ids", "padding_mask")}
+    y = dataset.targets
+    if dataset.target_pad_value is not None:
+        y_spec = tf.TensorSpec((None, None), tf.int32)
+    else:
+        y_spec = tf.TensorSpec((None,) + y.shape[1:], tf.as_dtype(y.dtype))
+    state = {"epoch": dataset.epoch - 1}
+
+    def generate():
+        state["epoch"] += 1  # tf.data calls this once per epoch
+        dataset.set_epoch(state["epoch"])
+        for i in range(len(dataset)):
+            yield dataset[i]
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(x_spec, y_spec))
+    return ds.apply(tf.data.experimental.assert_cardinality(len(dataset))).prefetch(2)

@@ -58,10 +58,20 @@ class ProgressEvents(keras.callbacks.Callback):
         self.sink({"event": "step", "step": step, "total_steps": self.total_steps,
                    "epoch": self.epoch + 1, "epochs": self.epochs,
                    "loss": _float((logs or {}).get("loss", math.nan)),
-                   "learning_rate": _float(self.model.optimizer.learning_rate),
+                   "learning_rate": self._step_learning_rate(),
                    "examples_per_second": rate * self.batch_size,
                    "elapsed_seconds": elapsed,
                    "eta_seconds": remaining / rate if rate > 0 else None})
+
+
+    def _step_learning_rate(self):
+        """The learning rate the step just taken used (the optimizer's
+        `learning_rate` already gives the next step's)."""
+        opt = self.model.optimizer
+        schedule = getattr(opt, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            return _float(schedule(_float(opt.iterations) - 1))
+        return _float(opt.learning_rate)
 
 
 class ValidationCallback(keras.callbacks.Callback):

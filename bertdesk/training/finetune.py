@@ -210,17 +210,20 @@ def run_finetune(config, sink=None):
     paths, timings). Progress events go to `sink` (a callable)."""
     import keras
 
+    from bertdesk.data.batching import fit_input
     from bertdesk.tasks.bert_text_classifier import BertTextClassifier
     from bertdesk.tasks.saving import save_task_model
     from bertdesk.training.callbacks import (BestModelKeeper, ProgressEvents, ResumeCheckpoint,
                                              ValidationCallback)
     from bertdesk.training.optimization import bert_adamw
+    from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
 
     sink = sink or (lambda event: None)
     if config.task != "classify":
         raise DataError(f"task {config.task!r} is not available yet (only 'classify')")
     out, resuming = _prepare_output(config)
-    keras.utils.set_random_seed(config.seed)
+    keep_tensorflow_unloaded()
+    set_seed(config.seed)
     keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
 
     # === Data ===
@@ -301,8 +304,8 @@ def run_finetune(config, sink=None):
             monitor=f"val_{monitor}", mode=mode, patience=config.early_stopping_patience))
     start = time.perf_counter()
     if initial_epoch < config.epochs:
-        model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=0)
+        model.fit(fit_input(train_ds), epochs=config.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, shuffle=False, verbose=0)  # batches shuffle themselves
     train_seconds = time.perf_counter() - start
     if keeper.best_weights is None and resuming:
         pass  # nothing left to train; the saved model stands

@@ -1,0 +1,150 @@
+"""Fine-tuning quality and speed: bertdesk vs transformers on SST-2.
+
+Both fine-tune the bundled all-MiniLM-L6-v2 checkpoint with the same data,
+seed, hyperparameters (AdamW lr/eps/weight decay without decay on LayerNorm
+and biases, 10% linear warmup then linear decay, clip 1.0), batch size, max
+length and dynamic padding; both score the same held-back slice.
+
+    KERAS_BACKEND=jax .venv/bin/python bench/finetune_quality.py --train 4000 --eval 1000
+"""
+
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
+
+
+def load_sst2(n_train, n_eval, seed):
+    with open(DATA, encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    random.Random(seed).shuffle(rows)
+    rows = [(t.strip(), l) for t, l in rows if t.strip()]
+    return rows[:n_train], rows[n_train:n_train + n_eval]  # disjoint slices
+
+
+def write_csv(rows, path):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+
+
+def run_bertdesk(train_csv, eval_csv, args, out):
+    from bertdesk.training.finetune import FinetuneConfig, run_finetune
+
+    cfg = FinetuneConfig(train=str(train_csv), validation=str(eval_csv), output=str(out),
+                         model="bundled", epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.lr, max_length=args.max_length, seed=args.seed,
+                         bucket=not args.no_bucketing)
+    start = time.perf_counter()
+    result = run_finetune(cfg)
+    return {"accuracy": result["metrics"]["accuracy"], "train_seconds": result["train_seconds"],
+            "total_seconds": time.perf_counter() - start}
+
+
+def run_transformers(train_rows, eval_rows, args):
+    import torch
+    from transformers import (BertForSequenceClassification, BertTokenizerFast,
+                              get_linear_schedule_with_warmup)
+
+    import bertdesk
+
+    torch.manual_seed(args.seed)
+    folder = str(bertdesk.bundled_checkpoint())
+    tok = BertTokenizerFast.from_pretrained(folder)
+    model = BertForSequenceClassification.from_pretrained(folder, num_labels=2)
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+               "weight_decay": 0.01},
+              {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+               "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=args.lr, eps=1e-8)
+    steps_per_epoch = (len(train_rows) + args.batch_size - 1) // args.batch_size
+    total = steps_per_epoch * args.epochs
+    sched = get_linear_schedule_with_warmup(opt, int(round(0.1 * total)), total)
+    texts = [t for t, _ in train_rows]
+    labels = torch.tensor([int(l) for _, l in train_rows])
+
+    def batch(ix, source):
+        enc = tok([source[i] for i in ix], max_length=args.max_length, truncation=True,
+                  padding="longest", return_tensors="pt")
+        return enc
+
+    start = time.perf_counter()
+    model.train()
+    g = torch.Generator().manual_seed(args.seed)
+    for _ in range(args.epochs):
+        order = torch.randperm(len(texts), generator=g).tolist()
+        for s in range(0, len(order), args.batch_size):
+            ix = order[s:s + args.batch_size]
+            out = model(**batch(ix, texts), labels=labels[ix])
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    eval_texts = [t for t, _ in eval_rows]
+    preds = []
+    with torch.no_grad():
+        for s in range(0, len(eval_texts), 64):
+            preds += model(**batch(range(s, min(s + 64, len(eval_texts))), eval_texts)
+                           ).logits.argmax(-1).tolist()
+    acc = float(np.mean([p == int(l) for p, (_, l) in zip(preds, eval_rows)]))
+    return {"accuracy": acc, "train_seconds": train_seconds,
+            "total_seconds": time.perf_counter() - start}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--train", type=int, default=4000)
+    p.add_argument("--eval", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bucketing", action="store_true")
+    p.add_argument("--only", choices=("bertdesk", "transformers"))
+    p.add_argument("--json-out")
+    args = p.parse_args()
+    train_rows, eval_rows = load_sst2(args.train, args.eval, args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_sst2_"))
+    write_csv(train_rows, tmp / "train.csv")
+    write_csv(eval_rows, tmp / "eval.csv")
+    import keras
+
+    results = {}
+    if args.only != "transformers":
+        results["bertdesk"] = run_bertdesk(tmp / "train.csv", tmp / "eval.csv", args, tmp / "run")
+        results["bertdesk"]["backend"] = keras.backend.backend()
+    if args.only != "bertdesk":
+        results["transformers"] = run_transformers(train_rows, eval_rows, args)
+    print(f"SST-2: {args.train} train / {args.eval} held-back eval, {args.epochs} epoch(s), "
+          f"batch {args.batch_size}, lr {args.lr}, max_length {args.max_length}, "
+          f"{os.cpu_count()} CPUs")
+    for name, r in results.items():
+        print(f"{name:<13} accuracy {100 * r['accuracy']:.2f}  train {r['train_seconds']:.0f}s")
+    if len(results) == 2:
+        b, t = results["bertdesk"], results["transformers"]
+        print(f"accuracy difference (bertdesk - transformers): "
+              f"{100 * (b['accuracy'] - t['accuracy']):+.2f} points; "
+              f"speed ratio (transformers time / bertdesk time): "
+              f"{t['train_seconds'] / b['train_seconds']:.2f}x")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

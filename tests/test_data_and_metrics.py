@@ -1,0 +1,157 @@
+"""Tables, batching and metrics (no backend math)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from bertdesk.data.tables import DataError, load_classification, read_table, stratified_split
+from bertdesk.training import metrics as M
+
+pytestmark = pytest.mark.backend_neutral
+
+
+def write(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json", ".parquet", ".xlsx"])
+def test_every_table_format_reads_the_same(tmp_path, suffix):
+    import pandas as pd
+
+    df = pd.DataFrame({"text": ["good film", "NA", "bad \"quoted\" film"], "label": ["1", "0", "0"]})
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".csv":
+        df.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        write(path, "text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in zip(df.text, df.label)))
+    elif suffix == ".jsonl":
+        df.to_json(path, orient="records", lines=True)
+    elif suffix == ".json":
+        df.to_json(path, orient="records")
+    elif suffix == ".parquet":
+        pass
+        df.to_parquet(path)
+    else:
+        pass
+        df.to_excel(path, index=False)
+    data = load_classification(path)
+    assert data.texts == ["good film", "NA", 'bad "quoted" film']  # "NA" stays text
+    assert data.labels == ["1", "0", "0"]
+
+
+def test_bad_inputs_name_file_row_and_problem(tmp_path):
+    p = write(tmp_path / "a.csv", "sentence,label\nhi,1\n")
+    with pytest.raises(DataError, match=r"a.csv: no text column 'text'; columns are: 'sentence', 'label'"):
+        load_classification(p)
+    p = write(tmp_path / "b.csv", "text,label\nhi,1\n  ,0\n")
+    with pytest.raises(DataError, match=r"b.csv: row 2: empty text in column 'text'"):
+        load_classification(p)
+    p = write(tmp_path / "c.csv", "text,label\nhi,1\nho,\n")
+    with pytest.raises(DataError, match=r"c.csv: row 2: missing label in column 'label'"):
+        load_classification(p)
+    p = write(tmp_path / "d.csv", "text,label\nhi,1\nh\xe9,0\n", encoding="latin-1")
+    with pytest.raises(DataError, match=r"d.csv: not UTF-8 text"):
+        load_classification(p)
+    p = write(tmp_path / "e.csv", "a,b,label\nhi,there,1\nho,,0\n")
+    with pytest.raises(DataError, match=r"e.csv: row 2: empty text pair in column 'b'"):
+        load_classification(p, text_column="a", text_pair_column="b")
+    p = write(tmp_path / "f.csv", "text,label\nhi,high\n")
+    with pytest.raises(DataError, match=r"f.csv: row 1: label 'high' in column 'label' is not a number"):
+        load_classification(p, problem_type="regression")
+    with pytest.raises(DataError, match=r"g.docx: unknown table format"):
+        read_table(write(tmp_path / "g.docx", "x"))
+    with pytest.raises(DataError, match=r"missing.csv: file not found"):
+        read_table(tmp_path / "missing.csv")
+
+
+def test_user_files_are_never_modified(tmp_path):
+    p = write(tmp_path / "data.csv", "text,label\nhi,1\nho,0\n")
+    before = hashlib.sha256(p.read_bytes()).hexdigest()
+    load_classification(p)
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == before
+
+
+def test_multi_label_and_label_normalisation(tmp_path):
+    p = write(tmp_path / "m.csv", 'text,label\na,"x, y"\nb,"[""y""]"\nc,z\n')
+    assert load_classification(p, problem_type="multi_label").labels == [["x", "y"], ["y"], ["z"]]
+    p = write(tmp_path / "n.csv", "text,label\na,1.0\nb,0\n")
+    assert load_classification(p).labels == ["1", "0"]
+
+
+def test_stratified_split_keeps_proportions():
+    labels = ["a"] * 90 + ["b"] * 10
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert sorted(train + val) == list(range(100)) and not set(train) & set(val)
+    assert sum(labels[i] == "b" for i in val) == 2 and len(val) == 20
+    assert stratified_split(labels, 0.2, seed=3) == (train, val)
+
+
+# === Batching ===
+def encodings(lengths):
+    return [(np.arange(1, n + 1, dtype=np.int32), np.zeros(n, np.int32)) for n in lengths]
+
+
+def test_dynamic_padding_and_bucketing():
+    from bertdesk.data.batching import PaddedBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=1000)
+    y = np.arange(1000)
+    bucketed = PaddedBatches(encodings(lengths), y, batch_size=16, shuffle=True, seed=1)
+    plain = PaddedBatches(encodings(lengths), y, batch_size=16, shuffle=True, seed=1, bucket=False)
+    fixed = PaddedBatches(encodings(lengths), y, batch_size=16, fixed_length=128, bucket=False)
+    assert bucketed.padded_tokens() < plain.padded_tokens() < fixed.padded_tokens()
+    seen = []
+    for i in range(len(bucketed)):
+        x, yb = bucketed[i]
+        assert x["token_ids"].shape[1] % 8 == 0
+        assert x["token_ids"].shape[1] - x["padding_mask"].sum(1).max() < 8
+        np.testing.assert_array_equal(x["padding_mask"].sum(1), lengths[yb])
+        seen.extend(yb.tolist())
+    assert sorted(seen) == list(range(1000))  # every example exactly once
+    first = [b.tolist() for b in bucketed.batches]
+    bucketed.on_epoch_end()
+    assert [b.tolist() for b in bucketed.batches] != first  # reshuffled
+    bucketed.set_epoch(0)
+    assert [b.tolist() for b in bucketed.batches] == first  # deterministic per epoch
+
+
+# === Metrics against scikit-learn / scipy ===
+def test_classification_metrics_match_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    gold, pred = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    pred[:100] = gold[:100]
+    m = M.classification_metrics(gold, pred, ["a", "b", "c", "d"])
+    assert m["accuracy"] == pytest.approx(accuracy_score(gold, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, average="macro"))
+    p, r, f, s = precision_recall_fscore_support(gold, pred)
+    assert [c["f1"] for c in m["per_class"]] == pytest.approx(f.tolist())
+    assert [c["support"] for c in m["per_class"]] == s.tolist()
+    assert np.asarray(m["confusion_matrix"]).sum() == 300
+
+
+def test_hand_worked_example():
+    # gold a a b b c, pred a b b b a: a P=1/2 R=1/2; b P=2/3 R=1; c P=0 R=0
+    m = M.classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
+
+
+def test_multilabel_and_regression_metrics():
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    gold, pred = rng.random((50, 3)) > 0.5, rng.random((50, 3)) > 0.5
+    m = M.multilabel_metrics(gold, pred, ["x", "y", "z"])
+    assert m["micro_f1"] == pytest.approx(f1_score(gold, pred, average="micro"))
+    assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, average="macro"))
+    a = rng.normal(size=40)
+    b = np.round(a + rng.normal(size=40), 1)  # with ties
+    r = M.regression_metrics(a, b)
+    assert r["pearson"] == pytest.approx(pearsonr(a, b)[0])
+    assert r["spearman"] == pytest.approx(spearmanr(a, b)[0])

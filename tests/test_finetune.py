@@ -1,0 +1,178 @@
+"""Fine-tuning end to end on a tiny model, on the current backend: train,
+save, load, evaluate, predict; every problem type; resume; bad input."""
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import bertdesk
+from bertdesk.cli import main as cli_main
+from bertdesk.data.tables import DataError
+from bertdesk.tasks.saving import load_model
+from bertdesk.training.finetune import FinetuneConfig, run_finetune
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, minilm_folder):
+    """A 2-layer, width-16 BERT with the real uncased vocabulary."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    backbone = bertdesk.BertBackbone(vocabulary_size=30522, num_layers=2, hidden_dim=16,
+                                     num_heads=2, intermediate_dim=32, max_sequence_length=64)
+    bertdesk.save_pretrained(backbone, folder, bertdesk.load_tokenizer(minilm_folder),
+                             overwrite=True)
+    return str(folder)
+
+
+def sample(tmp_path, name, n, source="sentiment_en.csv"):
+    with open(ASSETS / source, encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    path = tmp_path / name
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows[: n + 1])
+    return path
+
+
+def config(tmp_path, model, **kw):
+    return FinetuneConfig(**{"train": str(sample(tmp_path, "train.csv", 96)),
+                             "output": str(tmp_path / "run"), "model": model, "epochs": 1,
+                             "batch_size": 16, "max_length": 32, "learning_rate": 1e-3, **kw})
+
+
+def test_classify_end_to_end(tmp_path, tiny_model):
+    events = []
+    result = run_finetune(config(tmp_path, tiny_model, epochs=2), events.append)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "message" and "train_begin" in kinds and kinds[-1] == "train_end"
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == list(range(1, steps[-1]["total_steps"] + 1))
+    assert all(np.isfinite(e["loss"]) and e["examples_per_second"] > 0 for e in steps)
+    lrs = [e["learning_rate"] for e in steps]
+    peak = lrs.index(max(lrs))
+    assert lrs[0] == 0.0 and max(lrs) == pytest.approx(1e-3)  # warmup from 0 to the peak
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # then linear decay
+    assert lrs[-1] == pytest.approx(1e-3 / (len(lrs) - peak))
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+    json.dumps(events)  # events are plain data
+
+    run = tmp_path / "run"
+    meta = json.loads((run / "model" / "bertdesk.json").read_text())
+    assert meta["task"] == "classify" and meta["head"]["labels"] == ["negative", "positive"]
+    assert meta["training_args"]["epochs"] == 2
+    model = load_model(run / "model")
+    assert model.labels == ["negative", "positive"]
+
+    # evaluate and predict through the command line on a held-out file
+    held_out = sample(tmp_path, "held.csv", 40)
+    assert cli_main(["evaluate", "--model", str(run / "model"), "--data", str(held_out),
+                     "--metrics-out", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics) >= {"accuracy", "macro_f1", "per_class"}
+    for ext in ("csv", "jsonl"):
+        out = tmp_path / f"pred.{ext}"
+        assert cli_main(["predict", "--model", str(run / "model"), "--data", str(held_out),
+                         "--output", str(out)]) == 0
+    preds = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(preds) == 40 and {p["prediction"] for p in preds} <= {"negative", "positive"}
+    accuracy = np.mean([p["prediction"] == p["gold"] for p in preds])
+    assert accuracy == pytest.approx(metrics["accuracy"])
+    with open(tmp_path / "pred.csv", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 40
+    # validation predictions of the run itself
+    with open(run / "validation_predictions.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and abs(float(rows[0]["p(negative)"]) + float(rows[0]["p(positive)"]) - 1) < 1e-5
+
+
+def test_pretrained_checkpoint_learns_the_sample(tmp_path, minilm_folder):
+    result = run_finetune(config(tmp_path, str(minilm_folder), epochs=2, learning_rate=1e-4,
+                                 train=str(sample(tmp_path, "t.csv", 160))))
+    assert result["metrics"]["accuracy"] >= 0.8
+
+
+def test_text_pairs(tmp_path, tiny_model):
+    result = run_finetune(config(tmp_path, tiny_model, train=str(ASSETS / "pairs_en.csv"),
+                                 text_column="claim", text_pair_column="review",
+                                 validation_fraction=0.05))
+    assert set(result["metrics"]) >= {"accuracy", "macro_f1"}
+    model = load_model(Path(result["model"]))
+    batch = model.tokenizer(["a claim"], ["a review"], max_length=16)
+    assert batch["segment_ids"].max() == 1
+    assert model.model.predict(batch, verbose=0)["logits"].shape == (1, 2)
+
+
+def test_multi_label_and_regression(tmp_path, tiny_model):
+    rng = np.random.default_rng(0)
+    words = ["red", "green", "blue"]
+    with open(tmp_path / "ml.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "score"])
+        for _ in range(80):
+            chosen = [c for c in words if rng.random() < 0.5] or ["red"]
+            w.writerow([" and ".join(chosen) + " things", ",".join(chosen), len(chosen) / 3])
+    ml = run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"),
+                             output=str(tmp_path / "ml"), problem_type="multi_label"))
+    assert set(ml["metrics"]) >= {"accuracy", "macro_f1", "micro_f1"}
+    assert load_model(Path(ml["model"])).labels == ["blue", "green", "red"]
+    reg = run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"),
+                              output=str(tmp_path / "reg"), problem_type="regression",
+                              label_column="score"))
+    assert set(reg["metrics"]) >= {"pearson", "spearman", "mse"}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
+    cfg = config(tmp_path, tiny_model, epochs=2)
+
+    def killer(event):
+        if event["event"] == "step" and event["epoch"] == 2:
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        run_finetune(cfg, killer)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] == 1
+    with pytest.raises(DataError, match="output folder is not empty"):
+        run_finetune(cfg)
+    events = []
+    cfg.resume = True
+    result = run_finetune(cfg, events.append)
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert steps[0] == steps[-1] // 2 + 1  # continues at the first step of epoch 2
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
+    assert len(result["history"]) == 2
+
+
+def test_unknown_label_in_validation_data(tmp_path, tiny_model):
+    val = tmp_path / "val.csv"
+    val.write_text("text,label\nfine,positive\nmeh,neutral\n")
+    with pytest.raises(DataError, match=r"val.csv: row 2: label 'neutral' is not one the model "
+                                        r"knows \(negative, positive\)"):
+        run_finetune(config(tmp_path, tiny_model, validation=str(val)))
+
+
+def test_adamw_excludes_layernorm_and_bias_from_weight_decay():
+    from bertdesk.training.optimization import bert_adamw
+
+    model = bertdesk.BertBackbone(vocabulary_size=50, num_layers=1, hidden_dim=8, num_heads=2,
+                                  intermediate_dim=16)
+    opt = bert_adamw(1e-3, 100)
+    opt.build(model.trainable_variables)
+    decayed = {v.path.split("/")[-1] for v in model.trainable_variables if opt._use_weight_decay(v)}
+    assert decayed == {"kernel", "embeddings"}
+
+
+def test_warmup_then_linear_decay():
+    from bertdesk.training.optimization import WarmupLinearDecay
+
+    s = WarmupLinearDecay(1.0, 10, 110)
+    values = [float(keras.ops.convert_to_numpy(s(i))) for i in (0, 5, 10, 60, 110, 200)]
+    assert values == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.0])
