@@ -1,0 +1,156 @@
+"""Token-classification data: CoNLL column files and character-per-line
+(BMES or BIO) files, normalised to BIO (IOB2); strict entity metrics."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertdesk.data.tables import DataError
+
+
+@dataclass
+class TaggedSentences:
+    words: list  # list of list of str
+    tags: list  # list of list of str (BIO / IOB2)
+    source: str = ""
+    lines: list = field(default_factory=list)  # first line number of each sentence
+
+
+def _read_lines(path):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (undecodable byte at position {e.start})") from None
+
+
+def iob1_to_iob2(tags):
+    """IOB1 (I- may start an entity; B- only between two adjacent entities of
+    one type) to IOB2 (every entity starts with B-). Valid IOB2 is unchanged."""
+    out, prev = [], "O"
+    for tag in tags:
+        if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
+            tag = "B-" + tag[2:]
+        out.append(tag)
+        prev = tag
+    return out
+
+
+def bmes_to_bio(tags):
+    """B-/M-/E-/S- (BMES, also BIOES with I-) to BIO."""
+    out = []
+    for tag in tags:
+        if tag == "O":
+            out.append(tag)
+        elif tag[:2] in ("B-", "S-"):
+            out.append("B-" + tag[2:])
+        elif tag[:2] in ("M-", "I-", "E-"):
+            out.append("I-" + tag[2:])
+        else:
+            raise ValueError(tag)
+    return iob1_to_iob2(out)  # an entity that starts with M-/E- gets its B-
+
+
+def _check_tag(tag, path, line, allowed):
+    if tag != "O" and (len(tag) < 3 or tag[:2] not in allowed):
+        raise DataError(f"{path}: line {line}: tag {tag!r} is not O or "
+                        f"{'/'.join(p + 'TYPE' for p in allowed)}")
+
+
+def read_conll(path):
+    """CoNLL-2003 style: `word ... TAG` per line (the tag is the last field),
+    blank lines between sentences, `-DOCSTART-` lines skipped. IOB1 or IOB2
+    tags come back as IOB2. Every line of a file must have as many fields as
+    its first."""
+    lines = _read_lines(path)
+    words, tags, starts = [], [], []
+    cur_w, cur_t, n_fields, start = [], [], None, None
+    for lineno, line in enumerate(lines + [""], 1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if cur_w:
+                words.append(cur_w)
+                tags.append(iob1_to_iob2(cur_t))
+                starts.append(start)
+            cur_w, cur_t = [], []
+            continue
+        if n_fields is None:
+            n_fields = len(parts)
+            if n_fields < 2:
+                raise DataError(f"{path}: line {lineno}: expected 'word ... TAG', got {line!r}")
+        if len(parts) != n_fields:
+            raise DataError(f"{path}: line {lineno}: {len(parts)} fields, expected {n_fields} "
+                            f"like the first line: {line!r}")
+        _check_tag(parts[-1], path, lineno, ("B-", "I-"))
+        if not cur_w:
+            start = lineno
+        cur_w.append(parts[0])
+        cur_t.append(parts[-1])
+    if not words:
+        raise DataError(f"{path}: no sentences found")
+    return TaggedSentences(words, tags, str(path), starts)
+
+
+def read_char_tags(path):
+    """Character-per-line files (`char TAG`, blank line between sentences),
+    BMES/BIOES or BIO tags, returned as BIO."""
+    lines = _read_lines(path)
+    words, tags, starts = [], [], []
+    cur_w, cur_t, start = [], [], None
+    for lineno, line in enumerate(lines + [""], 1):
+        parts = line.split()
+        if not parts:
+            if cur_w:
+                words.append(cur_w)
+                tags.append(bmes_to_bio(cur_t))
+                starts.append(start)
+            cur_w, cur_t = [], []
+            continue
+        if len(parts) != 2:
+            raise DataError(f"{path}: line {lineno}: expected 'CHARACTER TAG', got {line!r}")
+        _check_tag(parts[1], path, lineno, ("B-", "M-", "E-", "S-", "I-"))
+        if not cur_w:
+            start = lineno
+        cur_w.append(parts[0])
+        cur_t.append(parts[1])
+    if not words:
+        raise DataError(f"{path}: no sentences found")
+    return TaggedSentences(words, tags, str(path), starts)
+
+
+def entities(tags):
+    """Strict IOB2 entities as (type, start, end_exclusive): an entity is a
+    B-X followed by any I-X; an I- that does not continue a B- of its type is
+    no entity (seqeval's `mode="strict"`, scheme IOB2)."""
+    found, i = [], 0
+    while i < len(tags):
+        tag = tags[i]
+        if tag.startswith("B-"):
+            kind, j = tag[2:], i + 1
+            while j < len(tags) and tags[j] == "I-" + kind:
+                j += 1
+            found.append((kind, i, j))
+            i = j
+        else:
+            i += 1
+    return found
+
+
+def entity_metrics(gold_tags, pred_tags):
+    """Entity-level precision, recall, F1 (micro over all entities) and
+    per type, comparing exact (type, start, end) spans."""
+    gold = {(s, *e) for s, tags in enumerate(gold_tags) for e in entities(tags)}
+    pred = {(s, *e) for s, tags in enumerate(pred_tags) for e in entities(tags)}
+
+    def prf(g, p):
+        tp = len(g & p)
+        precision = tp / len(p) if p else 0.0
+        recall = tp / len(g) if g else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1, "support": len(g)}
+
+    types = sorted({e[1] for e in gold | pred})
+    return {**prf(gold, pred),
+            "per_type": {t: prf({e for e in gold if e[1] == t}, {e for e in pred if e[1] == t})
+                         for t in types}}

@@ -1,0 +1,82 @@
+"""NER readers (CoNLL IOB1/IOB2, character BMES/BIO) and strict entity
+metrics against seqeval."""
+
+import random
+
+import pytest
+
+from bertdesk.data.ner import (bmes_to_bio, entities, entity_metrics, iob1_to_iob2,
+                               read_char_tags, read_conll)
+from bertdesk.data.tables import DataError
+
+pytestmark = pytest.mark.backend_neutral
+
+
+def test_iob1_to_iob2():
+    assert iob1_to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == \
+        ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG"]
+    iob2 = ["B-PER", "I-PER", "B-PER", "O", "B-MISC"]
+    assert iob1_to_iob2(iob2) == iob2
+
+
+def test_bmes_to_bio():
+    assert bmes_to_bio(["B-NS", "M-NS", "E-NS", "O", "S-NR", "B-NT", "E-NT"]) == \
+        ["B-NS", "I-NS", "I-NS", "O", "B-NR", "B-NT", "I-NT"]
+
+
+def test_read_conll_iob1(tmp_path):
+    p = tmp_path / "eng.train"
+    p.write_text("EU NNP I-NP I-ORG\nrejects VBZ I-VP O\nGerman JJ I-NP I-MISC\n\n"
+                 "Peter NNP I-NP I-PER\nBlackburn NNP I-NP I-PER\n\n-DOCSTART- -X- -X- O\n\n")
+    data = read_conll(p)
+    assert data.words == [["EU", "rejects", "German"], ["Peter", "Blackburn"]]
+    assert data.tags == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"]]
+    assert data.lines == [1, 5]
+
+
+def test_read_char_tags(tmp_path):
+    p = tmp_path / "msra.ner"
+    p.write_text("中 B-NT\n国 E-NT\n很 O\n大 O\n\n北 B-NS\n京 E-NS\n")
+    data = read_char_tags(p)
+    assert data.words == [list("中国很大"), list("北京")]
+    assert data.tags == [["B-NT", "I-NT", "O", "O"], ["B-NS", "I-NS"]]
+
+
+def test_bad_ner_files(tmp_path):
+    p = tmp_path / "bad.conll"
+    p.write_text("EU NNP I-NP I-ORG\nrejects VBZ O\n")
+    with pytest.raises(DataError, match=r"bad.conll: line 2: 3 fields, expected 4"):
+        read_conll(p)
+    p.write_text("EU NNP I-NP ORG\n")
+    with pytest.raises(DataError, match=r"bad.conll: line 1: tag 'ORG' is not O or B-TYPE/I-TYPE"):
+        read_conll(p)
+    p.write_text("中 B-NT 1\n")
+    with pytest.raises(DataError, match=r"line 1: expected 'CHARACTER TAG'"):
+        read_char_tags(p)
+    p.write_text("\n\n")
+    with pytest.raises(DataError, match="no sentences"):
+        read_conll(p)
+
+
+def test_strict_entities():
+    assert entities(["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == \
+        [("PER", 0, 2), ("LOC", 4, 5)]
+
+
+def test_entity_metrics_match_seqeval():
+    import seqeval.metrics as seqeval
+    from seqeval.scheme import IOB2
+
+    rng = random.Random(0)
+    kinds = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    gold, pred = [], []
+    for _ in range(200):
+        g = iob1_to_iob2([rng.choice(kinds) for _ in range(rng.randint(1, 12))])
+        p = [t if rng.random() < 0.8 else rng.choice(kinds) for t in g]
+        gold.append(g)
+        pred.append(p)
+    m = entity_metrics(gold, pred)
+    kw = dict(mode="strict", scheme=IOB2)
+    assert m["precision"] == pytest.approx(seqeval.precision_score(gold, pred, **kw))
+    assert m["recall"] == pytest.approx(seqeval.recall_score(gold, pred, **kw))
+    assert m["f1"] == pytest.approx(seqeval.f1_score(gold, pred, **kw))
