@@ -161,6 +161,17 @@ class BertTokenizer:
                  else tok.encode_batch(list(zip(texts, list(text_pairs)))))
         return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32)) for e in batch]
 
+    def encode_words(self, sentences, max_length=128):
+        """Encode pre-split words (NER): a list of `(token_ids, segment_ids,
+        word_ids)` int32 arrays per sentence, word_ids -1 at [CLS]/[SEP]."""
+        tok = self._tokenizer
+        tok.enable_truncation(max_length, strategy="longest_first")
+        tok.no_padding()
+        batch = tok.encode_batch([list(words) for words in sentences], is_pretokenized=True)
+        return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32),
+                 np.asarray([-1 if w is None else w for w in e.word_ids], np.int32))
+                for e in batch]
+
     def __call__(self, texts, text_pairs=None, max_length=128, padding="max_length",
                  return_offsets=False, return_word_ids=False):
         """Encode a batch.

@@ -28,6 +28,10 @@ class PaddedBatches(keras.utils.PyDataset):
                  target_pad_value=None):
         super().__init__(workers=1, use_multiprocessing=False)
         self.encodings = encodings
+        if targets is not None and target_pad_value is not None:
+            ragged = np.empty(len(targets), dtype=object)  # one array per example
+            ragged[:] = list(targets)
+            targets = ragged
         self.targets = None if targets is None else np.asarray(targets)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -37,7 +41,7 @@ class PaddedBatches(keras.utils.PyDataset):
         self.fixed_length = fixed_length
         self.bucket_batches = bucket_batches
         self.target_pad_value = target_pad_value
-        self.lengths = np.array([len(ids) for ids, _ in encodings])
+        self.lengths = np.array([len(enc[0]) for enc in encodings])
         self.epoch = 0
         self._make_batches()
 
@@ -79,7 +83,7 @@ class PaddedBatches(keras.utils.PyDataset):
         segment_ids = np.zeros((len(idx), length), np.int32)
         padding_mask = np.zeros((len(idx), length), np.int32)
         for row, j in enumerate(idx):
-            ids, seg = self.encodings[j]
+            ids, seg = self.encodings[j][:2]
             token_ids[row, :len(ids)] = ids
             segment_ids[row, :len(ids)] = seg
             padding_mask[row, :len(ids)] = 1
@@ -88,7 +92,7 @@ class PaddedBatches(keras.utils.PyDataset):
             return (x,)
         y = self.targets[idx]
         if self.target_pad_value is not None:  # per-token targets (batch, seq)
-            padded = np.full((len(idx), length), self.target_pad_value, y.dtype if y.dtype != object else np.int32)
+            padded = np.full((len(idx), length), self.target_pad_value, np.int32)
             for row, t in enumerate(y):
                 padded[row, :len(t)] = t[:length]
             y = padded

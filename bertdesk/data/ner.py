@@ -154,3 +154,33 @@ def entity_metrics(gold_tags, pred_tags):
     return {**prf(gold, pred),
             "per_type": {t: prf({e for e in gold if e[1] == t}, {e for e in pred if e[1] == t})
                          for t in types}}
+
+
+def align_tags(encodings, tags, label_index, ignore_index=-100):
+    """Per-token targets: each word's label on its first word piece,
+    `ignore_index` on continuations and special tokens (the loss skips them).
+    `encodings` come from `BertTokenizer.encode_words`."""
+    import numpy as np
+
+    targets = []
+    for (ids, _, word_ids), sentence_tags in zip(encodings, tags):
+        y = np.full(len(ids), ignore_index, np.int32)
+        previous = -1
+        for pos, w in enumerate(word_ids):
+            if w >= 0 and w != previous:
+                y[pos] = label_index[sentence_tags[w]]
+            previous = w
+        targets.append(y)
+    return targets
+
+
+def word_predictions(logits, word_ids, num_words, labels, fill="O"):
+    """Word-level tags from per-token logits `(seq, classes)`: the argmax at
+    each word's first piece; words cut off by truncation get `fill`."""
+    tags = [fill] * num_words
+    previous = -1
+    for pos, w in enumerate(word_ids):
+        if w >= 0 and w != previous and pos < len(logits):
+            tags[w] = labels[int(logits[pos].argmax())]
+        previous = w
+    return tags
