@@ -70,6 +70,72 @@ def english_pairs(n, rng):
     return rows
 
 
+FIRST = ["Alice", "Bob", "Maria", "Chen", "Olga", "Samir", "Grace", "Tom", "Yuki", "Pedro"]
+LAST = ["Johnson", "Smith", "Garcia", "Wei", "Ivanova", "Haddad", "Hopper", "Baker", "Sato"]
+PLACES = [["Paris"], ["New", "York"], ["Tokyo"], ["Cairo"], ["Buenos", "Aires"], ["Oslo"],
+          ["San", "Francisco"], ["Lagos"], ["Berlin"], ["Hong", "Kong"]]
+ORGS = [["Acme", "Corp"], ["the", "United", "Nations"], ["Globex"], ["Red", "Cross"],
+        ["Initech"], ["the", "World", "Bank"], ["Umbrella", "Labs"]]
+NER_TEMPLATES = ["{PER} visited {LOC} last week .", "{PER} works for {ORG} in {LOC} .",
+                 "{ORG} opened an office in {LOC} .", "Yesterday {PER} met {PER} .",
+                 "{PER} left {ORG} and moved to {LOC} .", "The report from {ORG} surprised {PER} .",
+                 "In {LOC} , {PER} spoke about {ORG} ."]
+ZH_PER = ["张伟", "李娜", "王芳", "刘洋", "陈静"]
+ZH_LOC = ["北京", "上海", "广州", "杭州", "成都"]
+ZH_ORG = ["清华大学", "人民银行", "中国移动", "红十字会"]
+ZH_TEMPLATES = ["{PER}去了{LOC}。", "{PER}在{ORG}工作。", "{ORG}位于{LOC}。", "{PER}和{PER}在{LOC}见面。"]
+
+
+def english_ner(n, rng):
+    """Sentences as (words, IOB2 tags)."""
+    out = []
+    for _ in range(n):
+        words, tags = [], []
+        for piece in rng.choice(NER_TEMPLATES).split():
+            if piece in ("{PER}", "{LOC}", "{ORG}"):
+                kind = piece[1:4]
+                ent = ([rng.choice(FIRST), rng.choice(LAST)] if kind == "PER" and rng.random() < 0.6
+                       else [rng.choice(FIRST)] if kind == "PER"
+                       else rng.choice(PLACES) if kind == "LOC" else rng.choice(ORGS))
+                words += ent
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(ent) - 1)
+            else:
+                words.append(piece)
+                tags.append("O")
+        out.append((words, tags))
+    return out
+
+
+def chinese_ner(n, rng):
+    """Character-per-line sentences with BMES tags."""
+    out = []
+    for _ in range(n):
+        chars, tags = [], []
+        template = rng.choice(ZH_TEMPLATES)
+        i = 0
+        while i < len(template):
+            if template[i] == "{":
+                kind = template[i + 1:i + 4]
+                ent = rng.choice({"PER": ZH_PER, "LOC": ZH_LOC, "ORG": ZH_ORG}[kind])
+                chars += list(ent)
+                tags += ([f"S-{kind}"] if len(ent) == 1 else
+                         [f"B-{kind}"] + [f"M-{kind}"] * (len(ent) - 2) + [f"E-{kind}"])
+                i += 5
+            else:
+                chars.append(template[i])
+                tags.append("O")
+                i += 1
+        out.append((chars, tags))
+    return out
+
+
+def write_columns(sentences, name):
+    with open(HERE / name, "w", encoding="utf-8") as f:
+        for words, tags in sentences:
+            f.writelines(f"{w} {t}\n" for w, t in zip(words, tags))
+            f.write("\n")
+
+
 def write(rows, name):
     with open(HERE / name, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -82,6 +148,8 @@ def main():
     write(english_sentiment(1200, rng), "sentiment_en.csv")
     write(chinese_sentiment(600, rng), "sentiment_zh.csv")
     write(english_pairs(800, rng), "pairs_en.csv")
+    write_columns(english_ner(400, rng), "ner_en.conll")
+    write_columns(chinese_ner(300, rng), "ner_zh.bmes")
 
 
 if __name__ == "__main__":

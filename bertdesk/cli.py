@@ -19,12 +19,21 @@ import sys
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
+DEFAULT_BACKEND = "torch"  # fastest fine-tuning measured on CPU (README, bench/)
+
+
 def _set_backend(backend):
+    """Pick the Keras backend before Keras is imported: --backend, else
+    $KERAS_BACKEND, else DEFAULT_BACKEND. In a process that already imported
+    Keras (tests, notebooks) the loaded backend stays, unless --backend asks
+    for another, which is an error."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if backend:
-        if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
-            raise SystemExit(f"error: Keras is already imported with another backend than {backend}")
-        os.environ["KERAS_BACKEND"] = backend
+    if "keras" in sys.modules:
+        loaded = sys.modules["keras"].backend.backend()
+        if backend and backend != loaded:
+            raise SystemExit(f"error: Keras is already running on {loaded}, cannot switch to {backend}")
+        return
+    os.environ["KERAS_BACKEND"] = backend or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
 
 
 def _cmd_convert(args):
@@ -41,7 +50,7 @@ def _cmd_info(args):
     from bertdesk.io.mapping import IGNORED
 
     n = sum(int(v.size) for k, v in ckpt.tensors.items()
-            if not k.startswith("cls.") and k not in IGNORED)
+            if not k.startswith(("cls.", "classifier.", "qa_outputs.")) and k not in IGNORED)
     c = ckpt.config
     print(f"folder:  {ckpt.folder}\nformat:  {ckpt.format}\nweights: {ckpt.weights_file.name}")
     print(f"shape:   L{c['num_layers']}/H{c['hidden_dim']}/A{c['num_heads']}/"
@@ -89,6 +98,7 @@ def _finetune_config(args):
 
     return FinetuneConfig(
         train=args.train, output=args.output, task=args.task, validation=args.validation,
+        format=args.format,
         text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, problem_type=args.problem_type,
         label_separator=args.label_separator, model=args.model, epochs=args.epochs,
@@ -128,20 +138,21 @@ def _cmd_finetune(args):
 
 
 def _public_metrics(metrics):
-    return {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")} | (
-        {"per_class": metrics["per_class"]} if "per_class" in metrics else {})
+    return {k: v for k, v in metrics.items() if k != "confusion_matrix"}
 
 
 def _load_data_for(model, args, require_labels):
-    from bertdesk.data.tables import load_classification
+    """Read `--data` the way the model was trained to read data, with any
+    column or format options given now taking precedence."""
+    from bertdesk.training.tasks import get_task
 
-    args_meta = model.meta.get("training_args", {})
-    return load_classification(
-        args.data, text_column=args.text_column or args_meta.get("text_column", "text"),
-        text_pair_column=args.text_pair_column or args_meta.get("text_pair_column"),
-        label_column=args.label_column or args_meta.get("label_column", "label"),
-        problem_type=model.head["problem_type"],
-        label_separator=args_meta.get("label_separator", ","), require_labels=require_labels)
+    options = dict(model.meta.get("training_args", {}))
+    options["problem_type"] = model.head.get("problem_type")
+    for key in ("text_column", "text_pair_column", "label_column", "format"):
+        if getattr(args, key, None):
+            options[key] = getattr(args, key)
+    task = get_task(model.task)
+    return task, task.load(args.data, options, require_labels=require_labels)
 
 
 def _cmd_evaluate(args):
@@ -149,13 +160,13 @@ def _cmd_evaluate(args):
 
     from bertdesk.io.atomic import atomic_write_text
     from bertdesk.tasks.saving import load_model
-    from bertdesk.training.finetune import compute_metrics, predict_scores
 
     model = load_model(args.model)
-    data = _load_data_for(model, args, require_labels=True)
-    scores = predict_scores(model.model, model.tokenizer, data, model.max_length, model.head)
-    metrics = compute_metrics(scores, data, model.head)
-    print(f"{len(data)} examples from {args.data}:")
+    task, data = _load_data_for(model, args, require_labels=True)
+    task.targets(data, model.head)  # labels the model never saw: a clear error
+    scores = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
+    metrics = task.metrics(scores, data, model.head)
+    print(f"{args.data}:")
     _print_metrics(metrics)
     if args.metrics_out:
         atomic_write_text(args.metrics_out, json.dumps(_public_metrics(metrics), indent=2))
@@ -164,13 +175,14 @@ def _cmd_evaluate(args):
 
 def _cmd_predict(args):
     from bertdesk.tasks.saving import load_model
-    from bertdesk.training.finetune import predict_scores, prediction_rows, write_rows
+    from bertdesk.training.finetune import write_rows
 
     model = load_model(args.model)
-    data = _load_data_for(model, args, require_labels=False)
-    scores = predict_scores(model.model, model.tokenizer, data, model.max_length, model.head)
-    write_rows(prediction_rows(scores, data, model.head), args.output)
-    print(f"{len(data)} predictions written to {args.output}")
+    task, data = _load_data_for(model, args, require_labels=False)
+    scores = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
+    rows = task.rows(scores, data, model.head)
+    write_rows(rows, args.output)
+    print(f"{len(rows)} predictions written to {args.output}")
 
 
 def _cmd_demo(args):
@@ -192,7 +204,8 @@ def _cmd_demo(args):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="bertdesk", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help=f"Keras backend (default: $KERAS_BACKEND, else {DEFAULT_BACKEND})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="fine-tune the bundled pretrained BERT on the bundled sample")
@@ -201,7 +214,9 @@ def build_parser():
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("finetune", help="fine-tune a model on a dataset")
-    p.add_argument("--task", choices=("classify",), default="classify")
+    p.add_argument("--task", choices=("classify", "ner"), default="classify")
+    p.add_argument("--format", choices=("conll", "bmes"),
+                   help="ner: CoNLL column file (IOB1/IOB2) or character-per-line BMES/BIO")
     p.add_argument("--train", required=True, help="CSV, TSV, JSON lines, JSON, Parquet or Excel")
     p.add_argument("--validation", help="validation file (default: stratified split of --train)")
     p.add_argument("--validation-fraction", type=float, default=0.1)
@@ -232,12 +247,14 @@ def build_parser():
     p.add_argument("--data", required=True)
     _column_options(p, defaults=False)
     p.add_argument("--metrics-out", help="write metrics as JSON")
+    p.add_argument("--format", choices=("conll", "bmes"), help="ner data format")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict with a fine-tuned model")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--output", required=True, help="predictions (.csv or .jsonl)")
+    p.add_argument("--format", choices=("conll", "bmes"), help="ner data format")
     _column_options(p, defaults=False)
     p.set_defaults(func=_cmd_predict)
 

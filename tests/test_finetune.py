@@ -176,3 +176,36 @@ def test_warmup_then_linear_decay():
     s = WarmupLinearDecay(1.0, 10, 110)
     values = [float(keras.ops.convert_to_numpy(s(i))) for i in (0, 5, 10, 60, 110, 200)]
     assert values == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("source,fmt", [("ner_en.conll", "conll"), ("ner_zh.bmes", "bmes")])
+def test_ner_end_to_end(tmp_path, tiny_model, source, fmt):
+    text = (ASSETS / source).read_text(encoding="utf-8").split("\n\n")
+    train, held = tmp_path / f"train.{fmt}", tmp_path / f"held.{fmt}"
+    train.write_text("\n\n".join(text[:60]) + "\n", encoding="utf-8")
+    held.write_text("\n\n".join(text[250:270]) + "\n", encoding="utf-8")
+    result = run_finetune(config(tmp_path, tiny_model, task="ner", format=fmt, train=str(train),
+                                 epochs=2, learning_rate=3e-3))
+    assert set(result["metrics"]) >= {"precision", "recall", "f1", "per_type"}
+    model = load_model(Path(result["model"]))
+    assert model.task == "ner" and model.labels[0] == "O"
+    assert set(model.labels) == {"O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"}
+    run = tmp_path / "run"
+    assert cli_main(["evaluate", "--model", str(run / "model"), "--data", str(held),
+                     "--metrics-out", str(tmp_path / "m.json")]) == 0
+    assert set(json.loads((tmp_path / "m.json").read_text())) >= {"precision", "recall", "f1"}
+    assert cli_main(["predict", "--model", str(run / "model"), "--data", str(held),
+                     "--output", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 20
+    assert all(len(r["prediction"].split()) == len(r["words"].split()) for r in rows)
+
+
+def test_ner_unknown_tag_in_validation(tmp_path, tiny_model):
+    train = tmp_path / "t.conll"
+    train.write_text("Alice B-PER\nruns O\n\nBob B-PER\n\n")
+    val = tmp_path / "v.conll"
+    val.write_text("Paris B-LOC\n\n")
+    with pytest.raises(DataError, match=r"v.conll: line 1: tag 'B-LOC' is not one the model knows"):
+        run_finetune(config(tmp_path, tiny_model, task="ner", train=str(train),
+                            validation=str(val)))

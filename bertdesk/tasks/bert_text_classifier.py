@@ -67,17 +67,3 @@ class BertTextClassifier(keras.Model):
 
         return {"classifier.weight": np.asarray(ops.convert_to_numpy(self.classifier.kernel)).T,
                 "classifier.bias": np.asarray(ops.convert_to_numpy(self.classifier.bias))}
-
-    def assign_head(self, tensors, source):
-        from bertdesk.io.errors import CheckpointError
-
-        expected = {"classifier.weight": (self.num_classes, self.backbone.hidden_dim),
-                    "classifier.bias": (self.num_classes,)}
-        for name, shape in expected.items():
-            if name not in tensors:
-                raise CheckpointError(f"{source}: missing tensor {name!r}")
-            if tuple(tensors[name].shape) != shape:
-                raise CheckpointError(f"{source}: tensor {name!r} has shape "
-                                      f"{tuple(tensors[name].shape)}, expected {shape}")
-        self.classifier.kernel.assign(tensors["classifier.weight"].T)
-        self.classifier.bias.assign(tensors["classifier.bias"])

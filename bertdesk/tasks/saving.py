@@ -19,7 +19,7 @@ from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import read_json
 
-TASKS = ("classify",)
+TASKS = ("classify", "ner")
 
 
 def save_task_model(model, folder, tokenizer, task, head_config, training_args=None,
@@ -55,6 +55,20 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
     return folder
 
 
+def assign_classifier(model, tensors, source):
+    """Assign `classifier.weight` (classes, hidden) and `classifier.bias`."""
+    expected = {"classifier.weight": (model.num_classes, model.backbone.hidden_dim),
+                "classifier.bias": (model.num_classes,)}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{source}: missing tensor {name!r}")
+        if tuple(tensors[name].shape) != shape:
+            raise CheckpointError(f"{source}: tensor {name!r} has shape "
+                                  f"{tuple(tensors[name].shape)}, expected {shape}")
+    model.classifier.kernel.assign(tensors["classifier.weight"].T)
+    model.classifier.bias.assign(tensors["classifier.bias"])
+
+
 @dataclass
 class FineTunedModel:
     """A loaded fine-tuned model: Keras model, tokenizer and its metadata."""
@@ -79,6 +93,7 @@ def load_model(folder, **backbone_overrides):
     """Restore a fine-tuned model folder written by `bertdesk finetune`."""
     from bertdesk.io import load_backbone, load_tokenizer
     from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+    from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
 
     folder = Path(folder)
     meta_path = folder / "bertdesk.json"
@@ -90,7 +105,10 @@ def load_model(folder, **backbone_overrides):
     head = meta.get("head") or {}
     ckpt = read_checkpoint(folder)
     backbone = load_backbone(folder, **backbone_overrides)
-    model = BertTextClassifier(backbone, num_classes=head["num_classes"],
-                               problem_type=head["problem_type"])
-    model.assign_head(ckpt.tensors, ckpt.weights_file)
+    if task == "ner":
+        model = BertTokenClassifier(backbone, num_classes=head["num_classes"])
+    else:
+        model = BertTextClassifier(backbone, num_classes=head["num_classes"],
+                                   problem_type=head["problem_type"])
+    assign_classifier(model, ckpt.tensors, ckpt.weights_file)
     return FineTunedModel(model, load_tokenizer(folder), task, head, meta, folder)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertdesk.data.tables import DataError, load_classification, stratified_split, subset
+from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
 
 
@@ -21,8 +21,9 @@ from bertdesk.io.atomic import atomic_write_text
 class FinetuneConfig:
     train: str
     output: str
-    task: str = "classify"
+    task: str = "classify"  # classify | ner
     validation: str | None = None
+    format: str | None = None  # ner: conll (default) or bmes
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -43,6 +44,7 @@ class FinetuneConfig:
     jit_compile: str = "auto"  # auto | on | off
     bucket: bool = True
     dynamic_padding: bool = True
+    pad_to_multiple: int = 8
     resume: bool = False
 
     @classmethod
@@ -126,12 +128,13 @@ def compute_metrics(scores, data, head):
 
 
 def make_dataset(tokenizer, data, max_length, batch_size, targets=None, shuffle=False, seed=0,
-                 bucket=True, dynamic_padding=True):
+                 bucket=True, dynamic_padding=True, pad_to_multiple=8):
     from bertdesk.data.batching import PaddedBatches
 
     enc = tokenizer.encode_ragged(data.texts, data.pairs, max_length=max_length)
     return PaddedBatches(enc, targets, batch_size=batch_size, shuffle=shuffle, bucket=bucket,
-                         seed=seed, fixed_length=None if dynamic_padding else max_length)
+                         seed=seed, fixed_length=None if dynamic_padding else max_length,
+                         pad_to_multiple=pad_to_multiple)
 
 
 def predict_scores(model, tokenizer, data, max_length, head, batch_size=64):
@@ -211,54 +214,38 @@ def run_finetune(config, sink=None):
     import keras
 
     from bertdesk.data.batching import fit_input
-    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
-    from bertdesk.tasks.saving import save_task_model
+    from bertdesk.tasks.saving import load_model, save_task_model
     from bertdesk.training.callbacks import (BestModelKeeper, ProgressEvents, ResumeCheckpoint,
                                              ValidationCallback)
     from bertdesk.training.optimization import bert_adamw
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
+    from bertdesk.training.tasks import get_task
 
     sink = sink or (lambda event: None)
-    if config.task != "classify":
-        raise DataError(f"task {config.task!r} is not available yet (only 'classify')")
+    task = get_task(config.task)
     out, resuming = _prepare_output(config)
     keep_tensorflow_unloaded()
     set_seed(config.seed)
     keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
 
     # === Data ===
-    read = dict(text_column=config.text_column, text_pair_column=config.text_pair_column,
-                label_column=config.label_column, problem_type=config.problem_type,
-                label_separator=config.label_separator)
-    train = load_classification(config.train, **read)
+    options = asdict(config)
+    train = task.load(config.train, options)
     if config.validation:
-        validation = load_classification(config.validation, **read)
+        validation = task.load(config.validation, options)
     else:
-        tr, va = stratified_split(train.labels, config.validation_fraction, config.seed)
-        train, validation = subset(train, tr), subset(train, va)
-    if config.problem_type == "regression":
-        head = {"problem_type": "regression", "num_classes": 1, "labels": None}
-    else:
-        seen = (set(train.labels) if config.problem_type == "single_label"
-                else {label for labels in train.labels for label in labels})
-        labels = sorted(seen, key=_natural_key)
-        if config.problem_type == "single_label" and len(labels) < 2:
-            raise DataError(f"{config.train}: only one label ({labels}) in the training data")
-        head = {"problem_type": config.problem_type, "num_classes": len(labels), "labels": labels}
-    y_train = targets_for(train, head)
-    targets_for(validation, head)  # unknown validation labels fail now, not after training
-    sink({"event": "message", "text": f"data: {len(train)} training, {len(validation)} "
-                                      f"validation examples; labels: {head['labels']}"})
+        train, validation = task.split(train, config.validation_fraction, config.seed)
+    head = task.make_head(train, config)
+    task.targets(validation, head)  # unknown validation labels fail now, not after training
+    sink({"event": "message", "text": task.describe(train, validation, head)})
 
     # === Model ===
     backbone, tokenizer = resolve_model(config.model)
-    train_ds = make_dataset(tokenizer, train, config.max_length, config.batch_size, y_train,
-                            shuffle=True, seed=config.seed, bucket=config.bucket,
-                            dynamic_padding=config.dynamic_padding)
-    steps_per_epoch = len(train_ds)
-    total_steps = steps_per_epoch * config.epochs
     jit = {"on": True, "off": False}.get(config.jit_compile,
                                           keras.backend.backend() == "jax")
+    train_ds = task.dataset(tokenizer, train, head, config, train=True)
+    steps_per_epoch = len(train_ds)
+    total_steps = steps_per_epoch * config.epochs
     state = {}
     if resuming:
         state = json.loads((out / "checkpoint" / "state.json").read_text())
@@ -266,56 +253,44 @@ def run_finetune(config, sink=None):
         initial_epoch = int(state["epochs_done"])
         sink({"event": "message", "text": f"resuming after epoch {initial_epoch}"})
     else:
-        model = BertTextClassifier(backbone, num_classes=head["num_classes"],
-                                   problem_type=head["problem_type"])
-        if head["problem_type"] == "single_label":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        elif head["problem_type"] == "multi_label":
-            loss = keras.losses.BinaryCrossentropy(from_logits=True)
-        else:
-            loss = keras.losses.MeanSquaredError()
+        model = task.build_model(backbone, head)
         model.compile(optimizer=bert_adamw(config.learning_rate, total_steps, config.warmup_ratio,
                                            config.weight_decay, config.max_grad_norm),
-                      loss={"logits": loss}, jit_compile=jit)
+                      loss={"logits": task.loss(head)}, jit_compile=jit)
         initial_epoch = 0
     train_ds.set_epoch(initial_epoch)
 
-    monitor, mode = {"single_label": ("accuracy", "max"), "multi_label": ("macro_f1", "max"),
-                     "regression": ("pearson", "max")}[head["problem_type"]]
+    monitor = task.monitor(head)
     history = state.get("history", [])
     training_args = asdict(config)
 
     def evaluate():
-        scores = predict_scores(model, tokenizer, validation, config.max_length, head)
-        metrics = compute_metrics(scores, validation, head)
+        scores = task.scores(model, tokenizer, validation, head, config.max_length)
+        metrics = task.metrics(scores, validation, head)
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics
 
-    validator = ValidationCallback(evaluate, sink, monitor, mode)
+    validator = ValidationCallback(evaluate, sink, monitor, "max")
     validator.best = state.get("best")
     keeper = BestModelKeeper(lambda epoch: save_task_model(
-        model, out / "model", tokenizer, "classify", head, training_args, overwrite=True))
+        model, out / "model", tokenizer, task.name, head, training_args, overwrite=True))
     callbacks = [ProgressEvents(sink, steps_per_epoch, config.epochs, config.batch_size,
                                 initial_epoch), validator, keeper,
                  ResumeCheckpoint(out / "checkpoint",
                                   lambda: {"best": validator.best, "history": history})]
     if config.early_stopping_patience:
         callbacks.insert(3, keras.callbacks.EarlyStopping(
-            monitor=f"val_{monitor}", mode=mode, patience=config.early_stopping_patience))
+            monitor=f"val_{monitor}", mode="max", patience=config.early_stopping_patience))
     start = time.perf_counter()
     if initial_epoch < config.epochs:
         model.fit(fit_input(train_ds), epochs=config.epochs, initial_epoch=initial_epoch,
                   callbacks=callbacks, shuffle=False, verbose=0)  # batches shuffle themselves
     train_seconds = time.perf_counter() - start
-    if keeper.best_weights is None and resuming:
-        pass  # nothing left to train; the saved model stands
-    from bertdesk.tasks.saving import load_model
 
     best = load_model(out / "model")
-    scores = predict_scores(best.model, best.tokenizer, validation, config.max_length, head)
-    metrics = compute_metrics(scores, validation, head)
-    rows = prediction_rows(scores, validation, head)
-    write_rows(rows, out / "validation_predictions.csv")
+    scores = task.scores(best.model, best.tokenizer, validation, head, config.max_length)
+    metrics = task.metrics(scores, validation, head)
+    write_rows(task.rows(scores, validation, head), out / "validation_predictions.csv")
     result = {"metrics": metrics, "best_epoch": keeper.best_epoch, "history": history,
               "train_seconds": train_seconds, "steps": total_steps,
               "model": str(out / "model"), "predictions": str(out / "validation_predictions.csv")}

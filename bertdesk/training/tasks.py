@@ -1,0 +1,214 @@
+"""What differs between fine-tuning tasks, behind one interface: reading data,
+the label set, targets, the model and loss, predictions, metrics and rows.
+`run_finetune` and the command line drive any task through it."""
+
+import numpy as np
+
+from bertdesk.data.tables import DataError
+
+
+class ClassifyTask:
+    """Text classification: single texts or pairs; single-label, multi-label
+    or regression."""
+
+    name = "classify"
+
+    def load(self, path, options, require_labels=True):
+        from bertdesk.data.tables import load_classification
+
+        return load_classification(
+            path, text_column=options.get("text_column") or "text",
+            text_pair_column=options.get("text_pair_column"),
+            label_column=options.get("label_column") or "label",
+            problem_type=options.get("problem_type") or "single_label",
+            label_separator=options.get("label_separator") or ",",
+            require_labels=require_labels)
+
+    def split(self, data, fraction, seed):
+        from bertdesk.data.tables import stratified_split, subset
+
+        tr, va = stratified_split(data.labels, fraction, seed)
+        return subset(data, tr), subset(data, va)
+
+    def make_head(self, train, config):
+        from bertdesk.training.finetune import _natural_key
+
+        if config.problem_type == "regression":
+            return {"problem_type": "regression", "num_classes": 1, "labels": None}
+        seen = (set(train.labels) if config.problem_type == "single_label"
+                else {label for labels in train.labels for label in labels})
+        labels = sorted(seen, key=_natural_key)
+        if config.problem_type == "single_label" and len(labels) < 2:
+            raise DataError(f"{config.train}: only one label ({labels}) in the training data")
+        return {"problem_type": config.problem_type, "num_classes": len(labels), "labels": labels}
+
+    def targets(self, data, head):
+        from bertdesk.training.finetune import targets_for
+
+        return targets_for(data, head)
+
+    def dataset(self, tokenizer, data, head, config, train=False):
+        from bertdesk.training.finetune import make_dataset
+
+        return make_dataset(tokenizer, data, config.max_length, config.batch_size,
+                            self.targets(data, head) if train else None, shuffle=train,
+                            seed=config.seed, bucket=config.bucket,
+                            dynamic_padding=config.dynamic_padding or not train,
+                            pad_to_multiple=config.pad_to_multiple)
+
+    def build_model(self, backbone, head):
+        from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+
+        return BertTextClassifier(backbone, num_classes=head["num_classes"],
+                                  problem_type=head["problem_type"])
+
+    def loss(self, head):
+        import keras
+
+        return {"single_label": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                "multi_label": keras.losses.BinaryCrossentropy(from_logits=True),
+                "regression": keras.losses.MeanSquaredError()}[head["problem_type"]]
+
+    def monitor(self, head):
+        return {"single_label": "accuracy", "multi_label": "macro_f1",
+                "regression": "pearson"}[head["problem_type"]]
+
+    def scores(self, model, tokenizer, data, head, max_length):
+        from bertdesk.training.finetune import predict_scores
+
+        return predict_scores(model, tokenizer, data, max_length, head)
+
+    def metrics(self, scores, data, head):
+        from bertdesk.training.finetune import compute_metrics
+
+        return compute_metrics(scores, data, head)
+
+    def rows(self, scores, data, head):
+        from bertdesk.training.finetune import prediction_rows
+
+        return prediction_rows(scores, data, head)
+
+    def describe(self, train, validation, head):
+        return (f"data: {len(train)} training, {len(validation)} validation examples; "
+                f"labels: {head['labels']}")
+
+
+class NerTask:
+    """Token classification over words in BIO tags (CoNLL column files or
+    character-per-line BMES/BIO files)."""
+
+    name = "ner"
+
+    def load(self, path, options, require_labels=True):
+        from bertdesk.data.ner import read_char_tags, read_conll
+
+        fmt = options.get("format") or "conll"
+        if fmt not in ("conll", "bmes"):
+            raise DataError(f"{path}: --format {fmt!r} is not a NER format (conll or bmes)")
+        return read_conll(path) if fmt == "conll" else read_char_tags(path)
+
+    def split(self, data, fraction, seed):
+        from bertdesk.data.ner import TaggedSentences
+
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(data.words))
+        n_val = max(1, int(round(len(order) * fraction)))
+        val, tr = sorted(order[:n_val]), sorted(order[n_val:])
+        pick = lambda idx: TaggedSentences([data.words[i] for i in idx],  # noqa: E731
+                                           [data.tags[i] for i in idx], data.source,
+                                           [data.lines[i] for i in idx])
+        return pick(tr), pick(val)
+
+    def make_head(self, train, config):
+        tags = {t for sentence in train.tags for t in sentence} | {"O"}
+        kinds = sorted({t[2:] for t in tags if t != "O"})
+        if not kinds:
+            raise DataError(f"{config.train}: no entities in the training data")
+        labels = ["O"] + [f"{p}-{k}" for k in kinds for p in ("B", "I")]
+        return {"problem_type": "token_classification", "num_classes": len(labels),
+                "labels": labels}
+
+    def targets(self, data, head):
+        index = {label: i for i, label in enumerate(head["labels"])}
+        for sentence, line in zip(data.tags, data.lines):
+            for offset, tag in enumerate(sentence):
+                if tag not in index:
+                    raise DataError(f"{data.source}: line {line + offset}: tag {tag!r} is not "
+                                    f"one the model knows ({', '.join(head['labels'])})")
+        return index
+
+    def _encode(self, tokenizer, data, max_length):
+        return tokenizer.encode_words(data.words, max_length=max_length)
+
+    def dataset(self, tokenizer, data, head, config, train=False):
+        from bertdesk.data.batching import PaddedBatches
+        from bertdesk.data.ner import align_tags
+        from bertdesk.tasks.bert_token_classifier import IGNORE_INDEX
+
+        enc = self._encode(tokenizer, data, config.max_length)
+        targets = align_tags(enc, data.tags, self.targets(data, head)) if train else None
+        return PaddedBatches(enc, targets, batch_size=config.batch_size, shuffle=train,
+                             seed=config.seed, bucket=config.bucket,
+                             fixed_length=None if (config.dynamic_padding or not train)
+                             else config.max_length,
+                             pad_to_multiple=config.pad_to_multiple,
+                             target_pad_value=IGNORE_INDEX if train else None)
+
+    def build_model(self, backbone, head):
+        from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
+
+        return BertTokenClassifier(backbone, num_classes=head["num_classes"])
+
+    def loss(self, head):
+        import keras
+
+        from bertdesk.tasks.bert_token_classifier import IGNORE_INDEX
+
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                          ignore_class=IGNORE_INDEX)
+
+    def monitor(self, head):
+        return "f1"
+
+    def scores(self, model, tokenizer, data, head, max_length):
+        """Word-level predicted tags per sentence."""
+        from bertdesk.data.batching import PaddedBatches, predict_batches
+        from bertdesk.data.ner import word_predictions
+
+        enc = self._encode(tokenizer, data, max_length)
+        logits = predict_batches(model, PaddedBatches(enc, None, batch_size=64))
+        return [word_predictions(lg, e[2], len(words), head["labels"])
+                for lg, e, words in zip(logits, enc, data.words)]
+
+    def metrics(self, scores, data, head):
+        from bertdesk.data.ner import entity_metrics
+
+        return entity_metrics(data.tags, scores)
+
+    def rows(self, scores, data, head):
+        from bertdesk.data.ner import entities
+
+        rows = []
+        for words, gold, pred, line in zip(data.words, data.tags, scores, data.lines):
+            ents = [f"{kind}:{' '.join(words[s:e])}" for kind, s, e in entities(pred)]
+            rows.append({"line": line, "words": " ".join(words), "gold": " ".join(gold),
+                         "prediction": " ".join(pred), "entities": "; ".join(ents),
+                         "correct": gold == pred})
+        return rows
+
+    def describe(self, train, validation, head):
+        return (f"data: {len(train.words)} training, {len(validation.words)} validation "
+                f"sentences; tags: {head['labels']}")
+
+
+TASKS = {"classify": ClassifyTask(), "ner": NerTask()}
+
+
+def get_task(name):
+    if name not in TASKS:
+        raise DataError(f"task {name!r} is not available; expected one of {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def data_size(data):
+    return len(data.words) if hasattr(data, "words") else len(data)
