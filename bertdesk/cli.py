@@ -108,7 +108,7 @@ def _finetune_config(args):
         validation_fraction=args.validation_fraction,
         early_stopping_patience=args.early_stopping_patience,
         mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
-        bucket=not args.no_bucketing, resume=args.resume)
+        bucket=False if args.no_bucketing else None, resume=args.resume)
 
 
 def _print_metrics(metrics):
@@ -237,7 +237,8 @@ def build_parser():
     p.add_argument("--early-stopping-patience", type=int)
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
     p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--no-bucketing", action="store_true", help="do not group similar lengths")
+    p.add_argument("--no-bucketing", action="store_true",
+                   help="do not group similar lengths (classification buckets by default, NER not)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--metrics-out", help="also write validation metrics as JSON here")
     p.set_defaults(func=_cmd_finetune)

@@ -42,9 +42,10 @@ class FinetuneConfig:
     early_stopping_patience: int | None = None
     mixed_precision: bool = False
     jit_compile: str = "auto"  # auto | on | off
-    bucket: bool = True
+    bucket: bool | None = None  # group similar lengths; None: on for classify, off for ner
     dynamic_padding: bool = True
     pad_to_multiple: int = 8
+    bucket_batches: int = 50  # bucketing window, in batches
     resume: bool = False
 
     @classmethod
@@ -128,13 +129,13 @@ def compute_metrics(scores, data, head):
 
 
 def make_dataset(tokenizer, data, max_length, batch_size, targets=None, shuffle=False, seed=0,
-                 bucket=True, dynamic_padding=True, pad_to_multiple=8):
+                 bucket=True, dynamic_padding=True, pad_to_multiple=8, bucket_batches=50):
     from bertdesk.data.batching import PaddedBatches
 
     enc = tokenizer.encode_ragged(data.texts, data.pairs, max_length=max_length)
     return PaddedBatches(enc, targets, batch_size=batch_size, shuffle=shuffle, bucket=bucket,
                          seed=seed, fixed_length=None if dynamic_padding else max_length,
-                         pad_to_multiple=pad_to_multiple)
+                         pad_to_multiple=pad_to_multiple, bucket_batches=bucket_batches)
 
 
 def predict_scores(model, tokenizer, data, max_length, head, batch_size=64):

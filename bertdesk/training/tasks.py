@@ -52,9 +52,10 @@ class ClassifyTask:
 
         return make_dataset(tokenizer, data, config.max_length, config.batch_size,
                             self.targets(data, head) if train else None, shuffle=train,
-                            seed=config.seed, bucket=config.bucket,
+                            seed=config.seed, bucket=config.bucket is not False,
                             dynamic_padding=config.dynamic_padding or not train,
-                            pad_to_multiple=config.pad_to_multiple)
+                            pad_to_multiple=config.pad_to_multiple,
+                            bucket_batches=config.bucket_batches)
 
     def build_model(self, backbone, head):
         from bertdesk.tasks.bert_text_classifier import BertTextClassifier
@@ -147,16 +148,20 @@ class NerTask:
 
         enc = self._encode(tokenizer, data, config.max_length)
         targets = align_tags(enc, data.tags, self.targets(data, head)) if train else None
+        # Bucketing by length cost 2.7 entity-F1 points on CoNLL-2003 (README),
+        # so token classification leaves it off unless asked.
         return PaddedBatches(enc, targets, batch_size=config.batch_size, shuffle=train,
-                             seed=config.seed, bucket=config.bucket,
+                             seed=config.seed, bucket=bool(config.bucket),
                              fixed_length=None if (config.dynamic_padding or not train)
                              else config.max_length,
                              pad_to_multiple=config.pad_to_multiple,
+                             bucket_batches=config.bucket_batches,
                              target_pad_value=IGNORE_INDEX if train else None)
 
     def build_model(self, backbone, head):
         from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
 
+        backbone.pooler.trainable = False  # unused by a per-token head (no gradient)
         return BertTokenClassifier(backbone, num_classes=head["num_classes"])
 
     def loss(self, head):

@@ -1,0 +1,128 @@
+"""SQuAD v1.1 / v2.0 data and the official evaluation (exact match and F1
+after the official answer normalisation, max over gold answers)."""
+
+import collections
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertdesk.data.tables import DataError
+
+
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: list  # [{"text": str, "answer_start": int}]
+    is_impossible: bool = False
+    title: str = ""
+
+
+@dataclass
+class QAData:
+    examples: list = field(default_factory=list)
+    source: str = ""
+    version: str = "1.1"
+
+    def __len__(self):
+        return len(self.examples)
+
+
+def read_squad(path, require_answers=True):
+    """Read a SQuAD JSON file; every answer's `answer_start` must point at
+    its text in the context (checked, with the question id on error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (undecodable byte at position {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+        raise DataError(f"{path}: expected SQuAD JSON with a top-level 'data' list")
+    data = QAData(source=str(path), version=str(raw.get("version", "1.1")))
+    seen = set()
+    for a, article in enumerate(raw["data"]):
+        for p, para in enumerate(article.get("paragraphs", [])):
+            context = para.get("context")
+            if not isinstance(context, str) or not context.strip():
+                raise DataError(f"{path}: data[{a}].paragraphs[{p}]: missing or empty context")
+            for q in para.get("qas", []):
+                qid = str(q.get("id", ""))
+                where = f"{path}: question {qid!r} (data[{a}].paragraphs[{p}])"
+                if not qid or qid in seen:
+                    raise DataError(f"{where}: missing or duplicate id")
+                seen.add(qid)
+                question = q.get("question", "")
+                if not question.strip():
+                    raise DataError(f"{where}: empty question")
+                impossible = bool(q.get("is_impossible", False))
+                answers = q.get("answers", [])
+                for ans in answers:
+                    text, start = ans.get("text"), ans.get("answer_start")
+                    if not isinstance(text, str) or not isinstance(start, int):
+                        raise DataError(f"{where}: an answer lacks 'text' or integer 'answer_start'")
+                    if context[start:start + len(text)] != text:
+                        raise DataError(
+                            f"{where}: answer {text!r} is not at offset {start} of the context "
+                            f"(found {context[start:start + len(text)]!r})")
+                if require_answers and not answers and not impossible:
+                    raise DataError(f"{where}: no answers and not marked is_impossible")
+                data.examples.append(QAExample(qid, question, context, answers, impossible,
+                                               article.get("title", "")))
+    if not data.examples:
+        raise DataError(f"{path}: no questions found")
+    return data
+
+
+# === Official evaluation (SQuAD v1.1 / v2.0 evaluate scripts) ===
+def normalize_answer(s):
+    """Lower-case, drop punctuation and the articles a/an/the, squeeze spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction, gold):
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1(prediction, gold):
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:  # v2: empty answers
+        return float(pred_tokens == gold_tokens)
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(predictions, data):
+    """`predictions`: {id: answer text ('' for no answer)}. Returns percent
+    `exact_match` and `f1`, max over each question's gold answers; for v2
+    also `HasAns_*` and `NoAns_*`."""
+    em, f, has, no = [], [], [], []
+    for ex in data.examples:
+        golds = [a["text"] for a in ex.answers if normalize_answer(a["text"])] or [""]
+        pred = predictions.get(ex.id, "")
+        e = max(exact_match(pred, g) for g in golds)
+        s = max(f1(pred, g) for g in golds)
+        em.append(e)
+        f.append(s)
+        (no if ex.is_impossible else has).append((e, s))
+    n = max(1, len(em))
+    out = {"exact_match": 100 * sum(em) / n, "f1": 100 * sum(f) / n, "total": len(em)}
+    if no:
+        for name, group in (("HasAns", has), ("NoAns", no)):
+            if group:
+                out[f"{name}_exact"] = 100 * sum(e for e, _ in group) / len(group)
+                out[f"{name}_f1"] = 100 * sum(s for _, s in group) / len(group)
+    return out
