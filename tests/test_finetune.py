@@ -47,6 +47,7 @@ def config(tmp_path, model, **kw):
 def test_classify_end_to_end(tmp_path, tiny_model):
     events = []
     result = run_finetune(config(tmp_path, tiny_model, epochs=2), events.append)
+    assert result["best_epoch"] in (1, 2) and len(result["history"]) == 2
     kinds = [e["event"] for e in events]
     assert kinds[0] == "message" and "train_begin" in kinds and kinds[-1] == "train_end"
     steps = [e for e in events if e["event"] == "step"]

@@ -3,12 +3,13 @@
 import keras
 from keras import ops
 
-from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BertBackbone  # noqa: F401
+from bertdesk.models.bert_backbone import BACKBONE_INPUTS
+from bertdesk.tasks.task_model import BackboneTaskModel
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertTextClassifier(keras.Model):
+class BertTextClassifier(BackboneTaskModel, keras.Model):
     """Backbone + dropout + dense on the pooled [CLS] output, as in
     transformers' `BertForSequenceClassification` (whose `classifier`
     weights these map to).
@@ -22,6 +23,8 @@ class BertTextClassifier(keras.Model):
 
     Output: `logits` `(batch, num_classes)`, float32.
     """
+
+    config_keys = ("num_classes", "problem_type", "dropout")
 
     def __init__(self, backbone, num_classes, problem_type="single_label", dropout=None,
                  **kwargs):
@@ -48,22 +51,3 @@ class BertTextClassifier(keras.Model):
         self.problem_type = problem_type
         self.dropout = dropout
         self.classifier = classifier
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "backbone": keras.layers.serialize(self.backbone),
-                "num_classes": self.num_classes, "problem_type": self.problem_type,
-                "dropout": self.dropout}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.layers.deserialize(config["backbone"])
-        return cls(**config)
-
-    def head_tensors(self):
-        """Classifier weights under transformers' names."""
-        import numpy as np
-
-        return {"classifier.weight": np.asarray(ops.convert_to_numpy(self.classifier.kernel)).T,
-                "classifier.bias": np.asarray(ops.convert_to_numpy(self.classifier.bias))}

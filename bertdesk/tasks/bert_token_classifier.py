@@ -4,19 +4,22 @@ import keras
 from keras import ops
 
 from bertdesk.models.bert_backbone import BACKBONE_INPUTS
+from bertdesk.tasks.task_model import BackboneTaskModel
 
 IGNORE_INDEX = -100  # targets at sub-word continuations and padding
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertTokenClassifier(keras.Model):
+class BertTokenClassifier(BackboneTaskModel, keras.Model):
     """Backbone + dropout + dense on every token, as transformers'
     `BertForTokenClassification` (whose `classifier` weights these map to).
 
     Output: `logits` `(batch, seq, num_classes)`, float32. Train with targets
     `IGNORE_INDEX` wherever no label applies (see `bertdesk.data.ner`).
     """
+
+    config_keys = ("num_classes", "dropout")
 
     def __init__(self, backbone, num_classes, dropout=None, **kwargs):
         # === Layers ===
@@ -41,20 +44,3 @@ class BertTokenClassifier(keras.Model):
         self.num_classes = num_classes
         self.dropout = dropout
         self.classifier = classifier
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "backbone": keras.layers.serialize(self.backbone),
-                "num_classes": self.num_classes, "dropout": self.dropout}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.layers.deserialize(config["backbone"])
-        return cls(**config)
-
-    def head_tensors(self):
-        import numpy as np
-
-        return {"classifier.weight": np.asarray(ops.convert_to_numpy(self.classifier.kernel)).T,
-                "classifier.bias": np.asarray(ops.convert_to_numpy(self.classifier.bias))}

@@ -1,0 +1,30 @@
+"""What every task model (backbone + `classifier` head) shares: config
+round trip with a nested backbone, and the head's weights under
+transformers' names."""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+class BackboneTaskModel:
+    """Mixin for functional task models that hold `self.backbone` and a
+    dense `self.classifier`; subclasses list their own config keys."""
+
+    config_keys = ()
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "backbone": keras.layers.serialize(self.backbone),
+                **{key: getattr(self, key) for key in self.config_keys}}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+    def head_tensors(self):
+        """Classifier weights as transformers names them: `(classes, hidden)`."""
+        return {"classifier.weight": np.asarray(ops.convert_to_numpy(self.classifier.kernel)).T,
+                "classifier.bias": np.asarray(ops.convert_to_numpy(self.classifier.bias))}
