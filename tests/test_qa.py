@@ -1,0 +1,79 @@
+"""Extractive QA: windows with a stride, answer positions, span decoding
+(backend-neutral), and the span model on the current backend."""
+
+import numpy as np
+import pytest
+from conftest import TINY, random_batch
+from harness import check_keras_roundtrip, to_np
+
+import bertdesk
+from bertdesk.data.qa import decode, make_windows
+from bertdesk.data.squad import QAData, QAExample, squad_metrics
+from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer
+
+CONTEXT = ("Bertdesk was written in the winter of 2026 by a small team. It runs BERT on three "
+           "backends. The first release shipped a desktop app, and the second one added "
+           "pretraining from scratch on raw text collected from public sources.")
+
+
+def example(qid, question, answer):
+    start = CONTEXT.index(answer)
+    return QAExample(qid, question, CONTEXT, [{"text": answer, "answer_start": start}])
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_folder):
+    return bertdesk.load_tokenizer(minilm_folder)
+
+
+@pytest.mark.backend_neutral
+def test_windows_overlap_and_locate_the_answer(tokenizer):
+    examples = [example("a", "When was it written?", "the winter of 2026"),
+                example("b", "What did the second release add?", "pretraining from scratch")]
+    windows = make_windows(tokenizer, examples, max_length=24, doc_stride=6)
+    per_example = [sum(w.example == i for w in windows) for i in range(2)]
+    assert min(per_example) > 2  # a long context becomes several windows
+    for w in windows:
+        assert len(w.token_ids) <= 24
+        if w.start:
+            span = CONTEXT[w.offsets[w.start, 0]:w.offsets[w.end, 1]]
+            assert span == examples[w.example].answers[0]["text"]
+    assert all(any(w.start for w in windows if w.example == i) for i in range(2))
+    # consecutive windows share context tokens (the stride)
+    first, second = [w for w in windows if w.example == 0][:2]
+    shared = set(map(tuple, first.offsets[first.context_mask])) & \
+        set(map(tuple, second.offsets[second.context_mask]))
+    assert len(shared) >= 1
+
+
+@pytest.mark.backend_neutral
+def test_decode_picks_the_best_valid_span(tokenizer):
+    examples = [example("a", "When was it written?", "the winter of 2026")]
+    windows = make_windows(tokenizer, examples, max_length=64, doc_stride=16)
+    w = next(w for w in windows if w.start)
+    starts = [np.zeros(len(x.token_ids)) for x in windows]
+    ends = [np.zeros(len(x.token_ids)) for x in windows]
+    k = windows.index(w)
+    starts[k][w.start], ends[k][w.end] = 5.0, 5.0
+    starts[k][1], ends[k][1] = 9.0, 9.0  # a question token: never an answer
+    answers, nbest = decode(examples, windows, starts, ends, max_answer_length=30)
+    assert answers["a"] == "the winter of 2026"
+    assert squad_metrics(answers, QAData(examples))["exact_match"] == 100.0
+    answers, _ = decode(examples, windows, starts, ends, max_answer_length=2)
+    assert answers["a"] != "the winter of 2026"  # 5 tokens > max_answer_length
+    # v2: the null answer wins when [CLS] scores higher than the best span
+    starts[k][0], ends[k][0] = 20.0, 20.0
+    answers, _ = decode(examples, windows, starts, ends, null_threshold=0.0)
+    assert answers["a"] == ""
+
+
+def test_span_model(tmp_path):
+    model = BertQuestionAnswerer(bertdesk.BertBackbone(**TINY))
+    x = random_batch(seq=10)
+    out = model(x)
+    assert tuple(out["start_logits"].shape) == (3, 10)
+    start = to_np(out["start_logits"])
+    assert (start[x["padding_mask"] == 0] <= -1e3).all()  # padding is never chosen
+    check_keras_roundtrip(model, x, tmp_path)
+    assert set(model.head_tensors()) == {"qa_outputs.weight", "qa_outputs.bias"}
+    assert model.head_tensors()["qa_outputs.weight"].shape == (2, TINY["hidden_dim"])
