@@ -129,6 +129,34 @@ def chinese_ner(n, rng):
     return out
 
 
+JOBS = ["a baker", "an engineer", "a painter", "a teacher", "a pilot", "a doctor", "a farmer"]
+TOWNS = ["Millbrook", "Ashford", "Port Elling", "Greywater", "Kelso Bay", "Dunmore", "Rivenhall"]
+HOBBIES = ["chess", "sailing", "pottery", "birdwatching", "cycling", "the violin", "gardening"]
+
+
+def squad_sample(n_articles, rng):
+    """A SQuAD v1.1 file about invented people: each article one context
+    and four questions whose answers are spans of it."""
+    articles = []
+    for a in range(n_articles):
+        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        town, job, hobby = rng.choice(TOWNS), rng.choice(JOBS), rng.choice(HOBBIES)
+        year = rng.randint(1950, 2005)
+        context = (f"{name} was born in {town} in {year}. After school, {name.split()[0]} "
+                   f"became {job} and worked there for many years. In the evenings "
+                   f"{name.split()[0]} enjoys {hobby}, and friends say nobody in {town} is "
+                   f"better at it.")
+        qas = []
+        for k, (question, answer) in enumerate([
+                (f"Where was {name} born?", town), (f"When was {name} born?", str(year)),
+                (f"What did {name.split()[0]} become after school?", job),
+                (f"What does {name.split()[0]} enjoy in the evenings?", hobby)]):
+            qas.append({"id": f"q{a}_{k}", "question": question,
+                        "answers": [{"text": answer, "answer_start": context.index(answer)}]})
+        articles.append({"title": f"Person {a}", "paragraphs": [{"context": context, "qas": qas}]})
+    return {"version": "1.1", "data": articles}
+
+
 def write_columns(sentences, name):
     with open(HERE / name, "w", encoding="utf-8") as f:
         for words, tags in sentences:
@@ -150,6 +178,10 @@ def main():
     write(english_pairs(800, rng), "pairs_en.csv")
     write_columns(english_ner(400, rng), "ner_en.conll")
     write_columns(chinese_ner(300, rng), "ner_zh.bmes")
+    import json
+
+    with open(HERE / "qa_en.json", "w", encoding="utf-8") as f:
+        json.dump(squad_sample(60, rng), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def _finetune_config(args):
 
     return FinetuneConfig(
         train=args.train, output=args.output, task=args.task, validation=args.validation,
-        format=args.format,
+        format=args.format, doc_stride=args.doc_stride,
+        max_answer_length=args.max_answer_length,
         text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, problem_type=args.problem_type,
         label_separator=args.label_separator, model=args.model, epochs=args.epochs,
@@ -195,8 +196,14 @@ def _cmd_demo(args):
     sample = assets / "sentiment_en.csv"
     if not sample.is_file():
         raise FileNotFoundError(f"{sample}: the bundled sample is missing")
+    output = Path(args.output)
+    if not args.resume:  # never overwrite an earlier demo run: runs/demo, runs/demo-2, ...
+        n = 1
+        while output.exists() and any(output.iterdir()):
+            n += 1
+            output = Path(f"{args.output}-{n}")
     argv = ["finetune", "--task", "classify", "--train", str(sample), "--model", "bundled",
-            "--output", args.output, "--epochs", "2", "--batch-size", "16", "--max-length", "64",
+            "--output", str(output), "--epochs", "2", "--batch-size", "16", "--max-length", "64",
             "--learning-rate", "1e-4"] + (["--resume"] if args.resume else [])
     fargs = build_parser().parse_args(argv)
     _cmd_finetune(fargs)
@@ -214,9 +221,12 @@ def build_parser():
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("finetune", help="fine-tune a model on a dataset")
-    p.add_argument("--task", choices=("classify", "ner"), default="classify")
-    p.add_argument("--format", choices=("conll", "bmes"),
-                   help="ner: CoNLL column file (IOB1/IOB2) or character-per-line BMES/BIO")
+    p.add_argument("--task", choices=("classify", "ner", "qa"), default="classify")
+    p.add_argument("--format", choices=("conll", "bmes", "squad"),
+                   help="ner: CoNLL column file (IOB1/IOB2) or character-per-line BMES/BIO; "
+                        "qa: SQuAD v1.1/v2.0 JSON")
+    p.add_argument("--doc-stride", type=int, default=128, help="qa: tokens shared by windows")
+    p.add_argument("--max-answer-length", type=int, default=30, help="qa: in tokens")
     p.add_argument("--train", required=True, help="CSV, TSV, JSON lines, JSON, Parquet or Excel")
     p.add_argument("--validation", help="validation file (default: stratified split of --train)")
     p.add_argument("--validation-fraction", type=float, default=0.1)
@@ -248,14 +258,14 @@ def build_parser():
     p.add_argument("--data", required=True)
     _column_options(p, defaults=False)
     p.add_argument("--metrics-out", help="write metrics as JSON")
-    p.add_argument("--format", choices=("conll", "bmes"), help="ner data format")
+    p.add_argument("--format", choices=("conll", "bmes", "squad"), help="ner/qa data format")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict with a fine-tuned model")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--output", required=True, help="predictions (.csv or .jsonl)")
-    p.add_argument("--format", choices=("conll", "bmes"), help="ner data format")
+    p.add_argument("--format", choices=("conll", "bmes", "squad"), help="ner/qa data format")
     _column_options(p, defaults=False)
     p.set_defaults(func=_cmd_predict)
 

@@ -210,3 +210,45 @@ def test_ner_unknown_tag_in_validation(tmp_path, tiny_model):
     with pytest.raises(DataError, match=r"v.conll: line 1: tag 'B-LOC' is not one the model knows"):
         run_finetune(config(tmp_path, tiny_model, task="ner", train=str(train),
                             validation=str(val)))
+
+
+@pytest.mark.backend_neutral
+def test_demo_never_overwrites_an_earlier_run(tmp_path, monkeypatch):
+    import bertdesk.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_cmd_finetune", lambda a: seen.append(a))
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--output", str(out)]) == 0
+    out.mkdir()
+    (out / "model").mkdir()
+    (tmp_path / "demo-2").mkdir()
+    (tmp_path / "demo-2" / "x").write_text("")
+    assert cli_main(["demo", "--output", str(out)]) == 0
+    assert [a.output for a in seen] == [str(out), str(tmp_path / "demo-3")]
+    assert seen[0].train.endswith("sentiment_en.csv") and seen[0].model == "bundled"
+
+
+def test_qa_end_to_end(tmp_path, tiny_model):
+    result = run_finetune(config(tmp_path, tiny_model, task="qa", format="squad",
+                                 train=str(ASSETS / "qa_en.json"), max_length=48,
+                                 doc_stride=16, validation_fraction=0.2, epochs=2,
+                                 learning_rate=3e-3))
+    metrics = result["metrics"]
+    assert set(metrics) >= {"exact_match", "f1"} and 0 <= metrics["f1"] <= 100
+    model = load_model(Path(result["model"]))
+    assert model.task == "qa" and model.head["max_answer_length"] == 30
+    run = tmp_path / "run"
+    assert cli_main(["evaluate", "--model", str(run / "model"), "--data",
+                     str(ASSETS / "qa_en.json"), "--metrics-out", str(tmp_path / "m.json")]) == 0
+    assert set(json.loads((tmp_path / "m.json").read_text())) >= {"exact_match", "f1"}
+    assert cli_main(["predict", "--model", str(run / "model"), "--data",
+                     str(ASSETS / "qa_en.json"), "--output", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 240 and all(r["prediction"] in CONTEXTS[r["id"]] for r in rows)
+
+
+CONTEXTS = {qa["id"]: p["context"]
+            for a in json.loads((ASSETS / "qa_en.json").read_text())["data"]
+            for p in a["paragraphs"] for qa in p["qas"]}

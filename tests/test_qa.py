@@ -71,9 +71,9 @@ def test_span_model(tmp_path):
     model = BertQuestionAnswerer(bertdesk.BertBackbone(**TINY))
     x = random_batch(seq=10)
     out = model(x)
-    assert tuple(out["start_logits"].shape) == (3, 10)
-    start = to_np(out["start_logits"])
-    assert (start[x["padding_mask"] == 0] <= -1e3).all()  # padding is never chosen
+    assert tuple(out["logits"].shape) == (3, 10, 2)
+    logits = to_np(out["logits"])
+    assert (logits[x["padding_mask"] == 0] <= -1e3).all()  # padding is never chosen
     check_keras_roundtrip(model, x, tmp_path)
     assert set(model.head_tensors()) == {"qa_outputs.weight", "qa_outputs.bias"}
     assert model.head_tensors()["qa_outputs.weight"].shape == (2, TINY["hidden_dim"])

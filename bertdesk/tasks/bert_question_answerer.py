@@ -15,7 +15,8 @@ class BertQuestionAnswerer(BackboneTaskModel, keras.Model):
     `BertForQuestionAnswering` (`qa_outputs`). Padding positions get a very
     low logit so they are never chosen.
 
-    Outputs: `start_logits` and `end_logits`, `(batch, seq)`, float32.
+    Output: `logits` `(batch, seq, 2)` float32, start then end logits.
+    Train with `SpanLoss` on targets `(batch, 2)` (start and end token).
     """
 
     config_keys = ()
@@ -35,10 +36,8 @@ class BertQuestionAnswerer(BackboneTaskModel, keras.Model):
         sequence = backbone(inputs)["sequence_output"]  # (batch, seq, hidden)
         logits = ops.cast(qa_outputs(sequence), "float32")  # (batch, seq, 2)
         real = ops.cast(inputs["padding_mask"], "bool")
-        start = ops.where(real, logits[..., 0], -1e4)
-        end = ops.where(real, logits[..., 1], -1e4)
-        super().__init__(inputs=inputs, outputs={"start_logits": start, "end_logits": end},
-                         **kwargs)
+        logits = ops.where(real[..., None], logits, -1e4)
+        super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
 
         # === Config ===
         self.backbone = backbone
@@ -48,3 +47,17 @@ class BertQuestionAnswerer(BackboneTaskModel, keras.Model):
     def head_tensors(self):
         return {"qa_outputs.weight": np.asarray(ops.convert_to_numpy(self.classifier.kernel)).T,
                 "qa_outputs.bias": np.asarray(ops.convert_to_numpy(self.classifier.bias))}
+
+
+@keras.saving.register_keras_serializable(package="bertdesk")
+class SpanLoss(keras.losses.Loss):
+    """Mean of the start and end cross-entropies over token positions, as
+    transformers' `BertForQuestionAnswering` computes it."""
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")  # (batch, 2)
+        start = keras.losses.sparse_categorical_crossentropy(
+            y_true[:, 0], y_pred[..., 0], from_logits=True)
+        end = keras.losses.sparse_categorical_crossentropy(
+            y_true[:, 1], y_pred[..., 1], from_logits=True)
+        return (start + end) / 2

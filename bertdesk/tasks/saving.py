@@ -19,7 +19,7 @@ from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import read_json
 
-TASKS = ("classify", "ner")
+TASKS = ("classify", "ner", "qa")
 
 
 def save_task_model(model, folder, tokenizer, task, head_config, training_args=None,
@@ -56,17 +56,19 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
 
 
 def assign_classifier(model, tensors, source):
-    """Assign `classifier.weight` (classes, hidden) and `classifier.bias`."""
-    expected = {"classifier.weight": (model.num_classes, model.backbone.hidden_dim),
-                "classifier.bias": (model.num_classes,)}
+    """Assign the head: `classifier.weight` (classes, hidden) and
+    `classifier.bias`, or `qa_outputs.*` for a span model."""
+    prefix = next(iter(model.head_tensors())).split(".")[0]
+    expected = {f"{prefix}.weight": (model.num_classes, model.backbone.hidden_dim),
+                f"{prefix}.bias": (model.num_classes,)}
     for name, shape in expected.items():
         if name not in tensors:
             raise CheckpointError(f"{source}: missing tensor {name!r}")
         if tuple(tensors[name].shape) != shape:
             raise CheckpointError(f"{source}: tensor {name!r} has shape "
                                   f"{tuple(tensors[name].shape)}, expected {shape}")
-    model.classifier.kernel.assign(tensors["classifier.weight"].T)
-    model.classifier.bias.assign(tensors["classifier.bias"])
+    model.classifier.kernel.assign(tensors[f"{prefix}.weight"].T)
+    model.classifier.bias.assign(tensors[f"{prefix}.bias"])
 
 
 @dataclass
@@ -93,6 +95,7 @@ def load_model(folder, **backbone_overrides):
     """Restore a fine-tuned model folder written by `bertdesk finetune`."""
     from bertdesk.io import load_backbone, load_tokenizer
     from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+    from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer
     from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
 
     folder = Path(folder)
@@ -105,7 +108,9 @@ def load_model(folder, **backbone_overrides):
     head = meta.get("head") or {}
     ckpt = read_checkpoint(folder)
     backbone = load_backbone(folder, **backbone_overrides)
-    if task == "ner":
+    if task == "qa":
+        model = BertQuestionAnswerer(backbone)
+    elif task == "ner":
         model = BertTokenClassifier(backbone, num_classes=head["num_classes"])
     else:
         model = BertTextClassifier(backbone, num_classes=head["num_classes"],

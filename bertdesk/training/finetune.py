@@ -21,7 +21,7 @@ from bertdesk.io.atomic import atomic_write_text
 class FinetuneConfig:
     train: str
     output: str
-    task: str = "classify"  # classify | ner
+    task: str = "classify"  # classify | ner | qa
     validation: str | None = None
     format: str | None = None  # ner: conll (default) or bmes
     text_column: str = "text"
@@ -46,6 +46,8 @@ class FinetuneConfig:
     dynamic_padding: bool = True
     pad_to_multiple: int = 8
     bucket_batches: int = 50  # bucketing window, in batches
+    doc_stride: int = 128  # qa: tokens shared by consecutive windows of a long context
+    max_answer_length: int = 30  # qa: longest answer, in tokens
     resume: bool = False
 
     @classmethod

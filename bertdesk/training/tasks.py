@@ -206,7 +206,118 @@ class NerTask:
                 f"sentences; tags: {head['labels']}")
 
 
-TASKS = {"classify": ClassifyTask(), "ner": NerTask()}
+class QaTask:
+    """Extractive QA on SQuAD v1.1 / v2.0 JSON: windows over long contexts,
+    start/end logits, n-best decoding, the official EM/F1 (percent)."""
+
+    name = "qa"
+
+    def load(self, path, options, require_labels=True):
+        from bertdesk.data.squad import read_squad
+
+        return read_squad(path, require_answers=require_labels)
+
+    def split(self, data, fraction, seed):
+        """Hold out whole articles, so no context is in both parts."""
+        from bertdesk.data.squad import QAData
+
+        titles = sorted({ex.title for ex in data.examples})
+        rng = np.random.default_rng(seed)
+        rng.shuffle(titles)
+        if len(titles) >= 2:
+            held = set(titles[: max(1, int(round(len(titles) * fraction)))])
+            pick = [ex.title in held for ex in data.examples]
+        else:  # one article: split by question
+            order = rng.permutation(len(data.examples))
+            held_idx = set(order[: max(1, int(round(len(order) * fraction)))].tolist())
+            pick = [i in held_idx for i in range(len(data.examples))]
+        return (QAData([ex for ex, p in zip(data.examples, pick) if not p], data.source,
+                       data.version),
+                QAData([ex for ex, p in zip(data.examples, pick) if p], data.source,
+                       data.version))
+
+    def make_head(self, train, config):
+        v2 = train.version.lower().lstrip("v").startswith("2") or any(
+            ex.is_impossible for ex in train.examples)
+        return {"problem_type": "extractive_qa", "num_classes": 2, "labels": None,
+                "version": "2.0" if v2 else "1.1", "null_threshold": 0.0 if v2 else None,
+                "doc_stride": config.doc_stride, "max_answer_length": config.max_answer_length}
+
+    def targets(self, data, head):
+        return None  # answers were checked against their contexts when read
+
+    def _windows(self, tokenizer, data, head, max_length):
+        from bertdesk.data.qa import make_windows
+
+        stride = min(head["doc_stride"], max_length // 2)
+        return make_windows(tokenizer, data.examples, max_length=max_length, doc_stride=stride)
+
+    def dataset(self, tokenizer, data, head, config, train=False):
+        from bertdesk.data.batching import PaddedBatches
+
+        windows = self._windows(tokenizer, data, head, config.max_length)
+        targets = np.array([[w.start, w.end] for w in windows], np.int32) if train else None
+        return PaddedBatches([(w.token_ids, w.segment_ids) for w in windows], targets,
+                             batch_size=config.batch_size, shuffle=train, seed=config.seed,
+                             bucket=bool(config.bucket),
+                             fixed_length=None if (config.dynamic_padding or not train)
+                             else config.max_length,
+                             pad_to_multiple=config.pad_to_multiple,
+                             bucket_batches=config.bucket_batches)
+
+    def build_model(self, backbone, head):
+        from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer
+
+        backbone.pooler.trainable = False  # unused by a span head (no gradient)
+        return BertQuestionAnswerer(backbone)
+
+    def loss(self, head):
+        from bertdesk.tasks.bert_question_answerer import SpanLoss
+
+        return SpanLoss()
+
+    def monitor(self, head):
+        return "f1"
+
+    def scores(self, model, tokenizer, data, head, max_length):
+        """{question id: answer text}."""
+        from bertdesk.data.batching import PaddedBatches, predict_batches
+        from bertdesk.data.qa import decode
+
+        windows = self._windows(tokenizer, data, head, max_length)
+        logits = predict_batches(model, PaddedBatches([(w.token_ids, w.segment_ids)
+                                                       for w in windows], None, batch_size=64))
+        answers, _ = decode(data.examples, windows, [lg[:, 0] for lg in logits],
+                            [lg[:, 1] for lg in logits],
+                            max_answer_length=head["max_answer_length"],
+                            null_threshold=head.get("null_threshold"))
+        return answers
+
+    def metrics(self, scores, data, head):
+        from bertdesk.data.squad import squad_metrics
+
+        return squad_metrics(scores, data)
+
+    def rows(self, scores, data, head):
+        from bertdesk.data.squad import exact_match, f1
+
+        rows = []
+        for ex in data.examples:
+            golds = [a["text"] for a in ex.answers] or [""]
+            pred = scores.get(ex.id, "")
+            rows.append({"id": ex.id, "question": ex.question, "prediction": pred,
+                         "gold": " | ".join(golds),
+                         "exact_match": max(exact_match(pred, g) for g in golds),
+                         "f1": max(f1(pred, g) for g in golds),
+                         "correct": max(exact_match(pred, g) for g in golds) == 1.0})
+        return rows
+
+    def describe(self, train, validation, head):
+        return (f"data: {len(train)} training, {len(validation)} validation questions "
+                f"(SQuAD v{head['version']})")
+
+
+TASKS = {"classify": ClassifyTask(), "ner": NerTask(), "qa": QaTask()}
 
 
 def get_task(name):
