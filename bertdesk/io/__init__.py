@@ -114,6 +114,14 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     tensors = backbone_tensors(backbone)
     tensors.update(extra_tensors or {})
     config = backbone.architecture_config()
+    heads = all(n in tensors for n in MLM_NAMES + NSP_NAMES)
+    if format == "hf" and heads:
+        # transformers' BertForPreTraining layout: `bert.` prefix and explicit
+        # copies of the tied decoder weights.
+        tensors = {(k if k.startswith("cls.") else "bert." + k): v for k, v in tensors.items()}
+        tensors["cls.predictions.decoder.weight"] = tensors[
+            "bert.embeddings.word_embeddings.weight"].copy()
+        tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
@@ -121,16 +129,6 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
         if tokenizer is not None:
             tokenizer.save(staging)
         if format == "hf":
-            heads = all(n in tensors for n in MLM_NAMES + NSP_NAMES)
-            if heads:
-                # transformers' BertForPreTraining layout: `bert.` prefix and
-                # explicit copies of the tied decoder weights.
-                tensors = {(k if k.startswith("cls.") else "bert." + k): v
-                           for k, v in tensors.items()}
-                tensors["cls.predictions.decoder.weight"] = tensors[
-                    "bert.embeddings.word_embeddings.weight"].copy()
-                tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
-                atomic_write_bytes(staging / "model.safetensors", _safetensors_bytes(tensors))
             hf = config_to_hf(config, ["BertForPreTraining"] if heads else ["BertModel"])
             atomic_write_text(staging / "config.json", json.dumps(hf, indent=2))
         else:

@@ -4,7 +4,7 @@ import keras
 
 from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
 from bertdesk.layers.bert_nsp_head import BertNSPHead
-from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BertBackbone
+from bertdesk.models.bert_backbone import BACKBONE_INPUTS
 
 
 # === Model ===
@@ -84,5 +84,3 @@ class BertPretrainingModel(keras.Model):
 
         return {**mlm_head_tensors(self.mlm_head), **nsp_head_tensors(self.nsp_head)}
 
-
-__all__ = ["BertPretrainingModel", "BertBackbone"]
