@@ -7,12 +7,14 @@
     bertdesk encode                            # sentence similarities with the bundled BERT
     bertdesk convert SRC DST --to hf|bertdesk  # checkpoint conversion
     bertdesk info FOLDER                       # what a checkpoint holds
+    bertdesk gui                               # the desktop app
 
 `--backend` picks the Keras backend; it must be set before Keras is imported,
 so this module imports nothing heavy at the top.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -127,6 +129,16 @@ def _cmd_finetune(args):
     from bertdesk.training.finetune import run_finetune
 
     config = _finetune_config(args)
+    if args.events == "jsonl":
+        # for the desktop app (or any other driver): one JSON object per line on stdout
+        sink = JsonLinesEvents(sys.stdout)
+        sink({"event": "message", "text": f"fine-tuning on the {keras.backend.backend()} "
+                                          f"backend: {config.train} -> {config.output}"})
+        result = run_finetune(config, sink)
+        sink({"event": "result", "metrics": _public_metrics(result["metrics"]),
+              "best_epoch": result["best_epoch"], "model": result["model"],
+              "predictions": result["predictions"], "train_seconds": result["train_seconds"]})
+        return
     print(f"fine-tuning on the {keras.backend.backend()} backend: {config.train} -> {config.output}")
     result = run_finetune(config, TerminalProgress())
     print(f"best epoch {result['best_epoch']}; validation metrics:")
@@ -136,6 +148,27 @@ def _cmd_finetune(args):
         from bertdesk.io.atomic import atomic_write_text
 
         atomic_write_text(args.metrics_out, json.dumps(_public_metrics(result["metrics"]), indent=2))
+
+
+class JsonLinesEvents:
+    """An event sink writing each event as one JSON line, flushed at once."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, event):
+        self.stream.write(json.dumps(event, default=_json_default) + "\n")
+        self.stream.flush()
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 def _public_metrics(metrics):
@@ -209,6 +242,12 @@ def _cmd_demo(args):
     _cmd_finetune(fargs)
 
 
+def _cmd_gui(args):
+    # the app lives in bertdesk_gui; bertdesk itself never imports Qt, so the
+    # command hands this process over to it
+    os.execv(sys.executable, [sys.executable, "-m", "bertdesk_gui", *args.files])
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="bertdesk", description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=BACKENDS,
@@ -251,6 +290,8 @@ def build_parser():
                    help="do not group similar lengths (classification buckets by default, NER not)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--metrics-out", help="also write validation metrics as JSON here")
+    p.add_argument("--events", choices=("bar", "jsonl"), default="bar",
+                   help="progress as a terminal bar (default) or JSON lines on stdout")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="evaluate a fine-tuned model on labelled data")
@@ -280,6 +321,10 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace files in an existing folder")
     p.set_defaults(func=_cmd_convert)
 
+    p = sub.add_parser("gui", help="open the desktop app (same as bertdesk-gui)")
+    p.add_argument("files", nargs="*", help="a dataset to open")
+    p.set_defaults(func=_cmd_gui)
+
     p = sub.add_parser("info", help="describe a checkpoint folder")
     p.add_argument("folder")
     p.set_defaults(func=_cmd_info)
@@ -301,6 +346,8 @@ def main(argv=None):
     try:
         args.func(args)
     except (CheckpointError, DataError, FileNotFoundError, FileExistsError) as e:
+        if getattr(args, "events", None) == "jsonl":
+            JsonLinesEvents(sys.stdout)({"event": "error", "text": str(e)})
         print(f"bertdesk {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

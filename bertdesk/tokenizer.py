@@ -147,6 +147,10 @@ class BertTokenizer:
         """Ids of one text (or pair) with [CLS]/[SEP], no truncation."""
         return self._tokenizer.encode(text, text_pair).ids
 
+    def id_to_token(self, ids):
+        """Word pieces (strings) of `ids`."""
+        return [self._tokenizer.id_to_token(int(i)) for i in ids]
+
     def decode(self, ids, skip_special_tokens=True):
         return self._tokenizer.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
 

@@ -52,6 +52,7 @@ def read_table(path):
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
     df.columns = [str(c).strip() for c in df.columns]
+    df.attrs["path"] = str(path)
     return df
 
 
@@ -81,6 +82,51 @@ class ClassificationData:
 
     def __len__(self):
         return len(self.texts)
+
+
+def check_rows(df, text_column="text", text_pair_column=None, label_column="label",
+               problem_type="single_label", require_labels=True):
+    """Every bad row of a classification table, as `(row, problem)` with
+    1-based data rows, in row order. Missing columns raise DataError (they
+    are not a row's fault)."""
+    path = df.attrs.get("path", "table")
+    texts = _column(df, text_column, path, "text")
+    pairs = _column(df, text_pair_column, path, "text pair") if text_pair_column else None
+    labels = None
+    if require_labels or label_column in df.columns:
+        labels = _column(df, label_column, path, "label")
+    problems = []
+    for i, text in enumerate(texts):
+        row = i + 1
+        if not _cell_text(text).strip():
+            problems.append((row, f"empty text in column {text_column!r}"))
+        elif pairs is not None and not _cell_text(pairs[i]).strip():
+            problems.append((row, f"empty text pair in column {text_pair_column!r} "
+                                  "(every row needs both texts)"))
+        elif labels is not None:
+            problem = _label_problem(labels[i], label_column, problem_type)
+            if problem:
+                problems.append((row, problem))
+    return problems
+
+
+def _label_problem(value, label_column, problem_type):
+    if isinstance(value, list):
+        return None if value else f"missing label in column {label_column!r}"
+    cell = _cell_text(value).strip()
+    if cell == "":
+        return f"missing label in column {label_column!r}"
+    if problem_type == "regression":
+        try:
+            float(cell)
+        except ValueError:
+            return f"label {cell!r} in column {label_column!r} is not a number"
+    elif problem_type == "multi_label" and cell.startswith("["):
+        try:
+            json.loads(cell)
+        except json.JSONDecodeError:
+            return f"label {cell!r} is not a JSON list"
+    return None
 
 
 def load_classification(path, text_column="text", text_pair_column=None, label_column="label",

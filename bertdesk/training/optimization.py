@@ -26,14 +26,95 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps}
 
 
+@keras.saving.register_keras_serializable(package="bertdesk")
+class BertAdamW(keras.optimizers.AdamW):
+    """Keras' AdamW with BERT's weight-decay exclusions kept in its config
+    (so a resumed run still skips LayerNorm and biases), and a fused update
+    on the PyTorch backend.
+
+    On PyTorch, Keras applies AdamW as a dozen `torch._foreach_*` passes
+    over every parameter plus a per-gradient clipping loop; here clipping is
+    two foreach calls and the whole update (decay, moments, step) is torch's
+    fused AdamW kernel, with epsilon rescaled so the arithmetic is Keras'
+    (epsilon added to sqrt(v) before bias correction), not torch's. Other
+    backends compile the update into the training step and use Keras' code.
+
+    Args:
+        exclude_names: variables whose path contains any of these strings get
+            no weight decay.
+        fused: use the fused PyTorch update (default: on the PyTorch backend).
+    """
+
+    def __init__(self, *args, exclude_names=("bias", "gamma", "beta"), fused=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.exclude_names = tuple(exclude_names)
+        if self.exclude_names:
+            self.exclude_from_weight_decay(var_names=list(self.exclude_names))
+        if fused is None:
+            fused = keras.backend.backend() == "torch" and not self.amsgrad
+        self.fused = bool(fused)
+        if self.fused and self.amsgrad:
+            raise ValueError("BertAdamW(fused=True) does not do amsgrad")
+        if self.fused and keras.backend.backend() != "torch":
+            raise ValueError("BertAdamW(fused=True) needs the PyTorch backend")
+
+    def _clip_gradients(self, grads):
+        if not (self.fused and self.global_clipnorm) or self.gradient_accumulation_steps:
+            return super()._clip_gradients(grads)
+        import torch
+
+        present = [g for g in grads if g is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
+        # Keras' formula: scale = clip * min(1 / norm, 1 / clip)
+        scale = self.global_clipnorm * torch.minimum(1.0 / norm, torch.tensor(
+            1.0 / self.global_clipnorm, dtype=norm.dtype))
+        torch._foreach_mul_(present, scale)
+        return grads
+
+    def _apply_weight_decay(self, variables):
+        if not self.fused:
+            super()._apply_weight_decay(variables)
+        # the fused kernel decays (p *= 1 - lr * wd) before its update
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not self.fused:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        import torch
+
+        with torch.no_grad():
+            lr = float(keras.ops.convert_to_numpy(self._get_current_learning_rate()))
+            step = float(keras.ops.convert_to_numpy(self.iterations)) + 1.0
+            # torch divides sqrt(v) by sqrt(1 - b2^t) before adding epsilon; scaling
+            # epsilon by the same factor gives Keras' (sqrt(v) + eps) instead
+            eps = self.epsilon / (1.0 - self.beta_2 ** step) ** 0.5
+            step_t = torch.tensor(step, dtype=torch.float32,
+                                  device=trainable_variables[0].value.device)
+            groups = {}
+            for grad, var in zip(grads, trainable_variables):
+                i = self._get_variable_index(var)
+                decay = self.weight_decay if self._use_weight_decay(var) else 0.0
+                key = (decay or 0.0, var.value.dtype, var.value.device)
+                g = groups.setdefault(key, ([], [], [], []))
+                g[0].append(var.value)
+                g[1].append(grad.to(var.value.dtype))
+                g[2].append(self._momentums[i].value)
+                g[3].append(self._velocities[i].value)
+            for (decay, _, _), (params, gs, ms, vs) in groups.items():
+                torch._fused_adamw_(params, gs, ms, vs, [], [step_t] * len(params), lr=lr,
+                                    beta1=self.beta_1, beta2=self.beta_2, weight_decay=decay,
+                                    eps=eps, amsgrad=False, maximize=False)
+
+    def get_config(self):
+        return {**super().get_config(), "exclude_names": list(self.exclude_names),
+                "fused": None}
+
+
 def bert_adamw(learning_rate, total_steps, warmup_ratio=0.1, weight_decay=0.01,
-               max_grad_norm=1.0, epsilon=1e-8):
+               max_grad_norm=1.0, epsilon=1e-8, fused=None):
     """AdamW as BERT fine-tuning uses it: no decay on LayerNorm and biases,
     warmup then linear decay, global-norm gradient clipping."""
     schedule = WarmupLinearDecay(learning_rate, int(round(warmup_ratio * total_steps)),
                                  total_steps)
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9, beta_2=0.999,
-        epsilon=epsilon, global_clipnorm=max_grad_norm)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
+    return BertAdamW(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9,
+                     beta_2=0.999, epsilon=epsilon, global_clipnorm=max_grad_norm,
+                     fused=fused)

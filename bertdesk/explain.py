@@ -1,0 +1,113 @@
+"""Why a fine-tuned classifier predicts what it does: per-token attributions
+(gradient x input, integrated gradients) and every layer's attention maps.
+
+    result = bertdesk.explain.explain(model, tokenizer, "a text")
+    result["tokens"], result["attributions"], result["attentions"]  # (layers, heads, seq, seq)
+
+The forward pass starts from the token embeddings (the input the
+attributions are about) and reuses the model's own layers. Taking a
+gradient is the one thing Keras 3 has no backend-neutral op for, so
+`_gradient` below holds the three backends' versions of it.
+"""
+
+import numpy as np
+from keras import ops
+
+METHODS = ("integrated_gradients", "gradient_x_input")
+
+
+def _forward(model, token_embeddings, segment_ids, padding_mask, attentions=False):
+    """Logits `(batch, classes)` from token embeddings `(batch, seq, hidden)`
+    through the model's layers (inference: no dropout); with `attentions`
+    also the attention maps `(batch, layers, heads, seq, seq)`."""
+    backbone = model.backbone
+    e = backbone.embeddings
+    token_embeddings = ops.convert_to_tensor(token_embeddings)
+    seq = ops.shape(token_embeddings)[1]
+    positions = e.position_embedding(ops.arange(seq, dtype="int32"))  # (seq, hidden)
+    x = token_embeddings + ops.expand_dims(positions, 0) + e.segment_embedding(segment_ids)
+    x = e.layer_norm(x)
+    maps = []
+    for layer in backbone.encoder_layers:
+        if attentions:
+            x, probs = layer(x, padding_mask=padding_mask, return_attention_scores=True)
+            maps.append(probs)
+        else:
+            x = layer(x, padding_mask=padding_mask)
+    logits = ops.cast(model.classifier(backbone.pooler(x)), "float32")
+    return (logits, ops.stack(maps, axis=1)) if attentions else logits
+
+
+def _gradient(fn, x):
+    """d sum(fn(x)) / dx for a numpy array `x`, on the current backend."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda v: fn(v).sum())(x))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        v = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            total = tf.reduce_sum(fn(v))
+        return tape.gradient(total, v).numpy()
+    if backend == "torch":
+        import torch
+
+        v = torch.tensor(x, requires_grad=True)
+        fn(v).sum().backward()
+        return v.grad.detach().cpu().numpy()
+    raise NotImplementedError(f"gradients on the {backend} backend")
+
+
+def explain(model, tokenizer, text, text_pair=None, target=None,
+            method="integrated_gradients", steps=32, max_length=128):
+    """Attributions of each token to the `target` class logit (default: the
+    predicted class), and the attention maps, for one text (or pair).
+
+    Integrated gradients (Sundararajan et al. 2017) integrate the gradient
+    along the straight path from an all-zero embedding to the input
+    (midpoint rule, `steps` points), so the attributions add up to
+    logit(input) - logit(baseline); gradient x input is one gradient.
+
+    Returns a dict: `tokens` (word pieces), `offsets` (character spans in
+    the text or pair; (0, 0) for specials), `segments`, `attributions`
+    (seq,), `target`, `logits` (classes,), `baseline_logit`, and
+    `attentions` (layers, heads, seq, seq).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not hasattr(model, "classifier") or not hasattr(model, "backbone"):
+        raise TypeError("explain() needs a text classifier (a backbone and a classifier head)")
+    enc = tokenizer([text], None if text_pair is None else [text_pair], max_length=max_length,
+                    padding="longest", return_offsets=True)
+    ids, seg, mask = enc["token_ids"], enc["segment_ids"], enc["padding_mask"]
+    embedded = np.asarray(ops.convert_to_numpy(
+        model.backbone.embeddings.token_embedding(ids)), np.float32)  # (1, seq, hidden)
+    logits, maps = _forward(model, embedded, seg, mask, attentions=True)
+    logits = np.asarray(ops.convert_to_numpy(logits))[0]
+    target = int(np.argmax(logits)) if target is None else int(target)
+    if not 0 <= target < logits.shape[0]:
+        raise ValueError(f"target {target} is not a class index (0..{logits.shape[0] - 1})")
+
+    def score(n):
+        seg_n, mask_n = np.repeat(seg, n, 0), np.repeat(mask, n, 0)
+        return lambda v: _forward(model, v, seg_n, mask_n)[:, target]
+
+    baseline = np.zeros_like(embedded)
+    if method == "gradient_x_input":
+        grads = _gradient(score(1), embedded)
+    else:
+        alphas = ((np.arange(steps) + 0.5) / steps).astype(np.float32)[:, None, None]
+        path = baseline + alphas * (embedded - baseline)  # (steps, seq, hidden)
+        grads = _gradient(score(steps), path).mean(0, keepdims=True)
+    attributions = ((embedded - baseline) * grads).sum(-1)[0]
+    baseline_logit = float(np.asarray(ops.convert_to_numpy(score(1)(baseline)))[0])
+    return {"tokens": tokenizer.id_to_token(ids[0]), "offsets": enc["offsets"][0],
+            "segments": seg[0], "attributions": attributions, "target": target,
+            "logits": logits, "baseline_logit": baseline_logit,
+            "attentions": np.asarray(ops.convert_to_numpy(maps))[0]}

@@ -1,0 +1,1 @@
+"""The app's pages: Data, Model, Train, Evaluate, Inspect, Export."""

@@ -1,0 +1,79 @@
+"""Token attributions and attention maps (bertdesk.explain) on every backend."""
+
+import keras
+import numpy as np
+import pytest
+
+import bertdesk
+from bertdesk.explain import _forward, explain
+from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+
+
+@pytest.fixture(scope="module")
+def classifier(minilm_folder):
+    keras.utils.set_random_seed(7)
+    tokenizer = bertdesk.load_tokenizer(minilm_folder)
+    backbone = bertdesk.BertBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=2,
+                                     hidden_dim=16, num_heads=2, intermediate_dim=32,
+                                     max_sequence_length=64)
+    model = BertTextClassifier(backbone, num_classes=3)
+    # a head with large weights: logits far from zero, attributions far from noise
+    kernel = np.random.default_rng(0).normal(size=model.classifier.kernel.shape)
+    model.classifier.kernel.assign(kernel.astype("float32") * 5)
+    return model, tokenizer
+
+
+def test_forward_from_embeddings_is_the_model(classifier):
+    model, tok = classifier
+    enc = tok(["a short text", "and a longer second text here"], max_length=16,
+              padding="longest")
+    emb = keras.ops.convert_to_numpy(model.backbone.embeddings.token_embedding(enc["token_ids"]))
+    ours = keras.ops.convert_to_numpy(_forward(model, emb, enc["segment_ids"],
+                                               enc["padding_mask"]))
+    theirs = keras.ops.convert_to_numpy(model.predict_on_batch(enc)["logits"])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_integrated_gradients_add_up_to_the_logit_change(classifier):
+    model, tok = classifier
+    r = explain(model, tok, "The film is wonderful, not dull.", steps=64)
+    assert r["tokens"][0] == "[CLS]" and r["tokens"][-1] == "[SEP]"
+    assert r["attributions"].shape == (len(r["tokens"]),)
+    assert r["target"] == int(np.argmax(r["logits"]))
+    change = r["logits"][r["target"]] - r["baseline_logit"]
+    assert abs(change) > 1e-3
+    # completeness (Sundararajan et al.): sum of attributions = logit(x) - logit(baseline)
+    assert r["attributions"].sum() == pytest.approx(change, rel=0.05, abs=1e-3)
+    assert np.ptp(r["attributions"]) > 0
+
+
+def test_gradient_x_input_matches_a_finite_difference(classifier):
+    model, tok = classifier
+    text = "gripping from start to finish"
+    r = explain(model, tok, text, method="gradient_x_input", target=1)
+    enc = tok([text], max_length=128, padding="longest")
+    emb = keras.ops.convert_to_numpy(model.backbone.embeddings.token_embedding(enc["token_ids"]))
+    f = lambda s: float(keras.ops.convert_to_numpy(  # noqa: E731
+        _forward(model, emb * s, enc["segment_ids"], enc["padding_mask"]))[0, 1])
+    eps = 1e-2
+    directional = (f(1 + eps) - f(1 - eps)) / (2 * eps)  # d/ds logit(s * x) at s = 1
+    assert r["attributions"].sum() == pytest.approx(directional, rel=0.02, abs=1e-4)
+
+
+def test_attention_maps_and_offsets_for_a_pair(classifier):
+    model, tok = classifier
+    r = explain(model, tok, "a cat sat", text_pair="on the mat", method="gradient_x_input")
+    n = len(r["tokens"])
+    assert r["attentions"].shape == (2, 2, n, n)
+    np.testing.assert_allclose(r["attentions"].sum(-1), 1.0, atol=1e-5)
+    assert list(r["segments"]).count(1) == 4  # "on the mat [SEP]"
+    cat = r["tokens"].index("cat")
+    assert tuple(r["offsets"][cat]) == (2, 5) and tuple(r["offsets"][0]) == (0, 0)
+
+
+def test_bad_arguments(classifier):
+    model, tok = classifier
+    with pytest.raises(ValueError, match="method must be one of"):
+        explain(model, tok, "x", method="shap")
+    with pytest.raises(ValueError, match="target 7 is not a class index"):
+        explain(model, tok, "x", target=7)

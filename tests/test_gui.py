@@ -1,0 +1,281 @@
+"""The desktop app end to end through its widgets, as a person uses it:
+open a file, map columns, pick a model, train in a child process while
+progress and curves arrive, cancel, survive bad files and a crashing child.
+Each test saves a screenshot of its page in tests/output/screenshots/."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytestmark = pytest.mark.backend_neutral
+
+from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+import bertdesk  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHOTS = Path(__file__).resolve().parent / "output" / "screenshots"
+
+
+def screenshot(widget, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    QApplication.processEvents()
+    assert widget.grab().save(str(SHOTS / f"{name}.png"))
+
+
+def child_pids():
+    """Live child processes of this test process (Linux /proc)."""
+    me, out = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == me and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, minilm_folder):
+    """A 2-layer, width-16 BERT with the real uncased vocabulary: trains in seconds."""
+    folder = tmp_path_factory.mktemp("gui_tiny_bert")
+    backbone = bertdesk.BertBackbone(vocabulary_size=30522, num_layers=2, hidden_dim=16,
+                                     num_heads=2, intermediate_dim=32, max_sequence_length=64)
+    bertdesk.save_pretrained(backbone, folder, bertdesk.load_tokenizer(minilm_folder),
+                             overwrite=True)
+    return str(folder)
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTDESK_HOME", str(tmp_path / "home"))
+    from bertdesk_gui.main_window import MainWindow
+    from bertdesk_gui.state import AppState
+    from bertdesk_gui.worker import wait_idle
+
+    before = set(child_pids())
+    state = AppState(history_path=tmp_path / "home" / "runs.json", runs_dir=tmp_path / "runs")
+    w = MainWindow(state, QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.shutdown()
+    assert wait_idle(10000)
+    from PySide6.QtCore import QThreadPool
+
+    assert QThreadPool.globalInstance().activeThreadCount() == 0, "a worker thread is left"
+    left = set(child_pids()) - before
+    assert not left, f"child processes left running: {left}"
+
+
+def open_file(qtbot, w, path):
+    with qtbot.waitSignal(w.data_page.loaded, timeout=30000):
+        w.data_page.open(str(path))
+    return w.state.dataset
+
+
+def choose_tiny(qtbot, w, folder, backend="torch"):
+    w.go("Model")
+    page = w.model_page
+    page.folder_edit.setText(folder)
+    page.folder_radio.setChecked(True)
+    page._source_changed()
+    page.backend_combo.setCurrentIndex(page.backend_combo.findData(backend))
+    qtbot.waitUntil(lambda: "2 layers" in page.summary.text(), timeout=20000)
+    assert w.state.model.source == folder and w.state.model.backend == backend
+
+
+def set_form(w, **values):
+    for key, value in values.items():
+        w.train_page.fields[key].setValue(value)
+
+
+def test_open_map_and_bad_rows(qtbot, window, tmp_path):
+    w = window
+    ds = open_file(qtbot, w, ASSETS / "sentiment_en.csv")
+    assert ds.task == "classify" and (ds.text_column, ds.label_column) == ("text", "label")
+    page = w.data_page
+    assert len(ds.frame) == 1200 and "1,200 rows" in page.rows_label.text()
+    assert page.preview_model.rowCount() == 500  # rows come in chunks as the view scrolls
+    page.preview.scrollToBottom()
+    qtbot.waitUntil(lambda: page.preview_model.rowCount() > 500, timeout=5000)
+    counts = {page.labels_table.item(i, 0).text(): int(page.labels_table.item(i, 1).text())
+              for i in range(page.labels_table.rowCount())}
+    assert counts == ds.frame["label"].value_counts().to_dict()
+    assert page.bad_box.isHidden()
+    assert "120 of 1,200" in page.split_label.text()
+    screenshot(w, "data_page")
+
+    # a file with bad rows: listed with their reasons; the file is never changed
+    bad = tmp_path / "bad.csv"
+    bad.write_text("review,sentiment\ngreat film,positive\n,negative\nawful,\n"
+                   "fine,positive\n<b>bold</b> claim,negative\n", encoding="utf-8")
+    original = bad.read_bytes()
+    ds = open_file(qtbot, w, bad)
+    assert (ds.text_column, ds.label_column) == ("review", "sentiment")
+    assert ds.bad_rows == [(2, "empty text in column 'review'"),
+                           (3, "missing label in column 'sentiment'")]
+    assert not page.bad_box.isHidden() and page.bad_table.rowCount() == 2
+    assert page.bad_table.item(1, 1).text() == "missing label in column 'sentiment'"
+    # a 100k-row file previews without building every row
+    big = tmp_path / "big.csv"
+    big.write_text("text,label\n" + "".join(f"sentence {i},{i % 3}\n" for i in range(100_000)))
+    ds = open_file(qtbot, w, big)
+    assert len(ds.frame) == 100_000 and page.preview_model.rowCount() == 500
+    assert bad.read_bytes() == original
+
+
+def test_mapping_changes_are_checked(qtbot, window, tmp_path):
+    w = window
+    path = tmp_path / "pairs.csv"
+    path.write_text("sentence1,sentence2,score\na cat,a dog,1.5\nrain,sun,x\n", encoding="utf-8")
+    ds = open_file(qtbot, w, path)
+    assert (ds.text_column, ds.text_pair_column, ds.label_column) == \
+        ("sentence1", "sentence2", "score")
+    page = w.data_page
+    page.problem_combo.setCurrentIndex(page.problem_combo.findData("regression"))
+    assert ds.problem_type == "regression"
+    assert ds.bad_rows == [(2, "label 'x' in column 'score' is not a number")]
+    page.fix_radio.setChecked(True)
+    assert "bad rows" in w.state.ready()
+    page.drop_radio.setChecked(True)
+    assert w.state.ready() is None
+
+
+def test_corrupt_and_unreadable_files(qtbot, window, tmp_path):
+    w = window
+    binary = tmp_path / "data.csv"
+    binary.write_bytes(b"text,label\n\xff\xfe\x00\x81 broken,1\n")
+    with qtbot.waitSignal(w.data_page.load_failed, timeout=20000) as blocker:
+        w.data_page.open(str(binary))
+    assert "data.csv" in blocker.args[0] and "UTF-8" in blocker.args[0]
+    assert not w.data_page.error_label.isHidden()
+    screenshot(w, "data_page_error")
+    conll = tmp_path / "broken.conll"
+    conll.write_text("EU B-ORG\nrejects\n", encoding="utf-8")
+    with qtbot.waitSignal(w.data_page.load_failed, timeout=20000) as blocker:
+        w.data_page.open(str(conll))
+    assert "broken.conll" in blocker.args[0] and "line 2" in blocker.args[0]
+    assert w.state.dataset is None and "open a dataset" in w.state.ready()
+    # the app is still usable
+    open_file(qtbot, w, ASSETS / "sentiment_en.csv")
+    assert w.state.ready() is None
+
+
+def test_train_with_live_progress_then_results(qtbot, window, tiny_folder, tmp_path):
+    w = window
+    open_file(qtbot, w, ASSETS / "sentiment_en.csv")
+    choose_tiny(qtbot, w, tiny_folder)
+    screenshot(w, "model_page")
+    w.go("Train")
+    set_form(w, epochs=2, batch_size=32, learning_rate=3e-3, max_length=32)
+    steps = []
+    w.train_page.process.event.connect(lambda e: e["event"] == "step" and steps.append(e))
+    assert w.train_page.start()
+    assert not w.train_page.start_button.isEnabled() and w.train_page.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: len(steps) >= 5, timeout=90000)
+    assert len(w.train_page.loss_curve.getData()[0]) >= 5  # the curve grows
+    screenshot(w, "train_page_running")
+    with qtbot.waitSignal(w.train_page.run_finished, timeout=180000) as blocker:
+        pass
+    run = blocker.args[0]
+    assert run["status"] == "finished", run.get("error")
+    assert [e["step"] for e in steps] == list(range(1, steps[-1]["total_steps"] + 1))
+    assert steps[-1]["total_steps"] == 2 * 34  # 1,080 training rows / 32, two epochs
+    assert len(w.train_page.metric_curves["accuracy"].getData()[0]) == 2
+    assert 0 <= run["metrics"]["accuracy"] <= 1
+    assert Path(run["output"], "model", "bertdesk.json").is_file()
+    # the history is on disk and reopens in a new state object (an app restart)
+    from bertdesk_gui.state import RunHistory
+
+    again = RunHistory(tmp_path / "home" / "runs.json")
+    assert again.get(run["id"])["metrics"] == run["metrics"]
+    assert w.train_page.history_table.rowCount() == 1
+    assert w.current_page() == "Evaluate"
+    screenshot(w.train_page, "train_page_finished")
+
+
+def test_cancel_stops_the_child_within_seconds(qtbot, window, tiny_folder):
+    w = window
+    open_file(qtbot, w, ASSETS / "sentiment_en.csv")
+    choose_tiny(qtbot, w, tiny_folder)
+    w.go("Train")
+    set_form(w, epochs=200, max_length=32)
+    steps = []
+    w.train_page.process.event.connect(lambda e: e["event"] == "step" and steps.append(e))
+    assert w.train_page.start()
+    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=90000)
+    pid = w.train_page.process.pid()
+    assert pid in child_pids()
+    with qtbot.waitSignal(w.train_page.run_finished, timeout=8000) as blocker:
+        w.train_page.cancel()
+    assert blocker.args[0]["status"] == "cancelled"
+    assert pid not in child_pids()
+    assert w.train_page.start_button.isEnabled() and not w.train_page.cancel_button.isEnabled()
+    assert "Cancelled" in w.train_page.status_label.text()
+    screenshot(w.train_page, "train_page_cancelled")
+
+
+def test_crashing_child_is_reported_and_the_app_stays_usable(qtbot, window, tiny_folder,
+                                                             tmp_path):
+    w = window
+    open_file(qtbot, w, ASSETS / "sentiment_en.csv")
+    # 1. a model folder that is not a checkpoint: the child's own error message
+    broken = tmp_path / "not_a_model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json", encoding="utf-8")
+    w.state.set_model(source=str(broken), backend="torch")
+    w.go("Train")
+    set_form(w, epochs=1, max_length=32)
+    with qtbot.waitSignal(w.train_page.run_finished, timeout=90000) as blocker:
+        assert w.train_page.start()
+    run = blocker.args[0]
+    assert run["status"] == "failed" and "config.json" in run["error"]
+    assert "Failed" in w.train_page.status_label.text()
+    # 2. the child dies mid-run (killed, as by the OOM killer)
+    choose_tiny(qtbot, w, tiny_folder)
+    w.go("Train")
+    set_form(w, epochs=200)
+    steps = []
+    w.train_page.process.event.connect(lambda e: e["event"] == "step" and steps.append(e))
+    assert w.train_page.start()
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=90000)
+    with qtbot.waitSignal(w.train_page.run_finished, timeout=10000) as blocker:
+        os.kill(w.train_page.process.pid(), signal.SIGKILL)
+    assert blocker.args[0]["status"] == "failed"
+    screenshot(w.train_page, "train_page_failed")
+    # 3. and the next run works
+    set_form(w, epochs=1)
+    with qtbot.waitSignal(w.train_page.run_finished, timeout=180000) as blocker:
+        assert w.train_page.start()
+    assert blocker.args[0]["status"] == "finished"
+    assert [r["status"] for r in w.state.history.runs] == ["failed", "failed", "finished"]
+
+
+@pytest.mark.parametrize("source,task", [("ner_en.conll", "ner"), ("qa_en.json", "qa")])
+def test_ner_and_qa_files(qtbot, window, tiny_folder, source, task):
+    w = window
+    ds = open_file(qtbot, w, ASSETS / source)
+    assert ds.task == task
+    assert w.data_page.task_label.text().startswith("Token" if task == "ner" else "Extractive")
+    if task == "ner":
+        assert {"PER", "ORG", "LOC"} <= set(ds.label_counts())
+    screenshot(w, f"data_page_{task}")
+    choose_tiny(qtbot, w, tiny_folder)
+    w.go("Train")
+    set_form(w, epochs=1, max_length=64, learning_rate=3e-3)
+    with qtbot.waitSignal(w.train_page.run_finished, timeout=240000) as blocker:
+        assert w.train_page.start()
+    run = blocker.args[0]
+    assert run["status"] == "finished", run.get("error")
+    assert set(run["metrics"]) >= ({"precision", "recall", "f1"} if task == "ner"
+                                   else {"exact_match", "f1"})
+    screenshot(w, f"train_page_{task}")
+
