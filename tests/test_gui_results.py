@@ -7,15 +7,18 @@ import csv
 import json
 import multiprocessing
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PySide6.QtCore import QThreadPool, Qt  # noqa: E402
+from PySide6.QtGui import QTextCursor  # noqa: E402
 from PySide6.QtWidgets import QFileDialog  # noqa: E402
 
 import bertdesk  # noqa: E402
@@ -37,9 +40,9 @@ CHINESE_TEXT = "这部电影非常好看，强烈推荐！"
 POSITIVE = "positive <3"  # a label with markup in it: every view must show it as text
 
 
-def screenshot(widget, name):
+def screenshot(widget, name, size=(1000, 720)):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    widget.resize(1000, 720)
+    widget.resize(*size)
     widget.show()
     assert widget.grab().save(str(SHOTS / f"{name}.png"))
 
@@ -227,6 +230,8 @@ def test_evaluate_and_inspect_ner(qtbot, page, state, ner_run):
     first_per = row["words"].split(" ")[row["gold"].split(" ").index("B-PER")]
     html = ins.browser.toHtml()
     assert first_per in ins.browser.toPlainText() and "background-color" in html
+    assert not ins.tabs.isTabVisible(1) and not ins.tabs.isTabVisible(2)  # classification only
+    assert ins.why_button.isHidden() and ins.tabs.tabBar().isHidden()
     screenshot(ins, "inspect_ner")
 
     ins.try_text.setText("Olga Garcia works for Globex in San Francisco .")
@@ -327,6 +332,125 @@ def test_try_it_predicts_off_the_gui_thread(qtbot, page, state, cls_run):
     qtbot.waitUntil(lambda: ins.last_prediction is not None, timeout=60_000)
     assert ins.last_prediction["prediction"] in labels_of(cls_run) and first is not None
     screenshot(ins, "inspect_try_it")
+
+    qtbot.mouseClick(ins.why_button, Qt.LeftButton)  # the typed text's attributions
+    assert ins.tabs.currentIndex() == 1
+    wait_explained(qtbot, ins)
+    assert ins.explanation["subject"]["title"] == "Typed text"
+    assert "Typed text" in ins.attribution_browser.toPlainText()
+    assert CHINESE_TEXT in ins.attribution_browser.toPlainText()
+    assert ins.attribution_markup.count('<span title="') == len(CHINESE_TEXT)  # a token a character
+
+
+# === Attributions and attention ===
+
+def wait_explained(qtbot, ins):
+    qtbot.waitUntil(lambda: not ins.busy() and ins.explanation is not None, timeout=60_000)
+
+
+def shown_sums(ins):
+    """(sum of attributions, logit change) as the attribution view shows them."""
+    m = re.search(r"sum of attributions = (-?[\d.]+); logit change from baseline = (-?[\d.]+)",
+                  ins.attribution_browser.toPlainText())
+    assert m, ins.attribution_browser.toPlainText()
+    return float(m[1]), float(m[2])
+
+
+def test_attributions_of_the_selected_example(qtbot, page, state, cls_run):
+    ins = page(InspectPage, state, cls_run)
+    labels = labels_of(cls_run)
+    assert [ins.target_combo.itemText(i) for i in range(ins.target_combo.count())] == \
+        ["predicted"] + labels
+    ins.select_row(0)
+    assert not ins.busy() and ins.explanation is None  # nothing computed until looked at
+    ins.tabs.setCurrentIndex(1)
+    wait_explained(qtbot, ins)
+    r, row = ins.explanation, ins.view.iloc[0]
+    assert r["subject"]["text"] == row["text"] and r["method"] == "integrated_gradients"
+    assert labels[r["target"]] == row["prediction"]  # "predicted": the model's top class
+    shown = ins.attribution_browser.toPlainText()
+    assert row["text"] in shown  # the original characters, spaces and punctuation
+    assert f"towards {row['prediction']}" in shown
+    # one coloured span per word piece; [CLS] and [SEP] are not in the text
+    spans = ins.attribution_markup.count('<span title="')
+    assert spans == sum(int(e) > int(s) for s, e in r["offsets"]) == len(r["tokens"]) - 2
+    total, change = shown_sums(ins)
+    assert total == pytest.approx(float(r["attributions"].sum()), abs=1e-3)
+    assert total == pytest.approx(change, rel=0.1, abs=0.02)  # completeness, 32 steps
+    cursor = QTextCursor(ins.attribution_browser.document())  # hover: the piece and its value
+    cursor.setPosition(shown.index(row["text"]) + int(r["offsets"][1][0]) + 1)
+    assert cursor.charFormat().toolTip() == f"{r['tokens'][1]}: {r['attributions'][1]:+.4f}"
+
+    # why not the other class?
+    other = 1 - r["target"]
+    ins.target_combo.setCurrentIndex(other + 1)
+    qtbot.waitUntil(lambda: not ins.busy() and ins.explanation["target"] == other,
+                    timeout=60_000)
+    assert f"towards {labels[other]}" in ins.attribution_browser.toPlainText()
+    total, change = shown_sums(ins)
+    assert total == pytest.approx(change, rel=0.1, abs=0.02)
+
+    ins.method_combo.setCurrentIndex(ins.method_combo.findData("gradient_x_input"))
+    qtbot.waitUntil(lambda: not ins.busy() and ins.explanation["method"] == "gradient_x_input",
+                    timeout=60_000)
+    shown = ins.attribution_browser.toPlainText()
+    assert "Gradient x input towards" in shown and "sum of attributions" in shown
+    assert "logit change from baseline" not in shown  # no completeness to claim
+    assert ins.explanation["target"] == other
+    assert ins.attribution_markup.count('<span title="') == spans
+    screenshot(ins, "inspect_attribution")
+    screenshot(ins, "inspect_attribution_1280", size=(1280, 800))
+
+
+def test_attribution_view_shows_text_as_text_and_drops_stale_results(qtbot, page, state,
+                                                                      cls_run):
+    ins = page(InspectPage, state, cls_run)
+    ins.tabs.setCurrentIndex(1)
+    shown = []
+    show = ins._show_explanation
+    ins._show_explanation = lambda r: (shown.append(r["subject"]["text"]), show(r))
+    texts = ins.view["text"].tolist()
+    ins.select_row(0)
+    ins.select_row(texts.index(MARKUP_TEXT))  # before the first is done: it is dropped
+    wait_explained(qtbot, ins)
+    assert shown == [MARKUP_TEXT]
+    assert MARKUP_TEXT in ins.attribution_browser.toPlainText()  # literally, "<b>" and all
+    markup = ins.attribution_markup  # each piece escaped in its own span: "<", "b", ">"
+    assert "<b>bold" not in markup and markup.count('">&amp;</span>') == 1
+    assert markup.count('">&lt;</span>') == 2 and markup.count('">&gt;</span>') == 2
+    assert POSITIVE in ins.attribution_browser.toPlainText()  # the label, as text
+    tokens = ins.explanation["tokens"]
+    assert ins.attribution_markup.count('<span title="') == len(tokens) - 2
+
+
+def test_attention_view(qtbot, page, state, cls_run):
+    ins = page(InspectPage, state, cls_run)
+    ins.tabs.setCurrentIndex(2)
+    ins.select_row(3)
+    wait_explained(qtbot, ins)
+    view, r = ins.attention, ins.explanation
+    n = len(r["tokens"])
+    assert r["attentions"].shape == (2, 2, n, n)
+    assert view.image.image.shape == (n, n)
+    assert view.bottom_axis.tokens == view.left_axis.tokens == list(r["tokens"])
+    np.testing.assert_allclose(view.image.image, r["attentions"][0].mean(0), atol=1e-6)
+    np.testing.assert_allclose(view.image.image.sum(1), 1.0, atol=1e-4)  # rows add up to 1
+    before = view.image.image.copy()
+    view.layer_spin.setValue(2)
+    assert not np.allclose(view.image.image, before)
+    np.testing.assert_allclose(view.image.image, r["attentions"][1].mean(0), atol=1e-6)
+    before = view.image.image.copy()
+    view.head_combo.setCurrentIndex(2)  # head 2 of layer 2
+    assert not np.allclose(view.image.image, before)
+    np.testing.assert_allclose(view.image.image, r["attentions"][1, 1], atol=1e-6)
+
+    ins.select_row(4)  # a new example keeps the layer and head
+    wait_explained(qtbot, ins)
+    assert ins.explanation["subject"]["title"] == f"Row {ins.view.iloc[4]['row']}"
+    assert (view.layer_spin.value(), view.head_combo.currentIndex()) == (2, 2)
+    np.testing.assert_allclose(view.image.image, ins.explanation["attentions"][1, 1], atol=1e-6)
+    screenshot(ins, "inspect_attention")
+    screenshot(ins, "inspect_attention_1280", size=(1280, 800))
 
 
 # === Export ===

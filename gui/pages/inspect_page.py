@@ -1,225 +1,67 @@
 """Inspect: a run's validation predictions, one row per example, filtered and
 sorted in pandas and shown through `FrameModel`; the selected example in
 full (text, gold against prediction, class probabilities, entity spans or
-the answer in its context); and a "Try it" box that runs the run's model on
-a typed text on Qt's thread pool (`bertdesk_gui.worker`).
+the answer in its context); for text classification, why the model
+predicts what it does (token attributions and attention maps, tabs beside
+the example); and a "Try it" box that runs the run's model on a typed text.
 
-Every dataset string reaches the HTML views through `html.escape`: the
-data is text, never markup."""
+Model work (predicting, explaining) runs on Qt's thread pool
+(`bertdesk_gui.worker`), one job at a time on the loaded model; an
+explanation asked for before the last one arrives is dropped. The plain
+functions (reading, filtering, HTML) live in `bertdesk_gui.inspect_views`;
+every dataset string reaches the HTML views through `html.escape`."""
 
-import html
+import threading
 from pathlib import Path
 
 import pandas as pd
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QGroupBox, QHBoxLayout, QLabel,
-                               QLineEdit, QPushButton, QSplitter, QTableView, QTextBrowser,
-                               QVBoxLayout, QWidget)
+                               QLineEdit, QPushButton, QSplitter, QTableView, QTabWidget,
+                               QTextBrowser, QToolTip, QVBoxLayout, QWidget)
 
+from bertdesk_gui.attention_view import AttentionView
 from bertdesk_gui.frame_model import FrameModel
+from bertdesk_gui.inspect_views import (METHODS, TYPE_COLOURS, attribution_html, classify_html,
+                                        display_frame, entity_html, entity_types, esc,
+                                        explain_text, filter_frame, load_contexts, ner_html,
+                                        predict_text, probability_html, qa_html,
+                                        read_predictions, sort_frame, sort_options,
+                                        type_colours, verdict)
 from bertdesk_gui.pages.evaluate_page import model_meta, no_results_message
 from bertdesk_gui.worker import run_async, wait_idle
 
-TYPE_COLOURS = ["#ffd54f", "#81d4fa", "#a5d6a7", "#f48fb1", "#ce93d8", "#ffab91", "#b0bec5",
-                "#e6ee9c"]
+__all__ = ["InspectPage", "TYPE_COLOURS", "classify_html", "display_frame", "entity_html",
+           "entity_types", "esc", "filter_frame", "load_contexts", "ner_html", "predict_text",
+           "probability_html", "qa_html", "read_predictions", "sort_frame", "sort_options",
+           "type_colours", "verdict"]
+
 ALL = "All"
-
-# === Plain functions: reading, filtering, sorting, predicting ===
-
-
-def read_predictions(run):
-    """`<output>/validation_predictions.csv` as strings, or None."""
-    if not run or not run.get("output"):
-        return None
-    path = Path(run["output"]) / "validation_predictions.csv"
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except pd.errors.EmptyDataError:  # a run with no validation examples
-        return pd.DataFrame()
-    except (OSError, ValueError):
-        return None
+PREDICTED = "predicted"
+EXAMPLE_TAB, ATTRIBUTION_TAB, ATTENTION_TAB = range(3)
 
 
-def entity_types(tags):
-    return {t[2:] for t in tags.split() if t.startswith("B-")}
+class _TipBrowser(QTextBrowser):
+    """A QTextBrowser that shows the tooltip (`title`) of the text under the mouse."""
 
-
-def filter_frame(frame, task, correct=None, gold=None, predicted=None, multi_label=False):
-    keep = pd.Series(True, index=frame.index)
-    if correct is not None and "correct" in frame:
-        keep &= frame["correct"] == str(bool(correct))
-    for value, column in ((gold, "gold"), (predicted, "prediction")):
-        if value is None or column not in frame:
-            continue
-        if task == "ner":
-            keep &= frame[column].map(lambda tags, v=value: v in entity_types(tags))
-        elif multi_label:
-            keep &= frame[column].map(lambda s, v=value: v in s.split(","))
-        else:
-            keep &= frame[column] == value
-    return frame[keep]
-
-
-def sort_options(frame):
-    """[(name, column or None, ascending)] for the frame's columns."""
-    options = [("Row order", None, True)]
-    if "confidence" in frame:
-        options += [("Least confident first", "confidence", True),
-                    ("Most confident first", "confidence", False)]
-    if "f1" in frame:
-        options += [("Lowest F1 first", "f1", True), ("Highest F1 first", "f1", False)]
-    return options
-
-
-def sort_frame(frame, column, ascending):
-    if column is None:
-        column = next((c for c in ("row", "line") if c in frame), None)
-        if column is None:
-            return frame
-    key = pd.to_numeric(frame[column], errors="coerce")
-    return frame.loc[key.sort_values(ascending=ascending, kind="stable").index]
-
-
-def display_frame(frame, task):
-    """The table's columns (full texts and probabilities stay in the detail view)."""
-    wanted = {"classify": ["row", "gold", "prediction", "confidence", "correct", "text",
-                           "text_pair"],
-              "ner": ["line", "correct", "words", "entities"],
-              "qa": ["id", "correct", "f1", "question", "prediction", "gold"]}[task]
-    out = frame[[c for c in wanted if c in frame]].copy()
-    for c in ("confidence", "f1"):
-        if c in out:
-            out[c] = pd.to_numeric(out[c], errors="coerce").map(lambda v: f"{v:.3f}")
-    return out.reset_index(drop=True)
-
-
-def predict_text(model, text, pair=None):
-    """Run a loaded `FineTunedModel` on one typed example. Returns a dict:
-    classify: the prediction row (prediction, confidence, p(label)...);
-    ner: words, tags and entities; qa: the answer (`pair` is the context)."""
-    from bertdesk.training.tasks import get_task
-
-    task = get_task(model.task)
-    if model.task == "ner":
-        from bertdesk.data.ner import TaggedSentences, entities
-
-        bmes = model.meta.get("training_args", {}).get("format") == "bmes"
-        words = [c for c in text if not c.isspace()] if bmes else text.split()
-        data = TaggedSentences([words], [["O"] * len(words)], "typed text", [1])
-        tags = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)[0]
-        return {"words": words, "tags": list(tags), "separator": "" if bmes else " ",
-                "entities": [(kind, " ".join(words[s:e])) for kind, s, e in entities(tags)]}
-    if model.task == "qa":
-        from bertdesk.data.squad import QAData, QAExample
-
-        data = QAData([QAExample("typed", text, pair or "", [])], "typed text",
-                      model.head.get("version", "1.1"))
-        answer = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
-        return {"prediction": answer.get("typed", "")}
-    from bertdesk.data.tables import ClassificationData
-
-    data = ClassificationData([text], None if pair is None else [pair], None, "typed text", [1])
-    scores = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
-    return task.rows(scores, data, model.head)[0]
-
-
-def load_contexts(run):
-    """{question id: context} from the SQuAD file the run trained on."""
-    from bertdesk.data.squad import read_squad
-
-    args = model_meta(run).get("training_args", {})
-    source = args.get("validation") or args.get("train") or run.get("data")
-    return {ex.id: ex.context for ex in read_squad(source, require_answers=False).examples}
-
-
-# === HTML for the detail view (everything from the data escaped) ===
-
-def esc(value):
-    return html.escape(str(value))
-
-
-def type_colours(types):
-    return {t: TYPE_COLOURS[i % len(TYPE_COLOURS)] for i, t in enumerate(sorted(types))}
-
-
-def entity_html(words, tags, colours, separator=" "):
-    from bertdesk.data.ner import entities
-
-    starts = {s: (kind, e) for kind, s, e in entities(tags)}
-    parts, i = [], 0
-    while i < len(words):
-        if i in starts:
-            kind, e = starts[i]
-            parts.append(f'<span style="background-color:{colours.get(kind, "#ddd")}">'
-                         f'{esc(separator.join(words[i:e]))}'
-                         f'<sub><b>&nbsp;{esc(kind)}</b></sub></span>')
-            i = e
-        else:
-            parts.append(esc(words[i]))
-            i += 1
-    return separator.join(parts)
-
-
-def verdict(correct):
-    if correct not in ("True", "False"):
-        return ""  # regression: no right or wrong
-    return ('<span style="color:#1e7d32">✔ correct</span>' if correct == "True"
-            else '<span style="color:#c0392b">✘ wrong</span>')
-
-
-def classify_html(row, labels):
-    out = [f"<h3>Row {esc(row.get('row', ''))}</h3>", f"<p>{esc(row['text'])}</p>"]
-    if row.get("text_pair"):
-        out.append(f"<p><i>second text:</i> {esc(row['text_pair'])}</p>")
-    out.append(f"<p>gold <b>{esc(row.get('gold', ''))}</b> &nbsp; predicted "
-               f"<b>{esc(row['prediction'])}</b> &nbsp; {verdict(row.get('correct'))}</p>")
-    out.append(probability_html(row, labels))
-    return "".join(out)
-
-
-def probability_html(row, labels):
-    probs = [(label, float(row[f"p({label})"])) for label in labels or []
-             if row.get(f"p({label})", "") != ""]
-    if not probs:
-        return ""
-    cells = "".join(
-        f"<tr><td>{esc(label)}</td><td align='right'>{p:.3f}</td>"
-        f"<td><table cellspacing='0' cellpadding='0'><tr><td bgcolor='#4a90d9' "
-        f"width='{max(1, int(p * 200))}' height='10'></td></tr></table></td></tr>"
-        for label, p in sorted(probs, key=lambda lp: -lp[1]))
-    return f"<p><b>Probabilities</b></p><table cellpadding='3'>{cells}</table>"
-
-
-def ner_html(row, colours, separator):
-    words = row["words"].split(" ")
-    legend = " ".join(f'<span style="background-color:{c}">&nbsp;{esc(t)}&nbsp;</span>'
-                      for t, c in colours.items())
-    return (f"<h3>Line {esc(row.get('line', ''))}</h3><p>{verdict(row.get('correct'))}</p>"
-            f"<p><b>Gold</b><br>{entity_html(words, row['gold'].split(' '), colours, separator)}"
-            f"</p><p><b>Predicted</b><br>"
-            f"{entity_html(words, row['prediction'].split(' '), colours, separator)}</p>"
-            f"<p>{legend}</p>")
-
-
-def qa_html(row, context):
-    pred = row["prediction"]
-    golds = [g for g in row.get("gold", "").split(" | ")]
-    answers = "".join(f"<li>{esc(g) if g else '<i>(no answer)</i>'}</li>" for g in golds)
-    out = [f"<h3>{esc(row['question'])}</h3>",
-           f"<p>predicted <b>{esc(pred) if pred else '<i>(no answer)</i>'}</b> &nbsp; "
-           f"F1 {float(row.get('f1') or 0):.2f} &nbsp; {verdict(row.get('correct'))}</p>",
-           f"<p><b>Gold answers</b></p><ul>{answers}</ul>"]
-    if context is None:
-        out.append("<p><i>Loading the context…</i></p>")
-    elif isinstance(context, str):
-        at = context.find(pred) if pred else -1
-        body = (esc(context) if at < 0 else
-                esc(context[:at]) + '<span style="background-color:#ffd54f"><b>'
-                + esc(pred) + "</b></span>" + esc(context[at + len(pred):]))
-        out.append(f"<p><b>Context</b></p><p>{body}</p>")
-    return "".join(out)
+    def viewportEvent(self, event):
+        if event.type() == QEvent.ToolTip:
+            scroll = QPoint(self.horizontalScrollBar().value(), self.verticalScrollBar().value())
+            at = self.document().documentLayout().hitTest(QPointF(event.pos() + scroll),
+                                                             Qt.ExactHit)
+            tip = ""
+            if at >= 0:
+                cursor = QTextCursor(self.document())
+                # the format of the character before the cursor: the one under the mouse
+                cursor.setPosition(min(at + 1, self.document().characterCount() - 1))
+                tip = cursor.charFormat().toolTip()
+            if tip:
+                QToolTip.showText(event.globalPos(), tip, self)
+            else:
+                QToolTip.hideText()
+            return True
+        return super().viewportEvent(event)
 
 
 # === The page ===
@@ -236,8 +78,16 @@ class InspectPage(QWidget):
         self.contexts = None  # qa: {id: context}, loaded in the pool
         self.model_cache = {}  # {model folder: FineTunedModel}, the shown run's only
         self.last_prediction = None
-        self._pending = set()  # tags of jobs in the pool: (kind, run output, number)
+        self._typed = None  # the last typed example, as an explanation subject
+        self._pending = set()  # tags of jobs in the pool: (kind, run output, ..., number)
         self._job_count = 0
+        self._model_lock = threading.Lock()  # one job at a time loads or runs the model
+        self.subject = None  # what to explain: {"key", "title", "text", "pair"}
+        self.explanation = None  # the shown `explain_text` result, with "subject"
+        self.attribution_markup = ""  # the HTML last given to the attribution view
+        self._explain_key = None  # (subject key, method, target) shown or on its way
+        self._explain_ticket = None  # the newest explain job; older results are dropped
+        self.ig_steps = 32
 
         self.title = QLabel("Inspect")
         self.title.setStyleSheet("font-size: 15pt; font-weight: 600;")
@@ -274,16 +124,50 @@ class InspectPage(QWidget):
         self.table.selectionModel().currentRowChanged.connect(lambda cur, _: self._show_row(cur.row()))
         self.browser = QTextBrowser()
         self.browser.setOpenLinks(False)
+
+        self.method_combo, self.target_combo = QComboBox(), QComboBox()
+        for method, name in METHODS.items():
+            self.method_combo.addItem(name, method)
+        self.target_combo.setMinimumContentsLength(8)
+        self.target_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.target_combo.setToolTip("The class the attributions explain: the predicted one, "
+                                     "or another (why not that class?)")
+        self.attribution_browser = _TipBrowser()
+        self.attribution_browser.setOpenLinks(False)
+        attribution = QWidget()
+        controls = QHBoxLayout()
+        for widget in (QLabel("Method:"), self.method_combo, QLabel("Target:"),
+                       self.target_combo):
+            controls.addWidget(widget)
+        controls.addStretch(1)
+        column = QVBoxLayout(attribution)
+        column.setContentsMargins(4, 4, 4, 4)
+        column.addLayout(controls)
+        column.addWidget(self.attribution_browser, 1)
+        self.attention = AttentionView()
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.browser, "Example")
+        self.tabs.addTab(attribution, "Attribution")
+        self.tabs.addTab(self.attention, "Attention")
+        self.tabs.currentChanged.connect(self._request_explain)
+        self.method_combo.currentIndexChanged.connect(self._request_explain)
+        self.target_combo.currentIndexChanged.connect(self._request_explain)
+
         splitter = QSplitter(Qt.Horizontal)
         splitter.addWidget(self.table)
-        splitter.addWidget(self.browser)
+        splitter.addWidget(self.tabs)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
+        splitter.setChildrenCollapsible(False)
+        splitter.setSizes([600, 400])  # the plot's size hint would take more
         self.splitter = splitter
 
         self.try_box = QGroupBox("Try it")
         self.try_text, self.try_pair = QLineEdit(), QLineEdit()
         self.try_button = QPushButton("Predict")
+        self.why_button = QPushButton("Why?")
+        self.why_button.setToolTip("Show the token attributions of the typed text")
+        self.why_button.setEnabled(False)
         self.try_result = QLabel("Type a text and press Predict to run this run's model on it.")
         self.try_result.setWordWrap(True)
         self.try_result.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -291,11 +175,13 @@ class InspectPage(QWidget):
         row.addWidget(self.try_text, 3)
         row.addWidget(self.try_pair, 3)
         row.addWidget(self.try_button)
+        row.addWidget(self.why_button)
         box = QVBoxLayout(self.try_box)
         box.addLayout(row)
         box.addWidget(self.try_result)
         self.try_button.clicked.connect(self.try_predict)
         self.try_text.returnPressed.connect(self.try_predict)
+        self.why_button.clicked.connect(self.explain_typed)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
@@ -327,6 +213,7 @@ class InspectPage(QWidget):
         self.frame = read_predictions(run)
         self.title.setText(f"Inspect: run {run['id']}" if run else "Inspect")
         self._setup_try(run, meta)
+        self._setup_explain(head)
         if self.frame is None:
             self.message.setText(no_results_message(run))
             self.message.show()
@@ -397,6 +284,8 @@ class InspectPage(QWidget):
         self.count_label.setText(f"{len(self.view)} of {len(self.frame)} examples")
         self.browser.setHtml("<p><i>Select an example to see it in full.</i></p>"
                              if len(self.view) else "<p><i>No example matches.</i></p>")
+        if self.subject and self.subject["key"][0] == "row":
+            self._set_subject(None)  # the selection went with the old rows
 
     def select_row(self, i):
         """Select the i-th shown example (as a click would)."""
@@ -415,6 +304,10 @@ class InspectPage(QWidget):
             self.browser.setHtml(qa_html(row, context))
         else:
             self.browser.setHtml(classify_html(row, self.labels))
+            pair = row.get("text_pair", "") if self.wants_pair else None
+            self._set_subject({"key": ("row", row.get("row"), row["text"], pair),
+                               "title": f"Row {row.get('row', i + 1)}", "text": row["text"],
+                               "pair": pair})
 
     # --- work in the pool ---
 
@@ -441,7 +334,12 @@ class InspectPage(QWidget):
         (self._job_done if ok else self._job_failed)(tag, result)
 
     def _job_done(self, tag, result):
-        if tag[0] == "contexts" and tag[1] == (self.run or {}).get("output"):
+        for folder in [f for f in self.model_cache if f != self.model_folder]:
+            del self.model_cache[folder]  # loaded for a run no longer shown
+        if tag[0] == "explain":
+            if tag[2] is self._explain_ticket and result is not None:
+                self._show_explanation(result)
+        elif tag[0] == "contexts" and tag[1] == (self.run or {}).get("output"):
             self.contexts = result
             self._show_row(self.table.currentIndex().row())
         elif tag[0] == "predict":
@@ -452,9 +350,18 @@ class InspectPage(QWidget):
             self.model_cache[folder] = model
             self.last_prediction = prediction
             self.try_result.setText(self._prediction_html(prediction))
+            if self.task == "classify" and self._typed is not None:
+                self.why_button.setEnabled(True)
+                if self.tabs.currentIndex() != EXAMPLE_TAB:  # explained at once; else: Why?
+                    self._set_subject(self._typed)
 
     def _job_failed(self, tag, message):
-        if tag[0] == "contexts":
+        if tag[0] == "explain":
+            if tag[2] is self._explain_ticket:
+                self._explain_key = None  # asking again tries again
+                self._explain_message(f"The attributions could not be computed: {message}",
+                                      error=True)
+        elif tag[0] == "contexts":
             self.contexts = False if tag[1] == (self.run or {}).get("output") else self.contexts
             self.message.setText(f"The contexts could not be read: {message}")
             self.message.show()
@@ -462,9 +369,95 @@ class InspectPage(QWidget):
             self.try_button.setEnabled(True)
             self.try_result.setText(f'<span style="color:#c0392b">{esc(message)}</span>')
 
+    def _loaded_model(self, folder):
+        """In the pool, holding `_model_lock`: the cached model of `folder`,
+        loaded on first use."""
+        model = self.model_cache.get(folder)
+        if model is None:
+            from bertdesk.tasks.saving import load_model
+
+            model = self.model_cache[folder] = load_model(folder)
+        return model
+
     def shutdown(self, msecs=30000):
         """Wait for work in flight (the main window's `wait_idle` does the same)."""
         return wait_idle(msecs)
+
+    # --- Attributions and attention ---
+
+    def _setup_explain(self, head):
+        classify = self.task == "classify"
+        self.subject, self.explanation, self._typed = None, None, None
+        self._explain_key = self._explain_ticket = None  # results on their way are dropped
+        if not classify:
+            self.tabs.setCurrentIndex(EXAMPLE_TAB)
+        for tab in (ATTRIBUTION_TAB, ATTENTION_TAB):
+            self.tabs.setTabVisible(tab, classify)  # attributions are for text classification
+        self.tabs.tabBar().setVisible(classify)  # no lone "Example" tab
+        self.why_button.setVisible(classify)
+        self.why_button.setEnabled(False)
+        regression = head.get("problem_type") == "regression"
+        self.explain_labels = [] if regression else [str(x) for x in head.get("labels") or []]
+        self.target_combo.blockSignals(True)
+        self.target_combo.clear()
+        self.target_combo.addItem(PREDICTED, None)
+        for i, label in enumerate(self.explain_labels):
+            self.target_combo.addItem(label, i)
+        self.target_combo.blockSignals(False)
+        self.target_combo.setEnabled(bool(self.explain_labels))
+        self._explain_message(None)
+
+    def _explain_message(self, text, error=False):
+        """`text` in the attribution and attention tabs in place of a result
+        (None: how to get one)."""
+        if text is None:
+            text = ("Select an example in the table (or type one in Try it and press Why?) to "
+                    "see which tokens its prediction rests on.")
+        colour = "#c0392b" if error else "#555"
+        self.attribution_markup = ""
+        self.attribution_browser.setHtml(f'<p style="color:{colour}"><i>{esc(text)}</i></p>')
+        self.attention.show_message(text)
+
+    def _set_subject(self, subject):
+        self.subject = subject
+        self._request_explain()
+
+    def _request_explain(self, *_):
+        """Explain the subject with the chosen method and target, in the pool,
+        if an explanation tab is open and it is not shown or on its way."""
+        if self.task != "classify" or self.tabs.currentIndex() == EXAMPLE_TAB:
+            return  # computed when looked at
+        method, target = self.method_combo.currentData(), self.target_combo.currentData()
+        key = None if self.subject is None else (self.subject["key"], method, target)
+        if key is not None and key == self._explain_key:
+            return
+        self._explain_key, self._explain_ticket = key, None
+        if self.subject is None:
+            return self._explain_message(None)
+        if self.model_folder is None:
+            return self._explain_message("This run has no saved model to explain.")
+        subject, folder, steps = self.subject, self.model_folder, self.ig_steps
+        ticket = self._explain_ticket = object()
+
+        def work():
+            with self._model_lock:
+                if ticket is not self._explain_ticket:
+                    return None  # asked for something else meanwhile: skip
+                model = self._loaded_model(folder)
+                result = explain_text(model, subject["text"], subject["pair"], target, method,
+                                      steps)
+                return {**result, "subject": subject}
+
+        self._explain_message(f"Computing the attributions of {subject['title'].lower()}…")
+        self._start(("explain", self.run.get("output") if self.run else None, ticket), work)
+
+    def _show_explanation(self, result):
+        self.explanation = result
+        subject = result["subject"]
+        self.attribution_markup = attribution_html(result, subject["text"], subject["pair"],
+                                                   self.explain_labels, subject["title"])
+        self.attribution_browser.setHtml(self.attribution_markup)
+        self.attention.set_attentions(result["attentions"], result["tokens"])
 
     # --- Try it ---
 
@@ -492,16 +485,25 @@ class InspectPage(QWidget):
             self.try_result.setText("Type the paragraph to answer from as well.")
             return
         folder, cached = self.model_folder, self.model_cache.get(self.model_folder)
+        self._typed = {"key": ("typed", text, pair), "title": "Typed text", "text": text,
+                       "pair": pair}
 
         def work():
-            from bertdesk.tasks.saving import load_model
-
-            model = cached or load_model(folder)
-            return folder, model, predict_text(model, text, pair)
+            with self._model_lock:
+                model = self._loaded_model(folder)
+                return folder, model, predict_text(model, text, pair)
 
         self.try_button.setEnabled(False)
+        self.why_button.setEnabled(False)
         self.try_result.setText("Predicting…" if cached else "Loading the model and predicting…")
         self._start(("predict", self.run.get("output")), work)
+
+    def explain_typed(self):
+        """The attributions of the last typed text ("Why?")."""
+        if self._typed is not None:
+            self.subject = self._typed
+            self.tabs.setCurrentIndex(ATTRIBUTION_TAB)  # asks for it unless already open
+            self._request_explain()
 
     def _prediction_html(self, p):
         if self.task == "ner":
