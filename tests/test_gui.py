@@ -169,7 +169,8 @@ def test_corrupt_and_unreadable_files(qtbot, window, tmp_path):
     assert w.state.ready() is None
 
 
-def test_train_with_live_progress_then_results(qtbot, window, tiny_folder, tmp_path):
+def test_train_with_live_progress_then_results(qtbot, window, tiny_folder, tmp_path,
+                                               monkeypatch):
     w = window
     open_file(qtbot, w, ASSETS / "sentiment_en.csv")
     choose_tiny(qtbot, w, tiny_folder)
@@ -200,6 +201,47 @@ def test_train_with_live_progress_then_results(qtbot, window, tiny_folder, tmp_p
     assert w.train_page.history_table.rowCount() == 1
     assert w.current_page() == "Evaluate"
     screenshot(w.train_page, "train_page_finished")
+    walk_results(qtbot, w, run, tmp_path, monkeypatch)
+
+
+def walk_results(qtbot, w, run, tmp_path, monkeypatch):
+    """After a run: its metrics, the wrong predictions, one of them opened,
+    and the exports, through the pages' widgets."""
+    import pandas as pd
+    from PySide6.QtWidgets import QFileDialog
+
+    from bertdesk_gui.pages.evaluate_page import summary_text
+
+    assert summary_text(run["metrics"], run["task"]) in w.evaluate_page.summary.text()
+    screenshot(w, f"evaluate_{run['task']}_after_training")
+    w.go("Inspect")
+    preds = pd.read_csv(Path(run["output"]) / "validation_predictions.csv", dtype=str,
+                        keep_default_na=False)
+    page = w.inspect_page
+    if "correct" in preds:
+        page.correct_combo.setCurrentText("Wrong")
+        assert len(page.view) == (preds["correct"] == "False").sum()
+        page.correct_combo.setCurrentText("All")
+    assert len(page.view) == len(preds)
+    page.table.selectRow(0)
+    QApplication.processEvents()
+    assert page.browser.toPlainText().strip()
+    screenshot(w, f"inspect_{run['task']}_after_training")
+    w.go("Export")
+    out = tmp_path / "exports"
+    out.mkdir()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(out / "report.html"), "HTML (*.html)")))
+    w.export_page.report_button.click()
+    assert (out / "report.html").is_file()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(out / "p.jsonl"), "JSON lines")))
+    w.export_page.predictions_button.click()
+    assert len(pd.read_json(out / "p.jsonl", lines=True)) == len(preds)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *a, **k: str(out / "model")))
+    w.export_page.copy_button.click()
+    assert (out / "model" / "bertdesk.json").is_file()
 
 
 def test_cancel_stops_the_child_within_seconds(qtbot, window, tiny_folder):
@@ -210,8 +252,10 @@ def test_cancel_stops_the_child_within_seconds(qtbot, window, tiny_folder):
     set_form(w, epochs=200, max_length=32)
     steps = []
     w.train_page.process.event.connect(lambda e: e["event"] == "step" and steps.append(e))
+    epochs = []
+    w.train_page.process.event.connect(lambda e: e["event"] == "epoch" and epochs.append(e))
     assert w.train_page.start()
-    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=90000)
+    qtbot.waitUntil(lambda: len(epochs) >= 1 and len(steps) >= 3, timeout=120000)
     pid = w.train_page.process.pid()
     assert pid in child_pids()
     with qtbot.waitSignal(w.train_page.run_finished, timeout=8000) as blocker:
@@ -221,6 +265,11 @@ def test_cancel_stops_the_child_within_seconds(qtbot, window, tiny_folder):
     assert w.train_page.start_button.isEnabled() and not w.train_page.cancel_button.isEnabled()
     assert "Cancelled" in w.train_page.status_label.text()
     screenshot(w.train_page, "train_page_cancelled")
+    # the model saved after the first epoch is intact and loads
+    from bertdesk.tasks.saving import load_model
+
+    model = load_model(Path(blocker.args[0]["output"]) / "model")
+    assert model.labels == ["negative", "positive"]
 
 
 def test_crashing_child_is_reported_and_the_app_stays_usable(qtbot, window, tiny_folder,
@@ -260,7 +309,7 @@ def test_crashing_child_is_reported_and_the_app_stays_usable(qtbot, window, tiny
 
 
 @pytest.mark.parametrize("source,task", [("ner_en.conll", "ner"), ("qa_en.json", "qa")])
-def test_ner_and_qa_files(qtbot, window, tiny_folder, source, task):
+def test_ner_and_qa_files(qtbot, window, tiny_folder, source, task, tmp_path, monkeypatch):
     w = window
     ds = open_file(qtbot, w, ASSETS / source)
     assert ds.task == task
@@ -278,4 +327,5 @@ def test_ner_and_qa_files(qtbot, window, tiny_folder, source, task):
     assert set(run["metrics"]) >= ({"precision", "recall", "f1"} if task == "ner"
                                    else {"exact_match", "f1"})
     screenshot(w, f"train_page_{task}")
+    walk_results(qtbot, w, run, tmp_path, monkeypatch)
 
