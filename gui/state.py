@@ -149,8 +149,10 @@ def check(ds):
     if ds.task != "classify":
         ds.bad_rows = []
         return ds.bad_rows
-    ds.bad_rows = check_rows(ds.frame, ds.text_column, ds.text_pair_column, ds.label_column,
-                             ds.problem_type)
+    # without a label column yet, only the texts can be checked (ready() asks for the column)
+    ds.bad_rows = check_rows(ds.frame, ds.text_column, ds.text_pair_column,
+                             ds.label_column or "", ds.problem_type,
+                             require_labels=ds.label_column is not None)
     return ds.bad_rows
 
 

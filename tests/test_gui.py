@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("PySide6")
 pytestmark = pytest.mark.backend_neutral
 
-from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 import bertdesk  # noqa: E402
@@ -164,6 +164,13 @@ def test_corrupt_and_unreadable_files(qtbot, window, tmp_path):
         w.data_page.open(str(conll))
     assert "broken.conll" in blocker.args[0] and "line 2" in blocker.args[0]
     assert w.state.dataset is None and "open a dataset" in w.state.ready()
+    # a table with a text column and nothing to learn from: no label column to map
+    only_text = tmp_path / "only_text.csv"
+    only_text.write_text("text\nfirst\nsecond\n", encoding="utf-8")
+    ds = open_file(qtbot, w, only_text)
+    assert ds.label_column is None and "label columns" in w.state.ready()
+    assert w.data_page.label_combo.currentText() == "(none)"
+    assert not w.train_page.start() and "label columns" in w.train_page.status_label.text()
     # the app is still usable
     open_file(qtbot, w, ASSETS / "sentiment_en.csv")
     assert w.state.ready() is None
@@ -329,3 +336,40 @@ def test_ner_and_qa_files(qtbot, window, tiny_folder, source, task, tmp_path, mo
     screenshot(w, f"train_page_{task}")
     walk_results(qtbot, w, run, tmp_path, monkeypatch)
 
+
+
+def test_drop_a_file_and_remember_it(qtbot, window, tmp_path):
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    w = window
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(ASSETS / "pairs_en.csv"))])
+    event = QDropEvent(QPointF(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    with qtbot.waitSignal(w.data_page.loaded, timeout=30000):
+        w.data_page.dropEvent(event)
+    assert w.state.dataset.path.endswith("pairs_en.csv")
+    assert w.recent_files()[0].endswith("pairs_en.csv")
+    # a new window on the same settings offers it again, and keeps the backend choice
+    w.state.set_model(backend="jax")
+    from bertdesk_gui.main_window import MainWindow
+    from bertdesk_gui.state import AppState
+
+    again = MainWindow(AppState(history_path=tmp_path / "h2.json", runs_dir=tmp_path / "r2"),
+                       w.settings)
+    qtbot.addWidget(again)
+    assert [a.text() for a in again.recent_menu.actions()][0].endswith("pairs_en.csv")
+    assert again.state.model.backend == "jax"
+    assert again.model_page.backend_combo.currentData() == "jax"
+    again.shutdown()
+
+
+def test_launchers():
+    from importlib.metadata import entry_points
+
+    from bertdesk.cli import build_parser
+
+    scripts = {e.name: e.value for e in entry_points(group="gui_scripts")}
+    assert scripts.get("bertdesk-gui") == "bertdesk_gui.app:main"
+    args = build_parser().parse_args(["gui", "data.csv"])
+    assert args.files == ["data.csv"] and args.func.__name__ == "_cmd_gui"

@@ -170,7 +170,7 @@ class DataPage(QWidget):
         table = ds.task == "classify"
         for combo, value, optional in ((self.text_combo, ds.text_column, False),
                                        (self.pair_combo, ds.text_pair_column, True),
-                                       (self.label_combo, ds.label_column, False)):
+                                       (self.label_combo, ds.label_column, True)):
             combo.clear()
             combo.setEnabled(table)
             if optional:
