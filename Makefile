@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q $(FIND_LINKS) -e ".[test]"
 	touch $(STAMP)
 
-.PHONY: setup demo test
+.PHONY: setup demo test gui
 setup: $(STAMP)
 
 demo: $(STAMP)
@@ -22,3 +22,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) tests/run_all_backends.py
+
+gui: $(STAMP)
+	$(VENV)/bin/bertdesk gui
