@@ -7,6 +7,7 @@
     bertdesk encode                            # sentence similarities with the bundled BERT
     bertdesk convert SRC DST --to hf|bertdesk  # checkpoint conversion
     bertdesk info FOLDER                       # what a checkpoint holds
+    bertdesk vocab --corpus FILE... --vocab-size N --output vocab.txt [--cased]
     bertdesk gui                               # the desktop app
 
 `--backend` picks the Keras backend; it must be set before Keras is imported,
@@ -242,6 +243,26 @@ def _cmd_demo(args):
     _cmd_finetune(fargs)
 
 
+def _cmd_vocab(args):
+    from pathlib import Path
+
+    from bertdesk.io.atomic import atomic_write_text
+    from bertdesk.pretraining.vocab import coverage, train_vocabulary
+
+    tokenizer = train_vocabulary(args.corpus, args.vocab_size, lowercase=not args.cased,
+                                 min_frequency=args.min_frequency)
+    out = Path(args.output)
+    if out.suffix == ".txt":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, "".join(t + "\n" for t in tokenizer.vocabulary))
+    else:  # a folder: vocab.txt + tokenizer_config.json (casing), as a model folder holds
+        tokenizer.save(out)
+    stats = coverage(tokenizer, args.corpus)
+    print(f"{tokenizer.vocabulary_size:,} word pieces ({'cased' if args.cased else 'uncased'}) "
+          f"-> {out}; on the corpus: {stats['pieces_per_word']:.2f} pieces per word, "
+          f"{100 * stats['unknown_share']:.2f}% of words [UNK]")
+
+
 def _cmd_gui(args):
     # the app lives in bertdesk_gui; bertdesk itself never imports Qt, so the
     # command hands this process over to it
@@ -320,6 +341,14 @@ def build_parser():
     p.add_argument("--to", choices=("hf", "bertdesk"), default="bertdesk")
     p.add_argument("--overwrite", action="store_true", help="replace files in an existing folder")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("vocab", help="train a WordPiece vocabulary from raw text")
+    p.add_argument("--corpus", nargs="+", required=True, help="UTF-8 text files")
+    p.add_argument("--vocab-size", type=int, default=30522)
+    p.add_argument("--output", required=True, help="vocab.txt, or a folder (vocab.txt + config)")
+    p.add_argument("--cased", action="store_true", help="keep case and accents")
+    p.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are dropped")
+    p.set_defaults(func=_cmd_vocab)
 
     p = sub.add_parser("gui", help="open the desktop app (same as bertdesk-gui)")
     p.add_argument("files", nargs="*", help="a dataset to open")
