@@ -47,32 +47,43 @@ def model_flops(shape, batch, seq, mode):
     return forward * (3 if mode == "train" else 1)
 
 
-def gemm_peak():
-    """GFLOP/s of large square matmuls: numpy fp32, and torch bf16 (oneDNN)."""
+def _best_seconds(fn, repeats=5):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def gemm_peak(n=2048):
+    """GFLOP/s of n x n matmuls: fp32 is the best of numpy, PyTorch and
+    TensorFlow (each links its own BLAS); bf16 through PyTorch (oneDNN)."""
     import numpy as np
 
-    out = {}
-    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
-    a @ a
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ a
-        times.append(time.perf_counter() - t)
-    out["fp32"] = 2 * 2048 ** 3 / min(times) / 1e9
+    flops = 2 * n ** 3
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    fp32 = {"numpy": flops / _best_seconds(lambda: a @ a) / 1e9}
+    out = {"bf16": None}
     try:
         import torch
 
-        b = torch.randn(2048, 2048, dtype=torch.bfloat16)
-        b @ b
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            b @ b
-            times.append(time.perf_counter() - t)
-        out["bf16"] = 2 * 2048 ** 3 / min(times) / 1e9
-    except Exception:  # noqa: BLE001 - bf16 peak is optional
-        out["bf16"] = None
+        t = torch.from_numpy(a)
+        fp32["torch"] = flops / _best_seconds(lambda: t @ t) / 1e9
+        b = t.to(torch.bfloat16)
+        out["bf16"] = flops / _best_seconds(lambda: b @ b) / 1e9
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        c = tf.constant(a)
+        fp32["tensorflow"] = flops / _best_seconds(lambda: tf.linalg.matmul(c, c).numpy()) / 1e9
+    except ImportError:
+        pass
+    out["fp32"] = max(fp32.values())
+    out["fp32_by_library"] = fp32
     return out
 
 
@@ -226,7 +237,8 @@ def main():
 
     peak = gemm_peak()
     bf16 = f"{peak['bf16']:.0f}" if peak["bf16"] else "n/a"
-    print(f"GEMM peak (2048x2048): fp32 {peak['fp32']:.0f} GFLOP/s (numpy), bf16 {bf16} "
+    libs = ", ".join(f"{k} {v:.0f}" for k, v in peak["fp32_by_library"].items())
+    print(f"GEMM peak (2048x2048): fp32 {peak['fp32']:.0f} GFLOP/s ({libs}), bf16 {bf16} "
           f"GFLOP/s (torch); {os.cpu_count()} CPUs; batch {args.batch}, seq {args.seq}, "
           f"median of {args.repeats} after {args.warmup} warm-up calls", flush=True)
     impls, backends = args.impls.split(","), args.backends.split(",")
