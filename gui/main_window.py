@@ -51,7 +51,8 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
 
         self.data_page.loaded.connect(self._dataset_loaded)
-        self.train_page.run_finished.connect(self.show_run)
+        # a finished run reaches Evaluate/Inspect/Export through state.run_changed
+        self.train_page.run_finished.connect(self._run_finished)
         self.train_page.open_run.connect(self._open_run)
         self.evaluate_page.cell_selected.connect(self._confusion_cell)
         self.state.model_changed.connect(lambda m: self._remember("model", m))
@@ -78,6 +79,11 @@ class MainWindow(QMainWindow):
         status = run.get("status")
         self.statusBar().showMessage(f"run {run['id']}: {status}")
         if status == "finished":
+            self.go("Evaluate")
+
+    def _run_finished(self, run):
+        self.statusBar().showMessage(f"run {run['id']}: {run.get('status')}")
+        if run.get("status") == "finished":
             self.go("Evaluate")
 
     def _open_run(self, run):

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bertdesk.training.finetune import FinetuneConfig
+
 TASKS = {"classify": "Text classification", "ner": "Token classification (NER)",
          "qa": "Extractive question answering"}
 FORMATS = {".conll": "conll", ".bmes": "bmes", ".bio": "bmes", ".ner": "bmes"}
@@ -158,17 +160,18 @@ def check(ds):
 
 @dataclass
 class TrainSettings:
-    """The hyperparameter form, with the command line's defaults."""
+    """The hyperparameter form; its defaults are the library's
+    (`FinetuneConfig`, which the command line uses too)."""
 
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    max_length: int = 128
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 0
-    validation_fraction: float = 0.1
-    early_stopping_patience: int = 0  # 0 = off
+    epochs: int = FinetuneConfig.epochs
+    batch_size: int = FinetuneConfig.batch_size
+    learning_rate: float = FinetuneConfig.learning_rate
+    max_length: int = FinetuneConfig.max_length
+    warmup_ratio: float = FinetuneConfig.warmup_ratio
+    weight_decay: float = FinetuneConfig.weight_decay
+    seed: int = FinetuneConfig.seed
+    validation_fraction: float = FinetuneConfig.validation_fraction
+    early_stopping_patience: int = FinetuneConfig.early_stopping_patience or 0  # 0 = off
 
     def problems(self):
         """What is wrong with the form, as {field: message}."""

@@ -46,6 +46,20 @@ def minilm_folder():
     return Path(bertdesk.bundled_checkpoint())
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, minilm_folder):
+    """A checkpoint folder: 2-layer, width-16 BERT with the real uncased
+    vocabulary, for fine-tuning tests (trains in seconds)."""
+    import bertdesk
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    backbone = bertdesk.BertBackbone(vocabulary_size=30522, num_layers=2, hidden_dim=16,
+                                     num_heads=2, intermediate_dim=32, max_sequence_length=64)
+    bertdesk.save_pretrained(backbone, folder, bertdesk.load_tokenizer(minilm_folder),
+                             overwrite=True)
+    return str(folder)
+
+
 @pytest.fixture
 def tiny_config():
     return dict(TINY)

@@ -18,17 +18,6 @@ from bertdesk.training.finetune import FinetuneConfig, run_finetune
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_folder):
-    """A 2-layer, width-16 BERT with the real uncased vocabulary."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    backbone = bertdesk.BertBackbone(vocabulary_size=30522, num_layers=2, hidden_dim=16,
-                                     num_heads=2, intermediate_dim=32, max_sequence_length=64)
-    bertdesk.save_pretrained(backbone, folder, bertdesk.load_tokenizer(minilm_folder),
-                             overwrite=True)
-    return str(folder)
-
-
 def sample(tmp_path, name, n, source="sentiment_en.csv"):
     with open(ASSETS / source, encoding="utf-8") as f:
         rows = list(csv.reader(f))

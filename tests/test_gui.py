@@ -15,7 +15,6 @@ pytestmark = pytest.mark.backend_neutral
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-import bertdesk  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHOTS = Path(__file__).resolve().parent / "output" / "screenshots"
@@ -40,17 +39,6 @@ def child_pids():
             if int(fields[1]) == me and fields[0] != "Z":
                 out.append(int(entry.name))
     return out
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, minilm_folder):
-    """A 2-layer, width-16 BERT with the real uncased vocabulary: trains in seconds."""
-    folder = tmp_path_factory.mktemp("gui_tiny_bert")
-    backbone = bertdesk.BertBackbone(vocabulary_size=30522, num_layers=2, hidden_dim=16,
-                                     num_heads=2, intermediate_dim=32, max_sequence_length=64)
-    bertdesk.save_pretrained(backbone, folder, bertdesk.load_tokenizer(minilm_folder),
-                             overwrite=True)
-    return str(folder)
 
 
 @pytest.fixture
@@ -176,11 +164,11 @@ def test_corrupt_and_unreadable_files(qtbot, window, tmp_path):
     assert w.state.ready() is None
 
 
-def test_train_with_live_progress_then_results(qtbot, window, tiny_folder, tmp_path,
+def test_train_with_live_progress_then_results(qtbot, window, tiny_model, tmp_path,
                                                monkeypatch):
     w = window
     open_file(qtbot, w, ASSETS / "sentiment_en.csv")
-    choose_tiny(qtbot, w, tiny_folder)
+    choose_tiny(qtbot, w, tiny_model)
     screenshot(w, "model_page")
     w.go("Train")
     set_form(w, epochs=2, batch_size=32, learning_rate=3e-3, max_length=32)
@@ -251,10 +239,10 @@ def walk_results(qtbot, w, run, tmp_path, monkeypatch):
     assert (out / "model" / "bertdesk.json").is_file()
 
 
-def test_cancel_stops_the_child_within_seconds(qtbot, window, tiny_folder):
+def test_cancel_stops_the_child_within_seconds(qtbot, window, tiny_model):
     w = window
     open_file(qtbot, w, ASSETS / "sentiment_en.csv")
-    choose_tiny(qtbot, w, tiny_folder)
+    choose_tiny(qtbot, w, tiny_model)
     w.go("Train")
     set_form(w, epochs=200, max_length=32)
     steps = []
@@ -279,7 +267,7 @@ def test_cancel_stops_the_child_within_seconds(qtbot, window, tiny_folder):
     assert model.labels == ["negative", "positive"]
 
 
-def test_crashing_child_is_reported_and_the_app_stays_usable(qtbot, window, tiny_folder,
+def test_crashing_child_is_reported_and_the_app_stays_usable(qtbot, window, tiny_model,
                                                              tmp_path):
     w = window
     open_file(qtbot, w, ASSETS / "sentiment_en.csv")
@@ -296,7 +284,7 @@ def test_crashing_child_is_reported_and_the_app_stays_usable(qtbot, window, tiny
     assert run["status"] == "failed" and "config.json" in run["error"]
     assert "Failed" in w.train_page.status_label.text()
     # 2. the child dies mid-run (killed, as by the OOM killer)
-    choose_tiny(qtbot, w, tiny_folder)
+    choose_tiny(qtbot, w, tiny_model)
     w.go("Train")
     set_form(w, epochs=200)
     steps = []
@@ -316,7 +304,7 @@ def test_crashing_child_is_reported_and_the_app_stays_usable(qtbot, window, tiny
 
 
 @pytest.mark.parametrize("source,task", [("ner_en.conll", "ner"), ("qa_en.json", "qa")])
-def test_ner_and_qa_files(qtbot, window, tiny_folder, source, task, tmp_path, monkeypatch):
+def test_ner_and_qa_files(qtbot, window, tiny_model, source, task, tmp_path, monkeypatch):
     w = window
     ds = open_file(qtbot, w, ASSETS / source)
     assert ds.task == task
@@ -324,7 +312,7 @@ def test_ner_and_qa_files(qtbot, window, tiny_folder, source, task, tmp_path, mo
     if task == "ner":
         assert {"PER", "ORG", "LOC"} <= set(ds.label_counts())
     screenshot(w, f"data_page_{task}")
-    choose_tiny(qtbot, w, tiny_folder)
+    choose_tiny(qtbot, w, tiny_model)
     w.go("Train")
     set_form(w, epochs=1, max_length=64, learning_rate=3e-3)
     with qtbot.waitSignal(w.train_page.run_finished, timeout=240000) as blocker:

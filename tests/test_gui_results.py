@@ -21,7 +21,6 @@ from PySide6.QtCore import QThreadPool, Qt  # noqa: E402
 from PySide6.QtGui import QTextCursor  # noqa: E402
 from PySide6.QtWidgets import QFileDialog  # noqa: E402
 
-import bertdesk  # noqa: E402
 from bertdesk.training.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from bertdesk_gui.pages.evaluate_page import EvaluatePage  # noqa: E402
 from bertdesk_gui.pages.export_page import (ExportError, ExportPage, copy_model,  # noqa: E402
@@ -55,17 +54,6 @@ def make_run(run_id, task, data, output, model, metrics, status="finished", **se
             "settings": asdict(TrainSettings(**settings)),
             "output": str(output), "metrics": metrics, "args": [],
             "ended": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_folder):
-    """A 2-layer, width-16 BERT with the real uncased vocabulary."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    backbone = bertdesk.BertBackbone(vocabulary_size=30522, num_layers=2, hidden_dim=16,
-                                     num_heads=2, intermediate_dim=32, max_sequence_length=64)
-    bertdesk.save_pretrained(backbone, folder, bertdesk.load_tokenizer(minilm_folder),
-                             overwrite=True)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

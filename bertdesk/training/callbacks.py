@@ -77,15 +77,24 @@ class ProgressEvents(keras.callbacks.Callback):
 class ValidationCallback(keras.callbacks.Callback):
     """At each epoch end, runs `evaluate_fn()` -> metrics dict, adds its
     numbers to the logs as `val_<name>` (for early stopping and best-model
-    keeping) and emits an `epoch` event."""
+    keeping) and emits an `epoch` event. With `defer=True` the event is kept
+    in `last_event` for a later callback (`emit_epoch_event`) to send, so
+    that it can follow the model and checkpoint saves of the same epoch."""
 
-    def __init__(self, evaluate_fn, sink, monitor, mode="max"):
+    def __init__(self, evaluate_fn, sink, monitor, mode="max", defer=False):
         super().__init__()
         self.evaluate_fn = evaluate_fn
         self.sink = sink
         self.monitor = monitor
         self.mode = mode
+        self.defer = defer
         self.best = None
+        self.last_event = None
+
+    def emit_epoch_event(self):
+        """A callback (place it last) that sends the deferred `epoch` event."""
+        return keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: self.sink(self.last_event))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -99,10 +108,12 @@ class ValidationCallback(keras.callbacks.Callback):
         if improved:
             self.best = value
         logs["_improved"] = improved
-        self.sink({"event": "epoch", "epoch": epoch + 1, "loss": _float(logs.get("loss", math.nan)),
-                   "validation": {k: v for k, v in metrics.items()
-                                  if isinstance(v, (int, float))},
-                   "monitor": self.monitor, "improved": bool(improved), "best": self.best})
+        self.last_event = {
+            "event": "epoch", "epoch": epoch + 1, "loss": _float(logs.get("loss", math.nan)),
+            "validation": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "monitor": self.monitor, "improved": bool(improved), "best": self.best}
+        if not self.defer:
+            self.sink(self.last_event)
 
 
 class BestModelKeeper(keras.callbacks.Callback):

@@ -273,14 +273,17 @@ def run_finetune(config, sink=None):
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics
 
-    validator = ValidationCallback(evaluate, sink, monitor, "max")
+    # the epoch event goes out last: when a listener sees it, that epoch's best
+    # model and checkpoint are on disk (the app may cancel right after it)
+    validator = ValidationCallback(evaluate, sink, monitor, "max", defer=True)
     validator.best = state.get("best")
     keeper = BestModelKeeper(lambda epoch: save_task_model(
         model, out / "model", tokenizer, task.name, head, training_args, overwrite=True))
     callbacks = [ProgressEvents(sink, steps_per_epoch, config.epochs, config.batch_size,
                                 initial_epoch), validator, keeper,
                  ResumeCheckpoint(out / "checkpoint",
-                                  lambda: {"best": validator.best, "history": history})]
+                                  lambda: {"best": validator.best, "history": history}),
+                 validator.emit_epoch_event()]
     if config.early_stopping_patience:
         callbacks.insert(3, keras.callbacks.EarlyStopping(
             monitor=f"val_{monitor}", mode="max", patience=config.early_stopping_patience))

@@ -58,6 +58,7 @@ class TrainPage(QWidget):
         self.process.log.connect(self.append_log)
         self.process.finished.connect(self.on_finished)
         self.run = None
+        self.run_result = {}  # the child's final "result" event
 
         s = state.settings
         self.fields = {
@@ -260,7 +261,7 @@ class TrainPage(QWidget):
 
     def on_finished(self, status, message):
         run_id = self.run["id"] if self.run else None
-        metrics = getattr(self, "run_result", {}).get("metrics") if status == "finished" else None
+        metrics = self.run_result.get("metrics") if status == "finished" else None
         self.run_result = {}
         if run_id:
             self.state.finish_run(run_id, status, metrics=metrics,
