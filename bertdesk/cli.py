@@ -8,6 +8,8 @@
     bertdesk convert SRC DST --to hf|bertdesk  # checkpoint conversion
     bertdesk info FOLDER                       # what a checkpoint holds
     bertdesk vocab --corpus FILE... --vocab-size N --output vocab.txt [--cased]
+    bertdesk pretraining-data --corpus FILE... --vocab vocab.txt --output DATA_DIR
+    bertdesk pretrain --corpus FILE... [--vocab vocab.txt] --preset tiny --output DIR
     bertdesk gui                               # the desktop app
 
 `--backend` picks the Keras backend; it must be set before Keras is imported,
@@ -263,6 +265,70 @@ def _cmd_vocab(args):
           f"{100 * stats['unknown_share']:.2f}% of words [UNK]")
 
 
+def _data_options(args):
+    from bertdesk.pretraining.data_writer import DataOptions
+
+    return DataOptions(
+        max_seq_length=args.seq_length, max_predictions_per_seq=args.max_predictions_per_seq,
+        masked_lm_prob=args.masked_lm_prob, short_seq_prob=args.short_seq_prob,
+        dupe_factor=args.dupe_factor, masking=args.masking, whole_word_mask=args.whole_word_mask,
+        chinese_words=getattr(args, "chinese_words", False), seed=args.seed,
+        sentences=args.sentences, document_pattern=args.document_pattern)
+
+
+def _cmd_pretraining_data(args):
+    from pathlib import Path
+
+    from bertdesk.pretraining.data_writer import create_pretraining_data
+    from bertdesk.tokenizer import BertTokenizer
+
+    vocab = Path(args.vocab)
+    tokenizer = (BertTokenizer.from_pretrained(vocab) if vocab.is_dir()
+                 else BertTokenizer(vocab, lowercase=not args.cased))
+    create_pretraining_data(args.corpus, tokenizer, args.output, _data_options(args),
+                            workers=args.workers, log=print)
+    print(f"-> {args.output}")
+
+
+class PretrainProgress:
+    """Terminal lines for pretraining events (one per logged step)."""
+
+    def __call__(self, event):
+        kind = event["event"]
+        if kind == "step":
+            from bertdesk.training.callbacks import _fmt_time
+
+            print(f"step {event['step']}/{event['total_steps']}  loss {event['loss']:.4f}  "
+                  f"mlm acc {event['mlm_accuracy']:.3f}  nsp acc {event['nsp_accuracy']:.3f}  "
+                  f"lr {event['learning_rate']:.2e}  {event['tokens_per_second']:,.0f} tok/s  "
+                  f"ETA {_fmt_time(event['eta_seconds'])}", flush=True)
+        elif kind == "message":
+            print(event["text"], flush=True)
+        elif kind == "checkpoint":
+            print(f"checkpoint at step {event['step']} -> {event['folder']}", flush=True)
+
+
+def _cmd_pretrain(args):
+    from bertdesk.pretraining.distribution import cpu_devices
+
+    cpu_devices(args.cpu_devices)  # before Keras starts its backend
+    import keras
+
+    from bertdesk.pretraining.pretrain import PretrainConfig, run_pretrain
+
+    config = PretrainConfig.from_dict(vars(args))
+    config.corpus = args.corpus or []
+    sink = JsonLinesEvents(sys.stdout) if args.events == "jsonl" else PretrainProgress()
+    sink({"event": "message", "text": f"pretraining a {config.preset} BERT on the "
+                                      f"{keras.backend.backend()} backend -> {config.output}"})
+    result = run_pretrain(config, sink)
+    if args.events != "jsonl" and result["history"]:
+        last = result["history"][-1]
+        print(f"done: {result['steps']} steps in {result['train_seconds']:.0f} s; last masked-LM "
+              f"accuracy {last['mlm_accuracy']:.3f}, next-sentence accuracy "
+              f"{last['nsp_accuracy']:.3f}; model: {result['model']}")
+
+
 def _cmd_gui(args):
     # the app lives in bertdesk_gui; bertdesk itself never imports Qt, so the
     # command hands this process over to it
@@ -350,6 +416,55 @@ def build_parser():
     p.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are dropped")
     p.set_defaults(func=_cmd_vocab)
 
+    p = sub.add_parser("pretraining-data",
+                       help="make masked-LM/next-sentence instances from raw text (sharded)")
+    p.add_argument("--corpus", nargs="+", required=True,
+                   help="UTF-8 text files: documents separated by blank lines")
+    p.add_argument("--vocab", required=True, help="vocab.txt, or a folder with one")
+    p.add_argument("--cased", action="store_true", help="with a vocab.txt: keep case")
+    p.add_argument("--output", required=True, help="data folder (shards + data.json)")
+    p.add_argument("--workers", type=int, default=1, help="processes, one shard each at a time")
+    _pretraining_data_options(p)
+    p.set_defaults(func=_cmd_pretraining_data)
+
+    p = sub.add_parser("pretrain", help="pretrain BERT (masked LM + next sentence) from scratch")
+    p.add_argument("--corpus", nargs="+", help="UTF-8 text files (or --data)")
+    p.add_argument("--data", help="a folder made by `bertdesk pretraining-data`")
+    p.add_argument("--vocab", help="vocab.txt or a folder (default: train one on the corpus)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="when training the vocabulary")
+    p.add_argument("--cased", action="store_true")
+    p.add_argument("--preset", default="tiny", help="architecture: tiny, mini, small, medium, "
+                                                    "base, large")
+    p.add_argument("--output", required=True, help="model folder (finetune --model accepts it)")
+    p.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    p.add_argument("--gradient-accumulation", type=int, default=1,
+                   help="batches per optimizer step (global batch = batch size x this)")
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, help="default: 10%% of --max-steps")
+    p.add_argument("--optimizer", choices=("adamw", "lamb"), default="adamw")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--dropout", type=float, help="override the preset's dropout")
+    p.add_argument("--workers", type=int, default=1, help="processes making the data")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--distribution", choices=("none", "data", "model"), default="none",
+                   help="data/model parallel (JAX keras.distribution; data: also TensorFlow "
+                        "MirroredStrategy)")
+    p.add_argument("--model-parallel", type=int, default=2, help="devices per model shard")
+    p.add_argument("--cpu-devices", type=int, default=0,
+                   help="split the CPU into N devices (to try distribution on one machine)")
+    p.add_argument("--coordinator", help="host:port of process 0 (multi-process JAX)")
+    p.add_argument("--num-processes", type=int, default=1)
+    p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--events", choices=("lines", "jsonl"), default="lines")
+    _pretraining_data_options(p, dupe_default=5, masking_default="dynamic")
+    p.set_defaults(func=_cmd_pretrain)
+
     p = sub.add_parser("gui", help="open the desktop app (same as bertdesk-gui)")
     p.add_argument("files", nargs="*", help="a dataset to open")
     p.set_defaults(func=_cmd_gui)
@@ -358,6 +473,25 @@ def build_parser():
     p.add_argument("folder")
     p.set_defaults(func=_cmd_info)
     return parser
+
+
+def _pretraining_data_options(p, dupe_default=10, masking_default="static"):
+    p.add_argument("--seq-length", type=int, default=128, help="tokens per sequence pair")
+    p.add_argument("--max-predictions-per-seq", type=int, default=20)
+    p.add_argument("--masked-lm-prob", type=float, default=0.15)
+    p.add_argument("--short-seq-prob", type=float, default=0.1)
+    p.add_argument("--dupe-factor", type=int, default=dupe_default,
+                   help="static masking: masked copies of the corpus")
+    p.add_argument("--masking", choices=("static", "dynamic"), default=masking_default,
+                   help="static: dupe-factor copies masked once; dynamic: a new mask each epoch")
+    p.add_argument("--whole-word-mask", action="store_true")
+    p.add_argument("--chinese-words", action="store_true",
+                   help="whole-word masking: CJK words are separated by spaces in the corpus")
+    p.add_argument("--sentences", choices=("split", "line"), default="split",
+                   help="split lines into sentences, or one sentence per line")
+    p.add_argument("--document-pattern",
+                   help="regex: a matching line starts a new document (and is dropped)")
+    p.add_argument("--seed", type=int, default=12345 if masking_default == "static" else 0)
 
 
 def _column_options(p, defaults):

@@ -118,3 +118,61 @@ def bert_adamw(learning_rate, total_steps, warmup_ratio=0.1, weight_decay=0.01,
     return BertAdamW(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9,
                      beta_2=0.999, epsilon=epsilon, global_clipnorm=max_grad_norm,
                      fused=fused)
+
+
+@keras.saving.register_keras_serializable(package="bertdesk")
+class BertLamb(keras.optimizers.Optimizer):
+    """LAMB (You et al., 2019) as BERT pretraining uses it: the Adam update
+    plus weight decay, scaled per tensor by the trust ratio
+    ||w|| / ||update||; LayerNorm parameters and biases get neither decay
+    nor the trust ratio (ratio 1).
+
+    Keras' own `Lamb` leaves weight decay outside the trust ratio and adapts
+    every tensor; this follows the paper and NVIDIA's BERT recipe instead.
+    """
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-6,
+                 weight_decay=0.01, exclude_names=("bias", "gamma", "beta"),
+                 name="bert_lamb", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.lamb_weight_decay = float(weight_decay or 0.0)
+        self.exclude_names = tuple(exclude_names)
+        if self.exclude_names:
+            self.exclude_from_weight_decay(var_names=list(self.exclude_names))
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._momentums, self._velocities = self.add_optimizer_variables(
+            var_list, ["momentum", "velocity"])
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        step = ops.cast(self.iterations + 1, variable.dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        m_hat = ops.divide(m, 1.0 - ops.power(ops.cast(self.beta_1, variable.dtype), step))
+        v_hat = ops.divide(v, 1.0 - ops.power(ops.cast(self.beta_2, variable.dtype), step))
+        update = ops.divide(m_hat, ops.add(ops.sqrt(v_hat), self.epsilon))
+        if self._use_weight_decay(variable):
+            update = ops.add(update, ops.multiply(self.lamb_weight_decay, variable))
+            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            u_norm = ops.sqrt(ops.sum(ops.square(update)))
+            ratio = ops.where(ops.logical_and(ops.greater(w_norm, 0), ops.greater(u_norm, 0)),
+                              w_norm / ops.maximum(u_norm, 1e-30), 1.0)
+            update = ops.multiply(ratio, update)
+        self.assign_sub(variable, ops.multiply(lr, update))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
+                       "weight_decay": self.lamb_weight_decay,
+                       "exclude_names": list(self.exclude_names)})
+        return config

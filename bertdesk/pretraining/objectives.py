@@ -1,0 +1,45 @@
+"""Masked-LM and next-sentence losses and metrics (backend-neutral).
+
+Masked-LM labels are `(batch, max_predictions)` ids with -1 where a row has
+fewer predictions; the loss is the mean cross-entropy over the real
+predictions of the whole batch, as google-research/bert's
+`sum(weights * loss) / (sum(weights) + 1e-5)`.
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="bertdesk")
+def masked_lm_loss(labels, logits):
+    """Mean cross-entropy over the predictions whose label is not -1."""
+    labels = ops.cast(labels, "int32")
+    valid = ops.cast(ops.greater_equal(labels, 0), "float32")  # (batch, predictions)
+    per_token = keras.losses.sparse_categorical_crossentropy(
+        ops.maximum(labels, 0), ops.cast(logits, "float32"), from_logits=True)
+    return ops.sum(per_token * valid) / (ops.sum(valid) + 1e-5)
+
+
+@keras.saving.register_keras_serializable(package="bertdesk")
+class MaskedAccuracy(keras.metrics.Metric):
+    """Accuracy over the predictions whose label is not -1."""
+
+    def __init__(self, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "int32")
+        valid = ops.cast(ops.greater_equal(y_true, 0), "float32")
+        hit = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true),
+                       "float32")
+        self.correct.assign_add(ops.sum(hit * valid))
+        self.count.assign_add(ops.sum(valid))
+
+    def result(self):
+        return self.correct / ops.maximum(self.count, 1.0)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.count.assign(0.0)

@@ -1,0 +1,365 @@
+"""BERT pretraining (masked LM + next sentence) from raw text or prepared data.
+
+`run_pretrain(PretrainConfig(...))` makes the data when given a corpus
+(training a vocabulary first when none is given), builds a
+`BertPretrainingModel` from an architecture preset, and trains it with
+`model.fit` on Keras' compiled step: AdamW or LAMB, warmup then linear
+decay, Keras' gradient accumulation, optional bfloat16 mixed precision, and
+Keras' distribution (data or model parallel on JAX, MirroredStrategy on
+TensorFlow; see `distribution.py`).
+
+Every `save_every` optimizer steps the whole model with its optimizer state
+is written atomically (`checkpoint/last.keras`, then `checkpoint/state.json`
+with the step and the data position), and the output folder is refreshed
+as a checkpoint folder (`bertdesk.json`, `model.safetensors` with the MLM
+and NSP heads, `vocab.txt`) that `bertdesk finetune --model` accepts.
+`resume=True` reloads the last checkpoint and asks the data stream for the
+next batch, so a killed run continues at the same step with the same
+optimizer state, dropout generator state and data.
+"""
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+
+from bertdesk.data.tables import DataError
+from bertdesk.io.atomic import atomic_write_text
+
+
+@dataclass
+class PretrainConfig:
+    output: str
+    corpus: list = field(default_factory=list)
+    data: str | None = None
+    vocab: str | None = None
+    vocab_size: int = 8000
+    cased: bool = False
+    preset: str = "tiny"
+    max_steps: int = 1000
+    seq_length: int = 128
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    warmup_steps: int | None = None  # default: 10% of max_steps
+    optimizer: str = "adamw"  # or "lamb"
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    gradient_accumulation: int = 1
+    mixed_precision: bool = False
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    dropout: float | None = None  # None keeps the preset's
+    # data (google-research/bert's create_pretraining_data flags)
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 5
+    masking: str = "dynamic"
+    whole_word_mask: bool = False
+    chinese_words: bool = False
+    sentences: str = "split"
+    document_pattern: str | None = None
+    workers: int = 1
+    resume: bool = False
+    distribution: str = "none"  # "none", "data", "model"
+    model_parallel: int = 2
+    coordinator: str | None = None  # "host:port" of process 0 (multi-process JAX)
+    num_processes: int = 1
+    process_id: int = 0
+    jit_compile: str = "auto"
+
+    @classmethod
+    def from_dict(cls, d):
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def check(self):
+        if self.optimizer not in ("adamw", "lamb"):
+            raise ValueError(f"optimizer must be 'adamw' or 'lamb', got {self.optimizer!r}")
+        if self.distribution not in ("none", "data", "model"):
+            raise ValueError(f"distribution must be 'none', 'data' or 'model', "
+                             f"got {self.distribution!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation", "save_every",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.data and not self.corpus:
+            raise DataError("give --corpus (raw text files) or --data (a folder written by "
+                            "`bertdesk pretraining-data`)")
+
+
+# === Data ===
+def prepare_data(config, out, log):
+    """(data folder, tokenizer): `config.data` as it is, or data made from
+    `config.corpus` into `out/data` (reused when resuming)."""
+    from bertdesk.pretraining.data_writer import DataOptions, create_pretraining_data
+    from bertdesk.tokenizer import BertTokenizer
+
+    if config.data:
+        folder = Path(config.data)
+        manifest_path = folder / "data.json"
+        if not manifest_path.is_file():
+            raise DataError(f"{folder}: no data.json; not a pretraining data folder")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        return folder, BertTokenizer(folder / "vocab.txt", lowercase=manifest["lowercase"])
+    folder = out / "data"
+    if (folder / "data.json").is_file():
+        manifest = json.loads((folder / "data.json").read_text(encoding="utf-8"))
+        return folder, BertTokenizer(folder / "vocab.txt", lowercase=manifest["lowercase"])
+    if folder.exists():  # an unfinished attempt
+        import shutil
+
+        shutil.rmtree(folder)
+    if config.vocab:
+        vocab = Path(config.vocab)
+        tokenizer = (BertTokenizer.from_pretrained(vocab) if vocab.is_dir()
+                     else BertTokenizer(vocab, lowercase=not config.cased))
+    else:
+        from bertdesk.pretraining.vocab import train_vocabulary
+
+        log(f"training a {config.vocab_size:,}-piece WordPiece vocabulary on the corpus")
+        tokenizer = train_vocabulary(config.corpus, config.vocab_size,
+                                     lowercase=not config.cased)
+    options = DataOptions(
+        max_seq_length=config.seq_length, max_predictions_per_seq=config.max_predictions_per_seq,
+        masked_lm_prob=config.masked_lm_prob, short_seq_prob=config.short_seq_prob,
+        dupe_factor=config.dupe_factor, masking=config.masking,
+        whole_word_mask=config.whole_word_mask, chinese_words=config.chinese_words,
+        seed=config.seed, sentences=config.sentences,
+        document_pattern=config.document_pattern)
+    create_pretraining_data(config.corpus, tokenizer, folder, options, workers=config.workers,
+                            log=log)
+    return folder, tokenizer
+
+
+class StreamBatches(keras.utils.PyDataset):
+    """Keras-facing dataset over `PretrainingData`: item `i` is global batch
+    `start + i`, or this process's rows of it when several processes share
+    the batch (multi-process data parallel)."""
+
+    def __init__(self, data, start, count, process=(0, 1)):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.data, self.start, self.count, self.process = data, start, count, process
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        return self.data.batch(self.start + i, part=self.process)
+
+
+# === Model ===
+def build_model(config, tokenizer, seq_length, total_steps):
+    import bertdesk
+    from bertdesk.pretraining.objectives import MaskedAccuracy, masked_lm_loss
+    from bertdesk.training.optimization import BertLamb, WarmupLinearDecay, bert_adamw
+
+    overrides = {"vocabulary_size": tokenizer.vocabulary_size}
+    preset = bertdesk.preset_config(config.preset)
+    overrides["max_sequence_length"] = max(seq_length, preset.get("max_sequence_length", 512))
+    if config.dropout is not None:
+        overrides.update(dropout=config.dropout, attention_dropout=config.dropout)
+    backbone = bertdesk.BertBackbone.from_preset(config.preset, **overrides)
+    model = bertdesk.BertPretrainingModel(backbone)
+    warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 10
+    accumulation = config.gradient_accumulation if config.gradient_accumulation > 1 else None
+    if config.optimizer == "lamb":
+        optimizer = BertLamb(WarmupLinearDecay(config.learning_rate, warmup, total_steps),
+                             weight_decay=config.weight_decay,
+                             global_clipnorm=config.max_grad_norm,
+                             gradient_accumulation_steps=accumulation)
+    else:
+        optimizer = bert_adamw(config.learning_rate, total_steps, warmup / max(1, total_steps),
+                               config.weight_decay, config.max_grad_norm, epsilon=1e-6)
+        optimizer.gradient_accumulation_steps = accumulation
+    jit = {"on": True, "off": False}.get(config.jit_compile, keras.backend.backend() == "jax")
+    model.compile(
+        optimizer=optimizer,
+        loss={"mlm_logits": masked_lm_loss,
+              "nsp_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+        metrics={"mlm_logits": [MaskedAccuracy(name="accuracy")],
+                 "nsp_logits": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
+        jit_compile=jit)
+    return model
+
+
+def random_state(model):
+    """Dropout generator state, which a `.keras` file does not hold: the
+    layers' seed-generator variables (JAX, TensorFlow) and, on PyTorch,
+    torch's global generator (Keras' unseeded dropout draws from it)."""
+    seeds = [keras.ops.convert_to_numpy(v).tolist() for v in model.non_trainable_variables
+             if "seed_generator_state" in v.path]
+    state = {"seed_generators": seeds}
+    if keras.backend.backend() == "torch":
+        import torch
+
+        state["torch"] = torch.get_rng_state().tolist()
+    return state
+
+
+def set_random_state(model, state, torch_generator=True):
+    """Restore `random_state(model)`. Keras' PyTorch `fit` draws from torch's
+    generator while it sets up, so a resumed run restores that part again
+    right before its first batch (`torch_generator`)."""
+    variables = [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
+    if len(variables) != len(state["seed_generators"]):
+        raise DataError("checkpoint/state.json does not match the model (dropout generators)")
+    for v, value in zip(variables, state["seed_generators"]):
+        v.assign(keras.ops.convert_to_tensor(value, dtype=v.dtype))
+    if torch_generator and "torch" in state:
+        import torch
+
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def _pick(logs, *names):
+    for name in names:
+        if name in logs:
+            return float(logs[name])
+    return math.nan
+
+
+# === Training ===
+def run_pretrain(config, sink=None):
+    """Pretrain as `config` says; returns a dict of results (history,
+    throughput, paths). Progress events go to `sink` (a callable)."""
+    from bertdesk.io import save_pretrained
+    from bertdesk.pretraining.distribution import (configure_distribution,
+                                                   initialize_processes, tensorflow_cpu_devices)
+    from bertdesk.pretraining.pretraining_data import PretrainingData
+    from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
+
+    config.check()
+    if config.num_processes > 1:
+        initialize_processes(config.coordinator, config.num_processes, config.process_id)
+        if not config.data:
+            raise DataError("a multi-process run reads prepared data: make it once with "
+                            "`bertdesk pretraining-data` and pass --data")
+    if keras.backend.backend() == "tensorflow" and config.distribution != "none":
+        tensorflow_cpu_devices()
+    sink = sink or (lambda event: None)
+    log = lambda text: sink({"event": "message", "text": text})  # noqa: E731
+    out = Path(config.output)
+    state_path = out / "checkpoint" / "state.json"
+    resuming = config.resume and state_path.is_file()
+    if (not config.resume and config.process_id == 0 and out.exists()
+            and any(out.iterdir())):
+        raise DataError(f"{out}: output folder is not empty; choose another --output, or "
+                        "--resume to continue the run in it")
+    out.mkdir(parents=True, exist_ok=True)
+    if keras.backend.backend() != "tensorflow" and config.distribution == "none":
+        keep_tensorflow_unloaded()
+    set_seed(config.seed)
+    keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
+
+    data_folder, tokenizer = prepare_data(config, out, log)
+    scope, process = configure_distribution(config, log)
+    data = PretrainingData(data_folder, config.batch_size, seed=config.seed,
+                           vocabulary=tokenizer.vocabulary)
+    if data.seq_length != config.seq_length and not config.data:
+        raise DataError(f"{data_folder}: made for sequences of {data.seq_length} tokens, "
+                        f"not {config.seq_length}")
+    accumulation = config.gradient_accumulation
+    total_batches = config.max_steps * accumulation
+
+    state = {"step": 0, "batches": 0, "history": []}
+    with scope():
+        if resuming:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            model = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+            set_random_state(model, state["random"], torch_generator=False)
+            log(f"resuming at step {state['step']} (batch {state['batches']})")
+        else:
+            model = build_model(config, tokenizer, data.seq_length, config.max_steps)
+    history = state["history"]
+    atomic_write_text(out / "pretraining_args.json", json.dumps(asdict(config), indent=2))
+
+    def export(step):
+        """Checkpoint (model + optimizer) for --resume, then the model folder."""
+        if process[0] == 0:
+            folder = out / "checkpoint"
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".keras", dir=folder)
+            os.close(fd)
+            try:
+                model.save(tmp)
+                os.replace(tmp, folder / "last.keras")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            atomic_write_text(state_path, json.dumps(
+                {"step": step, "batches": step * accumulation, "history": history,
+                 "random": random_state(model)}))
+            save_pretrained(model.backbone, out, tokenizer, extra_tensors=model.head_tensors(),
+                            overwrite=True)
+        sink({"event": "checkpoint", "step": step, "folder": str(out)})
+
+    tokens_per_batch = config.batch_size * data.seq_length
+
+    class Progress(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0 and resuming:
+                set_random_state(self.model, state["random"])
+
+        def on_train_begin(self, logs=None):
+            self.start = self.window_start = time.perf_counter()
+            self.window_batches = 0
+            sink({"event": "train_begin", "total_steps": config.max_steps,
+                  "initial_step": state["step"], "instances": data.num_instances,
+                  "batches_per_epoch": data.batches_per_epoch})
+
+        def on_train_batch_end(self, batch, logs=None):
+            batches = state["batches"] + batch + 1
+            self.window_batches += 1
+            if batches % accumulation:
+                return
+            step = batches // accumulation
+            if step % config.log_every == 0 or step == config.max_steps:
+                now = time.perf_counter()
+                elapsed = now - self.window_start
+                logs = logs or {}
+                opt = self.model.optimizer
+                record = {
+                    "step": step,
+                    "loss": _pick(logs, "loss"),
+                    "mlm_loss": _pick(logs, "mlm_logits_loss"),
+                    "nsp_loss": _pick(logs, "nsp_logits_loss"),
+                    "mlm_accuracy": _pick(logs, "mlm_logits_accuracy"),
+                    "nsp_accuracy": _pick(logs, "nsp_logits_accuracy"),
+                    "learning_rate": float(keras.ops.convert_to_numpy(
+                        opt._get_current_learning_rate())),
+                    "tokens_per_second": self.window_batches * tokens_per_batch / elapsed,
+                    "epoch": batches / data.batches_per_epoch,
+                }
+                history.append(record)
+                rate = self.window_batches / accumulation / elapsed
+                sink({"event": "step", "total_steps": config.max_steps,
+                      "examples_per_second": rate * config.batch_size * accumulation,
+                      "elapsed_seconds": now - self.start,
+                      "eta_seconds": (config.max_steps - step) / rate if rate else None,
+                      **record})
+                self.model.reset_metrics()  # the next record covers the next window only
+                self.window_start, self.window_batches = time.perf_counter(), 0
+            if step % config.save_every == 0 and step < config.max_steps:
+                export(step)
+
+    start = time.perf_counter()
+    remaining = total_batches - state["batches"]
+    if remaining > 0:
+        dataset = StreamBatches(data, state["batches"], remaining, process)
+        model.fit(dataset, epochs=1, callbacks=[Progress()], shuffle=False, verbose=0)
+    seconds = time.perf_counter() - start
+    export(config.max_steps)
+    result = {"steps": config.max_steps, "history": history, "train_seconds": seconds,
+              "tokens_per_second": (remaining * tokens_per_batch / seconds) if remaining else None,
+              "model": str(out), "data": str(data_folder), "instances": data.num_instances}
+    if process[0] == 0:
+        atomic_write_text(out / "pretraining.json", json.dumps(result, indent=2))
+    sink({"event": "train_end", **{k: v for k, v in result.items() if k != "history"}})
+    return result

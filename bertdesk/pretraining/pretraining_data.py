@@ -1,0 +1,153 @@
+"""Batches streamed from a folder that `create_pretraining_data` wrote.
+
+Batch `b` is a pure function of (folder, seed, batch size, b): the stream
+visits every instance once per epoch, shards in an order shuffled per epoch
+and instances in an order shuffled per epoch within each shard, so a
+resumed run asks for batch `b` and gets exactly what the killed run would
+have seen, without replaying the ones before it. Shards are memory-mapped
+and at most a few are open at once, so the corpus may be far larger than
+memory. With dynamic masking, each instance is masked when it is read, with
+a generator seeded by (seed, epoch, shard, instance): a new mask every
+epoch, the same mask on every re-run.
+"""
+
+import json
+import random
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from bertdesk.data.tables import DataError
+from bertdesk.pretraining.data_writer import FORMAT
+from bertdesk.pretraining.instances import mask_tokens, replacement_ids
+
+
+class PretrainingData:
+    """Args:
+        folder: output of `create_pretraining_data`.
+        batch_size: instances per batch.
+        seed: shuffling (and dynamic masking) seed.
+        vocabulary: word pieces (for dynamic masking's random replacement);
+            read from the folder's vocab.txt when omitted.
+    """
+
+    def __init__(self, folder, batch_size, seed=0, vocabulary=None):
+        self.folder = Path(folder)
+        path = self.folder / "data.json"
+        if not path.is_file():
+            raise DataError(f"{self.folder}: no data.json; not a folder written by "
+                            "`bertdesk pretraining-data` (or it did not finish)")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT:
+            raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        self.manifest = manifest
+        self.options = manifest["options"]
+        self.shards = [s for s in manifest["shards"] if s["instances"] > 0]
+        self.sizes = np.array([s["instances"] for s in self.shards], np.int64)
+        self.num_instances = int(self.sizes.sum())
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.seq_length = self.options["max_seq_length"]
+        self.max_predictions = self.options["max_predictions_per_seq"]
+        self.dynamic = self.options["masking"] == "dynamic"
+        if self.dynamic:
+            from bertdesk.tokenizer import read_vocab
+
+            vocabulary = vocabulary or read_vocab(self.folder / "vocab.txt")
+            index = {t: i for i, t in enumerate(vocabulary)}
+            self.mask_id = index["[MASK]"]
+            self.special = {index["[CLS]"], index["[SEP]"], index["[PAD]"]}
+            self.replacement = replacement_ids(vocabulary)
+        self._arrays = OrderedDict()  # shard -> dict of memory-mapped arrays
+        self._orders = OrderedDict()  # (epoch, shard) -> permutation
+
+    @property
+    def batches_per_epoch(self):
+        return -(-self.num_instances // self.batch_size)
+
+    # === Positions ===
+    def _shard_order(self, epoch):
+        key = (epoch, -1)
+        if key not in self._orders:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+            self._cache(self._orders, key, (order, np.cumsum(self.sizes[order])), 8)
+        return self._orders[key]
+
+    def _instance_order(self, epoch, shard):
+        key = (epoch, shard)
+        if key not in self._orders:
+            order = np.random.default_rng([self.seed, epoch, shard]).permutation(
+                int(self.sizes[shard]))
+            self._cache(self._orders, key, order, 8)
+        return self._orders[key]
+
+    @staticmethod
+    def _cache(store, key, value, size):
+        store[key] = value
+        while len(store) > size:
+            store.popitem(last=False)
+
+    def locate(self, position):
+        """(epoch, shard, row) of stream position `position`."""
+        epoch, k = divmod(int(position), self.num_instances)
+        order, ends = self._shard_order(epoch)
+        j = int(np.searchsorted(ends, k, side="right"))
+        shard = int(order[j])
+        local = k - (int(ends[j - 1]) if j else 0)
+        return epoch, shard, int(self._instance_order(epoch, shard)[local])
+
+    def _shard(self, shard):
+        if shard not in self._arrays:
+            folder = self.folder / self.shards[shard]["name"]
+            if not folder.is_dir():
+                raise DataError(f"{folder}: shard listed in data.json is missing")
+            arrays = {p.stem: np.load(p, mmap_mode="r") for p in folder.glob("*.npy")}
+            self._cache(self._arrays, shard, arrays, 4)
+        return self._arrays[shard]
+
+    # === Batches ===
+    def batch(self, b, part=(0, 1)):
+        """Batch `b` (any non-negative integer; the stream wraps around
+        epochs) as `(inputs, targets)` dicts of numpy arrays; with
+        `part=(i, k)`, only the i-th of k equal slices of its rows (what
+        process i of k feeds in a multi-process run)."""
+        index, parts = part
+        if self.batch_size % parts:
+            raise ValueError(f"batch size {self.batch_size} does not split into {parts} parts")
+        n, length, p = self.batch_size // parts, self.seq_length, self.max_predictions
+        first = b * self.batch_size + index * n
+        token_ids = np.zeros((n, length), np.int32)
+        segment_ids = np.zeros((n, length), np.int32)
+        padding_mask = np.zeros((n, length), np.int32)
+        positions = np.zeros((n, p), np.int32)
+        labels = np.full((n, p), -1, np.int32)
+        nsp = np.zeros(n, np.int32)
+        for r in range(n):
+            epoch, shard, row = self.locate(first + r)
+            a = self._shard(shard)
+            k, a_len = int(a["lengths"][row]), int(a["a_lengths"][row])
+            ids = a["token_ids"][row, :k].astype(np.int32)
+            if self.dynamic:
+                cont = (a["continuation"][row, :k] if "continuation" in a
+                        else np.zeros(k, bool))
+                rng = random.Random(f"{self.seed}/{epoch}/{shard}/{row}")
+                masked, pos, lab = mask_tokens(
+                    ids.tolist(), cont.tolist(), self.options["masked_lm_prob"], p,
+                    self.options["whole_word_mask"], self.replacement, self.mask_id,
+                    self.special, rng)
+                ids = np.asarray(masked, np.int32)
+                positions[r, :len(pos)] = pos
+                labels[r, :len(lab)] = lab
+            else:
+                positions[r] = a["mask_positions"][row]
+                labels[r] = a["mask_labels"][row]
+            token_ids[r, :k] = ids
+            segment_ids[r, a_len:k] = 1
+            padding_mask[r, :k] = 1
+            nsp[r] = a["next_sentence"][row]
+        inputs = {"token_ids": token_ids, "segment_ids": segment_ids,
+                  "padding_mask": padding_mask, "mask_positions": positions}
+        return inputs, {"mlm_logits": labels, "nsp_logits": nsp}

@@ -1,0 +1,440 @@
+"""Pretraining: corpus reading, instance creation (masking, NSP, whole-word
+masking), sharded streaming, the pretraining loop (losses, LAMB, exact
+resume), the command line and data-parallel equivalence."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertdesk.data.tables import DataError
+from bertdesk.pretraining.corpus import plan_chunks, read_chunk, split_sentences
+from bertdesk.pretraining.data_writer import (DataOptions, build_instances,
+                                              create_pretraining_data, tokenize_documents)
+from bertdesk.pretraining.instances import mask_tokens, replacement_ids
+from bertdesk.pretraining.pretraining_data import PretrainingData
+
+ROOT = Path(__file__).resolve().parents[1]
+STEMS = ["walk", "talk", "play", "read", "paint", "build", "listen", "garden", "travel", "cook",
+         "climb", "sing", "teach", "learn", "clean", "visit", "watch", "write", "swim", "dance"]
+SUFFIXES = ["", "s", "ed", "ing", "er", "ers"]
+NAMES = ["Alice", "Bob", "Carol", "Dmitri", "Erin", "Farah", "Goran", "Hana"]
+
+
+def write_corpus(path, documents=60, seed=0):
+    """Documents of 2-8 sentences from a small grammar, blank-line separated."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(documents):
+        sentences = []
+        for _ in range(rng.randint(2, 8)):
+            words = [rng.choice(NAMES)] + [rng.choice(STEMS) + rng.choice(SUFFIXES)
+                                           for _ in range(rng.randint(3, 9))]
+            sentences.append(" ".join(words) + rng.choice([".", "!", "?"]))
+        # two or three sentences per line, as paragraphs are written
+        lines, i = [], 0
+        while i < len(sentences):
+            k = rng.randint(1, 3)
+            lines.append(" ".join(sentences[i:i + k]))
+            i += k
+        docs.append("\n".join(lines))
+    Path(path).write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    return [write_corpus(folder / "a.txt", 60, 0), write_corpus(folder / "b.txt", 40, 1)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    from bertdesk.pretraining.vocab import train_vocabulary
+
+    return train_vocabulary(corpus, vocab_size=150, min_frequency=1)
+
+
+def _options(**kw):
+    base = dict(max_seq_length=32, max_predictions_per_seq=5, dupe_factor=2, seed=7)
+    base.update(kw)
+    return DataOptions(**base)
+
+
+# === Corpus ===
+@pytest.mark.backend_neutral
+def test_sentences_and_documents(tmp_path):
+    assert split_sentences("He left. She stayed! Why? 3 more.") == [
+        "He left.", "She stayed!", "Why?", "3 more."]
+    assert split_sentences("e.g. this stays whole") == ["e.g. this stays whole"]
+    assert split_sentences("我爱北京。你呢？好") == ["我爱北京。", "你呢？", "好"]
+    path = tmp_path / "c.txt"
+    path.write_bytes(b" = Title = \r\nOne. Two.\r\n\r\n\r\nThree.\r\n = Next = \r\nFour.\r\n")
+    chunks = plan_chunks([path])
+    assert read_chunk(chunks[0]) == [["= Title =", "One.", "Two."], ["Three.", "= Next =", "Four."]]
+    assert read_chunk(chunks[0], document_pattern=r"^ = [^=].* = $") == [
+        ["One.", "Two."], ["Three."], ["Four."]]
+    assert read_chunk(chunks[0], sentences="line") == [["= Title =", "One. Two."],
+                                                       ["Three.", "= Next =", "Four."]]
+
+
+@pytest.mark.backend_neutral
+def test_chunks_cut_at_document_boundaries(corpus):
+    chunks = plan_chunks(corpus, chunk_bytes=2000)
+    assert len(chunks) > 4
+    whole = [d for path in corpus for d in read_chunk(plan_chunks([path], 1 << 30)[0])]
+    pieces = [d for c in chunks for d in read_chunk(c)]
+    assert pieces == whole  # no document cut or lost
+    # a chunk's line numbers are the file's: a bad byte is reported on its real line
+    lines = Path(corpus[0]).read_bytes().split(b"\n")
+    first = chunks[1].first_line
+    assert first > 1 and lines[first - 1] == b""  # the chunk starts at a blank line
+    assert sum(len(line) + 1 for line in lines[:first - 1]) == chunks[1].start
+
+
+@pytest.mark.backend_neutral
+@pytest.mark.parametrize("content, message", [
+    (b"", "no text (the file is empty or blank)"),
+    (b"\n \n\n", "no text"),
+    (b"ok line.\n\x00\x01\x02binary\n", "line 2: a NUL byte"),
+    (b"fine.\nalso fine.\n\xff\xfe bad\n", "line 3: not UTF-8"),
+])
+def test_bad_corpus_files(tmp_path, tokenizer, content, message):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="bad.txt") as e:
+        create_pretraining_data([path], tokenizer, tmp_path / "out", _options())
+    assert message in str(e.value)
+    assert not (tmp_path / "out").exists()  # nothing written for a bad corpus
+    with pytest.raises(DataError, match="missing.txt: corpus file not found"):
+        plan_chunks([tmp_path / "missing.txt"])
+
+
+@pytest.mark.backend_neutral
+def test_one_sentence_documents_are_refused(tmp_path, tokenizer):
+    path = tmp_path / "short.txt"
+    path.write_text("Alice walks.\n\nBob talks.\n\nCarol sings.\n", encoding="utf-8")
+    with pytest.raises(DataError, match="short.txt: every document has a single sentence"):
+        create_pretraining_data([path], tokenizer, tmp_path / "out", _options())
+
+
+# === Masking ===
+@pytest.mark.backend_neutral
+def test_masking_statistics_cap_and_specials():
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    replacement = replacement_ids(vocabulary)
+    assert replacement == list(range(5, 100))
+    rng = random.Random(0)
+    counts = {"mask": 0, "same": 0, "random": 0}
+    for trial in range(3000):
+        n = rng.randint(4, 120)
+        ids = [2] + [rng.randint(5, 99) for _ in range(n)] + [3]
+        ids[n // 2] = 3  # a [SEP] in the middle, as in a pair
+        out, positions, labels = mask_tokens(ids, [False] * len(ids), 0.15, 12, False,
+                                             replacement, 4, {0, 2, 3}, rng)
+        assert len(positions) == min(12, max(1, round(len(ids) * 0.15)))
+        assert positions == sorted(set(positions))
+        assert all(ids[p] not in (0, 2, 3) for p in positions)  # specials never chosen
+        assert labels == [ids[p] for p in positions]
+        unchosen = set(range(len(ids))) - set(positions)
+        assert all(out[i] == ids[i] for i in unchosen)
+        for p in positions:
+            if out[p] == 4:
+                counts["mask"] += 1
+            elif out[p] == ids[p]:
+                counts["same"] += 1
+            else:
+                assert out[p] in replacement
+                counts["random"] += 1
+    total = sum(counts.values())
+    assert total > 20000
+    assert abs(counts["mask"] / total - 0.8) < 0.01
+    # "same" also gets the random draws that happened to pick the same id (1 in 95)
+    assert abs(counts["same"] / total - 0.1) < 0.01
+    assert abs(counts["random"] / total - 0.1) < 0.01
+
+
+@pytest.mark.backend_neutral
+def test_whole_word_masking_never_splits_a_word(corpus, tokenizer):
+    docs = tokenize_documents(tokenizer, [d for c in plan_chunks(corpus) for d in read_chunk(c)])
+    assert any(any(s.cont) for d in docs for s in d), "corpus has no multi-piece words"
+    instances = build_instances(docs, tokenizer, _options(whole_word_mask=True), random.Random(3))
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    split_seen = 0
+    for inst in instances:
+        chosen = set(inst["positions"])
+        assert len(chosen) <= 5
+        specials = {i for i, t in enumerate(inst["ids"]) if t in (cls, sep)}
+        words, current = [], []
+        for i, c in enumerate(inst["cont"]):
+            if (not c or i in specials or i - 1 in specials) and current:
+                words.append(current)
+                current = []
+            current.append(i)
+        words.append(current)
+        for w in words:
+            assert not (chosen & set(w)) or set(w) <= chosen, (w, chosen)
+            split_seen += len(w) > 1 and set(w) <= chosen
+    assert split_seen > 0  # multi-piece words did get masked (whole)
+    # without whole-word masking, some word is masked only in part
+    plain = build_instances(docs, tokenizer, _options(), random.Random(3))
+    partial = 0
+    for inst in plain:
+        cont = inst["cont"]
+        chosen = set(inst["positions"])
+        partial += sum(1 for i in chosen if i + 1 < len(cont) and cont[i + 1]
+                       and i + 1 not in chosen)
+    assert partial > 0
+
+
+@pytest.mark.backend_neutral
+def test_chinese_words_from_spaces():
+    from bertdesk.tokenizer import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "我", "们", "喜", "欢", "北", "京", "。"]
+    tok = BertTokenizer(vocab)
+    [[segment]] = tokenize_documents(tok, [["我们 喜欢 北京。"]], chinese_words=True)
+    assert tok.id_to_token(segment.ids) == ["我", "们", "喜", "欢", "北", "京", "。"]
+    assert segment.cont == [False, True, False, True, False, True, False]
+    [[plain]] = tokenize_documents(tok, [["我们 喜欢 北京。"]])
+    assert not any(plain.cont)
+
+
+# === Instances and shards ===
+@pytest.mark.backend_neutral
+def test_instances_nsp_balance_and_layout(tmp_path, corpus, tokenizer):
+    m = create_pretraining_data(corpus, tokenizer, tmp_path / "d", _options(dupe_factor=3))
+    t = m["totals"]
+    assert t["instances"] > 300
+    # half random plus the forced ones (chunks of a single sentence)
+    assert 0.45 < t["random_next"] / t["instances"] < 0.65
+    data = PretrainingData(tmp_path / "d", batch_size=16)
+    x, y = data.batch(0)
+    cls, sep, mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
+    for r in range(16):
+        k = int(x["padding_mask"][r].sum())
+        ids = x["token_ids"][r]
+        assert ids[0] == cls and ids[k - 1] == sep and (ids[k:] == 0).all()
+        a_len = int((x["segment_ids"][r] == 0).sum()) - (32 - k)
+        assert ids[a_len - 1] == sep and x["segment_ids"][r, a_len:k].all()
+        labels = y["mlm_logits"][r]
+        n = int((labels >= 0).sum())
+        assert 1 <= n <= 5 and (labels[n:] == -1).all()
+        pos = x["mask_positions"][r, :n]
+        assert (pos > 0).all() and (pos < k).all() and (ids[pos] != sep).all()
+        assert (ids[pos] == mask).any() or n < 3  # most chosen tokens read [MASK]
+    assert set(np.unique(y["nsp_logits"])) <= {0, 1}
+
+
+@pytest.mark.backend_neutral
+def test_deterministic_for_a_seed_whatever_the_workers(tmp_path, corpus, tokenizer):
+    opts = _options(chunk_bytes=3000)
+    create_pretraining_data(corpus, tokenizer, tmp_path / "one", opts, workers=1)
+    create_pretraining_data(corpus, tokenizer, tmp_path / "two", opts, workers=2)
+    create_pretraining_data(corpus, tokenizer, tmp_path / "other",
+                            _options(chunk_bytes=3000, seed=8))
+    shards = sorted(p.name for p in (tmp_path / "one").glob("shard-*"))
+    assert len(shards) > 2
+    differs = False
+    for s in shards:
+        for f in (tmp_path / "one" / s).glob("*.npy"):
+            a = np.load(f)
+            assert np.array_equal(a, np.load(tmp_path / "two" / s / f.name)), f
+            differs |= not np.array_equal(a, np.load(tmp_path / "other" / s / f.name))
+    assert differs
+    with pytest.raises(DataError, match="not empty"):
+        create_pretraining_data(corpus, tokenizer, tmp_path / "one", opts)
+
+
+@pytest.mark.backend_neutral
+def test_streaming_visits_every_instance_once_per_epoch(tmp_path, corpus, tokenizer):
+    create_pretraining_data(corpus, tokenizer, tmp_path / "d", _options(chunk_bytes=2500))
+    data = PretrainingData(tmp_path / "d", batch_size=8, seed=1)
+    assert len(data.shards) > 3
+    n = data.num_instances
+    epoch0 = [data.locate(p) for p in range(n)]
+    assert {e for e, _, _ in epoch0} == {0}
+    assert len({(s, r) for _, s, r in epoch0}) == n  # each instance once
+    epoch1 = [data.locate(n + p)[1:] for p in range(n)]
+    assert sorted(epoch1) == sorted((s, r) for _, s, r in epoch0) and epoch1 != [
+        (s, r) for _, s, r in epoch0]  # reshuffled
+    # batch b is a pure function of b: a fresh reader gives the same batch 5
+    again = PretrainingData(tmp_path / "d", batch_size=8, seed=1)
+    for a, b in zip(data.batch(5), again.batch(5)):
+        for k in a:
+            assert np.array_equal(a[k], b[k])
+    # the rows of a batch split across processes
+    x, _ = data.batch(3)
+    top, _ = data.batch(3, part=(0, 2))
+    bottom, _ = data.batch(3, part=(1, 2))
+    assert np.array_equal(np.concatenate([top["token_ids"], bottom["token_ids"]]), x["token_ids"])
+    for b in range(0, 3 * data.batches_per_epoch, 7):  # a few epochs
+        data.batch(b)
+    assert len(data._arrays) <= 4  # only a few shards open at a time
+
+
+@pytest.mark.backend_neutral
+def test_dynamic_masking_changes_per_epoch_not_per_run(tmp_path, corpus, tokenizer):
+    create_pretraining_data(corpus, tokenizer, tmp_path / "d",
+                            _options(masking="dynamic", whole_word_mask=True))
+    data = PretrainingData(tmp_path / "d", batch_size=4, seed=0)
+    n = data.num_instances
+    # the same instance in two epochs: same tokens underneath, different masks
+    position = 0
+    _, shard, row = data.locate(position)
+    later = next(p for p in range(n, 2 * n) if data.locate(p)[1:] == (shard, row))
+    first = data.batch(position // 4)
+    second = data.batch(later // 4)
+    i, j = position % 4, later % 4
+    assert not np.array_equal(first[0]["mask_positions"][i], second[0]["mask_positions"][j])
+    again = PretrainingData(tmp_path / "d", batch_size=4, seed=0).batch(position // 4)
+    assert np.array_equal(first[0]["token_ids"], again[0]["token_ids"])
+
+
+# === Objectives and optimizer ===
+def test_masked_lm_loss_and_accuracy():
+    import keras
+
+    from bertdesk.pretraining.objectives import MaskedAccuracy, masked_lm_loss
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4, 7)).astype("float32")
+    labels = np.array([[1, 2, -1, -1], [0, 6, 5, -1], [3, -1, -1, -1]], np.int32)
+    valid = labels >= 0
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.mean([logp[b, m, labels[b, m]] for b, m in zip(*np.nonzero(valid))])
+    got = float(keras.ops.convert_to_numpy(masked_lm_loss(labels, logits)))
+    assert got == pytest.approx(expected, rel=1e-4)
+    acc = MaskedAccuracy()
+    acc.update_state(labels, logits)
+    hits = (logits.argmax(-1) == labels)[valid]
+    assert float(acc.result()) == pytest.approx(hits.mean())
+
+
+def test_lamb_step_matches_the_paper():
+    import keras
+
+    from bertdesk.training.optimization import BertLamb
+
+    w0 = np.array([[1.0, -2.0], [0.5, 3.0]], "float32")
+    b0 = np.array([0.5, -0.3], "float32")
+    g_w = np.array([[0.3, -0.1], [0.2, 0.4]], "float32")
+    g_b = np.array([0.05, 0.2], "float32")
+    kernel = keras.Variable(w0, name="kernel")
+    bias = keras.Variable(b0, name="bias")
+    opt = BertLamb(learning_rate=0.1, weight_decay=0.01, epsilon=1e-6)
+    opt.apply_gradients([(g_w, kernel), (g_b, bias)])
+
+    def adam(g):
+        m, v = 0.1 * g / (1 - 0.9), 0.001 * g * g / (1 - 0.999)
+        return m / (np.sqrt(v) + 1e-6)
+
+    u = adam(g_w) + 0.01 * w0
+    ratio = np.linalg.norm(w0) / np.linalg.norm(u)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), w0 - 0.1 * ratio * u,
+                               rtol=1e-5)
+    # biases (and LayerNorm): no decay, no trust ratio
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), b0 - 0.1 * adam(g_b), rtol=1e-5)
+
+
+# === Pretraining loop ===
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory, corpus, tokenizer):
+    folder = tmp_path_factory.mktemp("ptdata") / "d"
+    create_pretraining_data(corpus, tokenizer, folder, _options(masking="dynamic"))
+    return folder
+
+
+def _config(out, data_folder, **kw):
+    from bertdesk.pretraining.pretrain import PretrainConfig
+
+    base = dict(output=str(out), data=str(data_folder), preset="tiny", max_steps=6,
+                batch_size=8, seq_length=32, learning_rate=1e-3, log_every=1, save_every=2,
+                seed=3)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def _weights(folder):
+    from bertdesk.io import read_checkpoint
+
+    return read_checkpoint(folder).tensors
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_interruption_continues_exactly(tmp_path, data_folder):
+    from bertdesk.pretraining.pretrain import run_pretrain
+
+    straight = run_pretrain(_config(tmp_path / "straight", data_folder))
+    assert len(straight["history"]) == 6
+
+    def kill_at_step_5(event):
+        if event["event"] == "step" and event["step"] == 5:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_pretrain(_config(tmp_path / "resumed", data_folder), sink=kill_at_step_5)
+    state = json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())
+    assert state["step"] == 4  # the last checkpoint before the kill
+    resumed = run_pretrain(_config(tmp_path / "resumed", data_folder, resume=True))
+    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(straight["history"], resumed["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), (a, b)
+    w1, w2 = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert set(w1) == set(w2) and any(k.startswith("cls.") for k in w1)  # heads exported
+    for k in w1:
+        np.testing.assert_allclose(w1[k], w2[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_pretraining_learns_and_accumulates(tmp_path, data_folder):
+    """Masked-LM loss falls and accuracy rises on the toy grammar (random
+    word choices: little to predict beyond names and suffixes); 2 batches of 4 with
+    accumulation make one optimizer step."""
+    from bertdesk.pretraining.pretrain import run_pretrain
+
+    r = run_pretrain(_config(tmp_path / "a", data_folder, max_steps=60, log_every=10,
+                             save_every=100, learning_rate=2e-3, dropout=0.0))
+    first, last = r["history"][0], r["history"][-1]
+    assert last["mlm_accuracy"] > first["mlm_accuracy"], r["history"]
+    assert last["mlm_loss"] < first["mlm_loss"] - 0.5
+    acc = run_pretrain(_config(tmp_path / "b", data_folder, max_steps=3, batch_size=4,
+                               gradient_accumulation=2, optimizer="lamb", save_every=100))
+    import keras
+
+    model = keras.saving.load_model(tmp_path / "b/checkpoint/last.keras", safe_mode=True)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
+    assert [h["step"] for h in acc["history"]] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_cli_pretrain_then_finetune(tmp_path, corpus):
+    """From raw text to a fine-tuned classifier through the command line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "pretrained"
+    cmd = [sys.executable, "-m", "bertdesk", "pretrain", "--corpus", *map(str, corpus),
+           "--vocab-size", "150", "--preset", "tiny", "--output", str(out), "--max-steps", "4",
+           "--batch-size", "8", "--seq-length", "32", "--log-every", "2"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "step 4/4" in p.stdout and "masked-LM accuracy" in p.stdout
+    assert (out / "data" / "data.json").is_file() and (out / "vocab.txt").is_file()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 2 and "not empty" in p.stderr
+    table = tmp_path / "t.csv"
+    rows = ["text,label"] + [f"{n} {s}s,{i % 2}" for i, (n, s) in enumerate(
+        (n, s) for n in NAMES for s in STEMS[:6])]
+    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "bertdesk", "finetune", "--train", str(table),
+                        "--model", str(out), "--output", str(tmp_path / "ft"), "--epochs", "1",
+                        "--batch-size", "8", "--max-length", "16"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "ft" / "model").is_dir()
