@@ -308,7 +308,7 @@ def test_masked_lm_loss_and_accuracy():
     valid = labels >= 0
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -np.mean([logp[b, m, labels[b, m]] for b, m in zip(*np.nonzero(valid))])
-    got = float(keras.ops.convert_to_numpy(masked_lm_loss(labels, logits)))
+    got = float(np.mean(keras.ops.convert_to_numpy(masked_lm_loss(labels, logits))))
     assert got == pytest.approx(expected, rel=1e-4)
     acc = MaskedAccuracy()
     acc.update_state(labels, logits)
@@ -438,3 +438,72 @@ def test_cli_pretrain_then_finetune(tmp_path, corpus):
                        capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "ft" / "model").is_dir()
+
+
+# === Scale-out (each run in its own process: devices are fixed at start-up) ===
+def _pretrain_events(backend, data_folder, out, *extra, env_extra=None, wait=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": backend}
+    env.pop("XLA_FLAGS", None)
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "bertdesk", "pretrain", "--data", str(data_folder),
+           "--output", str(out), "--max-steps", "4", "--batch-size", "8", "--seq-length", "32",
+           "--log-every", "1", "--dropout", "0", "--learning-rate", "1e-3", "--seed", "3",
+           "--events", "jsonl", *extra]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return p if not wait else _events(p)
+
+
+def _events(p):
+    stdout, stderr = p.communicate(timeout=600)
+    assert p.returncode == 0, stderr[-3000:]
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    messages = [e["text"] for e in events if e["event"] == "message"]
+    assert len(losses) == 4
+    return losses, messages
+
+
+@pytest.fixture(scope="module")
+def jax_one_device(tmp_path_factory, data_folder):
+    return _pretrain_events("jax", data_folder, tmp_path_factory.mktemp("one") / "out")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.backend_neutral
+def test_jax_data_and_model_parallel_match_one_device(tmp_path, data_folder, jax_one_device):
+    for mode, placement in (("data", "replicated"), ("model", "sharded, shards of (128, 256)")):
+        losses, messages = _pretrain_events("jax", data_folder, tmp_path / mode, "--distribution",
+                                            mode, "--cpu-devices", "2")
+        assert any(f"{placement}" in m and "on 2 device(s)" in m for m in messages), messages
+        np.testing.assert_allclose(losses, jax_one_device, rtol=1e-5)
+    assert jax_one_device[-1] < jax_one_device[0]
+
+
+@pytest.mark.slow
+@pytest.mark.backend_neutral
+def test_multi_process_jax_matches_one_process(tmp_path, data_folder, jax_one_device):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [_pretrain_events("jax", data_folder, tmp_path / "mp", "--distribution", "data",
+                              "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                              "--process-id", str(i), wait=False) for i in range(2)]
+    results = [_events(p) for p in procs]
+    for losses, messages in results:
+        assert any("data parallel over 2 device(s)" in m for m in messages), messages
+        np.testing.assert_allclose(losses, jax_one_device, rtol=1e-5)
+    assert (tmp_path / "mp" / "model.safetensors").is_file()  # written once, by process 0
+
+
+@pytest.mark.slow
+@pytest.mark.backend_neutral
+def test_tensorflow_mirrored_strategy_matches_one_device(tmp_path, data_folder):
+    one, _ = _pretrain_events("tensorflow", data_folder, tmp_path / "one")
+    two, messages = _pretrain_events("tensorflow", data_folder, tmp_path / "two",
+                                     "--distribution", "data", "--cpu-devices", "2")
+    assert any("2 device(s) (TensorFlow MirroredStrategy)" in m for m in messages), messages
+    # each replica averages over its own masked tokens: equal up to that weighting
+    np.testing.assert_allclose(two, one, rtol=2e-3)
+    assert two[-1] < two[0]

@@ -41,13 +41,13 @@ def bert_layout_map(mesh):
     import keras
 
     layout = keras.distribution.LayoutMap(mesh)
-    layout[r"token_embedding/embeddings"] = ("model", None)
-    layout[r"attention/qkv/kernel"] = (None, "model")
-    layout[r"attention/qkv/bias"] = ("model",)
-    layout[r"attention_output/kernel"] = ("model", None)
-    layout[r"intermediate/kernel"] = (None, "model")
-    layout[r"intermediate/bias"] = ("model",)
-    layout[r"encoder_layer_\d+/output/kernel"] = ("model", None)
+    layout[r".*token_embedding/embeddings"] = ("model", None)
+    layout[r".*attention/qkv/kernel"] = (None, "model")
+    layout[r".*attention/qkv/bias"] = ("model",)
+    layout[r".*attention_output/kernel"] = ("model", None)
+    layout[r".*intermediate/kernel"] = (None, "model")
+    layout[r".*intermediate/bias"] = ("model",)
+    layout[r".*encoder_layer_\d+/output/kernel"] = ("model", None)
     return layout
 
 
@@ -89,6 +89,9 @@ def configure_distribution(config, log):
                                                     batch_dim_name="batch")
             log(f"model parallel: mesh {len(devices) // mp} (batch) x {mp} (model) "
                 "(JAX, keras.distribution)")
+        if jax.process_count() > 1:
+            # each process reads its own rows of every batch (PretrainingData part=)
+            dist.auto_shard_dataset = False
         keras.distribution.set_distribution(dist)
         return contextlib.nullcontext, (jax.process_index(), jax.process_count())
     if backend == "tensorflow":
@@ -104,6 +107,22 @@ def configure_distribution(config, log):
         return strategy.scope, (0, 1)
     raise DataError(f"--distribution {config.distribution} needs the JAX or TensorFlow "
                     "backend (Keras has no distribution API for PyTorch)")
+
+
+def describe_placement(model):
+    """One line on how the first feed-forward kernel is placed (JAX): its
+    shard shape and the devices holding it."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    v = next(v for v in model.trainable_variables if v.path.endswith("intermediate/kernel"))
+    sharding = v.value.sharding
+    shard = sharding.shard_shape(v.value.shape)
+    devices = len(sharding.device_set)
+    kind = "replicated" if tuple(shard) == tuple(v.value.shape) else "sharded"
+    return (f"{v.path} {tuple(v.value.shape)}: {kind}, shards of {tuple(shard)} on "
+            f"{devices} device(s)")
 
 
 def tensorflow_cpu_devices():

@@ -12,12 +12,16 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="bertdesk")
 def masked_lm_loss(labels, logits):
-    """Mean cross-entropy over the predictions whose label is not -1."""
+    """Per-example losses `(batch,)` whose batch mean (Keras' reduction) is
+    the mean cross-entropy over the batch's predictions with a label other
+    than -1. (A per-example vector, not a scalar: Keras scales only those
+    for `tf.distribute` replicas.)"""
     labels = ops.cast(labels, "int32")
     valid = ops.cast(ops.greater_equal(labels, 0), "float32")  # (batch, predictions)
     per_token = keras.losses.sparse_categorical_crossentropy(
         ops.maximum(labels, 0), ops.cast(logits, "float32"), from_logits=True)
-    return ops.sum(per_token * valid) / (ops.sum(valid) + 1e-5)
+    batch = ops.cast(ops.shape(labels)[0], "float32")
+    return ops.sum(per_token * valid, axis=-1) * batch / (ops.sum(valid) + 1e-5)
 
 
 @keras.saving.register_keras_serializable(package="bertdesk")

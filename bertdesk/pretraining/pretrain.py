@@ -230,7 +230,7 @@ def run_pretrain(config, sink=None):
     """Pretrain as `config` says; returns a dict of results (history,
     throughput, paths). Progress events go to `sink` (a callable)."""
     from bertdesk.io import save_pretrained
-    from bertdesk.pretraining.distribution import (configure_distribution,
+    from bertdesk.pretraining.distribution import (configure_distribution, describe_placement,
                                                    initialize_processes, tensorflow_cpu_devices)
     from bertdesk.pretraining.pretraining_data import PretrainingData
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
@@ -278,26 +278,36 @@ def run_pretrain(config, sink=None):
         else:
             model = build_model(config, tokenizer, data.seq_length, config.max_steps)
     history = state["history"]
+    if config.distribution != "none" and describe_placement(model):
+        log(describe_placement(model))
     atomic_write_text(out / "pretraining_args.json", json.dumps(asdict(config), indent=2))
 
     def export(step):
-        """Checkpoint (model + optimizer) for --resume, then the model folder."""
-        if process[0] == 0:
-            folder = out / "checkpoint"
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".keras", dir=folder)
-            os.close(fd)
-            try:
-                model.save(tmp)
+        """Checkpoint (model + optimizer) for --resume, then the model folder.
+        Every process does the same conversions (with several JAX processes
+        they are collective); only process 0 keeps what it wrote."""
+        primary = process[0] == 0
+        folder = out / "checkpoint" if primary else Path(tempfile.mkdtemp(prefix=".export."))
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".keras", dir=folder)
+        os.close(fd)
+        try:
+            model.save(tmp)
+            rng_state = random_state(model)
+            if primary:
                 os.replace(tmp, folder / "last.keras")
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            atomic_write_text(state_path, json.dumps(
-                {"step": step, "batches": step * accumulation, "history": history,
-                 "random": random_state(model)}))
-            save_pretrained(model.backbone, out, tokenizer, extra_tensors=model.head_tensors(),
-                            overwrite=True)
+                atomic_write_text(state_path, json.dumps(
+                    {"step": step, "batches": step * accumulation, "history": history,
+                     "random": rng_state}))
+            save_pretrained(model.backbone, out if primary else folder / "model", tokenizer,
+                            extra_tensors=model.head_tensors(), overwrite=True)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            if not primary:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
         sink({"event": "checkpoint", "step": step, "folder": str(out)})
 
     tokens_per_batch = config.batch_size * data.seq_length
