@@ -507,3 +507,46 @@ def test_tensorflow_mirrored_strategy_matches_one_device(tmp_path, data_folder):
     # each replica averages over its own masked tokens: equal up to that weighting
     np.testing.assert_allclose(two, one, rtol=2e-3)
     assert two[-1] < two[0]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, data_folder):
+    """A real kill -9 in the middle of a command-line run; --resume then
+    ends with the weights an uninterrupted run ends with."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, "-m", "bertdesk", "pretrain", "--data", str(data_folder),
+            "--max-steps", "120", "--batch-size", "8", "--seq-length", "32", "--save-every", "5",
+            "--log-every", "5", "--learning-rate", "1e-3", "--seed", "3"]
+    p = subprocess.run(base + ["--output", str(tmp_path / "straight")], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    state = tmp_path / "killed" / "checkpoint" / "state.json"
+    proc = subprocess.Popen(base + ["--output", str(tmp_path / "killed")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = json.loads(state.read_text())["step"]
+    assert 5 <= killed_at < 120
+    p = subprocess.run(base + ["--output", str(tmp_path / "killed"), "--resume"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"resuming at step {json.loads(state.read_text())['step']}" not in p.stdout  # moved on
+    w1, w2 = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    for k in w1:
+        np.testing.assert_allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_mixed_precision_pretraining_runs(tmp_path, data_folder):
+    from bertdesk.pretraining.pretrain import run_pretrain
+
+    r = run_pretrain(_config(tmp_path / "bf16", data_folder, max_steps=2, mixed_precision=True))
+    assert all(np.isfinite(h["loss"]) for h in r["history"])
+    w = _weights(tmp_path / "bf16")
+    assert all(v.dtype == np.float32 for v in w.values())  # variables stay float32

@@ -232,7 +232,11 @@ def run_pretrain(config, sink=None):
     from bertdesk.io import save_pretrained
     from bertdesk.pretraining.distribution import (configure_distribution, describe_placement,
                                                    initialize_processes, tensorflow_cpu_devices)
+    # registered classes a resumed run's `last.keras` names
+    from bertdesk import models  # noqa: F401
+    from bertdesk.pretraining import objectives  # noqa: F401
     from bertdesk.pretraining.pretraining_data import PretrainingData
+    from bertdesk.training import optimization  # noqa: F401
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
 
     config.check()
