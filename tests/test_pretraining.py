@@ -275,7 +275,15 @@ def test_streaming_visits_every_instance_once_per_epoch(tmp_path, corpus, tokeni
     assert np.array_equal(np.concatenate([top["token_ids"], bottom["token_ids"]]), x["token_ids"])
     for b in range(0, 3 * data.batches_per_epoch, 7):  # a few epochs
         data.batch(b)
-    assert len(data._arrays) <= 4  # only a few shards open at a time
+    assert len(data._arrays) <= data.cycle + 1  # only a few shards open at a time
+    # batches mix shards (not one shard drained after another)
+    mixed = [len({data.locate(b * 8 + r)[1] for r in range(8)}) for b in range(20)]
+    assert np.mean(mixed) > 2
+    narrow = PretrainingData(tmp_path / "d", batch_size=8, seed=1, cycle=2)
+    assert len({(s, r) for _, s, r in (narrow.locate(p) for p in range(n))}) == n
+    for b in range(0, narrow.batches_per_epoch, 3):
+        narrow.batch(b)
+        assert len(narrow._arrays) <= 3
 
 
 @pytest.mark.backend_neutral

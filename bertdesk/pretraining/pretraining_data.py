@@ -1,11 +1,11 @@
 """Batches streamed from a folder that `create_pretraining_data` wrote.
 
 Batch `b` is a pure function of (folder, seed, batch size, b): the stream
-visits every instance once per epoch, shards in an order shuffled per epoch
-and instances in an order shuffled per epoch within each shard, so a
+visits every instance once per epoch, shards in an order shuffled per epoch,
+`cycle` shards at a time with their instances shuffled together, so a
 resumed run asks for batch `b` and gets exactly what the killed run would
 have seen, without replaying the ones before it. Shards are memory-mapped
-and at most a few are open at once, so the corpus may be far larger than
+and at most `cycle` + 1 are open at once, so the corpus may be far larger than
 memory. With dynamic masking, each instance is masked when it is read, with
 a generator seeded by (seed, epoch, shard, instance): a new mask every
 epoch, the same mask on every re-run.
@@ -30,9 +30,10 @@ class PretrainingData:
         seed: shuffling (and dynamic masking) seed.
         vocabulary: word pieces (for dynamic masking's random replacement);
             read from the folder's vocab.txt when omitted.
+        cycle: shards read (and mixed) at a time.
     """
 
-    def __init__(self, folder, batch_size, seed=0, vocabulary=None):
+    def __init__(self, folder, batch_size, seed=0, vocabulary=None, cycle=8):
         self.folder = Path(folder)
         path = self.folder / "data.json"
         if not path.is_file():
@@ -50,6 +51,7 @@ class PretrainingData:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.seed = seed
+        self.cycle = max(1, int(cycle))
         self.seq_length = self.options["max_seq_length"]
         self.max_predictions = self.options["max_predictions_per_seq"]
         self.dynamic = self.options["masking"] == "dynamic"
@@ -62,26 +64,33 @@ class PretrainingData:
             self.special = {index["[CLS]"], index["[SEP]"], index["[PAD]"]}
             self.replacement = replacement_ids(vocabulary)
         self._arrays = OrderedDict()  # shard -> dict of memory-mapped arrays
-        self._orders = OrderedDict()  # (epoch, shard) -> permutation
+        self._orders = OrderedDict()  # (epoch, group) -> permutation
 
     @property
     def batches_per_epoch(self):
         return -(-self.num_instances // self.batch_size)
 
     # === Positions ===
-    def _shard_order(self, epoch):
-        key = (epoch, -1)
+    # An epoch visits the shards in a shuffled order, `cycle` shards at a time;
+    # the instances of those shards are shuffled together (as tf.data's
+    # interleave + shuffle does), so a batch mixes documents from several
+    # shards instead of draining one shard (one source) after another.
+    def _groups(self, epoch):
+        """(shard groups, cumulative instance counts of the groups)."""
+        key = (epoch, "groups")
         if key not in self._orders:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
-            self._cache(self._orders, key, (order, np.cumsum(self.sizes[order])), 8)
+            groups = [order[i:i + self.cycle] for i in range(0, len(order), self.cycle)]
+            ends = np.cumsum([int(self.sizes[g].sum()) for g in groups])
+            self._cache(self._orders, key, (groups, ends), 4)
         return self._orders[key]
 
-    def _instance_order(self, epoch, shard):
-        key = (epoch, shard)
+    def _group_order(self, epoch, g, shards):
+        key = (epoch, g)
         if key not in self._orders:
-            order = np.random.default_rng([self.seed, epoch, shard]).permutation(
-                int(self.sizes[shard]))
-            self._cache(self._orders, key, order, 8)
+            count = int(self.sizes[shards].sum())
+            perm = np.random.default_rng([self.seed, epoch, g]).permutation(count)
+            self._cache(self._orders, key, (perm, np.cumsum(self.sizes[shards])), 4)
         return self._orders[key]
 
     @staticmethod
@@ -93,11 +102,13 @@ class PretrainingData:
     def locate(self, position):
         """(epoch, shard, row) of stream position `position`."""
         epoch, k = divmod(int(position), self.num_instances)
-        order, ends = self._shard_order(epoch)
-        j = int(np.searchsorted(ends, k, side="right"))
-        shard = int(order[j])
-        local = k - (int(ends[j - 1]) if j else 0)
-        return epoch, shard, int(self._instance_order(epoch, shard)[local])
+        groups, ends = self._groups(epoch)
+        g = int(np.searchsorted(ends, k, side="right"))
+        shards = groups[g]
+        perm, shard_ends = self._group_order(epoch, g, shards)
+        j = int(perm[k - (int(ends[g - 1]) if g else 0)])
+        i = int(np.searchsorted(shard_ends, j, side="right"))
+        return epoch, int(shards[i]), j - (int(shard_ends[i - 1]) if i else 0)
 
     def _shard(self, shard):
         if shard not in self._arrays:
@@ -105,7 +116,7 @@ class PretrainingData:
             if not folder.is_dir():
                 raise DataError(f"{folder}: shard listed in data.json is missing")
             arrays = {p.stem: np.load(p, mmap_mode="r") for p in folder.glob("*.npy")}
-            self._cache(self._arrays, shard, arrays, 4)
+            self._cache(self._arrays, shard, arrays, self.cycle + 1)
         return self._arrays[shard]
 
     # === Batches ===
