@@ -178,9 +178,12 @@ def build_model(config, tokenizer, seq_length, total_steps):
         optimizer = bert_adamw(config.learning_rate, total_steps, warmup / max(1, total_steps),
                                config.weight_decay, config.max_grad_norm, epsilon=1e-6)
         optimizer.gradient_accumulation_steps = accumulation
-    # shapes are fixed, so XLA compiles once: on for JAX and TensorFlow; torch.compile
-    # takes minutes on a CPU, so PyTorch runs eagerly unless asked
-    jit = {"on": True, "off": False}.get(config.jit_compile, keras.backend.backend() != "torch")
+    # shapes are fixed, so XLA compiles once: on for JAX and TensorFlow (not under
+    # MirroredStrategy, where Keras' XLA step fails on mirrored variables);
+    # torch.compile takes minutes on a CPU, so PyTorch runs eagerly unless asked
+    backend = keras.backend.backend()
+    auto = backend == "jax" or (backend == "tensorflow" and config.distribution == "none")
+    jit = {"on": True, "off": False}.get(config.jit_compile, auto)
     model.compile(
         optimizer=optimizer,
         loss={"mlm_logits": masked_lm_loss,
