@@ -101,17 +101,18 @@ def prepare_data(config, out, log):
     from bertdesk.pretraining.data_writer import DataOptions, create_pretraining_data
     from bertdesk.tokenizer import BertTokenizer
 
-    if config.data:
-        folder = Path(config.data)
-        manifest_path = folder / "data.json"
-        if not manifest_path.is_file():
-            raise DataError(f"{folder}: no data.json; not a pretraining data folder")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        return folder, BertTokenizer(folder / "vocab.txt", lowercase=manifest["lowercase"])
-    folder = out / "data"
-    if (folder / "data.json").is_file():
+    def existing(folder):
         manifest = json.loads((folder / "data.json").read_text(encoding="utf-8"))
         return folder, BertTokenizer(folder / "vocab.txt", lowercase=manifest["lowercase"])
+
+    if config.data:
+        folder = Path(config.data)
+        if not (folder / "data.json").is_file():
+            raise DataError(f"{folder}: no data.json; not a pretraining data folder")
+        return existing(folder)
+    folder = out / "data"
+    if (folder / "data.json").is_file():
+        return existing(folder)
     if folder.exists():  # an unfinished attempt
         import shutil
 
@@ -287,8 +288,9 @@ def run_pretrain(config, sink=None):
         else:
             model = build_model(config, tokenizer, data.seq_length, config.max_steps)
     history = state["history"]
-    if config.distribution != "none" and describe_placement(model):
-        log(describe_placement(model))
+    placement = describe_placement(model) if config.distribution != "none" else None
+    if placement:
+        log(placement)
     atomic_write_text(out / "pretraining_args.json", json.dumps(asdict(config), indent=2))
 
     def export(step):
