@@ -413,6 +413,22 @@ def test_pretraining_learns_and_accumulates(tmp_path, data_folder):
     first, last = r["history"][0], r["history"][-1]
     assert last["mlm_accuracy"] > first["mlm_accuracy"], r["history"]
     assert last["mlm_loss"] < first["mlm_loss"] - 0.5
+    # throughput counts real tokens, not padding: the same count from the data itself
+    from bertdesk.pretraining.pretraining_data import PretrainingData
+
+    feed = PretrainingData(data_folder, batch_size=8, seed=3)
+    real = sum(int(feed.batch(b)[0]["padding_mask"].sum()) for b in range(60))
+    assert 0 < real < 60 * 8 * 32
+    assert r["padding_fraction"] == pytest.approx(1 - real / (60 * 8 * 32))
+    assert r["tokens_per_second"] == pytest.approx(
+        r["positions_per_second"] * (1 - r["padding_fraction"]), rel=1e-9)
+    assert all(h["tokens_per_second"] < h["positions_per_second"] for h in r["history"])
+    # dropout 0 was a pretraining setting: the exported model keeps the preset's rates
+    exported = json.loads((tmp_path / "a/bertdesk.json").read_text())["backbone"]
+    assert (exported["dropout"], exported["attention_dropout"]) == (0.1, 0.1)
+    from bertdesk.io import load_backbone
+
+    assert load_backbone(tmp_path / "a").dropout == 0.1
     acc = run_pretrain(_config(tmp_path / "b", data_folder, max_steps=3, batch_size=4,
                                gradient_accumulation=2, optimizer="lamb", save_every=100))
     import keras

@@ -94,7 +94,7 @@ def _safetensors_bytes(tensors):
 
 
 def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_tensors=None,
-                    overwrite=False):
+                    overwrite=False, config_overrides=None):
     """Write `backbone` (and its tokenizer) as a checkpoint folder.
 
     format "bertdesk": bertdesk.json + model.safetensors + vocab.txt.
@@ -104,7 +104,9 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
 
     The folder is assembled next to its destination and moved in place; an
     existing folder is only touched with `overwrite=True`, file by file,
-    each replaced atomically.
+    each replaced atomically. `config_overrides` replace entries of the saved
+    architecture config (e.g. the dropout rates a fine-tuning run should
+    use when the backbone was trained with others).
     """
     if format not in ("bertdesk", "hf"):
         raise ValueError(f"format must be 'bertdesk' or 'hf', got {format!r}")
@@ -114,6 +116,10 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     tensors = backbone_tensors(backbone)
     tensors.update(extra_tensors or {})
     config = backbone.architecture_config()
+    unknown = set(config_overrides or {}) - set(config)
+    if unknown:
+        raise ValueError(f"config_overrides: unknown keys {sorted(unknown)}")
+    config.update(config_overrides or {})
     heads = all(n in tensors for n in MLM_NAMES + NSP_NAMES)
     if format == "hf" and heads:
         # transformers' BertForPreTraining layout: `bert.` prefix and explicit

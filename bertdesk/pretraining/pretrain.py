@@ -147,12 +147,19 @@ class StreamBatches(keras.utils.PyDataset):
     def __init__(self, data, start, count, process=(0, 1)):
         super().__init__(workers=1, use_multiprocessing=False)
         self.data, self.start, self.count, self.process = data, start, count, process
+        self.real_tokens = {}  # item -> non-padding tokens of its global batch
 
     def __len__(self):
         return self.count
 
     def __getitem__(self, i):
-        return self.data.batch(self.start + i, part=self.process)
+        inputs, labels = self.data.batch(self.start + i, part=self.process)
+        # every process feeds an equal share of rows: its count, scaled, estimates the batch's
+        self.real_tokens[i] = int(inputs["padding_mask"].sum()) * self.process[1]
+        return inputs, labels
+
+    def pop_real_tokens(self, i):
+        return self.real_tokens.pop(i, 0)
 
 
 # === Model ===
@@ -293,6 +300,15 @@ def run_pretrain(config, sink=None):
         log(placement)
     atomic_write_text(out / "pretraining_args.json", json.dumps(asdict(config), indent=2))
 
+    # --dropout is a pretraining setting: the exported model keeps the
+    # preset's rates, which is what fine-tuning from it should use.
+    finetune_dropout = None
+    if config.dropout is not None:
+        from bertdesk.models import preset_config
+
+        preset = preset_config(config.preset)
+        finetune_dropout = {k: preset[k] for k in ("dropout", "attention_dropout") if k in preset}
+
     def export(step):
         """Checkpoint (model + optimizer) for --resume, then the model folder.
         Every process does the same conversions (with several JAX processes
@@ -311,7 +327,8 @@ def run_pretrain(config, sink=None):
                     {"step": step, "batches": step * accumulation, "history": history,
                      "random": rng_state}))
             save_pretrained(model.backbone, out if primary else folder / "model", tokenizer,
-                            extra_tensors=model.head_tensors(), overwrite=True)
+                            extra_tensors=model.head_tensors(), overwrite=True,
+                            config_overrides=finetune_dropout)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -321,7 +338,10 @@ def run_pretrain(config, sink=None):
                 shutil.rmtree(folder, ignore_errors=True)
         sink({"event": "checkpoint", "step": step, "folder": str(out)})
 
-    tokens_per_batch = config.batch_size * data.seq_length
+    positions_per_batch = config.batch_size * data.seq_length
+    remaining = total_batches - state["batches"]
+    dataset = StreamBatches(data, state["batches"], remaining, process)
+    counted = {"window": 0, "total": 0}  # real (non-padding) tokens fed
 
     class Progress(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -338,6 +358,9 @@ def run_pretrain(config, sink=None):
         def on_train_batch_end(self, batch, logs=None):
             batches = state["batches"] + batch + 1
             self.window_batches += 1
+            real = dataset.pop_real_tokens(batch)
+            counted["window"] += real
+            counted["total"] += real
             if batches % accumulation:
                 return
             step = batches // accumulation
@@ -355,7 +378,8 @@ def run_pretrain(config, sink=None):
                     "nsp_accuracy": _pick(logs, "nsp_logits_accuracy"),
                     "learning_rate": float(keras.ops.convert_to_numpy(
                         opt._get_current_learning_rate())),
-                    "tokens_per_second": self.window_batches * tokens_per_batch / elapsed,
+                    "tokens_per_second": counted["window"] / elapsed,
+                    "positions_per_second": self.window_batches * positions_per_batch / elapsed,
                     "epoch": batches / data.batches_per_epoch,
                 }
                 history.append(record)
@@ -367,18 +391,21 @@ def run_pretrain(config, sink=None):
                       **record})
                 self.model.reset_metrics()  # the next record covers the next window only
                 self.window_start, self.window_batches = time.perf_counter(), 0
+                counted["window"] = 0
             if step % config.save_every == 0 and step < config.max_steps:
                 export(step)
 
     start = time.perf_counter()
-    remaining = total_batches - state["batches"]
     if remaining > 0:
-        dataset = StreamBatches(data, state["batches"], remaining, process)
         model.fit(dataset, epochs=1, callbacks=[Progress()], shuffle=False, verbose=0)
     seconds = time.perf_counter() - start
     export(config.max_steps)
     result = {"steps": config.max_steps, "history": history, "train_seconds": seconds,
-              "tokens_per_second": (remaining * tokens_per_batch / seconds) if remaining else None,
+              "tokens_per_second": (counted["total"] / seconds) if remaining else None,
+              "positions_per_second": (remaining * positions_per_batch / seconds)
+              if remaining else None,
+              "padding_fraction": (1 - counted["total"] / (remaining * positions_per_batch))
+              if remaining else None,
               "model": str(out), "data": str(data_folder), "instances": data.num_instances}
     if process[0] == 0:
         atomic_write_text(out / "pretraining.json", json.dumps(result, indent=2))
