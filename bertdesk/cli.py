@@ -481,7 +481,8 @@ def _pretraining_data_options(p, dupe_default=10, masking_default="static"):
     p.add_argument("--masked-lm-prob", type=float, default=0.15)
     p.add_argument("--short-seq-prob", type=float, default=0.1)
     p.add_argument("--dupe-factor", type=int, default=dupe_default,
-                   help="static masking: masked copies of the corpus")
+                   help="passes over the corpus, each with its own sequence pairs (and, "
+                   "when static, masks)")
     p.add_argument("--masking", choices=("static", "dynamic"), default=masking_default,
                    help="static: dupe-factor copies masked once; dynamic: a new mask each epoch")
     p.add_argument("--whole-word-mask", action="store_true")

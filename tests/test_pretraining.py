@@ -304,6 +304,25 @@ def test_dynamic_masking_changes_per_epoch_not_per_run(tmp_path, corpus, tokeniz
     assert np.array_equal(first[0]["token_ids"], again[0]["token_ids"])
 
 
+@pytest.mark.backend_neutral
+def test_dupe_factor_varies_pairs_under_dynamic_masking(tmp_path, corpus, tokenizer):
+    """Each pass over the corpus cuts its own sequence pairs, so a small corpus
+    trained for many epochs does not see (and memorise) the same next-sentence
+    pairs every time."""
+    rows = {}
+    for dupe in (1, 3):
+        folder = tmp_path / f"d{dupe}"
+        create_pretraining_data(corpus, tokenizer, folder, _options(masking="dynamic",
+                                                                    dupe_factor=dupe))
+        data = PretrainingData(folder, batch_size=4, seed=0)
+        arrays = [data._shard(k) for k in range(len(data.shards))]
+        rows[dupe] = {(tuple(a["token_ids"][r]), int(a["next_sentence"][r]))
+                      for a in arrays for r in range(len(a["token_ids"]))}
+        rows[dupe, "n"] = data.num_instances
+    assert rows[3, "n"] > 2 * rows[1, "n"]
+    assert len(rows[3]) > 1.5 * len(rows[1])
+
+
 # === Objectives and optimizer ===
 def test_masked_lm_loss_and_accuracy():
     import keras

@@ -53,7 +53,9 @@ class DataOptions:
     masked_lm_prob: float = 0.15
     short_seq_prob: float = 0.1
     dupe_factor: int = 10
-    masking: str = "static"  # "static": dupe_factor masked copies; "dynamic": masked per epoch
+    # dupe_factor passes over the corpus, each with its own A/B cuts and random-next pairs;
+    # "static": each pass masked once here; "dynamic": masked anew every epoch when read
+    masking: str = "static"
     whole_word_mask: bool = False
     chinese_words: bool = False  # space-separated CJK words count as words for whole-word masking
     seed: int = 12345
@@ -70,7 +72,7 @@ class DataOptions:
             raise ValueError("max_predictions_per_seq must be at least 1")
         if self.masking not in ("static", "dynamic"):
             raise ValueError(f"masking must be 'static' or 'dynamic', got {self.masking!r}")
-        if self.masking == "static" and self.dupe_factor < 1:
+        if self.dupe_factor < 1:
             raise ValueError("dupe_factor must be at least 1")
 
 
@@ -118,7 +120,7 @@ def build_instances(documents, tokenizer, options, rng):
     replacement = replacement_ids(tokenizer.vocabulary)
     static = options.masking == "static"
     instances = []
-    for _ in range(options.dupe_factor if static else 1):
+    for _ in range(options.dupe_factor):
         for index in range(len(documents)):
             for a, b, is_random in create_instances_from_document(
                     documents, index, options.max_seq_length, options.short_seq_prob, rng):
