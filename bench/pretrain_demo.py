@@ -23,9 +23,11 @@ import argparse
 import csv
 import json
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
+from statistics import mean
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -61,8 +63,6 @@ def sst2_sample(n_train, n_eval, seed, dst):
 
 
 def finetune(model_folder, train, held, out, args, seed):
-    import shutil
-
     from bertdesk.training.finetune import FinetuneConfig, run_finetune
 
     cfg = FinetuneConfig(train=str(train), validation=str(held), output=str(out),
@@ -137,7 +137,6 @@ def main():
     seeds = [int(x) for x in args.ft_seeds.split(",")]
     acc_pre = [finetune(work / "pretrained", train, held, work / "ft", args, s) for s in seeds]
     acc_rand = [finetune(random_folder, train, held, work / "ft", args, s) for s in seeds]
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
 
     summary = {
         "backend": keras.backend.backend(), "preset": args.preset,
