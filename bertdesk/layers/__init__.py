@@ -1,5 +1,7 @@
-"""BERT building blocks as Keras 3 layers (backend-neutral, `keras.ops` only)."""
+"""BERT building blocks as Keras 3 layers (backend-neutral: `keras.ops`, plus raw
+random bits for dropout masks from `random_bits`, the one backend-specific module)."""
 
+from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_embeddings import BertEmbeddings
 from bertdesk.layers.bert_encoder_block import BertEncoderBlock
 from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
@@ -8,6 +10,7 @@ from bertdesk.layers.bert_pooler import BertPooler
 from bertdesk.layers.bert_self_attention import BertSelfAttention
 
 __all__ = [
+    "BertDropout",
     "BertEmbeddings",
     "BertEncoderBlock",
     "BertMaskedLMHead",

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from bertdesk.layers.bert_dropout import BertDropout
+
 
 # === Layer ===
 @keras.saving.register_keras_serializable(package="bertdesk")
@@ -78,7 +80,7 @@ class BertEmbeddings(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="layer_norm",
         )
-        self.dropout_layer = keras.layers.Dropout(
+        self.dropout_layer = BertDropout(
             self.dropout, dtype=self.dtype_policy, name="dropout"
         )
         self.token_embedding.build(token_ids_shape)

@@ -2,6 +2,7 @@
 
 import keras
 
+from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
 
 
@@ -91,7 +92,7 @@ class BertEncoderBlock(keras.layers.Layer):
         self.output_layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=policy, name="output_layer_norm"
         )
-        self.dropout_layer = keras.layers.Dropout(
+        self.dropout_layer = BertDropout(
             self.dropout, dtype=policy, name="dropout"
         )
         self.attention.build(input_shape)

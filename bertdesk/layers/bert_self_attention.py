@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from bertdesk.layers.bert_dropout import BertDropout
+
 
 # === Layer ===
 @keras.saving.register_keras_serializable(package="bertdesk")
@@ -61,7 +63,7 @@ class BertSelfAttention(keras.layers.Layer):
             name="qkv",
         )
         self.qkv.build(tuple(input_shape[:-1]) + (hidden,))
-        self.dropout_layer = keras.layers.Dropout(
+        self.dropout_layer = BertDropout(
             self.attention_dropout, dtype=self.dtype_policy, name="dropout"
         )
         self.built = True

@@ -1,0 +1,64 @@
+"""Dropout whose mask costs 16 random bits per element instead of 32."""
+
+import keras
+from keras import ops
+
+from bertdesk.layers.random_bits import random_int16
+
+_LEVELS = 1 << 16  # a 16-bit half of a random word takes this many values
+
+
+# === Layer ===
+@keras.saving.register_keras_serializable(package="bertdesk")
+class BertDropout(keras.layers.Layer):
+    """Inverted dropout, like `keras.layers.Dropout`, with cheaper masks.
+
+    Each random 32-bit word gives the keep/drop decision for two elements:
+    its two 16-bit halves are read as signed integers, an element is dropped
+    when its half is among the lowest `round(rate * 65536)` values, and kept
+    values are scaled by the exact inverse of the keep probability, so the
+    expected output equals the input. The drop
+    probability is `rate` to within 2**-17. Drawing half as many words is what
+    makes it cheaper: on a CPU the generator dominates the cost of a mask
+    (the attention-probability masks at long sequences above all).
+
+    Args:
+        rate: fraction of the inputs to drop, in [0, 1].
+        seed: int seed of the layer's generator; None draws one from Keras'
+            global seed (`keras.utils.set_random_seed`), and on PyTorch uses
+            torch's global generator, as `keras.layers.Dropout` does.
+
+    Call args:
+        inputs: a tensor of any rank.
+        training: drop only when True.
+    """
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= rate <= 1:
+            raise ValueError(f"BertDropout: rate must be in [0, 1], got {rate}")
+        self.rate = rate
+        self.seed = seed
+        self.supports_masking = True
+        if rate > 0:
+            self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        if self.rate == 1:
+            return ops.zeros_like(inputs)
+        threshold = round(self.rate * _LEVELS)
+        scale = _LEVELS / (_LEVELS - threshold)
+        halves = random_int16(ops.shape(inputs), self.seed_generator, like=inputs)
+        keep = ops.greater_equal(halves, threshold - _LEVELS // 2)
+        return ops.where(keep, inputs * ops.cast(scale, inputs.dtype), 0.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "seed": self.seed})
+        return config

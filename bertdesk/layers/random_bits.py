@@ -1,0 +1,78 @@
+"""Random 16-bit integers from each backend's counter-based generator.
+
+The one backend-specific module under `bertdesk/layers`, and why: `keras.random`
+has no call that returns raw random bits. Its `uniform`, `bernoulli` and
+`dropout` spend one full 32-bit draw per element, and on a CPU those draws are
+most of what a dropout mask costs: one `(16, 12, 256, 256)` attention mask
+takes 172 ms of JAX's threefry and 127 ms of PyTorch's `F.dropout`, against a
+fraction of that for half as many words (`bench/dropout_cost.py`).
+`BertDropout` needs only 16 bits per element, so it takes them from here,
+two per 32-bit draw.
+
+Seeds follow Keras' own dropout: a `keras.random.SeedGenerator` state advances
+by one per call (JAX's threefry, TensorFlow's stateless Philox, a seeded
+`torch.Generator`); on PyTorch an unseeded generator draws from torch's global
+generator, as Keras' unseeded dropout does there.
+"""
+
+import math
+
+import keras
+
+
+# === Bits ===
+def random_int16(shape, seed_generator, like=None):
+    """An `int16` tensor of `shape`, uniform over all 65,536 values, from half
+    as many 32-bit draws (each word is split into two neighbouring elements
+    along the last axis).
+
+    Args:
+        shape: tuple of ints (or, on TensorFlow inside a graph, scalar tensors).
+        seed_generator: a `keras.random.SeedGenerator`; advanced by one draw
+            (on PyTorch, unless it was made without a seed).
+        like: a tensor on the device the bits should live on (PyTorch).
+    """
+    shape = tuple(shape)
+    last = shape[-1]
+    words_shape = shape[:-1] + ((last + 1) // 2,)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        key = seed_generator.next()  # (2,) uint32: a raw threefry key
+        words = jax.random.bits(key, words_shape, "uint32")
+        halves = jax.lax.bitcast_convert_type(words, "int16")  # (..., words, 2)
+        return halves.reshape(shape[:-1] + (-1,))[..., :last]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        seed = seed_generator.next()
+        if seed.dtype != tf.int32:  # as Keras' TensorFlow random ops cast theirs
+            seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+        words = tf.random.stateless_uniform(
+            words_shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32
+        )
+        halves = tf.bitcast(words, tf.int16)  # (..., words, 2)
+        return tf.reshape(halves, tf.concat([tf.shape(words)[:-1], [-1]], 0))[..., :last]
+    if backend == "torch":
+        import torch
+
+        return _torch_int16(torch, tuple(int(d) for d in shape), seed_generator, like)
+    raise NotImplementedError(f"random_int16: backend {backend!r} is not supported")
+
+
+def _torch_int16(torch, shape, seed_generator, like):
+    device = like.device if like is not None else torch.get_default_device()
+    count = math.prod(shape)
+    if device.type == "meta":  # Keras' symbolic shape inference
+        return torch.empty(shape, dtype=torch.int16, device=device)
+    # 64-bit words over the full range are PyTorch's cheapest draw per bit
+    # (one generator call gives four 16-bit halves).
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
+    generator = None
+    if seed_generator.get_config()["seed"] is not None:
+        first, second = (int(v) for v in seed_generator.next().tolist())
+        generator = torch.Generator(device=device)
+        generator.manual_seed((first + second) & 0xFFFFFFFF)
+    words.random_(-(2**63), None, generator=generator)
+    return words.view(torch.int16)[:count].reshape(shape)

@@ -1,0 +1,162 @@
+"""`BertDropout` (16 random bits per element) on the current backend: the
+drop rate and scale, independence of the two halves of a random word,
+determinism, gradients, dtypes, shapes, saving, and a jit-compiled step."""
+
+import keras
+import numpy as np
+import pytest
+from harness import check_config_roundtrip, check_keras_roundtrip
+
+from bertdesk.layers import BertDropout
+
+
+def _np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x)).astype(np.float64)
+
+
+def _apply(layer, x):
+    return _np(layer(keras.ops.convert_to_tensor(x, "float32"), training=True))
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_drop_rate_and_scale(rate):
+    n = 1_000_000
+    out = _apply(BertDropout(rate, seed=5), np.ones((1000, 1000)))
+    kept = out != 0
+    # 5 standard deviations of a binomial proportion over a million draws
+    assert abs(kept.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+    threshold = round(rate * 65536)
+    np.testing.assert_allclose(np.unique(out[kept]), [65536 / (65536 - threshold)], rtol=1e-6)
+    assert abs(out.mean() - 1) < 5 * np.sqrt(rate / (1 - rate) / n)
+
+
+def test_the_two_halves_of_a_word_are_independent():
+    """Neighbours along the last axis share a 32-bit word (its two halves);
+    elements L/2 apart and rows apart do not. Each pair must drop together
+    with probability rate**2."""
+    rate, n = 0.5, 1000
+    dropped = _apply(BertDropout(rate, seed=9), np.ones((n, n))) == 0
+    for a, b in [(dropped[:, : n // 2], dropped[:, n // 2:]),
+                 (dropped[:, :-1], dropped[:, 1:]),
+                 (dropped[:-1], dropped[1:])]:
+        both = (a & b).mean()
+        assert abs(both - rate**2) < 5 * np.sqrt(rate**2 * (1 - rate**2) / a.size), both
+
+
+def test_inference_and_zero_rate_are_identity():
+    x = np.random.default_rng(0).normal(size=(4, 7, 6)).astype("float32")
+    layer = BertDropout(0.3, seed=1)
+    np.testing.assert_array_equal(_np(layer(x)), x.astype(np.float64))
+    np.testing.assert_array_equal(_np(layer(x, training=False)), x.astype(np.float64))
+    zero = BertDropout(0.0)
+    np.testing.assert_array_equal(_np(zero(x, training=True)), x.astype(np.float64))
+    assert not zero.non_trainable_variables  # no generator state to save or restore
+    np.testing.assert_array_equal(_np(BertDropout(1.0)(x, training=True)), 0)
+
+
+def test_kept_values_are_the_inputs_scaled():
+    x = np.random.default_rng(1).normal(size=(64, 33)).astype("float32")
+    out = _apply(BertDropout(0.25, seed=2), x)
+    kept = out != 0
+    np.testing.assert_allclose(out[kept], x[kept] * 65536 / (65536 - 16384), rtol=1e-6)
+
+
+def test_seeded_masks_repeat_and_successive_calls_differ():
+    x = np.ones((50, 40))
+    first, second = BertDropout(0.5, seed=3), BertDropout(0.5, seed=3)
+    a1, a2 = _apply(first, x), _apply(first, x)
+    b1 = _apply(second, x)
+    np.testing.assert_array_equal(a1, b1)  # same seed, same first mask
+    assert (a1 != a2).mean() > 0.3  # the generator advances between calls
+    c1 = _apply(BertDropout(0.5, seed=4), x)
+    assert (a1 != c1).mean() > 0.3
+
+
+def test_unseeded_masks_follow_the_global_seed():
+    x = np.ones((50, 40))
+    keras.utils.set_random_seed(11)
+    a = _apply(BertDropout(0.5), x)
+    keras.utils.set_random_seed(11)
+    b = _apply(BertDropout(0.5), x)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 1), (2, 3, 7), (2, 2, 5, 8)])
+def test_any_shape_and_odd_last_dimension(shape):
+    out = _apply(BertDropout(0.5, seed=1), np.ones(shape))
+    assert out.shape == shape
+    assert set(np.unique(out)) <= {0.0, 2.0}
+
+
+def test_gradient_is_the_mask_times_the_scale():
+    """d(sum(w * dropout(x)))/dx = w * scale where kept, 0 where dropped, taken
+    through a one-variable model so every backend's autodiff runs."""
+    rate = 0.2
+    x = np.random.default_rng(2).normal(size=(8, 12)).astype("float32")
+    w = np.random.default_rng(3).normal(size=(8, 12)).astype("float32")
+    variable = keras.Variable(x)
+    layer = BertDropout(rate, seed=7)
+    threshold = round(rate * 65536)
+    scale = 65536 / (65536 - threshold)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        state = [v.value for v in layer.non_trainable_variables]
+
+        def loss(value):
+            out, _ = layer.stateless_call([], state, value, training=True)
+            return (out * w).sum()
+
+        grad = jax.grad(loss)(variable.value)
+        out, _ = layer.stateless_call([], state, variable.value, training=True)
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            out = layer(variable.value, training=True)
+            loss = tf.reduce_sum(out * w)
+        grad = tape.gradient(loss, variable.value)
+    else:
+        out = layer(variable.value, training=True)
+        (out * keras.ops.convert_to_tensor(w)).sum().backward()
+        grad = variable.value.grad
+    kept = _np(out) != 0
+    np.testing.assert_allclose(_np(grad), np.where(kept, w * scale, 0), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_inputs_keep_their_dtype(dtype):
+    layer = BertDropout(0.5, seed=1, dtype=dtype)
+    out = layer(keras.ops.ones((16, 16), dtype), training=True)
+    assert keras.backend.standardize_dtype(out.dtype) == dtype
+    assert set(np.unique(_np(out))) == {0.0, 2.0}
+
+
+def test_config_and_keras_file_roundtrip(tmp_path):
+    layer = BertDropout(0.3, seed=8, name="drop")
+    check_config_roundtrip(layer)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, layer(inputs))
+    check_keras_roundtrip(model, np.ones((2, 6), "float32"), tmp_path)
+
+
+def test_rate_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="rate must be in"):
+        BertDropout(1.5)
+
+
+def test_compiled_fit_step_drops():
+    """Inside a jit-compiled `fit` (XLA on JAX and TensorFlow), on inputs whose
+    batch and last axis are unknown when the graph is traced, the mask is drawn
+    afresh each step and the loss reflects it."""
+    inputs = keras.Input((64, None))  # (batch, 64, length): the last axis varies
+    dropped = keras.layers.Permute((2, 1))(BertDropout(0.5, seed=1)(inputs))
+    outputs = keras.layers.Dense(1, kernel_initializer="ones", use_bias=False)(dropped)
+    model = keras.Model(inputs, outputs)  # (batch, length, 1)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse",
+                  jit_compile=keras.backend.backend() != "torch")
+    for length in (3, 5):
+        x, y = np.ones((4, 64, length), "float32"), np.full((4, length, 1), 64.0, "float32")
+        losses = [model.train_on_batch(x, y) for _ in range(3)]
+        assert len(set(np.round(losses, 4))) > 1  # a new mask each step
+        np.testing.assert_allclose(model.predict(x, verbose=0), y)  # identity at inference
