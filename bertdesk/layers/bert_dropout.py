@@ -17,10 +17,10 @@ class BertDropout(keras.layers.Layer):
     its two 16-bit halves are read as signed integers, an element is dropped
     when its half is among the lowest `round(rate * 65536)` values, and kept
     values are scaled by the exact inverse of the keep probability, so the
-    expected output equals the input. The drop
-    probability is `rate` to within 2**-17. Drawing half as many words is what
-    makes it cheaper: on a CPU the generator dominates the cost of a mask
-    (the attention-probability masks at long sequences above all).
+    expected output equals the input. The drop probability is `rate` to
+    within 2**-17. Drawing half as many words is what makes it cheaper: on a
+    CPU the generator dominates the cost of a mask (the attention-probability
+    masks at long sequences above all).
 
     Args:
         rate: fraction of the inputs to drop, in [0, 1].
