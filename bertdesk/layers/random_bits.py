@@ -4,8 +4,8 @@ The one backend-specific module under `bertdesk/layers`, and why: `keras.random`
 has no call that returns raw random bits. Its `uniform`, `bernoulli` and
 `dropout` spend one full 32-bit draw per element, and on a CPU those draws are
 most of what a dropout mask costs: one `(16, 12, 256, 256)` attention mask
-takes 140 ms with Keras' dropout on JAX and 170 ms on PyTorch, against 84 and
-56 ms with half as many words (`bench/dropout_cost.py`).
+takes 132 ms with Keras' dropout on JAX and 115 ms on PyTorch, against 76 and
+53 ms with half as many words (`bench/dropout_cost.py`).
 `BertDropout` needs only 16 bits per element, so it takes them from here,
 two per 32-bit draw.
 
