@@ -68,6 +68,124 @@ def test_pretraining_model_roundtrip_keeps_weights_tied(tmp_path):
     assert out["mlm_logits"].shape == (3, 2, 120) and out["nsp_logits"].shape == (3, 2)
 
 
+# === The last layer at a few positions (encode_positions) ===
+
+POSITIONS = np.array([[0, 9, 3, 3], [6, 1, 2, 0], [8, 0, 4, 5]], "int32")  # padding included
+
+
+def perturbed(model, scale=0.1):
+    """`model` with noise on every weight: nonzero biases, uneven LayerNorms."""
+    rng = np.random.default_rng(7)
+    model.set_weights([w + scale * rng.standard_normal(w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_encode_positions_is_the_sequence_output_at_those_positions(fused):
+    model = perturbed(backbone(use_fused_attention=fused))
+    x = random_batch(seq=10)
+    full = to_np(model(x)["sequence_output"])
+    at = to_np(model.encode_positions(x, POSITIONS))
+    assert at.shape == (3, 4, 16)
+    np.testing.assert_allclose(at, np.take_along_axis(full, POSITIONS[:, :, None], 1),
+                               atol=1e-5)
+    np.testing.assert_allclose(to_np(model.encode_positions(x)), full[:, :1], atol=1e-5)
+
+
+def test_encoder_block_query_attends_to_every_position():
+    block = bertdesk.layers.BertEncoderBlock(num_heads=2, intermediate_dim=32)
+    x = keras.random.normal((3, 10, 16), seed=1)
+    block.build(x.shape)
+    perturbed(block, 0.3)
+    mask = random_batch(seq=10)["padding_mask"]
+    full, probs = block(x, padding_mask=mask, return_attention_scores=True)
+    query = to_np(x)[:, [0, 7]]
+    part, part_probs = block(x, padding_mask=mask, return_attention_scores=True, query=query)
+    assert tuple(part_probs.shape) == (3, 2, 2, 10)
+    np.testing.assert_allclose(to_np(part), to_np(full)[:, [0, 7]], atol=1e-5)
+    np.testing.assert_allclose(to_np(part_probs), to_np(probs)[:, :, [0, 7]], atol=1e-6)
+
+
+def test_encode_positions_in_mixed_precision():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = perturbed(backbone())
+    x = random_batch(seq=10)
+    full = to_np(model(x)["sequence_output"]).astype("float32")
+    at = to_np(model.encode_positions(x, POSITIONS)).astype("float32")
+    np.testing.assert_allclose(at, np.take_along_axis(full, POSITIONS[:, :, None], 1),
+                               atol=0.05)
+
+
+def test_pretraining_model_matches_the_heads_on_the_full_sequence():
+    model = perturbed(BertPretrainingModel(backbone()))
+    x = pretraining_inputs()
+    out = flat_outputs(model(x))
+    full = model.backbone({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")})
+    mlm = to_np(model.mlm_head(full["sequence_output"], x["mask_positions"]))
+    np.testing.assert_allclose(out["mlm_logits"], mlm, atol=1e-5)
+    np.testing.assert_allclose(out["nsp_logits"], to_np(model.nsp_head(full["pooled_output"])),
+                               atol=1e-5)
+
+
+def _one_sgd_step_both_ways(make_task, plain_outputs, x, y, loss):
+    """Train a task model one SGD step, and a copy of it whose graph runs the
+    whole last layer (`plain_outputs(copy, inputs)`); return both weights."""
+    fast = perturbed(make_task())
+    copy = make_task()
+    copy.set_weights(fast.get_weights())
+    inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in x}
+    plain = keras.Model(inputs, plain_outputs(copy, inputs))
+    before = fast.get_weights()
+    for model in (fast, plain):
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+        model.train_on_batch(x, y)
+    assert sum(not np.allclose(a, b) for a, b in zip(before, fast.get_weights())) > 10
+    return fast.get_weights(), copy.get_weights()
+
+
+def _backbone_inputs(inputs):
+    return {k: inputs[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+
+
+def test_pretraining_step_matches_the_full_sequence_path():
+    def plain_outputs(model, inputs):
+        encoded = model.backbone(_backbone_inputs(inputs))
+        return {"mlm_logits": model.mlm_head(encoded["sequence_output"],
+                                             inputs["mask_positions"]),
+                "nsp_logits": model.nsp_head(encoded["pooled_output"])}
+
+    y = {"mlm_logits": np.array([[5, 6], [7, 8], [9, 10]], "int32"),
+         "nsp_logits": np.array([0, 1, 0], "int32")}
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    fast, plain = _one_sgd_step_both_ways(
+        lambda: BertPretrainingModel(backbone(dropout=0.0, attention_dropout=0.0)),
+        plain_outputs, pretraining_inputs(), y, {"mlm_logits": loss, "nsp_logits": loss})
+    for a, b in zip(fast, plain):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_text_classifier_step_matches_the_full_sequence_path():
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+
+    def plain_outputs(model, inputs):
+        pooled = model.backbone(_backbone_inputs(inputs))["pooled_output"]
+        return {"logits": keras.ops.cast(model.classifier(pooled), "float32")}
+
+    x = random_batch(seq=10)
+    make = lambda: BertTextClassifier(backbone(dropout=0.0, attention_dropout=0.0),  # noqa: E731
+                                      num_classes=3)
+    model = perturbed(make())
+    logits = to_np(model(x)["logits"])
+    full = model.backbone(x)["pooled_output"]
+    np.testing.assert_allclose(logits, to_np(model.classifier(full)), atol=1e-5)
+    fast, plain = _one_sgd_step_both_ways(
+        make, plain_outputs, x, np.array([0, 2, 1], "int32"),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for a, b in zip(fast, plain):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
 def test_mixed_precision():
     model = check_mixed_precision(backbone, random_batch())
     out = model(random_batch())

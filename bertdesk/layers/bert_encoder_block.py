@@ -34,6 +34,12 @@ class BertEncoderBlock(keras.layers.Layer):
         x: `(batch, seq, hidden)`.
         padding_mask: `(batch, seq)`, nonzero at real tokens.
         return_attention_scores: also return `(batch, heads, seq, seq)`.
+        query: optional `(batch, q_len, hidden)`, the input states of the
+            positions whose outputs are wanted (e.g. `x[:, :1]` for [CLS]).
+            They attend to every position of `x`; the attention output,
+            residuals and feed-forward run on them alone, and the block
+            returns `(batch, q_len, hidden)`: the same numbers as the full
+            output at those positions, for a fraction of the work.
     """
 
     def __init__(
@@ -103,17 +109,26 @@ class BertEncoderBlock(keras.layers.Layer):
         self.output_layer_norm.build(input_shape)
         self.built = True
 
-    def call(self, x, padding_mask=None, training=None, return_attention_scores=False):
+    def call(
+        self,
+        x,
+        padding_mask=None,
+        training=None,
+        return_attention_scores=False,
+        query=None,
+    ):
         attended = self.attention(
             x,
             padding_mask=padding_mask,
             training=training,
             return_attention_scores=return_attention_scores,
+            query=query,
         )
         if return_attention_scores:
             attended, probs = attended
         h = self.dropout_layer(self.attention_output(attended), training=training)
-        x = self.attention_layer_norm(x + h)  # (batch, seq, hidden)
+        residual = x if query is None else query
+        x = self.attention_layer_norm(residual + h)  # (batch, q_len, hidden)
         h = self.output_dense(self.intermediate(x))
         h = self.dropout_layer(h, training=training)
         x = self.output_layer_norm(x + h)

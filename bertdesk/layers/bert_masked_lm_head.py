@@ -23,7 +23,9 @@ class BertMaskedLMHead(keras.layers.Layer):
 
     Call args:
         sequence_output: `(batch, seq, hidden)`.
-        mask_positions: int `(batch, num_masked)` indices into `seq`.
+        mask_positions: int `(batch, num_masked)` indices into `seq`; None
+            when `sequence_output` already holds the masked positions only
+            (`BertBackbone.encode_positions`).
 
     Returns:
         float32 logits `(batch, num_masked, vocab)`.
@@ -69,18 +71,18 @@ class BertMaskedLMHead(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, sequence_output, mask_positions):
-        # (batch, num_masked, hidden)
-        x = ops.take_along_axis(
-            sequence_output, ops.expand_dims(mask_positions, -1), axis=1
-        )
+    def call(self, sequence_output, mask_positions=None):
+        x = sequence_output
+        if mask_positions is not None:  # (batch, num_masked, hidden)
+            x = ops.take_along_axis(x, ops.expand_dims(mask_positions, -1), axis=1)
         x = self.layer_norm(self.transform(x))
         matrix = ops.cast(self.token_embedding.embeddings, x.dtype)  # (vocab, hidden)
         logits = ops.einsum("bmh,vh->bmv", x, matrix)
         return ops.cast(logits, "float32") + ops.cast(self.output_bias, "float32")
 
-    def compute_output_shape(self, sequence_output_shape, mask_positions_shape):
-        return tuple(mask_positions_shape) + (self.token_embedding.input_dim,)
+    def compute_output_shape(self, sequence_output_shape, mask_positions_shape=None):
+        rows = sequence_output_shape[:-1] if mask_positions_shape is None else mask_positions_shape
+        return tuple(rows) + (self.token_embedding.input_dim,)
 
     def get_config(self):
         config = super().get_config()

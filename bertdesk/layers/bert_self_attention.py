@@ -30,10 +30,15 @@ class BertSelfAttention(keras.layers.Layer):
         padding_mask: `(batch, seq)`, nonzero/True at real tokens.
         return_attention_scores: also return `(batch, heads, seq, seq)`
             attention probabilities.
+        query: optional `(batch, q_len, hidden)`, the states of the positions
+            whose outputs are wanted (e.g. `x[:, :1]`, the [CLS] token):
+            queries are projected from it alone, keys and values from every
+            position of `x`. Default: every position of `x`.
 
     Returns:
-        `(batch, seq, num_heads * head_dim)`, the concatenated heads before the
-        output projection; and the probabilities when asked.
+        `(batch, q_len, num_heads * head_dim)`, the concatenated heads before
+        the output projection (q_len = seq without `query`); and the
+        probabilities when asked.
     """
 
     def __init__(
@@ -74,11 +79,17 @@ class BertSelfAttention(keras.layers.Layer):
         padding_mask=None,
         training=None,
         return_attention_scores=False,
+        query=None,
     ):
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = self.qkv(x)  # (batch, seq, 3 * heads * head_dim)
-        qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, seq, heads, head_dim)
+        if query is None:
+            q_len = seq
+            qkv = self.qkv(x)  # (batch, seq, 3 * heads * head_dim)
+            qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, seq, heads, head_dim)
+        else:
+            q_len = ops.shape(query)[1]
+            q, k, v = self._project_query_and_kv(query, x, batch, seq, q_len)
         mask = None
         if padding_mask is not None:
             # (batch, 1, 1, seq): every query attends to every real key.
@@ -88,7 +99,7 @@ class BertSelfAttention(keras.layers.Layer):
         dropping = bool(training) and self.attention_dropout > 0
         if self.use_fused_attention and not dropping and not return_attention_scores:
             out = ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
-            return ops.reshape(out, (batch, seq, self.num_heads * self.head_dim))
+            return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
 
         # Explicit path. (batch, heads, seq_q, seq_k)
         scores = ops.einsum("bqnd,bknd->bnqk", q, k) * ops.cast(scale, q.dtype)
@@ -97,11 +108,23 @@ class BertSelfAttention(keras.layers.Layer):
             scores = ops.where(mask, scores, ops.cast(-1e9, "float32"))
         probs = ops.softmax(scores, axis=-1)
         dropped = self.dropout_layer(ops.cast(probs, v.dtype), training=training)
-        out = ops.einsum("bnqk,bknd->bqnd", dropped, v)  # (batch, seq, heads, head_dim)
-        out = ops.reshape(out, (batch, seq, self.num_heads * self.head_dim))
+        out = ops.einsum("bnqk,bknd->bqnd", dropped, v)  # (batch, q_len, heads, head_dim)
+        out = ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
         if return_attention_scores:
             return out, probs
         return out
+
+    def _project_query_and_kv(self, query, x, batch, seq, q_len):
+        """q from `query`, k and v from `x`, through the two column blocks of
+        the fused kernel (its columns are [q | k | v])."""
+        width = self.num_heads * self.head_dim
+        kernel = ops.cast(self.qkv.kernel, x.dtype)
+        bias = ops.cast(self.qkv.bias, x.dtype)
+        q = ops.matmul(query, kernel[:, :width]) + bias[:width]
+        kv = ops.matmul(x, kernel[:, width:]) + bias[width:]
+        q = ops.reshape(q, (batch, q_len, self.num_heads, self.head_dim))
+        kv = ops.reshape(kv, (batch, seq, 2, self.num_heads, self.head_dim))
+        return q, kv[:, :, 0], kv[:, :, 1]
 
     def get_config(self):
         config = super().get_config()

@@ -1,6 +1,7 @@
 """BERT with its pretraining heads: masked LM (tied) and next sentence."""
 
 import keras
+from keras import ops
 
 from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
 from bertdesk.layers.bert_nsp_head import BertNSPHead
@@ -38,10 +39,17 @@ class BertPretrainingModel(keras.Model):
             name: keras.Input(shape=(None,), dtype="int32", name=name)
             for name in BACKBONE_INPUTS + ("mask_positions",)
         }
-        encoded = backbone({name: inputs[name] for name in BACKBONE_INPUTS})
+        # The heads read [CLS] and the masked positions only: the last layer
+        # runs at those positions alone.
+        positions = ops.concatenate(
+            [ops.zeros_like(inputs["mask_positions"][:, :1]), inputs["mask_positions"]], axis=1
+        )
+        states = backbone.encode_positions(
+            {name: inputs[name] for name in BACKBONE_INPUTS}, positions
+        )  # (batch, 1 + num_masked, hidden)
         outputs = {
-            "mlm_logits": mlm_head(encoded["sequence_output"], inputs["mask_positions"]),
-            "nsp_logits": nsp_head(encoded["pooled_output"]),
+            "mlm_logits": mlm_head(states[:, 1:, :]),
+            "nsp_logits": nsp_head(backbone.pooler(states)),
         }
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 

@@ -41,7 +41,8 @@ class BertTextClassifier(BackboneTaskModel, keras.Model):
         # === Functional model ===
         inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
                   for name in BACKBONE_INPUTS}
-        pooled = backbone(inputs)["pooled_output"]  # (batch, hidden)
+        # Only [CLS] is read: the last layer runs at that position alone.
+        pooled = backbone.pooler(backbone.encode_positions(inputs))  # (batch, hidden)
         logits = ops.cast(classifier(dropout_layer(pooled)), "float32")
         super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
 
