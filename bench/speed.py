@@ -167,8 +167,11 @@ def _transformers_job(shape, mode, precision, batch, seq):
 def worker(args):
     shape = SHAPES[args.shape]
     if args.impl != "transformers":
-        import keras
+        # As the command line does (for both Keras implementations): without
+        # the JAX and scikit-learn integrations Keras loads when installed.
+        from bertdesk.lean_import import import_keras_lean
 
+        keras = import_keras_lean()
         keras.config.set_dtype_policy("mixed_bfloat16" if args.precision == "bf16"
                                       else "float32")
         step = _keras_job(args.impl, shape, args.mode, args.jit, args.batch, args.seq)
@@ -184,10 +187,26 @@ def worker(args):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_resident_mb()
     print("RESULT " + json.dumps({"seconds": statistics.median(times), "first_call": first,
                                   "peak_mb": peak_mb,
                                   "tensorflow_loaded": "tensorflow" in sys.modules}))
+
+
+def peak_resident_mb():
+    """This process's peak resident memory since it started its program.
+
+    Linux's `VmHWM` belongs to the program's own address space; `ru_maxrss`
+    does not reset at exec, so a worker started from a driver that has
+    loaded TensorFlow and PyTorch would report at least the driver's size.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # === The driver ===

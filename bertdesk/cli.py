@@ -39,6 +39,9 @@ def _set_backend(backend):
             raise SystemExit(f"error: Keras is already running on {loaded}, cannot switch to {backend}")
         return
     os.environ["KERAS_BACKEND"] = backend or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
+    from bertdesk.lean_import import import_keras_lean
+
+    import_keras_lean()
 
 
 def _cmd_convert(args):

@@ -1,5 +1,7 @@
 """The built wheel installs only bertdesk-named top-level packages."""
 
+import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -56,3 +58,28 @@ def test_layers_use_keras_ops_only():
                 continue
             assert nested, f"{path.name} imports a backend: {hits}"
             assert node not in tree.body, f"{path.name} imports {hits} at module level"
+
+
+@pytest.mark.parametrize("backend", ["torch", "tensorflow", "jax"])
+def test_command_line_imports_keras_without_unused_integrations(backend):
+    """`bertdesk` jobs import Keras without JAX (off the JAX backend) and
+    scikit-learn, which Keras imports whenever they are installed; both
+    still import normally afterwards."""
+    code = (
+        "import sys, json\n"
+        "from bertdesk.cli import main\n"
+        "status = main(['info', sys.argv[1]])\n"
+        "loaded = [m for m in ('jax', 'sklearn', 'tensorflow') if m in sys.modules]\n"
+        "import jax, sklearn\n"
+        "print('LOADED', json.dumps([status, sys.modules['keras'].backend.backend(), loaded]))\n")
+    import bertdesk
+
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code, str(bertdesk.bundled_checkpoint())],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("LOADED ")]
+    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    status, loaded_backend, loaded = json.loads(line[0][7:])
+    assert status == 0 and loaded_backend == backend
+    expected = {"torch": [], "tensorflow": ["tensorflow"], "jax": ["jax"]}[backend]
+    assert loaded == expected
