@@ -65,7 +65,8 @@ def _gradient(fn, x):
 
 
 def explain(model, tokenizer, text, text_pair=None, target=None,
-            method="integrated_gradients", steps=32, max_length=128):
+            method="integrated_gradients", steps=32, max_length=128, tolerance=0.05,
+            max_steps=256):
     """Attributions of each token to the `target` class logit (default: the
     predicted class), and the attention maps, for one text (or pair).
 
@@ -73,11 +74,15 @@ def explain(model, tokenizer, text, text_pair=None, target=None,
     along the straight path from an all-zero embedding to the input
     (midpoint rule, `steps` points), so the attributions add up to
     logit(input) - logit(baseline); gradient x input is one gradient.
+    When the sum misses that change by more than `tolerance` (relative),
+    the points are doubled, up to `max_steps`, as a sharply curved path
+    needs more of them; `steps` in the result says how many were used.
 
     Returns a dict: `tokens` (word pieces), `offsets` (character spans in
     the text or pair; (0, 0) for specials), `segments`, `attributions`
-    (seq,), `target`, `logits` (classes,), `baseline_logit`, and
-    `attentions` (layers, heads, seq, seq).
+    (seq,), `target`, `logits` (classes,), `baseline_logit`, `steps` (the
+    integration points used; 1 for gradient x input), and `attentions`
+    (layers, heads, seq, seq).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -99,15 +104,22 @@ def explain(model, tokenizer, text, text_pair=None, target=None,
         return lambda v: _forward(model, v, seg_n, mask_n)[:, target]
 
     baseline = np.zeros_like(embedded)
-    if method == "gradient_x_input":
-        grads = _gradient(score(1), embedded)
-    else:
-        alphas = ((np.arange(steps) + 0.5) / steps).astype(np.float32)[:, None, None]
-        path = baseline + alphas * (embedded - baseline)  # (steps, seq, hidden)
-        grads = _gradient(score(steps), path).mean(0, keepdims=True)
-    attributions = ((embedded - baseline) * grads).sum(-1)[0]
     baseline_logit = float(np.asarray(ops.convert_to_numpy(score(1)(baseline)))[0])
+    change = float(logits[target]) - baseline_logit
+    if method == "gradient_x_input":
+        steps = 1
+        attributions = (embedded * _gradient(score(1), embedded)).sum(-1)[0]
+    else:
+        while True:
+            alphas = ((np.arange(steps) + 0.5) / steps).astype(np.float32)[:, None, None]
+            path = baseline + alphas * (embedded - baseline)  # (steps, seq, hidden)
+            grads = _gradient(score(steps), path).mean(0, keepdims=True)
+            attributions = ((embedded - baseline) * grads).sum(-1)[0]
+            gap = abs(float(attributions.sum()) - change)
+            if gap <= tolerance * abs(change) or steps * 2 > max_steps:
+                break
+            steps *= 2
     return {"tokens": tokenizer.id_to_token(ids[0]), "offsets": enc["offsets"][0],
             "segments": seg[0], "attributions": attributions, "target": target,
-            "logits": logits, "baseline_logit": baseline_logit,
+            "logits": logits, "baseline_logit": baseline_logit, "steps": steps,
             "attentions": np.asarray(ops.convert_to_numpy(maps))[0]}

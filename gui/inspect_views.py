@@ -294,8 +294,10 @@ def sanity_line(result):
         return (f"sum of attributions = {total:.4f} (gradient x input is a first-order "
                 f"estimate; it need not add up to the logit change)")
     change = float(result["logits"][result["target"]]) - float(result["baseline_logit"])
+    steps = result.get("steps")
     return (f"sum of attributions = {total:.4f}; logit change from baseline = {change:.4f} "
-            f"([CLS] and [SEP] carry {special:+.4f})")
+            f"([CLS] and [SEP] carry {special:+.4f}"
+            + (f"; {steps} integration steps)" if steps else ")"))
 
 
 def attribution_html(result, text, pair=None, labels=None, title=""):

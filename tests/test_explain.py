@@ -47,6 +47,21 @@ def test_integrated_gradients_add_up_to_the_logit_change(classifier):
     assert np.ptp(r["attributions"]) > 0
 
 
+def test_integrated_gradients_double_the_steps_until_they_add_up(classifier):
+    model, tok = classifier
+    text = "The film is wonderful, not dull."
+
+    def gap(r):
+        return abs(r["attributions"].sum() - (r["logits"][r["target"]] - r["baseline_logit"]))
+
+    coarse = explain(model, tok, text, steps=2, tolerance=1e9)  # any gap accepted
+    assert coarse["steps"] == 2
+    fine = explain(model, tok, text, steps=2, tolerance=0.0, max_steps=64)  # none accepted
+    assert fine["steps"] == 64
+    assert gap(fine) < gap(coarse)
+    assert explain(model, tok, text, method="gradient_x_input")["steps"] == 1
+
+
 def test_gradient_x_input_matches_a_finite_difference(classifier):
     model, tok = classifier
     text = "gripping from start to finish"
