@@ -64,18 +64,26 @@ def _timed(step, warmup, steps):
     return (time.perf_counter() - t) / steps, first
 
 
-def job(impl, shape, batch, seq, predictions, warmup, steps):
+def pretraining_step(impl, shape, batch, seq, predictions, precision="fp32"):
+    """One AdamW pretraining step of `impl` at `shape` as a function of no
+    arguments that returns when the step's work is done (on a GPU too).
+
+    Keras implementations take the global dtype policy (set it first, e.g.
+    "mixed_bfloat16"); transformers runs under autocast for bf16. Runs on the
+    GPU when PyTorch / JAX sees one.
+    """
     b = _batch(batch, seq, predictions)
     if impl == "transformers":
         import torch
         from transformers import BertConfig, BertForPreTraining
 
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.manual_seed(0)
         config = BertConfig(vocab_size=VOCAB, hidden_size=shape["hidden_dim"],
                             num_hidden_layers=shape["num_layers"],
                             num_attention_heads=shape["num_heads"],
                             intermediate_size=shape["intermediate_dim"])
-        model = BertForPreTraining(config).train()
+        model = BertForPreTraining(config).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
         labels = torch.full((batch, seq), -100, dtype=torch.long)
         rows = torch.arange(batch)[:, None]
@@ -85,14 +93,19 @@ def job(impl, shape, batch, seq, predictions, warmup, steps):
                   "token_type_ids": torch.from_numpy(b["segment_ids"]).long(),
                   "attention_mask": torch.from_numpy(b["padding_mask"]).long(),
                   "labels": labels, "next_sentence_label": torch.from_numpy(b["nsp"]).long()}
+        inputs = {k: v.to(device) for k, v in inputs.items()}
 
         def step():
             opt.zero_grad(set_to_none=True)
-            model(**inputs).loss.backward()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(**inputs).loss
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
 
-        return _timed(step, warmup, steps)
+        return step
 
     import keras
 
@@ -121,7 +134,13 @@ def job(impl, shape, batch, seq, predictions, warmup, steps):
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       jit_compile=keras.backend.backend() != "torch")
         y = b["mask_ids"]
-    return _timed(lambda: model.train_on_batch(x, y), warmup, steps)
+    # train_on_batch returns the loss as a host number: the step has finished.
+    return lambda: model.train_on_batch(x, y)
+
+
+def job(impl, shape, batch, seq, predictions, warmup, steps):
+    step = pretraining_step(impl, shape, batch, seq, predictions)
+    return _timed(step, warmup, steps)
 
 
 def main():

@@ -13,9 +13,20 @@ mode (forward = inference; train = forward + backward + AdamW on a
 the job's peak resident memory, and converts to sequences/s and model FLOPs
 utilisation against a GEMM peak measured at the start of the same run.
 Ratios are bertdesk's best over each peer's best in the same run.
+
+On a machine with a CUDA GPU (`--device cuda`, the default when PyTorch sees
+one) every job runs on the GPU: the GEMM peak is a large bf16 matrix product
+there, memory is the device's peak allocation, and each (implementation,
+backend) runs all its shapes in one process to save start-up and compile
+time. The `pretrain` mode is a BERT pretraining step (MLM at the masked
+positions + NSP for bertdesk, bench/pretrain_speed.py's models):
+
+    python bench/speed.py --device cuda --shapes base,large --seqs 128,512 \
+        --precisions bf16 --modes train,pretrain --backends jax,torch
 """
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -38,13 +49,21 @@ JOBS = [("bertdesk", "jax", True), ("bertdesk", "tensorflow", False),
         ("transformers", "torch", False)]
 
 
+PREDICTIONS = 20  # masked positions per sequence in the pretrain mode
+
+
 def model_flops(shape, batch, seq, mode):
-    """Matmul FLOPs of one call: 2 per multiply-add; training = 3x forward."""
+    """Matmul FLOPs of one call: 2 per multiply-add; training = 3x forward.
+
+    Nominal: the whole last layer at every position, although bertdesk's
+    heads run it only where they read."""
     h, f, n = shape["hidden_dim"], shape["intermediate_dim"], shape["num_layers"]
     tokens = batch * seq
     per_layer = 2 * tokens * (4 * h * h + 2 * h * f) + 2 * 2 * batch * seq * seq * h
     forward = n * per_layer + 2 * batch * h * h  # + pooler
-    return forward * (3 if mode == "train" else 1)
+    if mode == "pretrain":  # + MLM transform and vocabulary logits at the masked positions
+        forward += 2 * batch * PREDICTIONS * (h * h + h * VOCAB)
+    return forward * (1 if mode == "forward" else 3)
 
 
 def _best_seconds(fn, repeats=5):
@@ -57,13 +76,27 @@ def _best_seconds(fn, repeats=5):
     return min(times)
 
 
-def gemm_peak(n=2048):
+def gemm_peak(n=2048, device="cpu"):
     """GFLOP/s of n x n matmuls: fp32 is the best of numpy, PyTorch and
-    TensorFlow (each links its own BLAS); bf16 through PyTorch (oneDNN)."""
+    TensorFlow (each links its own BLAS); bf16 through PyTorch (oneDNN).
+    On a GPU: PyTorch's bf16 and fp32 products (random data) there."""
     import numpy as np
 
     flops = 2 * n ** 3
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    if device == "cuda":
+        import torch
+
+        def timed(x):
+            def run():
+                x @ x
+                torch.cuda.synchronize()
+            return flops / _best_seconds(run, repeats=10) / 1e9
+
+        t = torch.from_numpy(a).cuda()
+        fp32 = {"torch": timed(t)}
+        return {"fp32": fp32["torch"], "fp32_by_library": fp32,
+                "bf16": timed(t.to(torch.bfloat16))}
     fp32 = {"numpy": flops / _best_seconds(lambda: a @ a) / 1e9}
     out = {"bf16": None}
     try:
@@ -124,6 +157,7 @@ def _keras_job(impl, shape, mode, jit, batch, seq):
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=jit)
+    # Both return host numbers, so a call ends when the device has finished.
     if mode == "forward":
         return lambda: model.predict_on_batch(x)
     return lambda: model.train_on_batch(x, y)
@@ -133,25 +167,33 @@ def _transformers_job(shape, mode, precision, batch, seq):
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     config = BertConfig(vocab_size=VOCAB, hidden_size=shape["hidden_dim"],
                         num_hidden_layers=shape["num_layers"],
                         num_attention_heads=shape["num_heads"],
                         intermediate_size=shape["intermediate_dim"], num_labels=2)
     x, y = _inputs(batch, seq)
-    xt = {"input_ids": torch.tensor(x["token_ids"]).long(),
-          "token_type_ids": torch.tensor(x["segment_ids"]).long(),
-          "attention_mask": torch.tensor(x["padding_mask"]).long()}
-    yt = torch.tensor(y).long()
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" \
-        else (lambda: torch.autocast("cpu", enabled=False))
+    xt = {"input_ids": torch.tensor(x["token_ids"]).long().to(device),
+          "token_type_ids": torch.tensor(x["segment_ids"]).long().to(device),
+          "attention_mask": torch.tensor(x["padding_mask"]).long().to(device)}
+    yt = torch.tensor(y).long().to(device)
+
+    def autocast():
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     if mode == "forward":
-        model = BertModel(config).eval()
+        model = BertModel(config).to(device).eval()
 
         def step():
             with torch.no_grad(), autocast():
                 model(**xt)
+            sync()
         return step
-    model = BertForSequenceClassification(config).train()
+    model = BertForSequenceClassification(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
 
     def step():
@@ -161,36 +203,94 @@ def _transformers_job(shape, mode, precision, batch, seq):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
+        sync()
     return step
 
 
+class _DeviceMemory:
+    """Peak device memory of one configuration where the backend tells it:
+    PyTorch's allocator resets per configuration; JAX's peak covers the
+    whole process (configurations run smallest first, so it is the largest
+    so far). None on the CPU (the job's VmHWM is reported instead)."""
+
+    def __init__(self, impl):
+        self.kind = None
+        if impl == "transformers" or os.environ.get("KERAS_BACKEND") == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                self.kind = "torch"
+                torch.cuda.reset_peak_memory_stats()
+        elif os.environ.get("KERAS_BACKEND") == "jax":
+            import jax
+
+            if jax.default_backend() == "gpu":
+                self.kind = "jax"
+
+    def peak_mb(self):
+        if self.kind == "torch":
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2 ** 20
+        if self.kind == "jax":
+            import jax
+
+            stats = jax.local_devices()[0].memory_stats() or {}
+            return stats.get("peak_bytes_in_use", 0) / 2 ** 20
+        return None
+
+
+def _run_config(impl, jit, config, warmup, repeats):
+    shape = SHAPES[config["shape"]]
+    batch, seq, mode = config["batch"], config["seq"], config["mode"]
+    if impl != "transformers":
+        import keras
+
+        keras.config.set_dtype_policy("mixed_bfloat16" if config["precision"] == "bf16"
+                                      else "float32")
+    memory = _DeviceMemory(impl)
+    if mode == "pretrain":
+        from pretrain_speed import pretraining_step
+
+        step = pretraining_step(impl, shape, batch, seq, PREDICTIONS, config["precision"])
+    elif impl == "transformers":
+        step = _transformers_job(shape, mode, config["precision"], batch, seq)
+    else:
+        step = _keras_job(impl, shape, mode, jit, batch, seq)
+    t = time.perf_counter()
+    step()
+    first = time.perf_counter() - t
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return {"seconds": statistics.median(times), "first_call": first,
+            "peak_mb": peak_resident_mb(), "device_peak_mb": memory.peak_mb(),
+            "tensorflow_loaded": "tensorflow" in sys.modules}
+
+
 def worker(args):
-    shape = SHAPES[args.shape]
     if args.impl != "transformers":
         # As the command line does (for both Keras implementations): without
         # the JAX and scikit-learn integrations Keras loads when installed.
         from bertdesk.lean_import import import_keras_lean
 
-        keras = import_keras_lean()
-        keras.config.set_dtype_policy("mixed_bfloat16" if args.precision == "bf16"
-                                      else "float32")
-        step = _keras_job(args.impl, shape, args.mode, args.jit, args.batch, args.seq)
-    else:
-        step = _transformers_job(shape, args.mode, args.precision, args.batch, args.seq)
-    t = time.perf_counter()
-    step()
-    first = time.perf_counter() - t
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    peak_mb = peak_resident_mb()
-    print("RESULT " + json.dumps({"seconds": statistics.median(times), "first_call": first,
-                                  "peak_mb": peak_mb,
-                                  "tensorflow_loaded": "tensorflow" in sys.modules}))
+        import_keras_lean()
+    for config in json.loads(args.configs):
+        try:
+            result = _run_config(args.impl, args.jit, config, args.warmup, args.repeats)
+        except Exception as e:  # one failed shape (e.g. out of memory) is a row, not the end
+            result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"}
+        with open(args.results_file, "a") as f:
+            f.write(json.dumps({**config, **result}) + "\n")
+        if args.impl != "transformers":
+            import keras
+
+            keras.backend.clear_session()
+        gc.collect()
 
 
 def peak_resident_mb():
@@ -211,99 +311,145 @@ def peak_resident_mb():
 
 # === The driver ===
 
-def run_job(impl, backend, jit, shape, precision, mode, args):
-    cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--shape", shape,
-           "--precision", precision, "--mode", mode, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+def run_job(impl, backend, jit, configs, args, timeout):
+    """Run `configs` in one worker process; one result per config (an
+    error for those it did not reach)."""
+    results_file = Path(args.scratch) / f"{impl}-{backend}-{int(jit)}-{time.time_ns()}.jsonl"
+    cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--configs",
+           json.dumps(configs), "--results-file", str(results_file),
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     if jit:
         cmd.append("--jit")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "bench"),
+                                                        os.environ.get("PYTHONPATH")])))
+    error = None
     try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                             timeout=args.job_timeout)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if out.returncode:
+            error = (out.stderr.strip().splitlines() or ["no output"])[-1][:120]
     except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {args.job_timeout}s"}
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": tail[:120]}
+        error = f"timeout after {timeout:.0f}s"
+    done = ([json.loads(line) for line in results_file.read_text().splitlines()]
+            if results_file.exists() else [])
+    return done + [{**c, "error": error or "not reached"} for c in configs[len(done):]]
+
+
+def _label(impl, backend, jit):
+    return f"{impl} {backend}" + (" xla" if jit and backend == "tensorflow" else "")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="mini,base")
     p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--modes", default="forward,train")
-    p.add_argument("--impls", default="bertdesk,keras_hub,transformers")
+    p.add_argument("--modes", default="forward,train", help="forward, train, pretrain")
+    p.add_argument("--impls", default="bertdesk,keras_hub,transformers",
+                   help="comma-separated, run in this order")
     p.add_argument("--backends", default="jax,tensorflow,torch")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16,
+                   help="sequences per batch at --seqs' first length (others keep the tokens)")
+    p.add_argument("--seq", "--seqs", dest="seqs", default="128",
+                   help="sequence lengths, comma-separated")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if PyTorch sees one")
+    p.add_argument("--one-process-per-job", action="store_true", default=None,
+                   help="run all configs of a job in one process (default on a GPU)")
     p.add_argument("--job-timeout", type=int, default=900)
-    p.add_argument("--json-out", help="also write all results here")
-    # worker mode (one job)
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds: start no job after this, and stop any job at it")
+    p.add_argument("--json-out", help="also write all results here (after every job)")
+    p.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
+    # worker mode (one process, one or more configs)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
-    p.add_argument("--shape", help=argparse.SUPPRESS)
-    p.add_argument("--precision", help=argparse.SUPPRESS)
-    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--configs", help=argparse.SUPPRESS)
+    p.add_argument("--results-file", help=argparse.SUPPRESS)
     p.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    start = time.perf_counter()
+    if args.device is None:
+        try:
+            import torch
 
-    peak = gemm_peak()
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            args.device = "cpu"
+    import tempfile
+
+    args.scratch = args.scratch or tempfile.mkdtemp(prefix="bertdesk-speed-")
+
+    gpu = args.device == "cuda"
+    peak = gemm_peak(8192 if gpu else 2048, args.device)
     bf16 = f"{peak['bf16']:.0f}" if peak["bf16"] else "n/a"
     libs = ", ".join(f"{k} {v:.0f}" for k, v in peak["fp32_by_library"].items())
-    print(f"GEMM peak (2048x2048): fp32 {peak['fp32']:.0f} GFLOP/s ({libs}), bf16 {bf16} "
-          f"GFLOP/s (torch); {os.cpu_count()} CPUs; batch {args.batch}, seq {args.seq}, "
-          f"median of {args.repeats} after {args.warmup} warm-up calls", flush=True)
-    impls, backends = args.impls.split(","), args.backends.split(",")
+    where = "GPU" if gpu else f"{os.cpu_count()} CPUs"
+    print(f"GEMM peak ({8192 if gpu else 2048}^3): fp32 {peak['fp32']:.0f} GFLOP/s ({libs}), "
+          f"bf16 {bf16} GFLOP/s (torch); {where}; batch {args.batch} at seq "
+          f"{args.seqs.split(',')[0]}, median of {args.repeats} after {args.warmup} warm-up "
+          f"calls", flush=True)
+    seqs = [int(s) for s in args.seqs.split(",")]
+    tokens = args.batch * seqs[0]
+    configs = [{"shape": shape, "seq": seq, "batch": max(1, tokens // seq), "mode": mode,
+                "precision": precision}
+               for shape in args.shapes.split(",") for seq in seqs
+               for precision in args.precisions.split(",") for mode in args.modes.split(",")]
+    # In the order --impls and --backends name them (e.g. the quick ones first
+    # when a --deadline may stop the run).
+    jobs = [(i, b, jit) for impl in args.impls.split(",") for backend in args.backends.split(",")
+            for i, b, jit in JOBS if (i, b) == (impl, backend)]
+    # On the CPU one process per (job, config): its VmHWM is that config's
+    # peak memory. On a GPU one process per job runs every config.
+    group = gpu if args.one_process_per_job is None else args.one_process_per_job
+    runs = ([(job, configs) for job in jobs] if group else
+            [(job, [c]) for c in configs for job in jobs])
     results = []
-    header = (f"{'shape':<5} {'prec':<4} {'mode':<7} {'implementation':<26} {'seq/s':>8} "
-              f"{'MFU':>6} {'first call':>10} {'peak MB':>8}")
-    print(header)
-    for shape in args.shapes.split(","):
-        for precision in args.precisions.split(","):
-            for mode in args.modes.split(","):
-                flops = model_flops(SHAPES[shape], args.batch, args.seq, mode)
-                rows = []
-                for impl, backend, jit in JOBS:
-                    if impl not in impls or backend not in backends:
-                        continue
-                    r = run_job(impl, backend, jit, shape, precision, mode, args)
-                    name = f"{impl} {backend}" + (" xla" if jit and backend == "tensorflow"
-                                                  else "")
-                    row = {"shape": shape, "precision": precision, "mode": mode, "impl": impl,
-                           "backend": backend, "jit": jit, "name": name, **r}
-                    if "seconds" in r:
-                        row["seq_per_s"] = args.batch / r["seconds"]
-                        ref = peak["bf16"] if precision == "bf16" and peak["bf16"] else peak["fp32"]
-                        row["mfu"] = flops / r["seconds"] / (ref * 1e9)
-                        print(f"{shape:<5} {precision:<4} {mode:<7} {name:<26} "
-                              f"{row['seq_per_s']:>8.1f} {100 * row['mfu']:>5.1f}% "
-                              f"{r['first_call']:>9.1f}s {r['peak_mb']:>8.0f}"
-                              + ("  (TensorFlow loaded)" if r["tensorflow_loaded"]
-                                 and backend != "tensorflow" else ""), flush=True)
-                    else:
-                        print(f"{shape:<5} {precision:<4} {mode:<7} {name:<26} "
-                              f"failed: {r['error']}", flush=True)
-                    rows.append(row)
-                best = {}
-                for row in rows:
-                    if "seq_per_s" in row:
-                        best[row["impl"]] = max(best.get(row["impl"], 0), row["seq_per_s"])
-                if "bertdesk" in best:
-                    ratios = ", ".join(f"{best['bertdesk'] / v:.2f}x {k}" for k, v in best.items()
-                                       if k != "bertdesk")
-                    print(f"      -> bertdesk best {best['bertdesk']:.1f} seq/s: {ratios}",
-                          flush=True)
-                results.extend(rows)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"gemm_peak": peak, "results": results},
-                                                  indent=2))
+    print(f"{'shape':<5} {'seq':>4} {'batch':>5} {'prec':<4} {'mode':<8} {'implementation':<24} "
+          f"{'seq/s':>9} {'MFU':>6} {'first call':>10} {'peak MB':>8}", flush=True)
+    for (impl, backend, jit), run_configs in runs:
+        timeout = args.job_timeout
+        if args.deadline is not None:
+            timeout = min(timeout, args.deadline - (time.perf_counter() - start))
+        rows = (run_job(impl, backend, jit, run_configs, args, timeout) if timeout >= 10 else
+                [{**c, "error": "past the deadline"} for c in run_configs])
+        for r in rows:
+            row = {**r, "impl": impl, "backend": backend, "jit": jit,
+                   "name": _label(impl, backend, jit)}
+            head = (f"{r['shape']:<5} {r['seq']:>4} {r['batch']:>5} {r['precision']:<4} "
+                    f"{r['mode']:<8} {row['name']:<24}")
+            if "seconds" in r:
+                flops = model_flops(SHAPES[r["shape"]], r["batch"], r["seq"], r["mode"])
+                ref = peak["bf16"] if r["precision"] == "bf16" and peak["bf16"] else peak["fp32"]
+                row["seq_per_s"] = r["batch"] / r["seconds"]
+                row["mfu"] = flops / r["seconds"] / (ref * 1e9)
+                mem = r["device_peak_mb"] if gpu and r["device_peak_mb"] else r["peak_mb"]
+                print(f"{head} {row['seq_per_s']:>9.1f} {100 * row['mfu']:>5.1f}% "
+                      f"{r['first_call']:>9.1f}s {mem:>8.0f}"
+                      + ("  (TensorFlow loaded)" if r["tensorflow_loaded"]
+                         and backend != "tensorflow" else ""), flush=True)
+            else:
+                print(f"{head} failed: {r['error']}", flush=True)
+            results.append(row)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(
+                {"device": args.device, "gemm_peak": peak, "results": results}, indent=2))
+    print("bertdesk's best over each peer's best, per configuration:")
+    for c in configs:
+        key = (c["shape"], c["seq"], c["precision"], c["mode"])
+        best = {}
+        for row in results:
+            if "seq_per_s" in row and (row["shape"], row["seq"], row["precision"],
+                                       row["mode"]) == key:
+                if row["seq_per_s"] > best.get(row["impl"], (0, ""))[0]:
+                    best[row["impl"]] = (row["seq_per_s"], row["name"])
+        if "bertdesk" in best:
+            ratios = ", ".join(f"{best['bertdesk'][0] / v:.2f}x {k} ({name})"
+                               for k, (v, name) in best.items() if k != "bertdesk")
+            print(f"  {' '.join(map(str, key))}: bertdesk {best['bertdesk'][0]:.1f} seq/s "
+                  f"({best['bertdesk'][1]}): {ratios or 'no peer'}", flush=True)
 
 
 if __name__ == "__main__":
