@@ -190,7 +190,11 @@ def _transformers_job(shape, mode, precision, batch, seq):
 
         def step():
             with torch.no_grad(), autocast():
-                model(**xt)
+                out = model(**xt)
+            # Outputs on the host, as Keras' predict_on_batch returns them
+            # (free on the CPU; on a GPU both copy the same two arrays).
+            out.last_hidden_state.float().cpu().numpy()
+            out.pooler_output.float().cpu().numpy()
             sync()
         return step
     model = BertForSequenceClassification(config).to(device).train()

@@ -36,6 +36,43 @@ def _take_positions(h, positions):
     return ops.take_along_axis(h, ops.expand_dims(positions, -1), axis=1)
 
 
+class BackboneAsOneLayer:
+    """Mixin for functional models whose graph calls a backbone's layers one
+    by one (through `BertBackbone.encode_positions`) instead of calling the
+    backbone.
+
+    `model.layers`, which `summary()`, `get_layer()` and Keras' weight files
+    go by, still lists the backbone as one layer, in the place of its first
+    layer. So `.keras` files nest the backbone's weights under
+    `layers/bert_backbone/` as they did when the graph called
+    `backbone(inputs)`: files written before `encode_positions` existed still
+    load (a `--resume` checkpoint too: the optimizer's variables keep their
+    order). Call `_show_backbone_as_one_layer(backbone)` before
+    `super().__init__`: Keras tracks `layers` while building the model.
+    """
+
+    def _show_backbone_as_one_layer(self, backbone):
+        # Not a tracked attribute (Keras is not initialised yet); `backbone`
+        # is tracked by the functional init through `layers`.
+        object.__setattr__(self, "_graph_backbone", backbone)
+
+    @property
+    def layers(self):
+        layers = super().layers
+        backbone = self.__dict__.get("_graph_backbone")
+        if backbone is None:
+            return layers
+        owned = {id(layer) for layer in backbone.layers}
+        shown, placed = [], False
+        for layer in layers:
+            if id(layer) not in owned:
+                shown.append(layer)
+            elif not placed:
+                shown.append(backbone)
+                placed = True
+        return shown
+
+
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
 class BertBackbone(keras.Model):

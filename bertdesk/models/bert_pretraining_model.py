@@ -5,12 +5,12 @@ from keras import ops
 
 from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
 from bertdesk.layers.bert_nsp_head import BertNSPHead
-from bertdesk.models.bert_backbone import BACKBONE_INPUTS
+from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BackboneAsOneLayer
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertPretrainingModel(keras.Model):
+class BertPretrainingModel(BackboneAsOneLayer, keras.Model):
     """Backbone + masked-LM head (output weights tied to the token embedding,
     logits only at `mask_positions`) + next-sentence head.
 
@@ -44,6 +44,7 @@ class BertPretrainingModel(keras.Model):
         positions = ops.concatenate(
             [ops.zeros_like(inputs["mask_positions"][:, :1]), inputs["mask_positions"]], axis=1
         )
+        self._show_backbone_as_one_layer(backbone)
         states = backbone.encode_positions(
             {name: inputs[name] for name in BACKBONE_INPUTS}, positions
         )  # (batch, 1 + num_masked, hidden)

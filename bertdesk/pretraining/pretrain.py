@@ -186,20 +186,24 @@ def build_model(config, tokenizer, seq_length, total_steps):
         optimizer = bert_adamw(config.learning_rate, total_steps, warmup / max(1, total_steps),
                                config.weight_decay, config.max_grad_norm, epsilon=1e-6)
         optimizer.gradient_accumulation_steps = accumulation
-    # shapes are fixed, so XLA compiles once: on for JAX and TensorFlow (not under
-    # MirroredStrategy, where Keras' XLA step fails on mirrored variables);
-    # torch.compile takes minutes on a CPU, so PyTorch runs eagerly unless asked
-    backend = keras.backend.backend()
-    auto = backend == "jax" or (backend == "tensorflow" and config.distribution == "none")
-    jit = {"on": True, "off": False}.get(config.jit_compile, auto)
     model.compile(
         optimizer=optimizer,
         loss={"mlm_logits": masked_lm_loss,
               "nsp_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
         metrics={"mlm_logits": [MaskedAccuracy(name="accuracy")],
                  "nsp_logits": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
-        jit_compile=jit)
+        jit_compile=_jit_compile(config))
     return model
+
+
+def _jit_compile(config):
+    """Shapes are fixed, so XLA compiles once: on for JAX and TensorFlow (not
+    under MirroredStrategy, where Keras' XLA step fails on mirrored
+    variables); torch.compile takes minutes on a CPU, so PyTorch runs
+    eagerly unless asked."""
+    backend = keras.backend.backend()
+    auto = backend == "jax" or (backend == "tensorflow" and config.distribution == "none")
+    return {"on": True, "off": False}.get(config.jit_compile, auto)
 
 
 def random_state(model):
@@ -290,6 +294,9 @@ def run_pretrain(config, sink=None):
         if resuming:
             state = json.loads(state_path.read_text(encoding="utf-8"))
             model = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+            # This run's choice, not the saved one (JAX's True would mean
+            # torch.compile when resuming on PyTorch).
+            model.jit_compile = _jit_compile(config)
             set_random_state(model, state["random"], torch_generator=False)
             log(f"resuming at step {state['step']} (batch {state['batches']})")
         else:

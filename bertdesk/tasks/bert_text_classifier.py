@@ -3,13 +3,13 @@
 import keras
 from keras import ops
 
-from bertdesk.models.bert_backbone import BACKBONE_INPUTS
+from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BackboneAsOneLayer
 from bertdesk.tasks.task_model import BackboneTaskModel
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertTextClassifier(BackboneTaskModel, keras.Model):
+class BertTextClassifier(BackboneAsOneLayer, BackboneTaskModel, keras.Model):
     """Backbone + dropout + dense on the pooled [CLS] output, as in
     transformers' `BertForSequenceClassification` (whose `classifier`
     weights these map to).
@@ -42,6 +42,7 @@ class BertTextClassifier(BackboneTaskModel, keras.Model):
         inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
                   for name in BACKBONE_INPUTS}
         # Only [CLS] is read: the last layer runs at that position alone.
+        self._show_backbone_as_one_layer(backbone)
         pooled = backbone.pooler(backbone.encode_positions(inputs))  # (batch, hidden)
         logits = ops.cast(classifier(dropout_layer(pooled)), "float32")
         super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)

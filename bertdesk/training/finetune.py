@@ -253,6 +253,9 @@ def run_finetune(config, sink=None):
     if resuming:
         state = json.loads((out / "checkpoint" / "state.json").read_text())
         model = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+        # This run's choice, not the one saved: a checkpoint written on JAX
+        # says jit_compile=True, which on PyTorch would mean torch.compile.
+        model.jit_compile = jit
         initial_epoch = int(state["epochs_done"])
         sink({"event": "message", "text": f"resuming after epoch {initial_epoch}"})
     else:
