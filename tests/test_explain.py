@@ -54,10 +54,11 @@ def test_integrated_gradients_double_the_steps_until_they_add_up(classifier):
     def gap(r):
         return abs(r["attributions"].sum() - (r["logits"][r["target"]] - r["baseline_logit"]))
 
-    coarse = explain(model, tok, text, steps=2, tolerance=1e9)  # any gap accepted
-    assert coarse["steps"] == 2
-    fine = explain(model, tok, text, steps=2, tolerance=0.0, max_steps=8)  # none accepted
-    assert fine["steps"] == 8
+    # Few points: on JAX each new number of points is a new batch shape to compile.
+    coarse = explain(model, tok, text, steps=1, tolerance=1e9)  # any gap accepted
+    assert coarse["steps"] == 1
+    fine = explain(model, tok, text, steps=1, tolerance=0.0, max_steps=4)  # none accepted
+    assert fine["steps"] == 4
     assert gap(fine) < gap(coarse)
     assert explain(model, tok, text, method="gradient_x_input")["steps"] == 1
 

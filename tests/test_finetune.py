@@ -30,12 +30,16 @@ def sample(tmp_path, name, n, source="sentiment_en.csv"):
 def config(tmp_path, model, **kw):
     return FinetuneConfig(**{"train": str(sample(tmp_path, "train.csv", 96)),
                              "output": str(tmp_path / "run"), "model": model, "epochs": 1,
-                             "batch_size": 16, "max_length": 32, "learning_rate": 1e-3, **kw})
+                             "batch_size": 16, "max_length": 32, "learning_rate": 1e-3,
+                             "pad_to_multiple": 32, **kw})
 
 
 def test_classify_end_to_end(tmp_path, tiny_model):
     events = []
-    result = run_finetune(config(tmp_path, tiny_model, epochs=2), events.append)
+    # Batches padded to multiples of 8 here (up to four shapes, each compiled);
+    # the other tests pad to 32, one shape, to save compile time.
+    result = run_finetune(config(tmp_path, tiny_model, epochs=2, pad_to_multiple=8),
+                          events.append)
     assert result["best_epoch"] in (1, 2) and len(result["history"]) == 2
     kinds = [e["event"] for e in events]
     assert kinds[0] == "message" and "train_begin" in kinds and kinds[-1] == "train_end"

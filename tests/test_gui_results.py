@@ -72,7 +72,8 @@ def cls_run(tmp_path_factory, tiny_model):
             csv.writer(f).writerows([header] + part)
     result = run_finetune(FinetuneConfig(
         train=str(train), validation=str(validation), output=str(folder / "output"),
-        model=tiny_model, epochs=4, batch_size=16, max_length=32, learning_rate=3e-3))
+        model=tiny_model, epochs=4, batch_size=16, max_length=32, learning_rate=3e-3,
+        pad_to_multiple=32))  # one batch shape: one compile
     return make_run("cls-run", "classify", train, folder / "output", tiny_model,
                     result["metrics"], epochs=4, batch_size=16, max_length=32, learning_rate=3e-3)
 
@@ -86,7 +87,7 @@ def ner_run(tmp_path_factory, tiny_model):
     result = run_finetune(FinetuneConfig(
         train=str(train), output=str(folder / "output"), task="ner", format="conll",
         model=tiny_model, epochs=2, batch_size=16, max_length=32, learning_rate=1e-3,
-        validation_fraction=0.2))
+        validation_fraction=0.2, pad_to_multiple=32))
     return make_run("ner-run", "ner", train, folder / "output", tiny_model, result["metrics"],
                     epochs=2, batch_size=16, max_length=32, learning_rate=1e-3,
                     validation_fraction=0.2)
