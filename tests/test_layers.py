@@ -146,6 +146,42 @@ def test_attention_dropout_only_in_training():
     assert not np.allclose(a, c)
 
 
+def _rng_state(dropout):
+    if keras.backend.backend() == "torch":  # unseeded: torch's global generator
+        import torch
+
+        return torch.get_rng_state()
+    return keras.ops.convert_to_numpy(dropout.seed_generator.state)
+
+
+def _set_rng_state(dropout, state):
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_rng_state(state)
+    else:
+        dropout.seed_generator.state.assign(state)
+
+
+def test_attention_in_training_drops_probabilities_as_the_dropout_layer_does():
+    """The explicit path scales queries and output instead of the scores
+    and probabilities: the same numbers as softmax -> BertDropout -> @ v."""
+    layer = BertSelfAttention(num_heads=2, head_dim=8, attention_dropout=0.3)
+    x = hidden_inputs(seq=9)
+    _, probs = layer(x["x"], padding_mask=x["padding_mask"], return_attention_scores=True)
+    state = _rng_state(layer.dropout_layer)
+    out = keras.ops.convert_to_numpy(
+        layer(x["x"], padding_mask=x["padding_mask"], training=True))
+    _set_rng_state(layer.dropout_layer, state)
+    dropped = keras.ops.convert_to_numpy(layer.dropout_layer(probs, training=True))
+    real = keras.ops.convert_to_numpy(probs) > 0  # not a padded key
+    assert 0.15 < (dropped[real] == 0).mean() < 0.45  # about 30% dropped
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (layer.qkv.kernel, layer.qkv.bias))
+    v = (x["x"] @ kernel[:, 32:] + bias[32:]).reshape(3, 9, 2, 8)
+    expected = np.einsum("bnqk,bknd->bqnd", dropped, v).reshape(3, 9, 16)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_gelu_is_exact_erf():
     from math import erf, sqrt
 

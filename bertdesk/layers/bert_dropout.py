@@ -49,11 +49,21 @@ class BertDropout(keras.layers.Layer):
             return inputs
         if self.rate == 1:
             return ops.zeros_like(inputs)
+        keep, scale = self.keep_mask(inputs)
+        return ops.where(keep, inputs * ops.cast(scale, inputs.dtype), 0.0)
+
+    def keep_mask(self, inputs):
+        """The boolean mask of kept elements that `call(inputs, training=True)`
+        would draw (advancing the generator the same way), and the factor
+        it scales kept values by: for callers that apply the factor to a
+        smaller tensor downstream (attention scales its output rather than
+        the `(batch, heads, seq, seq)` probabilities). Needs 0 < rate < 1."""
+        if not 0 < self.rate < 1:
+            raise ValueError(f"BertDropout.keep_mask needs 0 < rate < 1, got {self.rate}")
         threshold = round(self.rate * _LEVELS)
-        scale = _LEVELS / (_LEVELS - threshold)
         halves = random_int16(ops.shape(inputs), self.seed_generator, like=inputs)
         keep = ops.greater_equal(halves, threshold - _LEVELS // 2)
-        return ops.where(keep, inputs * ops.cast(scale, inputs.dtype), 0.0)
+        return keep, _LEVELS / (_LEVELS - threshold)
 
     def compute_output_shape(self, input_shape):
         return input_shape

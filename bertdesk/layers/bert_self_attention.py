@@ -101,14 +101,26 @@ class BertSelfAttention(keras.layers.Layer):
             out = ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
             return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
 
-        # Explicit path. (batch, heads, seq_q, seq_k)
-        scores = ops.einsum("bqnd,bknd->bnqk", q, k) * ops.cast(scale, q.dtype)
+        # Explicit path. Every elementwise op on the (batch, heads, seq_q, seq_k)
+        # scores is a pass over the largest tensors here (and, run eagerly,
+        # a kernel of its own), so both scale factors go on smaller tensors:
+        # 1/sqrt(head_dim) on the queries, the dropout's 1/(1 - rate) on the
+        # output.
+        scores = ops.einsum("bqnd,bknd->bnqk", q * ops.cast(scale, q.dtype), k)
         scores = ops.cast(scores, "float32")
         if mask is not None:
             scores = ops.where(mask, scores, ops.cast(-1e9, "float32"))
         probs = ops.softmax(scores, axis=-1)
-        dropped = self.dropout_layer(ops.cast(probs, v.dtype), training=training)
-        out = ops.einsum("bnqk,bknd->bqnd", dropped, v)  # (batch, q_len, heads, head_dim)
+        weights = ops.cast(probs, v.dtype)
+        rescale = None
+        if dropping and self.attention_dropout < 1:
+            keep, rescale = self.dropout_layer.keep_mask(weights)
+            weights = ops.where(keep, weights, ops.cast(0, v.dtype))
+        else:
+            weights = self.dropout_layer(weights, training=training)
+        out = ops.einsum("bnqk,bknd->bqnd", weights, v)  # (batch, q_len, heads, head_dim)
+        if rescale is not None:
+            out = out * ops.cast(rescale, out.dtype)
         out = ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
         if return_attention_scores:
             return out, probs
