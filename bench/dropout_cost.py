@@ -5,8 +5,9 @@ tokens with Keras' `Dropout` layer (one 32-bit draw per element), with
 `BertDropout` (one 16-bit half of a draw per element, `bertdesk/layers`), and
 with no dropout (rate 0); alternating in one process, median step times
 printed. Keras' dropout is swapped into bertdesk's layers for the first
-variant, nothing else changes (the attention's keep mask then comes from
-Keras' dropout op). Then the two layers' masks alone, on one
+variant, nothing else changes (with it, attention drops its probabilities
+through Keras' layer; with `BertDropout` it takes the keep mask alone and
+scales its output instead). Then the two layers' masks alone, on one
 attention-probability tensor (16, 12, 256, 256).
 
     KERAS_BACKEND=tensorflow .venv/bin/python bench/dropout_cost.py
@@ -25,17 +26,6 @@ from bertdesk.tasks.bert_text_classifier import BertTextClassifier
 _MODULES = (bert_embeddings, bert_encoder_block, bert_self_attention)
 
 
-class KerasDropout(keras.layers.Dropout):
-    """Keras' `Dropout`. Attention asks its dropout layer for the keep mask
-    alone (`BertDropout.keep_mask`, the scale going on its output): here that
-    mask comes from Keras' own dropout op, on ones."""
-
-    def keep_mask(self, inputs):
-        kept = keras.random.dropout(keras.ops.ones_like(inputs), self.rate,
-                                    seed=self.seed_generator)
-        return keras.ops.greater(kept, 0), 1.0 / (1.0 - self.rate)
-
-
 def use_dropout_class(cls):
     for module in _MODULES:
         module.BertDropout = cls
@@ -48,7 +38,7 @@ def step_times(backend, rounds=2, steps=5):
          "segment_ids": np.zeros((batch, length), "int32"),
          "padding_mask": np.ones((batch, length), "int32")}
     y = rng.integers(0, 2, (batch,)).astype("int32")
-    variants = [("keras dropout", 0.1, KerasDropout),
+    variants = [("keras dropout", 0.1, keras.layers.Dropout),
                 ("bertdesk dropout", 0.1, BertDropout),
                 ("no dropout", 0.0, BertDropout)]
     times = {name: [] for name, _, _ in variants}

@@ -113,10 +113,11 @@ class BertSelfAttention(keras.layers.Layer):
         probs = ops.softmax(scores, axis=-1)
         weights = ops.cast(probs, v.dtype)
         rescale = None
-        if dropping and self.attention_dropout < 1:
-            keep, rescale = self.dropout_layer.keep_mask(weights)
+        keep_mask = getattr(self.dropout_layer, "keep_mask", None)  # BertDropout's
+        if dropping and self.attention_dropout < 1 and keep_mask is not None:
+            keep, rescale = keep_mask(weights)
             weights = ops.where(keep, weights, ops.cast(0, v.dtype))
-        else:
+        else:  # another dropout layer (bench/dropout_cost.py swaps in Keras')
             weights = self.dropout_layer(weights, training=training)
         out = ops.einsum("bnqk,bknd->bqnd", weights, v)  # (batch, q_len, heads, head_dim)
         if rescale is not None:
