@@ -64,13 +64,14 @@ def _timed(step, warmup, steps):
     return (time.perf_counter() - t) / steps, first
 
 
-def pretraining_step(impl, shape, batch, seq, predictions, precision="fp32"):
+def pretraining_step(impl, shape, batch, seq, predictions, precision="fp32", jit=None):
     """One AdamW pretraining step of `impl` at `shape` as a function of no
     arguments that returns when the step's work is done (on a GPU too).
 
     Keras implementations take the global dtype policy (set it first, e.g.
-    "mixed_bfloat16"); transformers runs under autocast for bf16. Runs on the
-    GPU when PyTorch / JAX sees one.
+    "mixed_bfloat16") and compile with `jit` (None: XLA except on PyTorch);
+    transformers runs under autocast for bf16. Runs on the GPU when PyTorch /
+    JAX sees one.
     """
     b = _batch(batch, seq, predictions)
     if impl == "transformers":
@@ -110,6 +111,8 @@ def pretraining_step(impl, shape, batch, seq, predictions, precision="fp32"):
     import keras
 
     x = {k: b[k] for k in ("token_ids", "segment_ids", "padding_mask", "mask_positions")}
+    if jit is None:
+        jit = keras.backend.backend() != "torch"
     if impl == "bertdesk":
         import bertdesk
         from bertdesk.pretraining.objectives import masked_lm_loss
@@ -121,7 +124,7 @@ def pretraining_step(impl, shape, batch, seq, predictions, precision="fp32"):
                       loss={"mlm_logits": masked_lm_loss,
                             "nsp_logits": keras.losses.SparseCategoricalCrossentropy(
                                 from_logits=True)},
-                      jit_compile=keras.backend.backend() != "torch")
+                      jit_compile=jit)
         y = {"mlm_logits": b["mask_ids"], "nsp_logits": b["nsp"]}
     else:
         import keras_hub
@@ -132,7 +135,7 @@ def pretraining_step(impl, shape, batch, seq, predictions, precision="fp32"):
         model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.01,
                                                        global_clipnorm=1.0),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=keras.backend.backend() != "torch")
+                      jit_compile=jit)
         y = b["mask_ids"]
     # train_on_batch returns the loss as a host number: the step has finished.
     return lambda: model.train_on_batch(x, y)

@@ -214,8 +214,9 @@ def _transformers_job(shape, mode, precision, batch, seq):
 class _DeviceMemory:
     """Peak device memory of one configuration where the backend tells it:
     PyTorch's allocator resets per configuration; JAX's peak covers the
-    whole process (configurations run smallest first, so it is the largest
-    so far). None on the CPU (the job's VmHWM is reported instead)."""
+    whole process, so it is the largest so far (each configuration's when
+    the shapes are listed smallest first). None on the CPU (the job's VmHWM
+    is reported instead)."""
 
     def __init__(self, impl):
         self.kind = None
@@ -256,7 +257,8 @@ def _run_config(impl, jit, config, warmup, repeats):
     if mode == "pretrain":
         from pretrain_speed import pretraining_step
 
-        step = pretraining_step(impl, shape, batch, seq, PREDICTIONS, config["precision"])
+        step = pretraining_step(impl, shape, batch, seq, PREDICTIONS, config["precision"],
+                                jit=jit)
     elif impl == "transformers":
         step = _transformers_job(shape, mode, config["precision"], batch, seq)
     else:
@@ -287,7 +289,7 @@ def worker(args):
         try:
             result = _run_config(args.impl, args.jit, config, args.warmup, args.repeats)
         except Exception as e:  # one failed shape (e.g. out of memory) is a row, not the end
-            result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"}
+            result = {"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}"}
         with open(args.results_file, "a") as f:
             f.write(json.dumps({**config, **result}) + "\n")
         if args.impl != "transformers":

@@ -12,9 +12,9 @@ import pytest
 import bertdesk.pretraining.objectives  # noqa: F401  (registers the loss for loading)
 import bertdesk.tasks.bert_text_classifier  # noqa: F401
 import bertdesk.training.optimization  # noqa: F401
+from bertdesk.models.bert_backbone import BACKBONE_INPUTS
 
 OLD = Path(__file__).parent / "data" / "keras_files_before_encode_positions"
-BACKBONE_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
 
 @pytest.mark.parametrize("name", ["classifier", "pretraining"])
@@ -50,7 +50,6 @@ def test_the_backbone_is_one_layer_of_the_task_models():
                   bertdesk.BertPretrainingModel(backbone)):
         names = [layer.name for layer in model.layers]
         assert names.count(backbone.name) == 1
-        assert not {layer.name for layer in backbone.layers} & set(names) - {
-            "token_ids", "segment_ids", "padding_mask"}
+        assert not {layer.name for layer in backbone.layers} & set(names) - set(BACKBONE_INPUTS)
         assert model.get_layer(backbone.name) is backbone
         assert len(model.weights) == len({id(w) for w in model.weights})
