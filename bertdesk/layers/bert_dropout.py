@@ -58,10 +58,15 @@ class BertDropout(keras.layers.Layer):
         it scales kept values by: for callers that apply the factor to a
         smaller tensor downstream (attention scales its output rather than
         the `(batch, heads, seq, seq)` probabilities). Needs 0 < rate < 1."""
+        return self.keep_mask_of_shape(ops.shape(inputs), like=inputs)
+
+    def keep_mask_of_shape(self, shape, like=None):
+        """`keep_mask` for inputs of `shape` that need not exist yet (`like`:
+        a tensor on the device the mask should be on)."""
         if not 0 < self.rate < 1:
             raise ValueError(f"BertDropout.keep_mask needs 0 < rate < 1, got {self.rate}")
         threshold = round(self.rate * _LEVELS)
-        halves = random_int16(ops.shape(inputs), self.seed_generator, like=inputs)
+        halves = random_int16(shape, self.seed_generator, like=like)
         keep = ops.greater_equal(halves, threshold - _LEVELS // 2)
         return keep, _LEVELS / (_LEVELS - threshold)
 

@@ -1,14 +1,13 @@
 """Post-LayerNorm transformer encoder block, as in the original BERT."""
 
 import keras
+from keras import ops
 
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
+from bertdesk.layers.lean_backward import gelu, gelu_matmul
 
-
-def gelu(x):
-    """Exact (erf) GELU, as in the reference checkpoints."""
-    return keras.activations.gelu(x, approximate=False)
+__all__ = ["BertEncoderBlock", "gelu"]
 
 
 # === Layer ===
@@ -129,12 +128,22 @@ class BertEncoderBlock(keras.layers.Layer):
         h = self.dropout_layer(self.attention_output(attended), training=training)
         residual = x if query is None else query
         x = self.attention_layer_norm(residual + h)  # (batch, q_len, hidden)
-        h = self.output_dense(self.intermediate(x))
+        h = self._feed_forward(x, training)
         h = self.dropout_layer(h, training=training)
         x = self.output_layer_norm(x + h)
         if return_attention_scores:
             return x, probs
         return x
+
+    def _feed_forward(self, x, training):
+        """output(intermediate(x)); in training through `gelu_matmul`, whose
+        backward pass keeps the GELU's input and not its output too."""
+        if not training:
+            return self.output_dense(self.intermediate(x))
+        up, down = self.intermediate, self.output_dense
+        z = ops.matmul(x, ops.cast(up.kernel, x.dtype)) + ops.cast(up.bias, x.dtype)
+        h = gelu_matmul(z, ops.cast(down.kernel, x.dtype))  # (batch, q_len, hidden)
+        return h + ops.cast(down.bias, x.dtype)
 
     def get_config(self):
         config = super().get_config()

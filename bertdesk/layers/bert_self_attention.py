@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from bertdesk.layers.bert_dropout import BertDropout
+from bertdesk.layers.lean_backward import dropout_attention
 
 
 # === Layer ===
@@ -99,6 +100,15 @@ class BertSelfAttention(keras.layers.Layer):
         dropping = bool(training) and self.attention_dropout > 0
         if self.use_fused_attention and not dropping and not return_attention_scores:
             out = ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
+            return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
+
+        keep_mask_of_shape = getattr(self.dropout_layer, "keep_mask_of_shape", None)
+        if (dropping and self.attention_dropout < 1 and keep_mask_of_shape is not None
+                and not return_attention_scores):
+            # Training: a hand-written backward pass that keeps the
+            # probabilities and the mask, not the dropped-out weights too.
+            keep, rescale = keep_mask_of_shape((batch, self.num_heads, q_len, seq), like=q)
+            out = dropout_attention(q, k, v, keep, mask=mask, scale=scale, rescale=rescale)
             return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
 
         # Explicit path. Every elementwise op on the (batch, heads, seq_q, seq_k)

@@ -1,0 +1,132 @@
+"""What the hand-written backward passes save: `bertdesk.layers.lean_backward`
+against autodiff of the same ops, in a classifier's training step.
+
+For each shape, a 2-class `BertTextClassifier` (dropout 0.1, as BERT trains)
+runs AdamW steps on batch 16 x 128 random tokens, once with the layers as
+they are (`dropout_attention`, `gelu_matmul`) and once with their autodiff
+versions swapped in (nothing else changes). Step times alternate between
+the two models in one process (medians); peak resident memory (`VmHWM`) is
+measured with each variant alone in a fresh process, as bench/speed.py does.
+
+    KERAS_BACKEND=torch .venv/bin/python bench/lean_backward.py --shapes mini,base
+    KERAS_BACKEND=jax .venv/bin/python bench/lean_backward.py --no-memory
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from speed import SHAPES, VOCAB, _inputs, peak_resident_mb  # noqa: E402
+
+VARIANTS = ("autodiff", "lean")
+
+
+def use_variant(name):
+    """Point the layers at the lean ops or at their autodiff versions."""
+    from bertdesk.layers import bert_encoder_block, bert_self_attention, lean_backward
+
+    lean = name == "lean"
+    bert_self_attention.dropout_attention = (
+        lean_backward.dropout_attention if lean else lean_backward.autodiff_dropout_attention)
+    bert_encoder_block.gelu_matmul = (
+        lean_backward.gelu_matmul if lean else lean_backward.autodiff_gelu_matmul)
+
+
+def training_step(shape, precision, jit, batch=16, seq=128):
+    import keras
+
+    import bertdesk
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+    from bertdesk.training.optimization import bert_adamw
+
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+    x, y = _inputs(batch, seq)
+    model = BertTextClassifier(bertdesk.BertBackbone(vocabulary_size=VOCAB, **SHAPES[shape]),
+                               num_classes=2)
+    model.compile(optimizer=bert_adamw(1e-4, 1000),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit)
+    return lambda: model.train_on_batch(x, y)
+
+
+def alternate(shape, precision, jit, rounds, steps):
+    """Median seconds per step of each variant, built and timed in turn."""
+    runs = {}
+    for name in VARIANTS:
+        use_variant(name)  # each model traces (or runs) the ops it was built with
+        runs[name] = training_step(shape, precision, jit)
+        for _ in range(2):
+            runs[name]()
+    times = {name: [] for name in VARIANTS}
+    for _ in range(rounds):
+        for name in VARIANTS:
+            use_variant(name)  # PyTorch runs eagerly: set the ops for each call
+            for _ in range(steps):
+                start = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def memory_worker(args):
+    use_variant(args.variant)
+    step = training_step(args.shape, args.precision, args.jit)
+    for _ in range(3):
+        step()
+    print(json.dumps({"peak_mb": peak_resident_mb()}))
+
+
+def peak_memory(shape, precision, jit, variant):
+    cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--shapes", shape,
+           "--precision", precision] + (["--jit"] if jit else ["--no-jit"])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default="mini,base")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
+                   help="XLA (default: on for JAX and TensorFlow)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    from bertdesk.lean_import import import_keras_lean
+
+    keras = import_keras_lean()
+    backend = keras.backend.backend()
+    if args.jit is None:
+        args.jit = backend != "torch"
+    if args.worker:
+        args.shape = args.shapes
+        return memory_worker(args)
+    print(f"{backend}{' + XLA' if args.jit else ''}, {args.precision}, batch 16 x 128, "
+          f"median of {args.rounds * args.steps} steps alternating; peak MB per variant alone")
+    print(f"{'shape':<6} {'lean ms':>9} {'autodiff ms':>12} {'speed':>7} "
+          f"{'lean MB':>8} {'autodiff MB':>12} {'memory':>7}")
+    for shape in args.shapes.split(","):
+        t = alternate(shape, args.precision, args.jit, args.rounds, args.steps)
+        row = (f"{shape:<6} {1e3 * t['lean']:>9.0f} {1e3 * t['autodiff']:>12.0f} "
+               f"{t['autodiff'] / t['lean']:>6.2f}x")
+        if args.memory:
+            mb = {v: peak_memory(shape, args.precision, args.jit, v) for v in VARIANTS}
+            row += (f" {mb['lean']:>8.0f} {mb['autodiff']:>12.0f} "
+                    f"{mb['lean'] / mb['autodiff']:>6.2f}x")
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

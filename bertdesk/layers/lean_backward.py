@@ -1,0 +1,154 @@
+"""Two training-time ops with hand-written gradients that keep less for the
+backward pass than automatic differentiation does.
+
+Autodiff keeps every intermediate that some gradient formula reads. Two of
+BERT's are large and cheap to recompute:
+
+- the dropped-out attention weights `where(keep, softmax(s), 0)`, a
+  `(batch, heads, seq, seq)` tensor kept beside the probabilities it comes
+  from (the product with the values needs it; the softmax needs the
+  probabilities). `dropout_attention` keeps the probabilities and the
+  boolean mask and rebuilds the weights in one elementwise pass;
+- the GELU output of the feed-forward block, `(tokens, 4 * hidden)`, kept
+  beside its input (the output projection's kernel gradient needs it; the
+  GELU's own gradient needs the input). `gelu_matmul` keeps the input and
+  recomputes the GELU.
+
+On BERT-base at batch 16 x 128 that is about 0.4 GB of the 1.4 GB a
+training step holds for its backward pass (`bench/speed.py`, PyTorch). The
+forward numbers are the same ops as the plain path; the gradients equal
+autodiff's to rounding (tests/test_lean_backward.py, every backend).
+
+Both are `keras.ops.custom_gradient` functions, so backend-neutral: the
+gradient function is called as `grad(upstream)` on JAX and TensorFlow and
+as `grad(*inputs, upstream=...)` on PyTorch.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from bertdesk.layers import fused_kernels
+
+_NEG = -1e9  # added to the scores of padded keys (as the plain path does)
+
+
+def _upstream(args, upstream):
+    return args[0] if upstream is None else upstream
+
+
+def gelu(x):
+    """Exact (erf) GELU, as in the reference checkpoints."""
+    return keras.activations.gelu(x, approximate=False)
+
+
+def gelu_derivative(x):
+    """d/dx [x * Phi(x)] = Phi(x) + x * phi(x), in float32."""
+    x = ops.cast(x, "float32")
+    cdf = 0.5 * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
+    pdf = ops.exp(-0.5 * ops.square(x)) * (1.0 / math.sqrt(2.0 * math.pi))
+    return cdf + x * pdf
+
+
+def gelu_backward(upstream, x):
+    """`upstream * gelu'(x)` in `x.dtype` (computed in float32)."""
+    if keras.backend.backend() == "torch":
+        return fused_kernels.gelu_backward(upstream, x)
+    g = ops.cast(upstream, "float32") * gelu_derivative(x)
+    return ops.cast(g, x.dtype)
+
+
+def softmax_backward(upstream, probs):
+    """The gradient of the scores given that of `probs = softmax(scores)`
+    (last axis): `probs * (upstream - sum(upstream * probs))`."""
+    if keras.backend.backend() == "torch":
+        return fused_kernels.softmax_backward(upstream, probs)
+    return probs * (upstream - ops.sum(upstream * probs, axis=-1, keepdims=True))
+
+
+# === Feed-forward ===
+def gelu_matmul(z, kernel):
+    """`gelu(z) @ kernel` for `z` `(..., f)` and `kernel` `(f, h)`, whose
+    backward pass keeps `z` and `kernel` only (GELU recomputed)."""
+
+    @ops.custom_gradient
+    def forward(z, kernel):
+        out = ops.matmul(gelu(z), kernel)
+
+        def grad(*args, upstream=None):
+            g = _upstream(args, upstream)  # (..., h)
+            f, h = ops.shape(kernel)[0], ops.shape(kernel)[1]
+            a = ops.reshape(gelu(z), (-1, f))
+            g_kernel = ops.matmul(ops.transpose(a), ops.reshape(g, (-1, h)))
+            g_a = ops.matmul(g, ops.transpose(kernel))
+            return gelu_backward(g_a, z), g_kernel
+
+        return out, grad
+
+    return forward(z, kernel)
+
+
+# === Attention ===
+def dropout_attention(q, k, v, keep, mask=None, scale=1.0, rescale=1.0):
+    """Attention with dropped-out probabilities:
+    `(where(keep, softmax(q k^T * scale + mask), 0) @ v) * rescale`.
+
+    Args:
+        q: `(batch, q_len, heads, head_dim)`.
+        k, v: `(batch, seq, heads, head_dim)`.
+        keep: boolean `(batch, heads, q_len, seq)`, the dropout's keep mask.
+        mask: optional boolean, broadcastable to `(batch, heads, q_len, seq)`:
+            False at keys that may not be attended to.
+        scale: multiplies the scores (1/sqrt(head_dim)); applied to `q`.
+        rescale: multiplies the output (the dropout's 1/(1 - rate)).
+
+    Returns:
+        `(batch, q_len, heads, head_dim)`. The scores and softmax run in
+        float32, the products in `v.dtype`, as on the plain path. The
+        backward pass keeps the inputs and the float32 probabilities.
+    """
+    has_mask = mask is not None
+
+    @ops.custom_gradient
+    def forward(q, k, v, keep, *mask_arg):
+        scores = ops.einsum("bqnd,bknd->bnqk", q * ops.cast(scale, q.dtype), k)
+        scores = ops.cast(scores, "float32")
+        if has_mask:
+            scores = ops.where(mask_arg[0], scores, ops.cast(_NEG, "float32"))
+        probs = ops.softmax(scores, axis=-1)  # (batch, heads, q_len, seq)
+        zero = ops.cast(0, v.dtype)
+        weights = ops.where(keep, ops.cast(probs, v.dtype), zero)
+        out = ops.einsum("bnqk,bknd->bqnd", weights, v) * ops.cast(rescale, v.dtype)
+
+        def grad(*args, upstream=None):
+            g = _upstream(args, upstream) * ops.cast(rescale, v.dtype)  # (b, q, n, d)
+            weights = ops.where(keep, ops.cast(probs, v.dtype), zero)
+            g_v = ops.einsum("bnqk,bqnd->bknd", weights, g)
+            g_weights = ops.einsum("bqnd,bknd->bnqk", g, v)
+            g_probs = ops.cast(ops.where(keep, g_weights, zero), "float32")
+            g_scores = ops.cast(softmax_backward(g_probs, probs), q.dtype)
+            s = ops.cast(scale, q.dtype)
+            g_q = ops.einsum("bnqk,bknd->bqnd", g_scores, k) * s
+            g_k = ops.einsum("bnqk,bqnd->bknd", g_scores, q) * s
+            return (g_q, g_k, g_v, None) + (None,) * len(mask_arg)
+
+        return out, grad
+
+    return forward(q, k, v, keep, *((mask,) if has_mask else ()))
+
+
+# === The same functions for autodiff (the reference in tests and bench) ===
+def autodiff_gelu_matmul(z, kernel):
+    """`gelu_matmul` without its backward pass: autodiff keeps both tensors."""
+    return ops.matmul(gelu(z), kernel)
+
+
+def autodiff_dropout_attention(q, k, v, keep, mask=None, scale=1.0, rescale=1.0):
+    """`dropout_attention` as plain ops, differentiated by the backend."""
+    scores = ops.cast(ops.einsum("bqnd,bknd->bnqk", q * ops.cast(scale, q.dtype), k), "float32")
+    if mask is not None:
+        scores = ops.where(mask, scores, ops.cast(_NEG, "float32"))
+    weights = ops.where(keep, ops.cast(ops.softmax(scores, axis=-1), v.dtype),
+                        ops.cast(0, v.dtype))
+    return ops.einsum("bnqk,bknd->bqnd", weights, v) * ops.cast(rescale, v.dtype)

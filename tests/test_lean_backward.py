@@ -1,0 +1,193 @@
+"""The hand-written backward passes of `bertdesk.layers.lean_backward` give
+autodiff's gradients, on their own and inside a training step."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY, random_batch
+from harness import to_np
+from keras import ops
+
+from bertdesk.layers import bert_encoder_block, bert_self_attention
+from bertdesk.layers.lean_backward import (autodiff_dropout_attention, autodiff_gelu_matmul,
+                                          dropout_attention, gelu, gelu_derivative,
+                                          gelu_matmul)
+
+
+def value_and_grads(fn, *arrays):
+    """fn(*tensors) -> scalar, and its gradient with respect to each array,
+    by the backend's own autodiff."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(arrays))))(
+            *[jax.numpy.asarray(a) for a in arrays])
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        xs = [tf.constant(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            value = fn(*xs)
+        grads = tape.gradient(value, xs)
+    else:
+        import torch
+
+        xs = [torch.tensor(a, requires_grad=True) for a in arrays]
+        value = fn(*xs)
+        value.backward()
+        value, grads = value.detach(), [x.grad for x in xs]
+    return to_np(value), [to_np(g).astype("float32") for g in grads]
+
+
+def _attention_case(q_len, seq=9, batch=3, heads=2, dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(batch, q_len, heads, dim)).astype("float32")
+    k, v = (rng.normal(size=(batch, seq, heads, dim)).astype("float32") for _ in range(2))
+    keep = rng.random((batch, heads, q_len, seq)) > 0.3
+    mask = np.ones((batch, 1, 1, seq), bool)
+    mask[1, ..., 6:] = False  # padded keys
+    mask[2, ..., 3:] = False
+    upstream = rng.normal(size=(batch, q_len, heads, dim)).astype("float32")
+    return q, k, v, keep, mask, upstream
+
+
+@pytest.mark.parametrize("q_len", [9, 2])
+@pytest.mark.parametrize("masked", [True, False])
+def test_dropout_attention_matches_autodiff(q_len, masked):
+    q, k, v, keep, mask, upstream = _attention_case(q_len)
+    mask = mask if masked else None
+    results = []
+    for attend in (dropout_attention, autodiff_dropout_attention):
+        def loss(q, k, v, attend=attend):
+            out = attend(q, k, v, ops.convert_to_tensor(keep),
+                         None if mask is None else ops.convert_to_tensor(mask),
+                         scale=0.5, rescale=1 / 0.7)
+            return ops.sum(out * ops.convert_to_tensor(upstream))
+
+        results.append(value_and_grads(loss, q, k, v))
+    (value, grads), (plain_value, plain_grads) = results
+    np.testing.assert_allclose(value, plain_value, rtol=1e-5)
+    for name, g, p in zip("qkv", grads, plain_grads):
+        assert np.abs(p).max() > 0.1, name
+        np.testing.assert_allclose(g, p, atol=1e-5, err_msg=f"gradient of {name}")
+    if masked:  # padded keys get no gradient
+        assert np.all(grads[1][1, 6:] == 0) and np.all(grads[2][2, 3:] == 0)
+
+
+def test_dropout_attention_in_bfloat16():
+    q, k, v, keep, mask, upstream = _attention_case(9)
+    results = []
+    for attend in (dropout_attention, autodiff_dropout_attention):
+        def loss(q, k, v, attend=attend):
+            cast = [ops.cast(t, "bfloat16") for t in (q, k, v)]
+            out = attend(*cast, ops.convert_to_tensor(keep), ops.convert_to_tensor(mask),
+                         scale=0.5, rescale=1 / 0.7)
+            assert ops.dtype(out) == "bfloat16"
+            return ops.sum(ops.cast(out, "float32") * ops.convert_to_tensor(upstream))
+
+        results.append(value_and_grads(loss, q, k, v))
+    for g, p in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(g, p, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.1)])
+def test_gelu_matmul_matches_autodiff(dtype, atol):
+    rng = np.random.default_rng(1)
+    z = (2 * rng.normal(size=(3, 5, 8))).astype("float32")
+    kernel = rng.normal(size=(8, 6)).astype("float32")
+    upstream = rng.normal(size=(3, 5, 6)).astype("float32")
+    results = []
+    for fn in (gelu_matmul, autodiff_gelu_matmul):
+        def loss(z, kernel, fn=fn):
+            out = fn(ops.cast(z, dtype), ops.cast(kernel, dtype))
+            return ops.sum(ops.cast(out, "float32") * ops.convert_to_tensor(upstream))
+
+        results.append(value_and_grads(loss, z, kernel))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for g, p in zip(results[0][1], results[1][1]):
+        assert np.abs(p).max() > 0.1
+        np.testing.assert_allclose(g, p, atol=atol, rtol=atol)
+
+
+def test_gelu_derivative_is_the_slope():
+    x = np.linspace(-4, 4, 81).astype("float32")
+    h = 1e-2  # gelu() runs in float32
+    numeric = (to_np(gelu(x + h)) - to_np(gelu(x - h))) / (2 * h)
+    np.testing.assert_allclose(to_np(gelu_derivative(x)), numeric, atol=1e-4)
+
+
+def _rng_snapshot(model):
+    if keras.backend.backend() == "torch":  # BertDropout unseeded: torch's generator
+        import torch
+
+        return torch.get_rng_state()
+    return [np.array(keras.ops.convert_to_numpy(g.state)) for layer in model._flatten_layers()
+            for g in getattr(layer, "_seed_generators", [])] or None
+
+
+def _rng_restore(model, state):
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_rng_state(state)
+        return
+    generators = [g for layer in model._flatten_layers()
+                  for g in getattr(layer, "_seed_generators", [])]
+    for g, s in zip(generators, state):
+        g.state.assign(s)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_classifier_training_step_matches_autodiff(monkeypatch, policy):
+    """One SGD step of a classifier with dropout, through the hand-written
+    backward passes and through autodiff with the same masks: same weights."""
+    from bertdesk import BertBackbone
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+
+    keras.config.set_dtype_policy(policy)
+    model = BertTextClassifier(BertBackbone(**{**TINY, "dropout": 0.2,
+                                               "attention_dropout": 0.3}), num_classes=3)
+    rng = np.random.default_rng(7)
+    model.set_weights([w + 0.1 * rng.standard_normal(w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    x, y = random_batch(seq=10), np.array([0, 2, 1], "int32")
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, y)  # the first call builds (and draws) once
+    before, rng_state = model.get_weights(), _rng_snapshot(model)
+    model.train_on_batch(x, y)
+    lean = model.get_weights()
+    changed = sum(not np.allclose(a, b) for a, b in zip(before, lean))
+    assert changed > 10
+
+    monkeypatch.setattr(bert_self_attention, "dropout_attention", autodiff_dropout_attention)
+    monkeypatch.setattr(bert_encoder_block, "gelu_matmul", autodiff_gelu_matmul)
+    model.set_weights(before)
+    _rng_restore(model, rng_state)
+    model.compile(optimizer=keras.optimizers.SGD(0.5),  # retrace with the plain ops
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, y)
+    atol = 2e-5 if policy == "float32" else 2e-2
+    for a, b in zip(lean, model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=atol)
+
+
+def test_gelu_and_softmax_backward_are_their_formulas():
+    """The single-kernel PyTorch versions (and the formulas elsewhere) give
+    upstream * gelu'(x) and p * (g - sum(g * p))."""
+    from math import erf, exp, pi, sqrt
+
+    from bertdesk.layers.lean_backward import gelu_backward, softmax_backward
+
+    rng = np.random.default_rng(3)
+    x = (2 * rng.normal(size=(4, 7))).astype("float32")
+    g = rng.normal(size=(4, 7)).astype("float32")
+    slope = np.vectorize(lambda v: 0.5 * (1 + erf(v / sqrt(2))) + v * exp(-v * v / 2) / sqrt(2 * pi))
+    np.testing.assert_allclose(to_np(gelu_backward(ops.convert_to_tensor(g), ops.convert_to_tensor(x))),
+                               g * slope(x), atol=1e-5)
+    p = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+    np.testing.assert_allclose(
+        to_np(softmax_backward(ops.convert_to_tensor(g), ops.convert_to_tensor(p))),
+        p * (g - (g * p).sum(-1, keepdims=True)), atol=1e-6)
