@@ -160,3 +160,23 @@ def test_compiled_fit_step_drops():
         losses = [model.train_on_batch(x, y) for _ in range(3)]
         assert len(set(np.round(losses, 4))) > 1  # a new mask each step
         np.testing.assert_allclose(model.predict(x, verbose=0), y)  # identity at inference
+
+
+def test_torch_compile_draws_the_same_halves():
+    """Under torch.compile the int64 words are split by shifts, not viewed
+    as int16: the same halves, and a compiled training step drops."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("PyTorch only")
+    import torch
+
+    from bertdesk.layers.random_bits import _int16_halves_by_shifts
+
+    words = torch.empty(4096, dtype=torch.int64).random_(-(2**63), None)
+    words[:3] = torch.tensor([-1, 0, -(2**63)])
+    np.testing.assert_array_equal(_int16_halves_by_shifts(torch, words).numpy(),
+                                  words.view(torch.int16).numpy())
+    layer = BertDropout(0.25)
+    out = torch.compile(lambda x: layer(x, training=True))(torch.ones(256, 512))
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 0.25) < 5 * (0.25 * 0.75 / out.numel()) ** 0.5
+    np.testing.assert_allclose(out[out != 0].numpy(), 65536 / (65536 - 16384))

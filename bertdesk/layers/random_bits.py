@@ -78,4 +78,15 @@ def _torch_int16(torch, shape, seed_generator, like):
         generator = torch.Generator(device=device)
         generator.manual_seed((first + second) & 0xFFFFFFFF)
     words.random_(-(2**63), None, generator=generator)
+    if torch.compiler.is_compiling():
+        # torch.compile cannot reinterpret int64 storage as int16 (a view
+        # with another item size); the same four little-endian halves by
+        # shifts, cast with wrap-around to int16.
+        return _int16_halves_by_shifts(torch, words)[:count].reshape(shape)
     return words.view(torch.int16)[:count].reshape(shape)
+
+
+def _int16_halves_by_shifts(torch, words):
+    """`words.view(torch.int16)` (int64 words, little-endian) by arithmetic."""
+    halves = torch.stack([(words >> (16 * i)) & 0xFFFF for i in range(4)], dim=-1)
+    return halves.to(torch.int16).reshape(-1)
