@@ -16,9 +16,9 @@ BERT's are large and cheap to recompute:
 
 On BERT-base at batch 16 x 128 on PyTorch, the tensors a training step
 keeps for its backward pass go from 1.74 GB (parameters included) to about
-1.34 GB; step times within a few percent (0.95-1.02x, TF and PyTorch) or faster
-(JAX 1.08-1.16x), peak memory
-0.87-0.96x (README, `bench/lean_backward.py`). The forward numbers are the
+1.34 GB. Step times stay within a few percent (0.95-1.02x on TensorFlow and
+PyTorch) or drop (JAX, 1.08-1.16x faster); base peak memory is 0.87-0.96x
+(README, `bench/lean_backward.py`). The forward numbers are the
 same ops as the plain path; the gradients equal autodiff's to rounding
 (tests/test_lean_backward.py, every backend).
 
