@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from speed import SHAPES, VOCAB, _inputs, peak_resident_mb  # noqa: E402
+from speed import SHAPES, _keras_job, peak_resident_mb  # noqa: E402
 
 VARIANTS = ("autodiff", "lean")
 
@@ -41,20 +41,11 @@ def use_variant(name):
 
 
 def training_step(shape, precision, jit, batch=16, seq=128):
+    """bench/speed.py's bertdesk training job (classifier, BERT's AdamW)."""
     import keras
 
-    import bertdesk
-    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
-    from bertdesk.training.optimization import bert_adamw
-
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
-    x, y = _inputs(batch, seq)
-    model = BertTextClassifier(bertdesk.BertBackbone(vocabulary_size=VOCAB, **SHAPES[shape]),
-                               num_classes=2)
-    model.compile(optimizer=bert_adamw(1e-4, 1000),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=jit)
-    return lambda: model.train_on_batch(x, y)
+    return _keras_job("bertdesk", SHAPES[shape], "train", jit, batch, seq)
 
 
 def alternate(shape, precision, jit, rounds, steps):

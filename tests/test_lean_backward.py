@@ -118,13 +118,17 @@ def test_gelu_derivative_is_the_slope():
     np.testing.assert_allclose(to_np(gelu_derivative(x)), numeric, atol=1e-4)
 
 
+def _seed_generators(model):
+    return [g for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])]
+
+
 def _rng_snapshot(model):
     if keras.backend.backend() == "torch":  # BertDropout unseeded: torch's generator
         import torch
 
         return torch.get_rng_state()
-    return [np.array(keras.ops.convert_to_numpy(g.state)) for layer in model._flatten_layers()
-            for g in getattr(layer, "_seed_generators", [])] or None
+    # convert_to_numpy, not to_np: uint32 seeds do not survive float32
+    return [np.array(keras.ops.convert_to_numpy(g.state)) for g in _seed_generators(model)]
 
 
 def _rng_restore(model, state):
@@ -133,9 +137,7 @@ def _rng_restore(model, state):
 
         torch.set_rng_state(state)
         return
-    generators = [g for layer in model._flatten_layers()
-                  for g in getattr(layer, "_seed_generators", [])]
-    for g, s in zip(generators, state):
+    for g, s in zip(_seed_generators(model), state, strict=True):
         g.state.assign(s)
 
 
