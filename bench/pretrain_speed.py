@@ -113,13 +113,14 @@ def pretraining_step(impl, shape, batch, seq, predictions, precision="fp32", jit
     x = {k: b[k] for k in ("token_ids", "segment_ids", "padding_mask", "mask_positions")}
     if jit is None:
         jit = keras.backend.backend() != "torch"
-    if impl == "bertdesk":
+    if impl in ("bertdesk", "bertdesk_ckpt"):  # the second with gradient checkpointing
         import bertdesk
         from bertdesk.pretraining.objectives import masked_lm_loss
         from bertdesk.training.optimization import bert_adamw
 
-        model = bertdesk.BertPretrainingModel(
-            bertdesk.BertBackbone(vocabulary_size=VOCAB, max_sequence_length=512, **shape))
+        model = bertdesk.BertPretrainingModel(bertdesk.BertBackbone(
+            vocabulary_size=VOCAB, max_sequence_length=512, **shape,
+            gradient_checkpointing=impl == "bertdesk_ckpt"))
         model.compile(optimizer=bert_adamw(1e-4, 1000),
                       loss={"mlm_logits": masked_lm_loss,
                             "nsp_logits": keras.losses.SparseCategoricalCrossentropy(

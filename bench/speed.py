@@ -46,7 +46,10 @@ JOBS = [("bertdesk", "jax", True), ("bertdesk", "tensorflow", False),
         ("bertdesk", "tensorflow", True), ("bertdesk", "torch", False),
         ("keras_hub", "jax", True), ("keras_hub", "tensorflow", False),
         ("keras_hub", "tensorflow", True), ("keras_hub", "torch", False),
-        ("transformers", "torch", False)]
+        ("transformers", "torch", False),
+        # with gradient checkpointing (not in the default --impls)
+        ("bertdesk_ckpt", "jax", True), ("bertdesk_ckpt", "tensorflow", True),
+        ("bertdesk_ckpt", "torch", False)]
 
 
 PREDICTIONS = 20  # masked positions per sequence in the pretrain mode
@@ -136,12 +139,13 @@ def _keras_job(impl, shape, mode, jit, batch, seq):
     import keras
 
     x, y = _inputs(batch, seq)
-    if impl == "bertdesk":
+    if impl in ("bertdesk", "bertdesk_ckpt"):
         import bertdesk
         from bertdesk.tasks.bert_text_classifier import BertTextClassifier
         from bertdesk.training.optimization import bert_adamw
 
-        backbone = bertdesk.BertBackbone(vocabulary_size=VOCAB, **shape)
+        backbone = bertdesk.BertBackbone(vocabulary_size=VOCAB, **shape,
+                                         gradient_checkpointing=impl == "bertdesk_ckpt")
         model = (backbone if mode == "forward"
                  else BertTextClassifier(backbone, num_classes=2))
         optimizer = bert_adamw(1e-4, 1000)
@@ -351,7 +355,8 @@ def main():
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--modes", default="forward,train", help="forward, train, pretrain")
     p.add_argument("--impls", default="bertdesk,keras_hub,transformers",
-                   help="comma-separated, run in this order")
+                   help="comma-separated, run in this order; bertdesk_ckpt: bertdesk with "
+                        "gradient checkpointing")
     p.add_argument("--backends", default="jax,tensorflow,torch")
     p.add_argument("--batch", type=int, default=16,
                    help="sequences per batch at --seqs' first length (others keep the tokens)")
@@ -442,20 +447,31 @@ def main():
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(
                 {"device": args.device, "gemm_peak": peak, "results": results}, indent=2))
-    print("bertdesk's best over each peer's best, per configuration:")
+    print("bertdesk's best over each peer's best, per configuration "
+          "(speed: sequences/s; memory: the lowest peak):")
     for c in configs:
         key = (c["shape"], c["seq"], c["precision"], c["mode"])
-        best = {}
+        fastest, leanest = {}, {}
         for row in results:
             if "seq_per_s" in row and (row["shape"], row["seq"], row["precision"],
                                        row["mode"]) == key:
-                if row["seq_per_s"] > best.get(row["impl"], (0, ""))[0]:
-                    best[row["impl"]] = (row["seq_per_s"], row["name"])
-        if "bertdesk" in best:
-            ratios = ", ".join(f"{best['bertdesk'][0] / v:.2f}x {k} ({name})"
-                               for k, (v, name) in best.items() if k != "bertdesk")
-            print(f"  {' '.join(map(str, key))}: bertdesk {best['bertdesk'][0]:.1f} seq/s "
-                  f"({best['bertdesk'][1]}): {ratios or 'no peer'}", flush=True)
+                if row["seq_per_s"] > fastest.get(row["impl"], (0, ""))[0]:
+                    fastest[row["impl"]] = (row["seq_per_s"], row["name"])
+                mem = row["device_peak_mb"] if gpu and row["device_peak_mb"] else row["peak_mb"]
+                if mem < leanest.get(row["impl"], (float("inf"), ""))[0]:
+                    leanest[row["impl"]] = (mem, row["name"])
+        ours = [k for k in fastest if k.startswith("bertdesk")]
+        peers = [k for k in fastest if not k.startswith("bertdesk")]
+        for impl in ours:
+            speed = ", ".join(f"{fastest[impl][0] / fastest[k][0]:.2f}x {k} ({fastest[k][1]})"
+                              for k in peers)
+            memory = ", ".join(f"{leanest[impl][0] / leanest[k][0]:.2f}x {k} ({leanest[k][1]})"
+                               for k in peers)
+            print(f"  {' '.join(map(str, key))}: {impl} {fastest[impl][0]:.1f} seq/s "
+                  f"({fastest[impl][1]}): {speed or 'no peer'}", flush=True)
+            if peers:
+                print(f"  {'':>{len(' '.join(map(str, key)))}}  {impl} peak "
+                      f"{leanest[impl][0]:.0f} MB ({leanest[impl][1]}): {memory}", flush=True)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def _finetune_config(args):
         validation_fraction=args.validation_fraction,
         early_stopping_patience=args.early_stopping_patience,
         mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
+        gradient_checkpointing=args.gradient_checkpointing,
         bucket=False if args.no_bucketing else None, resume=args.resume)
 
 
@@ -375,6 +376,9 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--early-stopping-patience", type=int)
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer's activations in the backward pass: less "
+                        "memory, about a third more compute per step, same numbers")
     p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--no-bucketing", action="store_true",
                    help="do not group similar lengths (classification buckets by default, NER not)")
@@ -449,6 +453,9 @@ def build_parser():
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer's activations in the backward pass: less "
+                        "memory, about a third more compute per step, same numbers")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--dropout", type=float, help="override the preset's dropout")

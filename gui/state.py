@@ -172,6 +172,7 @@ class TrainSettings:
     seed: int = FinetuneConfig.seed
     validation_fraction: float = FinetuneConfig.validation_fraction
     early_stopping_patience: int = FinetuneConfig.early_stopping_patience or 0  # 0 = off
+    gradient_checkpointing: bool = FinetuneConfig.gradient_checkpointing
 
     def problems(self):
         """What is wrong with the form, as {field: message}."""
@@ -324,6 +325,8 @@ class AppState:
             args += ["--early-stopping-patience", str(s.early_stopping_patience)]
         if self.model.precision == "mixed_bfloat16":
             args += ["--mixed-precision"]
+        if s.gradient_checkpointing:
+            args += ["--gradient-checkpointing"]
         run = {"id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "running",
                "task": ds.task, "data": ds.path, "dropped_rows": dropped,
                "model": self.model.source, "backend": self.model.backend,

@@ -83,6 +83,35 @@ def test_classify_end_to_end(tmp_path, tiny_model):
     assert rows and abs(float(rows[0]["p(negative)"]) + float(rows[0]["p(positive)"]) - 1) < 1e-5
 
 
+def test_gradient_checkpointing_trains_the_same_model(tmp_path, tiny_model, monkeypatch):
+    """`--gradient-checkpointing` on the command line trains, with dropout,
+    to the same weights as the plain run (same seed, same masks)."""
+    from bertdesk.io import load_backbone
+    from bertdesk.layers.bert_encoder_block import BertEncoderBlock
+
+    calls = []
+    rematerialized = BertEncoderBlock._rematerialized
+    monkeypatch.setattr(BertEncoderBlock, "_rematerialized",
+                        lambda self, *a: calls.append(self.name) or rematerialized(self, *a))
+    run_finetune(config(tmp_path, tiny_model, output=str(tmp_path / "plain"), pad_to_multiple=8))
+    assert not calls
+    train = sample(tmp_path, "train.csv", 96)
+    assert cli_main(["finetune", "--train", str(train), "--model", tiny_model,
+                     "--output", str(tmp_path / "ckpt"), "--epochs", "1", "--batch-size", "16",
+                     "--max-length", "32", "--learning-rate", "1e-3",
+                     "--gradient-checkpointing"]) == 0
+    assert len(set(calls)) == 2  # both blocks of the tiny model
+    meta = json.loads((tmp_path / "ckpt" / "model" / "bertdesk.json").read_text())
+    assert meta["training_args"]["gradient_checkpointing"] is True
+    plain, checkpointed = (load_model(tmp_path / name / "model").model
+                           for name in ("plain", "ckpt"))
+    assert not checkpointed.backbone.gradient_checkpointing  # a training setting, not saved
+    start = load_backbone(tiny_model).get_weights()
+    assert sum(not np.allclose(w, w0) for w, w0 in zip(plain.backbone.get_weights(), start)) > 10
+    for a, b in zip(plain.get_weights(), checkpointed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_pretrained_checkpoint_learns_the_sample(tmp_path, minilm_folder):
     result = run_finetune(config(tmp_path, str(minilm_folder), epochs=2, learning_rate=1e-4,
                                  train=str(sample(tmp_path, "t.csv", 160))))

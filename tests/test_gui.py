@@ -315,10 +315,14 @@ def test_ner_and_qa_files(qtbot, window, tiny_model, source, task, tmp_path, mon
     choose_tiny(qtbot, w, tiny_model)
     w.go("Train")
     set_form(w, epochs=1, max_length=64, learning_rate=3e-3)
+    checkpointing = task == "qa"  # the form's check box reaches the child's command line
+    w.train_page.checkpointing_box.setChecked(checkpointing)
     with qtbot.waitSignal(w.train_page.run_finished, timeout=240000) as blocker:
         assert w.train_page.start()
     run = blocker.args[0]
     assert run["status"] == "finished", run.get("error")
+    assert ("--gradient-checkpointing" in run["args"]) == checkpointing
+    assert run["settings"]["gradient_checkpointing"] == checkpointing
     assert set(run["metrics"]) >= ({"precision", "recall", "f1"} if task == "ner"
                                    else {"exact_match", "f1"})
     screenshot(w, f"train_page_{task}")

@@ -28,6 +28,12 @@ class BertEncoderBlock(keras.layers.Layer):
         layer_norm_epsilon: LayerNorm epsilon.
         initializer_range: std of the normal kernel initialiser.
         use_fused_attention: see `BertSelfAttention`.
+        gradient_checkpointing: in training, keep only the block's inputs
+            for the backward pass and recompute the rest there (one more
+            forward pass of the block per step, for most of its activation
+            memory). The same numbers as without: the dropout masks are
+            drawn before the recomputed part, which makes them again from
+            the same seeds.
 
     Call args:
         x: `(batch, seq, hidden)`.
@@ -50,6 +56,7 @@ class BertEncoderBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-12,
         initializer_range=0.02,
         use_fused_attention=True,
+        gradient_checkpointing=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -60,6 +67,7 @@ class BertEncoderBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_range = initializer_range
         self.use_fused_attention = use_fused_attention
+        self.gradient_checkpointing = gradient_checkpointing
 
     def build(self, input_shape):
         hidden = input_shape[-1]
@@ -116,20 +124,57 @@ class BertEncoderBlock(keras.layers.Layer):
         return_attention_scores=False,
         query=None,
     ):
+        if training and self.gradient_checkpointing and not return_attention_scores:
+            return self._rematerialized(x, padding_mask, query)
+        return self._forward(x, padding_mask, training, return_attention_scores, query)
+
+    def _rematerialized(self, x, padding_mask, query):
+        """The training forward pass under `keras.remat`. Its dropout seeds
+        are drawn here, outside the recomputed function: recomputing then
+        makes the same masks and leaves the generators alone (drawing inside
+        would advance them twice, and on JAX leak the recomputation's values
+        into the generators' state)."""
+        seeds = (
+            _draw_seed(self.attention.dropout_layer),
+            _draw_seed(self.dropout_layer),
+            _draw_seed(self.dropout_layer),
+        )
+
+        def forward(x, *query):
+            query = query[0] if query else None
+            return self._forward(x, padding_mask, True, False, query, seeds)
+
+        # Tensors that need gradients are arguments (TensorFlow's
+        # recompute_grad differentiates arguments and variables only).
+        return keras.remat(forward)(x, *(() if query is None else (query,)))
+
+    def _forward(
+        self,
+        x,
+        padding_mask,
+        training,
+        return_attention_scores,
+        query,
+        seeds=(None, None, None),
+    ):
+        attention_seed, attention_output_seed, output_seed = seeds
         attended = self.attention(
             x,
             padding_mask=padding_mask,
             training=training,
             return_attention_scores=return_attention_scores,
             query=query,
+            dropout_seed=attention_seed,
         )
         if return_attention_scores:
             attended, probs = attended
-        h = self.dropout_layer(self.attention_output(attended), training=training)
+        h = self.dropout_layer(
+            self.attention_output(attended), training=training, seed=attention_output_seed
+        )
         residual = x if query is None else query
         x = self.attention_layer_norm(residual + h)  # (batch, q_len, hidden)
         h = self._feed_forward(x, training)
-        h = self.dropout_layer(h, training=training)
+        h = self.dropout_layer(h, training=training, seed=output_seed)
         x = self.output_layer_norm(x + h)
         if return_attention_scores:
             return x, probs
@@ -156,6 +201,14 @@ class BertEncoderBlock(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "initializer_range": self.initializer_range,
                 "use_fused_attention": self.use_fused_attention,
+                "gradient_checkpointing": self.gradient_checkpointing,
             }
         )
         return config
+
+
+def _draw_seed(dropout_layer):
+    """The seed of `dropout_layer`'s next mask, or None where it draws none."""
+    if 0 < dropout_layer.rate < 1:
+        return dropout_layer.draw_seed()
+    return None

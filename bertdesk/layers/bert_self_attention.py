@@ -35,6 +35,8 @@ class BertSelfAttention(keras.layers.Layer):
             whose outputs are wanted (e.g. `x[:, :1]`, the [CLS] token):
             queries are projected from it alone, keys and values from every
             position of `x`. Default: every position of `x`.
+        dropout_seed: optional, a seed from `dropout_layer.draw_seed()` for
+            the probabilities' dropout mask (see `BertDropout`).
 
     Returns:
         `(batch, q_len, num_heads * head_dim)`, the concatenated heads before
@@ -81,6 +83,7 @@ class BertSelfAttention(keras.layers.Layer):
         training=None,
         return_attention_scores=False,
         query=None,
+        dropout_seed=None,
     ):
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         if query is None:
@@ -107,7 +110,9 @@ class BertSelfAttention(keras.layers.Layer):
                 and not return_attention_scores):
             # Training: a hand-written backward pass that keeps the
             # probabilities and the mask, not the dropped-out weights too.
-            keep, rescale = keep_mask_of_shape((batch, self.num_heads, q_len, seq), like=q)
+            keep, rescale = keep_mask_of_shape(
+                (batch, self.num_heads, q_len, seq), like=q, seed=dropout_seed
+            )
             out = dropout_attention(q, k, v, keep, mask=mask, scale=scale, rescale=rescale)
             return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
 
@@ -125,7 +130,7 @@ class BertSelfAttention(keras.layers.Layer):
         rescale = None
         keep_mask = getattr(self.dropout_layer, "keep_mask", None)  # BertDropout's
         if dropping and self.attention_dropout < 1 and keep_mask is not None:
-            keep, rescale = keep_mask(weights)
+            keep, rescale = keep_mask(weights, seed=dropout_seed)
             weights = ops.where(keep, weights, ops.cast(0, v.dtype))
         else:  # another dropout layer (bench/dropout_cost.py swaps in Keras')
             weights = self.dropout_layer(weights, training=training)

@@ -10,7 +10,10 @@ products, sums) over a `(tokens, 4 * hidden)` tensor; ATen has it as one
 kernel, the one autograd itself uses for `gelu`; likewise the softmax's
 gradient (four ops as a formula). Each function here gives
 the same numbers as the formula it replaces (tests/test_lean_backward.py).
+Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch.
 """
+
+_AUTOGRAD_FUNCTION = None
 
 
 def gelu_backward(upstream, x):
@@ -25,3 +28,27 @@ def softmax_backward(upstream, probs):
     import torch
 
     return torch.ops.aten._softmax_backward_data(upstream, probs, -1, probs.dtype)
+
+
+def autograd_apply(forward, backward, *args):
+    """`forward(*args) -> (output, saved)` as a `torch.autograd.Function`
+    whose backward is `backward(saved, upstream)`; `saved` goes through
+    `ctx.save_for_backward`, so saved-tensor hooks (checkpointing) see it."""
+    global _AUTOGRAD_FUNCTION
+    if _AUTOGRAD_FUNCTION is None:
+        import torch
+
+        class WithGradient(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, forward, backward, *args):
+                out, saved = forward(*args)
+                ctx.backward_fn = backward
+                ctx.save_for_backward(*saved)
+                return out
+
+            @staticmethod
+            def backward(ctx, upstream):
+                return (None, None) + tuple(ctx.backward_fn(ctx.saved_tensors, upstream))
+
+        _AUTOGRAD_FUNCTION = WithGradient
+    return _AUTOGRAD_FUNCTION.apply(forward, backward, *args)

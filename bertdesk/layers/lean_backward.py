@@ -22,9 +22,10 @@ PyTorch) or drop (JAX, 1.08-1.16x faster); base peak memory is 0.87-0.96x
 same ops as the plain path; the gradients equal autodiff's to rounding
 (tests/test_lean_backward.py, every backend).
 
-Both are `keras.ops.custom_gradient` functions, so backend-neutral: the
-gradient function is called as `grad(upstream)` on JAX and TensorFlow and
-as `grad(*inputs, upstream=...)` on PyTorch.
+Both name the tensors their backward pass keeps (`with_gradient`): a
+`keras.ops.custom_gradient` on JAX and TensorFlow, an autograd Function
+with `save_for_backward` on PyTorch, so that gradient checkpointing can drop
+and recompute them there too.
 """
 
 import math
@@ -75,21 +76,18 @@ def gelu_matmul(z, kernel):
     """`gelu(z) @ kernel` for `z` `(..., f)` and `kernel` `(f, h)`, whose
     backward pass keeps `z` and `kernel` only (GELU recomputed)."""
 
-    @ops.custom_gradient
     def forward(z, kernel):
-        out = ops.matmul(gelu(z), kernel)
+        return ops.matmul(gelu(z), kernel), (z, kernel)
 
-        def grad(*args, upstream=None):
-            g = _upstream(args, upstream)  # (..., h)
-            f, h = ops.shape(kernel)[0], ops.shape(kernel)[1]
-            a = ops.reshape(gelu(z), (-1, f))
-            g_kernel = ops.matmul(ops.transpose(a), ops.reshape(g, (-1, h)))
-            g_a = ops.matmul(g, ops.transpose(kernel))
-            return gelu_backward(g_a, z), g_kernel
+    def backward(saved, g):  # g: (..., h)
+        z, kernel = saved
+        f, h = ops.shape(kernel)[0], ops.shape(kernel)[1]
+        a = ops.reshape(gelu(z), (-1, f))
+        g_kernel = ops.matmul(ops.transpose(a), ops.reshape(g, (-1, h)))
+        g_a = ops.matmul(g, ops.transpose(kernel))
+        return gelu_backward(g_a, z), g_kernel
 
-        return out, grad
-
-    return forward(z, kernel)
+    return with_gradient(forward, backward, z, kernel)
 
 
 # === Attention ===
@@ -113,32 +111,59 @@ def dropout_attention(q, k, v, keep, mask=None, scale=1.0, rescale=1.0):
     """
     has_mask = mask is not None
 
-    @ops.custom_gradient
     def forward(q, k, v, keep, *mask_arg):
         scores = ops.einsum("bqnd,bknd->bnqk", q * ops.cast(scale, q.dtype), k)
         scores = ops.cast(scores, "float32")
         if has_mask:
             scores = ops.where(mask_arg[0], scores, ops.cast(_NEG, "float32"))
         probs = ops.softmax(scores, axis=-1)  # (batch, heads, q_len, seq)
-        zero = ops.cast(0, v.dtype)
-        weights = ops.where(keep, ops.cast(probs, v.dtype), zero)
+        weights = ops.where(keep, ops.cast(probs, v.dtype), ops.cast(0, v.dtype))
         out = ops.einsum("bnqk,bknd->bqnd", weights, v) * ops.cast(rescale, v.dtype)
+        return out, (q, k, v, keep, probs)
 
-        def grad(*args, upstream=None):
-            g = _upstream(args, upstream) * ops.cast(rescale, v.dtype)  # (b, q, n, d)
-            weights = ops.where(keep, ops.cast(probs, v.dtype), zero)
-            g_v = ops.einsum("bnqk,bqnd->bknd", weights, g)
-            g_weights = ops.einsum("bqnd,bknd->bnqk", g, v)
-            g_probs = ops.cast(ops.where(keep, g_weights, zero), "float32")
-            g_scores = ops.cast(softmax_backward(g_probs, probs), q.dtype)
-            s = ops.cast(scale, q.dtype)
-            g_q = ops.einsum("bnqk,bknd->bqnd", g_scores, k) * s
-            g_k = ops.einsum("bnqk,bqnd->bknd", g_scores, q) * s
-            return (g_q, g_k, g_v, None) + (None,) * len(mask_arg)
+    def backward(saved, g):
+        q, k, v, keep, probs = saved
+        zero = ops.cast(0, v.dtype)
+        g = g * ops.cast(rescale, v.dtype)  # (b, q, n, d)
+        weights = ops.where(keep, ops.cast(probs, v.dtype), zero)
+        g_v = ops.einsum("bnqk,bqnd->bknd", weights, g)
+        g_weights = ops.einsum("bqnd,bknd->bnqk", g, v)
+        g_probs = ops.cast(ops.where(keep, g_weights, zero), "float32")
+        g_scores = ops.cast(softmax_backward(g_probs, probs), q.dtype)
+        s = ops.cast(scale, q.dtype)
+        g_q = ops.einsum("bnqk,bknd->bqnd", g_scores, k) * s
+        g_k = ops.einsum("bnqk,bqnd->bknd", g_scores, q) * s
+        return (g_q, g_k, g_v, None) + (None,) * has_mask
+
+    return with_gradient(forward, backward, q, k, v, keep, *((mask,) if has_mask else ()))
+
+
+# === Custom gradients that name what they keep ===
+def with_gradient(forward, backward, *args):
+    """`forward(*args)[0]`, differentiated by `backward`.
+
+    `forward(*args)` returns `(output, saved)`, `saved` a tuple of tensors;
+    `backward(saved, upstream)` returns one gradient (or None) per argument.
+    On JAX and TensorFlow this is `keras.ops.custom_gradient`. On PyTorch it
+    is an autograd Function that keeps `saved` through `save_for_backward`,
+    where Keras' `custom_gradient` would keep them in a closure: tensors kept
+    that way escape PyTorch's saved-tensor hooks, which gradient
+    checkpointing (`torch.utils.checkpoint`) relies on to drop and recompute
+    them.
+    """
+    if keras.backend.backend() == "torch":
+        return fused_kernels.autograd_apply(forward, backward, *args)
+
+    @ops.custom_gradient
+    def apply(*args):
+        out, saved = forward(*args)
+
+        def grad(*upstream_args, upstream=None):
+            return backward(saved, _upstream(upstream_args, upstream))
 
         return out, grad
 
-    return forward(q, k, v, keep, *((mask,) if has_mask else ()))
+    return apply(*args)
 
 
 # === The same functions for autodiff (the reference in tests and bench) ===

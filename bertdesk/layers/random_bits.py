@@ -21,17 +21,45 @@ import keras
 
 
 # === Bits ===
-def random_int16(shape, seed_generator, like=None):
+def draw_seed(seed_generator):
+    """The seed of one `random_int16` draw, advancing `seed_generator` as the
+    draw would: a raw threefry key on JAX, an int32 pair on TensorFlow, a
+    Python int on PyTorch (None for a generator made without a seed, whose
+    draws come from torch's global generator). Drawn ahead, it lets a
+    recomputed forward pass (gradient checkpointing) make the same bits
+    again without touching the generator's state.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return seed_generator.next()  # (2,) uint32
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        seed = seed_generator.next()
+        if seed.dtype != tf.int32:  # as Keras' TensorFlow random ops cast theirs
+            seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+        return seed
+    if backend == "torch":
+        if seed_generator.get_config()["seed"] is None:
+            return None
+        first, second = (int(v) for v in seed_generator.next().tolist())
+        return (first + second) & 0xFFFFFFFF
+    raise NotImplementedError(f"random_int16: backend {backend!r} is not supported")
+
+
+def random_int16(shape, seed, like=None):
     """An `int16` tensor of `shape`, uniform over all 65,536 values, from half
     as many 32-bit draws (each word is split into two neighbouring elements
     along the last axis).
 
     Args:
         shape: tuple of ints (or, on TensorFlow inside a graph, scalar tensors).
-        seed_generator: a `keras.random.SeedGenerator`; advanced by one draw
-            (on PyTorch, unless it was made without a seed).
+        seed: a `keras.random.SeedGenerator`, advanced by one draw, or a seed
+            that `draw_seed` returned (the same bits as the draw it stands for).
         like: a tensor on the device the bits should live on (PyTorch).
     """
+    if isinstance(seed, keras.random.SeedGenerator):
+        seed = draw_seed(seed)
     shape = tuple(shape)
     last = shape[-1]
     words_shape = shape[:-1] + ((last + 1) // 2,)
@@ -39,16 +67,12 @@ def random_int16(shape, seed_generator, like=None):
     if backend == "jax":
         import jax
 
-        key = seed_generator.next()  # (2,) uint32: a raw threefry key
-        words = jax.random.bits(key, words_shape, "uint32")
+        words = jax.random.bits(seed, words_shape, "uint32")
         halves = jax.lax.bitcast_convert_type(words, "int16")  # (..., words, 2)
         return halves.reshape(shape[:-1] + (-1,))[..., :last]
     if backend == "tensorflow":
         import tensorflow as tf
 
-        seed = seed_generator.next()
-        if seed.dtype != tf.int32:  # as Keras' TensorFlow random ops cast theirs
-            seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
         # Philox named explicitly: "auto_select" (the default) is Philox on
         # the CPU kernels but, under XLA on CPU, a generator 3-4x slower
         # (a (32, 128, 128) block's training step: 180 ms against 56).
@@ -60,11 +84,11 @@ def random_int16(shape, seed_generator, like=None):
     if backend == "torch":
         import torch
 
-        return _torch_int16(torch, tuple(int(d) for d in shape), seed_generator, like)
+        return _torch_int16(torch, tuple(int(d) for d in shape), seed, like)
     raise NotImplementedError(f"random_int16: backend {backend!r} is not supported")
 
 
-def _torch_int16(torch, shape, seed_generator, like):
+def _torch_int16(torch, shape, seed, like):
     device = like.device if like is not None else torch.get_default_device()
     count = math.prod(shape)
     if device.type == "meta":  # Keras' symbolic shape inference
@@ -73,10 +97,9 @@ def _torch_int16(torch, shape, seed_generator, like):
     # (one generator call gives four 16-bit halves).
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
     generator = None
-    if seed_generator.get_config()["seed"] is not None:
-        first, second = (int(v) for v in seed_generator.next().tolist())
+    if seed is not None:
         generator = torch.Generator(device=device)
-        generator.manual_seed((first + second) & 0xFFFFFFFF)
+        generator.manual_seed(seed)
     words.random_(-(2**63), None, generator=generator)
     if torch.compiler.is_compiling():
         # torch.compile cannot reinterpret int64 storage as int16 (a view

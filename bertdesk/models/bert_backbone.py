@@ -103,6 +103,10 @@ class BertBackbone(keras.Model):
             explicit attention path).
         use_fused_attention: use `keras.ops.dot_product_attention` when it
             applies.
+        gradient_checkpointing: recompute each encoder block's activations
+            in the backward pass instead of keeping them (less memory, one
+            more forward pass per training step; same numbers). Settable
+            later: `backbone.gradient_checkpointing = True`, before compiling.
         dtype: dtype policy of every layer (e.g. "mixed_bfloat16").
     """
 
@@ -122,6 +126,7 @@ class BertBackbone(keras.Model):
         output_hidden_states=False,
         output_attentions=False,
         use_fused_attention=True,
+        gradient_checkpointing=False,
         dtype=None,
         **kwargs,
     ):
@@ -146,6 +151,7 @@ class BertBackbone(keras.Model):
                 layer_norm_epsilon=layer_norm_epsilon,
                 initializer_range=initializer_range,
                 use_fused_attention=use_fused_attention,
+                gradient_checkpointing=gradient_checkpointing,
                 dtype=dtype,
                 name=f"encoder_layer_{i}",
             )
@@ -246,8 +252,18 @@ class BertBackbone(keras.Model):
             "output_hidden_states": self.output_hidden_states,
             "output_attentions": self.output_attentions,
             "use_fused_attention": self.use_fused_attention,
+            "gradient_checkpointing": self.gradient_checkpointing,
             "dtype": keras.dtype_policies.serialize(self.embeddings.dtype_policy),
         }
+
+    @property
+    def gradient_checkpointing(self):
+        return all(layer.gradient_checkpointing for layer in self.encoder_layers)
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value):
+        for layer in self.encoder_layers:
+            layer.gradient_checkpointing = bool(value)
 
     @classmethod
     def from_config(cls, config):
@@ -261,7 +277,7 @@ class BertBackbone(keras.Model):
         (no names, no output switches): what a saved folder records."""
         config = self.get_config()
         for key in ("name", "trainable", "output_hidden_states", "output_attentions",
-                    "use_fused_attention", "dtype"):
+                    "use_fused_attention", "gradient_checkpointing", "dtype"):
             config.pop(key)
         return config
 

@@ -73,6 +73,7 @@ class PretrainConfig:
     num_processes: int = 1
     process_id: int = 0
     jit_compile: str = "auto"
+    gradient_checkpointing: bool = False
 
     @classmethod
     def from_dict(cls, d):
@@ -174,6 +175,7 @@ def build_model(config, tokenizer, seq_length, total_steps):
     if config.dropout is not None:
         overrides.update(dropout=config.dropout, attention_dropout=config.dropout)
     backbone = bertdesk.BertBackbone.from_preset(config.preset, **overrides)
+    backbone.gradient_checkpointing = config.gradient_checkpointing
     model = bertdesk.BertPretrainingModel(backbone)
     warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 10
     accumulation = config.gradient_accumulation if config.gradient_accumulation > 1 else None
@@ -297,6 +299,7 @@ def run_pretrain(config, sink=None):
             # This run's choice, not the saved one (JAX's True would mean
             # torch.compile when resuming on PyTorch).
             model.jit_compile = _jit_compile(config)
+            model.backbone.gradient_checkpointing = config.gradient_checkpointing
             set_random_state(model, state["random"], torch_generator=False)
             log(f"resuming at step {state['step']} (batch {state['batches']})")
         else:

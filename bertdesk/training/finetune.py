@@ -42,6 +42,7 @@ class FinetuneConfig:
     early_stopping_patience: int | None = None
     mixed_precision: bool = False
     jit_compile: str = "auto"  # auto | on | off
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     bucket: bool | None = None  # group similar lengths; None: on for classify, off for ner
     dynamic_padding: bool = True
     pad_to_multiple: int = 8
@@ -256,10 +257,12 @@ def run_finetune(config, sink=None):
         # This run's choice, not the one saved: a checkpoint written on JAX
         # says jit_compile=True, which on PyTorch would mean torch.compile.
         model.jit_compile = jit
+        model.backbone.gradient_checkpointing = config.gradient_checkpointing
         initial_epoch = int(state["epochs_done"])
         sink({"event": "message", "text": f"resuming after epoch {initial_epoch}"})
     else:
         model = task.build_model(backbone, head)
+        model.backbone.gradient_checkpointing = config.gradient_checkpointing
         model.compile(optimizer=bert_adamw(config.learning_rate, total_steps, config.warmup_ratio,
                                            config.weight_decay, config.max_grad_norm),
                       loss={"logits": task.loss(head)}, jit_compile=jit)

@@ -6,7 +6,7 @@ import html
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
+from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -82,6 +82,13 @@ class TrainPage(QWidget):
         for key, widget in self.fields.items():
             form.addRow(names[key] + ":", widget)
             widget.valueChanged.connect(self._settings_changed)
+        self.checkpointing_box = QCheckBox("less memory, about 1/3 slower")
+        self.checkpointing_box.setToolTip(
+            "Recompute each layer's activations in the backward pass instead of keeping "
+            "them (the same numbers)")
+        self.checkpointing_box.setChecked(s.gradient_checkpointing)
+        self.checkpointing_box.toggled.connect(self._settings_changed)
+        form.addRow("Gradient checkpointing:", self.checkpointing_box)
         self.form_error = QLabel()
         self.form_error.setStyleSheet("color: #c0392b;")
         self.form_error.setWordWrap(True)
@@ -163,6 +170,7 @@ class TrainPage(QWidget):
     def _settings_changed(self, *_):
         for key, widget in self.fields.items():
             setattr(self.state.settings, key, widget.value())
+        self.state.settings.gradient_checkpointing = self.checkpointing_box.isChecked()
         problems = self.state.settings.problems()
         self.form_error.setText("\n".join(problems.values()))
 
