@@ -133,7 +133,9 @@ class BertEncoderBlock(keras.layers.Layer):
         are drawn here, outside the recomputed function: recomputing then
         makes the same masks and leaves the generators alone (drawing inside
         would advance them twice, and on JAX leak the recomputation's values
-        into the generators' state)."""
+        into the generators' state). Unseeded on PyTorch, masks come from
+        torch's global generator, whose state `torch.utils.checkpoint`
+        restores for the recomputation."""
         seeds = (
             _draw_seed(self.attention.dropout_layer),
             _draw_seed(self.dropout_layer),
