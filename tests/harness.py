@@ -111,3 +111,28 @@ def check_fit_step(model, inputs, targets, loss):
     assert np.isfinite(history.history["loss"][0])
     after = model.get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+def seed_generators(model):
+    return [g for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])]
+
+
+def rng_snapshot(model):
+    """The dropout generators' state (on PyTorch: torch's global generator,
+    which unseeded `BertDropout` draws from)."""
+    if keras.backend.backend() == "torch":  # BertDropout unseeded: torch's generator
+        import torch
+
+        return torch.get_rng_state()
+    # convert_to_numpy, not to_np: uint32 seeds do not survive float32
+    return [np.array(keras.ops.convert_to_numpy(g.state)) for g in seed_generators(model)]
+
+
+def rng_restore(model, state):
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_rng_state(state)
+        return
+    for g, s in zip(seed_generators(model), state, strict=True):
+        g.state.assign(s)

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY, random_batch
-from harness import to_np
+from harness import rng_restore, rng_snapshot, to_np
 from keras import ops
 
 from bertdesk.layers import bert_encoder_block, bert_self_attention
@@ -118,29 +118,6 @@ def test_gelu_derivative_is_the_slope():
     np.testing.assert_allclose(to_np(gelu_derivative(x)), numeric, atol=1e-4)
 
 
-def _seed_generators(model):
-    return [g for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])]
-
-
-def _rng_snapshot(model):
-    if keras.backend.backend() == "torch":  # BertDropout unseeded: torch's generator
-        import torch
-
-        return torch.get_rng_state()
-    # convert_to_numpy, not to_np: uint32 seeds do not survive float32
-    return [np.array(keras.ops.convert_to_numpy(g.state)) for g in _seed_generators(model)]
-
-
-def _rng_restore(model, state):
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_rng_state(state)
-        return
-    for g, s in zip(_seed_generators(model), state, strict=True):
-        g.state.assign(s)
-
-
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_classifier_training_step_matches_autodiff(monkeypatch, policy):
     """One SGD step of a classifier with dropout, through the hand-written
@@ -158,7 +135,7 @@ def test_classifier_training_step_matches_autodiff(monkeypatch, policy):
     model.compile(optimizer=keras.optimizers.SGD(0.5),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.train_on_batch(x, y)  # the first call builds (and draws) once
-    before, rng_state = model.get_weights(), _rng_snapshot(model)
+    before, rng_state = model.get_weights(), rng_snapshot(model)
     model.train_on_batch(x, y)
     lean = model.get_weights()
     changed = sum(not np.allclose(a, b) for a, b in zip(before, lean))
@@ -167,7 +144,7 @@ def test_classifier_training_step_matches_autodiff(monkeypatch, policy):
     monkeypatch.setattr(bert_self_attention, "dropout_attention", autodiff_dropout_attention)
     monkeypatch.setattr(bert_encoder_block, "gelu_matmul", autodiff_gelu_matmul)
     model.set_weights(before)
-    _rng_restore(model, rng_state)
+    rng_restore(model, rng_state)
     model.compile(optimizer=keras.optimizers.SGD(0.5),  # retrace with the plain ops
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.train_on_batch(x, y)

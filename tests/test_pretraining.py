@@ -603,3 +603,23 @@ def test_mixed_precision_pretraining_runs(tmp_path, data_folder):
     assert all(np.isfinite(h["loss"]) for h in r["history"])
     w = _weights(tmp_path / "bf16")
     assert all(v.dtype == np.float32 for v in w.values())  # variables stay float32
+
+
+def test_gradient_checkpointing_pretrains_the_same_weights(tmp_path, data_folder, monkeypatch):
+    """`gradient_checkpointing=True` reaches the pretraining model's blocks
+    and trains, with dropout, to the plain run's weights."""
+    from bertdesk.layers.bert_encoder_block import BertEncoderBlock
+    from bertdesk.pretraining.pretrain import run_pretrain
+
+    calls = []
+    rematerialized = BertEncoderBlock._rematerialized
+    monkeypatch.setattr(BertEncoderBlock, "_rematerialized",
+                        lambda self, *a: calls.append(self.name) or rematerialized(self, *a))
+    run_pretrain(_config(tmp_path / "plain", data_folder, max_steps=2))
+    assert not calls
+    run_pretrain(_config(tmp_path / "ckpt", data_folder, max_steps=2, gradient_checkpointing=True))
+    assert calls
+    plain, ckpt = _weights(tmp_path / "plain"), _weights(tmp_path / "ckpt")
+    assert plain.keys() == ckpt.keys()
+    for k in plain:
+        np.testing.assert_allclose(plain[k], ckpt[k], atol=1e-5, err_msg=k)

@@ -31,7 +31,7 @@ class BertDropout(keras.layers.Layer):
     Call args:
         inputs: a tensor of any rank.
         training: drop only when True.
-        seed: optional, a seed from `draw_seed()`: the mask of that draw,
+        drawn_seed: optional, a seed from `draw_seed()`: the mask of that draw,
             leaving the generator as it is (a recomputed forward pass
             repeats its masks this way).
     """
@@ -47,34 +47,35 @@ class BertDropout(keras.layers.Layer):
             self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
 
-    def call(self, inputs, training=False, seed=None):
+    def call(self, inputs, training=False, drawn_seed=None):
         if not training or self.rate == 0:
             return inputs
         if self.rate == 1:
             return ops.zeros_like(inputs)
-        keep, scale = self.keep_mask(inputs, seed=seed)
+        keep, scale = self.keep_mask(inputs, drawn_seed=drawn_seed)
         return ops.where(keep, inputs * ops.cast(scale, inputs.dtype), 0.0)
 
     def draw_seed(self):
         """The seed of the next mask, advancing the generator as drawing the
-        mask would; pass it as `seed=` to make that mask. Needs rate > 0."""
+        mask would; pass it as `drawn_seed=` to make that mask. Needs rate > 0."""
         return draw_seed(self.seed_generator)
 
-    def keep_mask(self, inputs, seed=None):
+    def keep_mask(self, inputs, drawn_seed=None):
         """The boolean mask of kept elements that `call(inputs, training=True)`
         would draw (advancing the generator the same way), and the factor
         it scales kept values by: for callers that apply the factor to a
         smaller tensor downstream (attention scales its output rather than
         the `(batch, heads, seq, seq)` probabilities). Needs 0 < rate < 1."""
-        return self.keep_mask_of_shape(ops.shape(inputs), like=inputs, seed=seed)
+        return self.keep_mask_of_shape(ops.shape(inputs), like=inputs, drawn_seed=drawn_seed)
 
-    def keep_mask_of_shape(self, shape, like=None, seed=None):
+    def keep_mask_of_shape(self, shape, like=None, drawn_seed=None):
         """`keep_mask` for inputs of `shape` that need not exist yet (`like`:
         a tensor on the device the mask should be on)."""
         if not 0 < self.rate < 1:
             raise ValueError(f"BertDropout.keep_mask needs 0 < rate < 1, got {self.rate}")
         threshold = round(self.rate * _LEVELS)
-        halves = random_int16(shape, self.seed_generator if seed is None else seed, like=like)
+        seed = self.seed_generator if drawn_seed is None else drawn_seed
+        halves = random_int16(shape, seed, like=like)
         keep = ops.greater_equal(halves, threshold - _LEVELS // 2)
         return keep, _LEVELS / (_LEVELS - threshold)
 

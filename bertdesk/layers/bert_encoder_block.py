@@ -33,7 +33,8 @@ class BertEncoderBlock(keras.layers.Layer):
             forward pass of the block per step, for most of its activation
             memory). The same numbers as without: the dropout masks are
             drawn before the recomputed part, which makes them again from
-            the same seeds.
+            the same seeds. Not applied when attention scores are returned
+            (`output_attentions=True`).
 
     Call args:
         x: `(batch, seq, hidden)`.
@@ -170,17 +171,21 @@ class BertEncoderBlock(keras.layers.Layer):
         )
         if return_attention_scores:
             attended, probs = attended
-        h = self.dropout_layer(
-            self.attention_output(attended), training=training, seed=attention_output_seed
-        )
+        h = self._dropout(self.attention_output(attended), training, attention_output_seed)
         residual = x if query is None else query
         x = self.attention_layer_norm(residual + h)  # (batch, q_len, hidden)
         h = self._feed_forward(x, training)
-        h = self.dropout_layer(h, training=training, seed=output_seed)
+        h = self._dropout(h, training, output_seed)
         x = self.output_layer_norm(x + h)
         if return_attention_scores:
             return x, probs
         return x
+
+    def _dropout(self, h, training, seed):
+        # drawn_seed= only when drawn: bench/dropout_cost.py swaps in Keras' Dropout
+        if seed is None:
+            return self.dropout_layer(h, training=training)
+        return self.dropout_layer(h, training=training, drawn_seed=seed)
 
     def _feed_forward(self, x, training):
         """output(intermediate(x)); in training through `gelu_matmul`, whose
@@ -210,7 +215,9 @@ class BertEncoderBlock(keras.layers.Layer):
 
 
 def _draw_seed(dropout_layer):
-    """The seed of `dropout_layer`'s next mask, or None where it draws none."""
-    if 0 < dropout_layer.rate < 1:
-        return dropout_layer.draw_seed()
+    """The seed of `dropout_layer`'s next mask, or None where it draws none
+    (or is not a `BertDropout` and so draws its own)."""
+    draw = getattr(dropout_layer, "draw_seed", None)
+    if draw is not None and 0 < dropout_layer.rate < 1:
+        return draw()
     return None

@@ -111,7 +111,7 @@ class BertSelfAttention(keras.layers.Layer):
             # Training: a hand-written backward pass that keeps the
             # probabilities and the mask, not the dropped-out weights too.
             keep, rescale = keep_mask_of_shape(
-                (batch, self.num_heads, q_len, seq), like=q, seed=dropout_seed
+                (batch, self.num_heads, q_len, seq), like=q, drawn_seed=dropout_seed
             )
             out = dropout_attention(q, k, v, keep, mask=mask, scale=scale, rescale=rescale)
             return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
@@ -130,7 +130,7 @@ class BertSelfAttention(keras.layers.Layer):
         rescale = None
         keep_mask = getattr(self.dropout_layer, "keep_mask", None)  # BertDropout's
         if dropping and self.attention_dropout < 1 and keep_mask is not None:
-            keep, rescale = keep_mask(weights, seed=dropout_seed)
+            keep, rescale = keep_mask(weights, drawn_seed=dropout_seed)
             weights = ops.where(keep, weights, ops.cast(0, v.dtype))
         else:  # another dropout layer (bench/dropout_cost.py swaps in Keras')
             weights = self.dropout_layer(weights, training=training)

@@ -38,10 +38,6 @@ from bertdesk.layers import fused_kernels
 _NEG = -1e9  # added to the scores of padded keys (as the plain path does)
 
 
-def _upstream(args, upstream):
-    return args[0] if upstream is None else upstream
-
-
 def gelu(x):
     """Exact (erf) GELU, as in the reference checkpoints."""
     return keras.activations.gelu(x, approximate=False)
@@ -145,9 +141,10 @@ def with_gradient(forward, backward, *args):
     `forward(*args)` returns `(output, saved)`, `saved` a tuple of tensors;
     `backward(saved, upstream)` returns one gradient (or None) per argument.
     On JAX and TensorFlow this is `keras.ops.custom_gradient`. On PyTorch it
-    is an autograd Function that keeps `saved` through `save_for_backward`,
-    where Keras' `custom_gradient` would keep them in a closure: tensors kept
-    that way escape PyTorch's saved-tensor hooks, which gradient
+    is an autograd Function that keeps `saved` through `save_for_backward`;
+    Keras' `custom_gradient` saves only the inputs that way and leaves the
+    intermediates (the attention probabilities) in the gradient function's
+    closure, out of reach of PyTorch's saved-tensor hooks, which gradient
     checkpointing (`torch.utils.checkpoint`) relies on to drop and recompute
     them.
     """
@@ -158,8 +155,8 @@ def with_gradient(forward, backward, *args):
     def apply(*args):
         out, saved = forward(*args)
 
-        def grad(*upstream_args, upstream=None):
-            return backward(saved, _upstream(upstream_args, upstream))
+        def grad(upstream):
+            return backward(saved, upstream)
 
         return out, grad
 

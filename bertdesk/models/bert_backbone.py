@@ -105,7 +105,8 @@ class BertBackbone(keras.Model):
             applies.
         gradient_checkpointing: recompute each encoder block's activations
             in the backward pass instead of keeping them (less memory, one
-            more forward pass per training step; same numbers). Settable
+            more forward pass per training step; same numbers; not with
+            `output_attentions`). Settable
             later: `backbone.gradient_checkpointing = True`, before compiling.
         dtype: dtype policy of every layer (e.g. "mixed_bfloat16").
     """
@@ -201,6 +202,7 @@ class BertBackbone(keras.Model):
         self.use_fused_attention = use_fused_attention
         self.embeddings = embeddings
         self.encoder_layers = encoder_layers
+        self._gradient_checkpointing = bool(gradient_checkpointing)
         self.pooler = pooler
 
     @property
@@ -258,10 +260,11 @@ class BertBackbone(keras.Model):
 
     @property
     def gradient_checkpointing(self):
-        return all(layer.gradient_checkpointing for layer in self.encoder_layers)
+        return self._gradient_checkpointing
 
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, value):
+        self._gradient_checkpointing = bool(value)
         for layer in self.encoder_layers:
             layer.gradient_checkpointing = bool(value)
 

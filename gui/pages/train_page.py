@@ -6,7 +6,8 @@ import html
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
+from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
+                               QHeaderView,
                                QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -82,10 +83,11 @@ class TrainPage(QWidget):
         for key, widget in self.fields.items():
             form.addRow(names[key] + ":", widget)
             widget.valueChanged.connect(self._settings_changed)
-        self.checkpointing_box = QCheckBox("less memory, about 1/3 slower")
+        self.checkpointing_box = QCheckBox("less memory, about 1.4x the time per step")
         self.checkpointing_box.setToolTip(
             "Recompute each layer's activations in the backward pass instead of keeping "
-            "them (the same numbers)")
+            "them (the same numbers; saves memory on PyTorch and TensorFlow, not on JAX "
+            "on a CPU)")
         self.checkpointing_box.setChecked(s.gradient_checkpointing)
         self.checkpointing_box.toggled.connect(self._settings_changed)
         form.addRow("Gradient checkpointing:", self.checkpointing_box)
