@@ -124,6 +124,47 @@ def test_gradient_is_the_mask_times_the_scale():
     np.testing.assert_allclose(_np(grad), np.where(kept, w * scale, 0), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_add_to_is_the_residual_plus_the_dropout(dtype):
+    """`add_to(r, x)` (one kernel on PyTorch) equals `r + layer(x)` for the
+    same mask, keeps the dtype, and is the identity plus `r` in inference."""
+    rng = np.random.default_rng(4)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(6, 9, 10)), dtype)
+    r = keras.ops.convert_to_tensor(rng.normal(size=(6, 9, 10)), dtype)
+    layer = BertDropout(0.3, seed=3, dtype=dtype)
+    seed = layer.draw_seed()
+    fused = layer.add_to(r, x, training=True, drawn_seed=seed)
+    assert keras.backend.standardize_dtype(fused.dtype) == dtype
+    plain = r + layer(x, training=True, drawn_seed=seed)
+    assert (_np(plain) != _np(r)).any() and (_np(plain) == _np(r)).any()  # some kept, some dropped
+    if keras.backend.backend() != "torch":  # the same formula
+        np.testing.assert_array_equal(_np(fused), _np(plain))
+    else:  # addcmul rounds once or twice where the formula rounds twice
+        kept = _np(layer(x, training=True, drawn_seed=seed)) != 0
+        dropped_out = np.where(kept, _np(x) * 65536 / (65536 - 19661), 0)
+        unit = 2.0**-8 if dtype == "bfloat16" else 2.0**-24
+        error = np.abs(_np(fused) - (_np(r) + dropped_out))
+        assert (error <= 2 * unit * (np.abs(_np(r)) + np.abs(dropped_out))).all()
+    np.testing.assert_array_equal(_np(layer.add_to(r, x)), _np(r + x))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's kernel (addcmul)")
+def test_add_to_gradients_are_the_mask_and_one():
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.normal(size=(8, 12)), dtype=torch.float32, requires_grad=True)
+    r = torch.tensor(rng.normal(size=(8, 12)), dtype=torch.float32, requires_grad=True)
+    w = rng.normal(size=(8, 12)).astype("float32")
+    layer = BertDropout(0.2, seed=7)
+    seed = layer.draw_seed()
+    (layer.add_to(r, x, training=True, drawn_seed=seed) * torch.tensor(w)).sum().backward()
+    kept = _np(layer(x.detach(), training=True, drawn_seed=seed)) != 0
+    np.testing.assert_allclose(_np(x.grad), np.where(kept, w * 65536 / (65536 - 13107), 0),
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(_np(r.grad), w)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_inputs_keep_their_dtype(dtype):
     layer = BertDropout(0.5, seed=1, dtype=dtype)

@@ -171,21 +171,25 @@ class BertEncoderBlock(keras.layers.Layer):
         )
         if return_attention_scores:
             attended, probs = attended
-        h = self._dropout(self.attention_output(attended), training, attention_output_seed)
         residual = x if query is None else query
-        x = self.attention_layer_norm(residual + h)  # (batch, q_len, hidden)
-        h = self._feed_forward(x, training)
-        h = self._dropout(h, training, output_seed)
-        x = self.output_layer_norm(x + h)
+        h = self._dropout_add(residual, self.attention_output(attended), training,
+                              attention_output_seed)
+        x = self.attention_layer_norm(h)  # (batch, q_len, hidden)
+        h = self._dropout_add(x, self._feed_forward(x, training), training, output_seed)
+        x = self.output_layer_norm(h)
         if return_attention_scores:
             return x, probs
         return x
 
-    def _dropout(self, h, training, seed):
-        # drawn_seed= only when drawn: bench/dropout_cost.py swaps in Keras' Dropout
+    def _dropout_add(self, residual, h, training, seed):
+        """`residual + dropout(h)`. drawn_seed= only when drawn, and the plain
+        sum for other dropout layers: bench/dropout_cost.py swaps in Keras'."""
+        add_to = getattr(self.dropout_layer, "add_to", None)
+        if add_to is None:
+            return residual + self.dropout_layer(h, training=training)
         if seed is None:
-            return self.dropout_layer(h, training=training)
-        return self.dropout_layer(h, training=training, drawn_seed=seed)
+            return add_to(residual, h, training=training)
+        return add_to(residual, h, training=training, drawn_seed=seed)
 
     def _feed_forward(self, x, training):
         """output(intermediate(x)); in training through `gelu_matmul`, whose

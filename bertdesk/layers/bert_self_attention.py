@@ -90,7 +90,9 @@ class BertSelfAttention(keras.layers.Layer):
             q_len = seq
             qkv = self.qkv(x)  # (batch, seq, 3 * heads * head_dim)
             qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, seq, heads, head_dim)
+            # One unstack, not three slices: on PyTorch each slice's gradient
+            # is a zero-filled copy of the whole (batch, seq, 3, ...) tensor.
+            q, k, v = ops.unstack(qkv, 3, axis=2)  # (batch, seq, heads, head_dim)
         else:
             q_len = ops.shape(query)[1]
             q, k, v = self._project_query_and_kv(query, x, batch, seq, q_len)
@@ -152,7 +154,8 @@ class BertSelfAttention(keras.layers.Layer):
         kv = ops.matmul(x, kernel[:, width:]) + bias[width:]
         q = ops.reshape(q, (batch, q_len, self.num_heads, self.head_dim))
         kv = ops.reshape(kv, (batch, seq, 2, self.num_heads, self.head_dim))
-        return q, kv[:, :, 0], kv[:, :, 1]
+        k, v = ops.unstack(kv, 2, axis=2)
+        return q, k, v
 
     def get_config(self):
         config = super().get_config()

@@ -105,6 +105,8 @@ def dropout_attention(q, k, v, keep, mask=None, scale=1.0, rescale=1.0):
         float32, the products in `v.dtype`, as on the plain path. The
         backward pass keeps the inputs and the float32 probabilities.
     """
+    if keras.backend.backend() == "torch":
+        return fused_kernels.dropout_attention(q, k, v, keep, mask, scale, rescale)
     has_mask = mask is not None
 
     def forward(q, k, v, keep, *mask_arg):
