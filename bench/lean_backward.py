@@ -4,7 +4,7 @@ checkpointing, in a classifier's training step.
 
 For each shape, a 2-class `BertTextClassifier` (dropout 0.1, as BERT trains)
 runs AdamW steps on batch 16 x 128 random tokens with the layers as they are
-("lean": `dropout_attention`, `gelu_matmul`), with their autodiff versions
+("lean": `dropout_attention`, `feed_forward`), with their autodiff versions
 swapped in ("autodiff"; nothing else changes), and as they are with
 `gradient_checkpointing=True` ("checkpointed"). Step times alternate between
 the models in one process (medians); peak resident memory (`VmHWM`) is
@@ -39,8 +39,8 @@ def use_variant(name):
     lean = name != "autodiff"
     bert_self_attention.dropout_attention = (
         lean_backward.dropout_attention if lean else lean_backward.autodiff_dropout_attention)
-    bert_encoder_block.gelu_matmul = (
-        lean_backward.gelu_matmul if lean else lean_backward.autodiff_gelu_matmul)
+    bert_encoder_block.feed_forward = (
+        lean_backward.feed_forward if lean else lean_backward.autodiff_feed_forward)
 
 
 def training_step(shape, precision, jit, variant, batch=16, seq=128):

@@ -190,7 +190,7 @@ def test_lean_ops_keep_their_tensors_where_checkpointing_sees_them():
     `custom_gradient` leaves intermediates in a closure on PyTorch."""
     import torch
 
-    from bertdesk.layers.lean_backward import dropout_attention, gelu_matmul
+    from bertdesk.layers.lean_backward import dropout_attention, feed_forward, gelu_matmul
 
     rng = np.random.default_rng(0)
     q, k, v = (torch.tensor(rng.normal(size=(2, 5, 3, 4)).astype("float32"),
@@ -198,13 +198,18 @@ def test_lean_ops_keep_their_tensors_where_checkpointing_sees_them():
     keep = torch.tensor(rng.random((2, 3, 5, 5)) > 0.2)
     z = torch.tensor(rng.normal(size=(2, 5, 8)).astype("float32"), requires_grad=True)
     kernel = torch.tensor(rng.normal(size=(8, 6)).astype("float32"), requires_grad=True)
+    up, up_bias, down, down_bias = (
+        torch.tensor(rng.normal(size=size).astype("float32"), requires_grad=True)
+        for size in ((4, 8), (8,), (8, 4), (4,)))
     packed = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
         out = dropout_attention(q, k, v, keep, scale=0.5, rescale=1.25)
         out = out.sum() + gelu_matmul(z, kernel).sum()
+        out = out + feed_forward(q[:, :, 0], up, up_bias, down, down_bias).sum()
     shapes = {(tuple(t.shape), t.dtype) for t in packed}
     assert ((2, 3, 5, 5), torch.float32) in shapes  # the probabilities
     assert ((2, 3, 5, 5), torch.bool) in shapes  # the keep mask
-    assert ((2, 5, 8), torch.float32) in shapes  # the GELU's input
+    assert ((2, 5, 8), torch.float32) in shapes  # gelu_matmul's GELU input
+    assert ((10, 8), torch.float32) in shapes  # feed_forward's (tokens, intermediate)
     out.backward()
-    assert all(t.grad is not None for t in (q, k, v, z, kernel))
+    assert all(t.grad is not None for t in (q, k, v, z, kernel, up, up_bias, down, down_bias))

@@ -9,9 +9,9 @@ from harness import rng_restore, rng_snapshot, to_np
 from keras import ops
 
 from bertdesk.layers import bert_encoder_block, bert_self_attention
-from bertdesk.layers.lean_backward import (autodiff_dropout_attention, autodiff_gelu_matmul,
-                                          dropout_attention, gelu, gelu_derivative,
-                                          gelu_matmul)
+from bertdesk.layers.lean_backward import (autodiff_dropout_attention, autodiff_feed_forward,
+                                          autodiff_gelu_matmul, dropout_attention,
+                                          feed_forward, gelu, gelu_derivative, gelu_matmul)
 
 
 def value_and_grads(fn, *arrays):
@@ -111,6 +111,29 @@ def test_gelu_matmul_matches_autodiff(dtype, atol):
         np.testing.assert_allclose(g, p, atol=atol, rtol=atol)
 
 
+@pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.1)])
+def test_feed_forward_matches_autodiff(dtype, atol):
+    """The whole training feed-forward (on PyTorch one Function, biases in
+    the GEMMs): output and all five gradients equal autodiff's."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 5, 6)).astype("float32")
+    weights = [rng.normal(size=size).astype("float32") for size in ((6, 8), (8,), (8, 6), (6,))]
+    upstream = rng.normal(size=(3, 5, 6)).astype("float32")
+    results = []
+    for fn in (feed_forward, autodiff_feed_forward):
+        def loss(*args, fn=fn):
+            out = fn(*(ops.cast(a, dtype) for a in args))
+            assert ops.dtype(out) == dtype
+            return ops.sum(ops.cast(out, "float32") * ops.convert_to_tensor(upstream))
+
+        results.append(value_and_grads(loss, x, *weights))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5 if atol < 1e-3 else 0.02)
+    assert len(results[0][1]) == 5
+    for g, p in zip(results[0][1], results[1][1]):
+        assert np.abs(p).max() > 0.1
+        np.testing.assert_allclose(g, p, atol=atol, rtol=atol)
+
+
 def test_gelu_derivative_is_the_slope():
     x = np.linspace(-4, 4, 81).astype("float32")
     h = 1e-2  # gelu() runs in float32
@@ -142,7 +165,7 @@ def test_classifier_training_step_matches_autodiff(monkeypatch, policy):
     assert changed > 10
 
     monkeypatch.setattr(bert_self_attention, "dropout_attention", autodiff_dropout_attention)
-    monkeypatch.setattr(bert_encoder_block, "gelu_matmul", autodiff_gelu_matmul)
+    monkeypatch.setattr(bert_encoder_block, "feed_forward", autodiff_feed_forward)
     model.set_weights(before)
     rng_restore(model, rng_state)
     model.compile(optimizer=keras.optimizers.SGD(0.5),  # retrace with the plain ops

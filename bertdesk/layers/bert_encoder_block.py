@@ -5,7 +5,7 @@ from keras import ops
 
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
-from bertdesk.layers.lean_backward import gelu, gelu_matmul
+from bertdesk.layers.lean_backward import feed_forward, gelu
 
 __all__ = ["BertEncoderBlock", "gelu"]
 
@@ -192,14 +192,13 @@ class BertEncoderBlock(keras.layers.Layer):
         return add_to(residual, h, training=training, drawn_seed=seed)
 
     def _feed_forward(self, x, training):
-        """output(intermediate(x)); in training through `gelu_matmul`, whose
+        """output(intermediate(x)); in training through `feed_forward`, whose
         backward pass keeps the GELU's input and not its output too."""
         if not training:
             return self.output_dense(self.intermediate(x))
         up, down = self.intermediate, self.output_dense
-        z = ops.matmul(x, ops.cast(up.kernel, x.dtype)) + ops.cast(up.bias, x.dtype)
-        h = gelu_matmul(z, ops.cast(down.kernel, x.dtype))  # (batch, q_len, hidden)
-        return h + ops.cast(down.bias, x.dtype)
+        weights = (ops.cast(w, x.dtype) for w in (up.kernel, up.bias, down.kernel, down.bias))
+        return feed_forward(x, *weights)  # (batch, q_len, hidden)
 
     def get_config(self):
         config = super().get_config()

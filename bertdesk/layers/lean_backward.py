@@ -86,6 +86,22 @@ def gelu_matmul(z, kernel):
     return with_gradient(forward, backward, z, kernel)
 
 
+def feed_forward(x, up_kernel, up_bias, down_kernel, down_bias):
+    """BERT's feed-forward block in training,
+    `gelu(x @ up_kernel + up_bias) @ down_kernel + down_bias`, through
+    `gelu_matmul` (on PyTorch as one autograd Function of ATen calls, the
+    biases inside the GEMMs).
+
+    Args:
+        x: `(..., hidden)`; up_kernel `(hidden, f)`, up_bias `(f,)`,
+        down_kernel `(f, hidden)`, down_bias `(hidden,)`, all of x's dtype.
+    """
+    if keras.backend.backend() == "torch":
+        return fused_kernels.feed_forward(x, up_kernel, up_bias, down_kernel, down_bias)
+    z = ops.matmul(x, up_kernel) + up_bias
+    return gelu_matmul(z, down_kernel) + down_bias
+
+
 # === Attention ===
 def dropout_attention(q, k, v, keep, mask=None, scale=1.0, rescale=1.0):
     """Attention with dropped-out probabilities:
@@ -169,6 +185,11 @@ def with_gradient(forward, backward, *args):
 def autodiff_gelu_matmul(z, kernel):
     """`gelu_matmul` without its backward pass: autodiff keeps both tensors."""
     return ops.matmul(gelu(z), kernel)
+
+
+def autodiff_feed_forward(x, up_kernel, up_bias, down_kernel, down_bias):
+    """`feed_forward` as plain ops, differentiated by the backend."""
+    return ops.matmul(gelu(ops.matmul(x, up_kernel) + up_bias), down_kernel) + down_bias
 
 
 def autodiff_dropout_attention(q, k, v, keep, mask=None, scale=1.0, rescale=1.0):
