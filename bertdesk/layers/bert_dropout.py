@@ -58,8 +58,11 @@ class BertDropout(keras.layers.Layer):
 
     def add_to(self, residual, inputs, training=False, drawn_seed=None):
         """`residual + self(inputs, training=training)`, the same numbers, in
-        one kernel on PyTorch (eager PyTorch runs the formula as three)."""
-        if not training or not 0 < self.rate < 1 or keras.backend.backend() != "torch":
+        one kernel on PyTorch (eager PyTorch runs the formula as three).
+        Outside training, the plain sum, without a layer call's overhead."""
+        if not training or self.rate == 0:
+            return residual + inputs
+        if self.rate == 1 or keras.backend.backend() != "torch":
             return residual + self(inputs, training=training, drawn_seed=drawn_seed)
         keep, scale = self.keep_mask(inputs, drawn_seed=drawn_seed)
         return fused_kernels.dropout_add(residual, inputs, keep, scale)

@@ -6,6 +6,7 @@ from keras import ops
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
 from bertdesk.layers.lean_backward import feed_forward, gelu
+from bertdesk.layers.projection import dense
 
 __all__ = ["BertEncoderBlock", "gelu"]
 
@@ -172,7 +173,7 @@ class BertEncoderBlock(keras.layers.Layer):
         if return_attention_scores:
             attended, probs = attended
         residual = x if query is None else query
-        h = self._dropout_add(residual, self.attention_output(attended), training,
+        h = self._dropout_add(residual, dense(self.attention_output, attended), training,
                               attention_output_seed)
         x = self.attention_layer_norm(h)  # (batch, q_len, hidden)
         h = self._dropout_add(x, self._feed_forward(x, training), training, output_seed)
@@ -182,20 +183,18 @@ class BertEncoderBlock(keras.layers.Layer):
         return x
 
     def _dropout_add(self, residual, h, training, seed):
-        """`residual + dropout(h)`. drawn_seed= only when drawn, and the plain
-        sum for other dropout layers: bench/dropout_cost.py swaps in Keras'."""
+        """`residual + dropout(h)`; the plain sum for other dropout layers
+        (bench/dropout_cost.py swaps in Keras')."""
         add_to = getattr(self.dropout_layer, "add_to", None)
         if add_to is None:
             return residual + self.dropout_layer(h, training=training)
-        if seed is None:
-            return add_to(residual, h, training=training)
         return add_to(residual, h, training=training, drawn_seed=seed)
 
     def _feed_forward(self, x, training):
         """output(intermediate(x)); in training through `feed_forward`, whose
         backward pass keeps the GELU's input and not its output too."""
         if not training:
-            return self.output_dense(self.intermediate(x))
+            return dense(self.output_dense, dense(self.intermediate, x))
         up, down = self.intermediate, self.output_dense
         weights = (ops.cast(w, x.dtype) for w in (up.kernel, up.bias, down.kernel, down.bias))
         return feed_forward(x, *weights)  # (batch, q_len, hidden)

@@ -3,8 +3,10 @@
 import keras
 from keras import ops
 
+from bertdesk.layers import fused_kernels
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.lean_backward import dropout_attention
+from bertdesk.layers.projection import dense, project
 
 
 # === Layer ===
@@ -88,7 +90,7 @@ class BertSelfAttention(keras.layers.Layer):
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         if query is None:
             q_len = seq
-            qkv = self.qkv(x)  # (batch, seq, 3 * heads * head_dim)
+            qkv = dense(self.qkv, x)  # (batch, seq, 3 * heads * head_dim)
             qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
             # One unstack, not three slices: on PyTorch each slice's gradient
             # is a zero-filled copy of the whole (batch, seq, 3, ...) tensor.
@@ -104,7 +106,10 @@ class BertSelfAttention(keras.layers.Layer):
 
         dropping = bool(training) and self.attention_dropout > 0
         if self.use_fused_attention and not dropping and not return_attention_scores:
-            out = ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
+            if keras.backend.backend() == "torch":  # without Keras' copies
+                out = fused_kernels.attention(q, k, v, mask, scale)
+            else:
+                out = ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
             return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
 
         keep_mask_of_shape = getattr(self.dropout_layer, "keep_mask_of_shape", None)
@@ -150,8 +155,8 @@ class BertSelfAttention(keras.layers.Layer):
         width = self.num_heads * self.head_dim
         kernel = ops.cast(self.qkv.kernel, x.dtype)
         bias = ops.cast(self.qkv.bias, x.dtype)
-        q = ops.matmul(query, kernel[:, :width]) + bias[:width]
-        kv = ops.matmul(x, kernel[:, width:]) + bias[width:]
+        q = project(query, kernel[:, :width], bias[:width])
+        kv = project(x, kernel[:, width:], bias[width:])
         q = ops.reshape(q, (batch, q_len, self.num_heads, self.head_dim))
         kv = ops.reshape(kv, (batch, seq, 2, self.num_heads, self.head_dim))
         k, v = ops.unstack(kv, 2, axis=2)

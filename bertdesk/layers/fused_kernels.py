@@ -12,13 +12,12 @@ gradient (four ops as a formula). Each function here gives
 the same numbers as the formula it replaces (tests/test_lean_backward.py).
 Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch;
 `dropout_attention` and `feed_forward`, `lean_backward`'s functions of
-those names as ATen calls; and `dropout_add`, a residual connection and
-dropout in one kernel.
+those names as ATen calls; `dropout_add`, a residual connection and
+dropout in one kernel; and `linear`, a projection with its bias inside the
+GEMM (`projection.py`).
 """
 
-_AUTOGRAD_FUNCTION = None
-_DROPOUT_ATTENTION = None
-_FEED_FORWARD = None
+import functools
 
 
 def gelu_backward(upstream, x):
@@ -43,28 +42,72 @@ def dropout_add(x, h, keep, scale):
     return torch.addcmul(x, h, keep, value=float(scale))
 
 
+def attention(q, k, v, mask, scale):
+    """Attention without dropout, `keras.ops.dot_product_attention` on
+    PyTorch tensors, minus its copies: PyTorch's fused kernel reads the
+    head-major views of q, k and v `(batch, seq, heads, head_dim)` as they
+    are (Keras makes each contiguous first), and the padding mask is left
+    out when it keeps every key (as transformers does; checked on the CPU
+    only, where it costs no device synchronisation)."""
+    from torch.nn import functional
+
+    out = functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=None if keeps_every_key(mask) else mask.bool(), scale=scale,
+    )  # (batch, heads, q_len, head_dim)
+    return out.transpose(1, 2)
+
+
+def keeps_every_key(mask):
+    """True when `mask` is None or, on the CPU outside `torch.compile`, all
+    True: adding it to the scores would change nothing."""
+    import torch
+
+    if mask is None:
+        return True
+    if mask.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return bool(mask.all())
+
+
+def linear(x, kernel, bias, gelu=False):
+    """`x @ kernel + bias` over the last axis as one `addmm` (the bias in the
+    GEMM), then the exact GELU if asked: in place (`gelu_`, no second
+    output buffer) where autograd does not record the result."""
+    import torch
+    from torch.nn import functional
+
+    rows = x.reshape(-1, x.shape[-1])  # (tokens, in)
+    out = torch.addmm(bias, rows, kernel)  # (tokens, out)
+    if gelu:
+        out = functional.gelu(out) if out.requires_grad else torch.ops.aten.gelu_(out)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 def autograd_apply(forward, backward, *args):
     """`forward(*args) -> (output, saved)` as a `torch.autograd.Function`
     whose backward is `backward(saved, upstream)`; `saved` goes through
     `ctx.save_for_backward`, so saved-tensor hooks (checkpointing) see it."""
-    global _AUTOGRAD_FUNCTION
-    if _AUTOGRAD_FUNCTION is None:
-        import torch
+    return _with_gradient_function().apply(forward, backward, *args)
 
-        class WithGradient(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, forward, backward, *args):
-                out, saved = forward(*args)
-                ctx.backward_fn = backward
-                ctx.save_for_backward(*saved)
-                return out
 
-            @staticmethod
-            def backward(ctx, upstream):
-                return (None, None) + tuple(ctx.backward_fn(ctx.saved_tensors, upstream))
+@functools.cache
+def _with_gradient_function():
+    import torch
 
-        _AUTOGRAD_FUNCTION = WithGradient
-    return _AUTOGRAD_FUNCTION.apply(forward, backward, *args)
+    class WithGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, forward, backward, *args):
+            out, saved = forward(*args)
+            ctx.backward_fn = backward
+            ctx.save_for_backward(*saved)
+            return out
+
+        @staticmethod
+        def backward(ctx, upstream):
+            return (None, None) + tuple(ctx.backward_fn(ctx.saved_tensors, upstream))
+
+    return WithGradient
 
 
 def dropout_attention(q, k, v, keep, mask, scale, rescale):
@@ -72,19 +115,17 @@ def dropout_attention(q, k, v, keep, mask, scale, rescale):
     backward as direct ATen calls: batched products on head-major copies of
     q, k and v made once (einsum and matmul copy strided operands at every
     product), the score scale inside the GEMM, the padding mask added in
-    place, the dropout mask multiplied in place into the weights' gradient.
-    The same numbers as the `keras.ops` version to rounding, for about 0.8x
+    place (not at all when it keeps every key), the dropout mask multiplied
+    in place into the weights' gradient. The same numbers as the `keras.ops` version to rounding, for about 0.8x
     its time per layer at the mini shape (eager PyTorch pays one Python
     `keras.ops` conversion per op; this pays none)."""
-    global _DROPOUT_ATTENTION
-    if _DROPOUT_ATTENTION is None:
-        _DROPOUT_ATTENTION = _dropout_attention_function()
     bias = None
-    if mask is not None:  # (batch, 1, 1, seq) or broadcastable: 0 or -1e9
+    if not keeps_every_key(mask):  # (batch, 1, 1, seq) or broadcastable: 0 or -1e9
         bias = (~mask.bool()).float() * -1e9
-    return _DROPOUT_ATTENTION.apply(q, k, v, keep, bias, float(scale), float(rescale))
+    return _dropout_attention_function().apply(q, k, v, keep, bias, float(scale), float(rescale))
 
 
+@functools.cache
 def _dropout_attention_function():
     import torch
     from torch.ops import aten
@@ -105,7 +146,7 @@ def _dropout_attention_function():
                 beta=0, alpha=scale,
             ).view(batch, heads, q_len, seq).float()
             if bias is not None:
-                scores = scores.add_(bias) if scores.dtype == bias.dtype else scores + bias
+                scores = scores.add_(bias)  # both float32
             probs = torch.softmax(scores, -1)
             weights = probs.to(v.dtype) * keep
             out = torch.matmul(weights, v)  # (batch, heads, q_len, head_dim)
@@ -137,12 +178,10 @@ def feed_forward(x, up_kernel, up_bias, down_kernel, down_bias):
     """`lean_backward.feed_forward` on PyTorch tensors: both biases added
     inside their GEMMs (`addmm`), the backward pass written out (it keeps
     `x`, the GELU's input and the kernels, and recomputes the GELU)."""
-    global _FEED_FORWARD
-    if _FEED_FORWARD is None:
-        _FEED_FORWARD = _feed_forward_function()
-    return _FEED_FORWARD.apply(x, up_kernel, up_bias, down_kernel, down_bias)
+    return _feed_forward_function().apply(x, up_kernel, up_bias, down_kernel, down_bias)
 
 
+@functools.cache
 def _feed_forward_function():
     import torch
     from torch.nn import functional

@@ -44,7 +44,7 @@ def draw_seed(seed_generator):
             return None
         first, second = (int(v) for v in seed_generator.next().tolist())
         return (first + second) & 0xFFFFFFFF
-    raise NotImplementedError(f"random_int16: backend {backend!r} is not supported")
+    raise NotImplementedError(f"draw_seed: backend {backend!r} is not supported")
 
 
 def random_int16(shape, seed, like=None):

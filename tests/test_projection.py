@@ -1,0 +1,121 @@
+"""The encoder's direct projections (`bertdesk.layers.projection`) and, on
+PyTorch, the copy-free fused attention give what the Keras layers and ops
+they stand in for give."""
+
+import keras
+import numpy as np
+import pytest
+from harness import to_np
+from keras import ops
+from test_layers import attention_model, encoder_model, hidden_inputs
+from test_lean_backward import value_and_grads
+
+from bertdesk.layers import fused_kernels
+from bertdesk.layers.lean_backward import gelu
+from bertdesk.layers.projection import dense, project
+
+IS_TORCH = keras.backend.backend() == "torch"
+
+
+def _dense_layer(units, activation=None, dtype="float32", seed=0):
+    layer = keras.layers.Dense(units, activation=activation, dtype=dtype,
+                               bias_initializer=keras.initializers.RandomNormal(seed=seed))
+    layer.build((None, 5, 12))
+    return layer
+
+
+@pytest.mark.parametrize("activation", [None, gelu])
+def test_project_is_the_product_plus_the_bias(activation):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 12)).astype("float32")
+    kernel = rng.normal(size=(12, 7)).astype("float32")
+    bias = rng.normal(size=(7,)).astype("float32")
+    out = to_np(project(*(ops.convert_to_tensor(a) for a in (x, kernel, bias)),
+                        activation=activation))
+    expected = x @ kernel + bias
+    if activation is gelu:
+        expected = to_np(gelu(ops.convert_to_tensor(expected)))
+    assert out.shape == (3, 5, 7)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu_exact"])
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_dense_equals_the_layer_call(activation, dtype):
+    layer = _dense_layer(9, activation=gelu if activation else None, dtype=dtype)
+    x = ops.convert_to_tensor(np.random.default_rng(1).normal(size=(2, 5, 12)), "float32")
+    ours, keras_call = dense(layer, x), layer(x)
+    assert keras.backend.standardize_dtype(ours.dtype) == layer.compute_dtype
+    if dtype == "float32":
+        np.testing.assert_allclose(to_np(ours), to_np(keras_call), rtol=1e-5, atol=1e-5)
+    else:  # Keras rounds the product to bf16, then the sum; addmm rounds once
+        np.testing.assert_allclose(to_np(ours), to_np(keras_call), rtol=2e-2, atol=2e-2)
+
+
+def test_project_gradients_equal_the_formulas():
+    """Through autograd too, where the GELU must not run in place."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 5, 12)).astype("float32")
+    kernel = rng.normal(size=(12, 9)).astype("float32")
+    bias = rng.normal(size=(9,)).astype("float32")
+    upstream = ops.convert_to_tensor(rng.normal(size=(2, 5, 9)).astype("float32"))
+
+    def projected(x, kernel, bias):
+        return ops.sum(project(x, kernel, bias, activation=gelu) * upstream)
+
+    def formula(x, kernel, bias):
+        return ops.sum(gelu(ops.matmul(x, kernel) + bias) * upstream)
+
+    value, grads = value_and_grads(projected, x, kernel, bias)
+    ref_value, ref_grads = value_and_grads(formula, x, kernel, bias)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="the in-place GELU is PyTorch's")
+def test_in_place_gelu_only_without_autograd():
+    import torch
+
+    layer = _dense_layer(9, activation=gelu)
+    x = torch.randn(2, 5, 12)
+    with torch.no_grad():
+        no_grad = dense(layer, x)
+    with_grad = dense(layer, x.requires_grad_())
+    assert with_grad.requires_grad and with_grad.grad_fn is not None
+    np.testing.assert_array_equal(to_np(no_grad), to_np(with_grad.detach()))
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("model", [attention_model, encoder_model])
+def test_inference_paths_match_the_keras_layers(model, padded):
+    """The whole layer (fused attention, direct projections) against the
+    explicit attention path with every sublayer called as Keras does."""
+    x = hidden_inputs(seq=12)
+    if not padded:
+        x["padding_mask"] = np.ones_like(x["padding_mask"])
+    fast = model(use_fused_attention=True)
+    explicit = model(use_fused_attention=False)
+    explicit.set_weights(fast.get_weights())
+    a, b = to_np(fast(x)), to_np(explicit(x))
+    mask = x["padding_mask"].astype(bool)
+    np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
+def test_mask_is_dropped_only_when_it_keeps_every_key():
+    import torch
+
+    assert fused_kernels.keeps_every_key(None)
+    assert fused_kernels.keeps_every_key(torch.ones(2, 1, 1, 6, dtype=torch.bool))
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    assert not fused_kernels.keeps_every_key(mask)
+    q, k, v = (torch.randn(2, 6, 3, 4) for _ in range(3))
+    masked = fused_kernels.attention(q, k, v, mask, 0.5)
+    reference = ops.dot_product_attention(q, k, v, mask=mask, scale=0.5)
+    np.testing.assert_allclose(to_np(masked), to_np(reference), atol=1e-6)
+    unmasked = fused_kernels.attention(q, k, v, torch.ones_like(mask), 0.5)
+    np.testing.assert_allclose(to_np(unmasked), to_np(ops.dot_product_attention(
+        q, k, v, scale=0.5)), atol=1e-6)
+    assert np.abs(to_np(masked[1]) - to_np(unmasked[1])).max() > 1e-3  # padding mattered
