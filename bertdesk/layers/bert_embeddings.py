@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from bertdesk.layers.bert_dropout import BertDropout
+from bertdesk.layers.eager_calls import layer_norm
 
 
 # === Layer ===
@@ -97,7 +98,9 @@ class BertEmbeddings(keras.layers.Layer):
         if segment_ids is None:
             segment_ids = ops.zeros_like(token_ids)
         x = x + self.segment_embedding(segment_ids)
-        x = self.layer_norm(x)
+        x = layer_norm(self.layer_norm, x)
+        if not training:  # no dropout layer call (its overhead) in inference
+            return x
         return self.dropout_layer(x, training=training)
 
     def compute_output_shape(self, token_ids_shape, segment_ids_shape=None):

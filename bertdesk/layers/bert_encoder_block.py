@@ -6,7 +6,7 @@ from keras import ops
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
 from bertdesk.layers.lean_backward import feed_forward, gelu
-from bertdesk.layers.projection import dense
+from bertdesk.layers.eager_calls import dense, layer_norm
 
 __all__ = ["BertEncoderBlock", "gelu"]
 
@@ -175,9 +175,9 @@ class BertEncoderBlock(keras.layers.Layer):
         residual = x if query is None else query
         h = self._dropout_add(residual, dense(self.attention_output, attended), training,
                               attention_output_seed)
-        x = self.attention_layer_norm(h)  # (batch, q_len, hidden)
+        x = layer_norm(self.attention_layer_norm, h)  # (batch, q_len, hidden)
         h = self._dropout_add(x, self._feed_forward(x, training), training, output_seed)
-        x = self.output_layer_norm(h)
+        x = layer_norm(self.output_layer_norm, h)
         if return_attention_scores:
             return x, probs
         return x

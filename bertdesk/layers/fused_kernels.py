@@ -14,7 +14,7 @@ Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch;
 `dropout_attention` and `feed_forward`, `lean_backward`'s functions of
 those names as ATen calls; `dropout_add`, a residual connection and
 dropout in one kernel; and `linear`, a projection with its bias inside the
-GEMM (`projection.py`).
+GEMM (`eager_calls.py`).
 """
 
 import functools

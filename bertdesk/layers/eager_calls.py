@@ -1,12 +1,17 @@
-"""The encoder's dense projections with the bias added inside the matrix
-product on PyTorch.
+"""The encoder's Dense and LayerNormalization sublayers, called the way
+eager PyTorch runs them fastest.
 
 `keras.layers.Dense` computes `matmul(x, kernel)` and then adds the bias:
 under XLA (JAX, TensorFlow with jit) the add fuses into the product, but
 eager PyTorch runs it as a second kernel and a second pass over the output,
 which in bf16 costs about as much as the product itself at BERT-mini's
-width. `torch.addmm` adds the bias in the GEMM's epilogue.
-transformers' `nn.Linear` does the same.
+width. `torch.addmm` adds the bias in the GEMM's epilogue (transformers'
+`nn.Linear` does the same). And every Keras layer call costs about 70 us of
+Python on PyTorch (input conversion, autocast and name scopes, argument
+binding): several percent of a small model's forward pass, which XLA
+traces once and never pays again. On PyTorch `dense` and `layer_norm` run
+a built sublayer's own weights through the op directly; elsewhere they are
+the plain layer call.
 """
 
 import keras
@@ -38,3 +43,17 @@ def dense(layer, x):
     activation = None if layer.activation is keras.activations.linear else layer.activation
     return project(ops.cast(x, dtype), ops.cast(layer.kernel, dtype),
                    ops.cast(layer.bias, dtype), activation=activation)
+
+
+def layer_norm(layer, x):
+    """`layer(x)` for a built `keras.layers.LayerNormalization` over the last
+    axis: the same op (`keras.ops.layer_normalization`, float32 inside) and
+    the same numbers, without the layer call on PyTorch."""
+    if keras.backend.backend() != "torch" or layer.axis not in (-1, [-1], len(x.shape) - 1,
+                                                                  [len(x.shape) - 1]):
+        return layer(x)
+    gamma = layer.gamma if layer.scale else None
+    beta = layer.beta if layer.center else None
+    out = ops.layer_normalization(x, gamma, beta, epsilon=layer.epsilon,
+                                  rms_scaling=layer.rms_scaling)
+    return ops.cast(out, layer.compute_dtype)

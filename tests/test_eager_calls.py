@@ -12,7 +12,7 @@ from test_lean_backward import value_and_grads
 
 from bertdesk.layers import fused_kernels
 from bertdesk.layers.lean_backward import gelu
-from bertdesk.layers.projection import dense, project
+from bertdesk.layers.eager_calls import dense, layer_norm, project
 
 IS_TORCH = keras.backend.backend() == "torch"
 
@@ -119,3 +119,19 @@ def test_mask_is_dropped_only_when_it_keeps_every_key():
     np.testing.assert_allclose(to_np(unmasked), to_np(ops.dot_product_attention(
         q, k, v, scale=0.5)), atol=1e-6)
     assert np.abs(to_np(masked[1]) - to_np(unmasked[1])).max() > 1e-3  # padding mattered
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("center_scale", [(True, True), (False, True), (True, False)])
+def test_layer_norm_equals_the_layer_call(dtype, center_scale):
+    center, scale = center_scale
+    layer = keras.layers.LayerNormalization(epsilon=1e-12, center=center, scale=scale,
+                                            dtype=dtype,
+                                            beta_initializer="random_normal",
+                                            gamma_initializer="random_normal")
+    layer.build((None, 5, 12))
+    x = ops.convert_to_tensor(3 + 2 * np.random.default_rng(3).normal(size=(2, 5, 12)),
+                              layer.compute_dtype)
+    ours, keras_call = layer_norm(layer, x), layer(x)
+    assert keras.backend.standardize_dtype(ours.dtype) == layer.compute_dtype
+    np.testing.assert_array_equal(to_np(ours), to_np(keras_call))
