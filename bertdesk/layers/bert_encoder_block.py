@@ -5,8 +5,8 @@ from keras import ops
 
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
-from bertdesk.layers.lean_backward import feed_forward, gelu
 from bertdesk.layers.eager_calls import dense, layer_norm
+from bertdesk.layers.lean_backward import feed_forward, gelu
 
 __all__ = ["BertEncoderBlock", "gelu"]
 

@@ -5,8 +5,8 @@ from keras import ops
 
 from bertdesk.layers import fused_kernels
 from bertdesk.layers.bert_dropout import BertDropout
-from bertdesk.layers.lean_backward import dropout_attention
 from bertdesk.layers.eager_calls import dense, project
+from bertdesk.layers.lean_backward import dropout_attention
 
 
 # === Layer ===

@@ -44,9 +44,9 @@ def dropout_add(x, h, keep, scale):
 
 def attention(q, k, v, mask, scale):
     """Attention without dropout, `keras.ops.dot_product_attention` on
-    PyTorch tensors, minus its copies: PyTorch's fused kernel reads the
-    head-major views of q, k and v `(batch, seq, heads, head_dim)` as they
-    are (Keras makes each contiguous first), and the padding mask is left
+    PyTorch tensors, minus its copies: PyTorch's fused kernel reads q, k
+    and v `(batch, seq, heads, head_dim)` through head-major strided views
+    (Keras makes a contiguous copy of each first), and the padding mask is left
     out when it keeps every key (as transformers does; checked on the CPU
     only, where it costs no device synchronisation)."""
     from torch.nn import functional
@@ -116,9 +116,10 @@ def dropout_attention(q, k, v, keep, mask, scale, rescale):
     q, k and v made once (einsum and matmul copy strided operands at every
     product), the score scale inside the GEMM, the padding mask added in
     place (not at all when it keeps every key), the dropout mask multiplied
-    in place into the weights' gradient. The same numbers as the `keras.ops` version to rounding, for about 0.8x
-    its time per layer at the mini shape (eager PyTorch pays one Python
-    `keras.ops` conversion per op; this pays none)."""
+    in place into the weights' gradient. The same numbers as the `keras.ops`
+    version to rounding, for about 0.8x its time per layer at the mini shape
+    (eager PyTorch pays one Python `keras.ops` conversion per op; this pays
+    none)."""
     bias = None
     if not keeps_every_key(mask):  # (batch, 1, 1, seq) or broadcastable: 0 or -1e9
         bias = (~mask.bool()).float() * -1e9
