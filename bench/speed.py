@@ -364,6 +364,10 @@ def main():
                    help="sequence lengths, comma-separated")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every job this many times, round-robin; ratios from the median "
+                        "over rounds, with the spread of the per-round ratios (this machine's "
+                        "speed drifts by 10-30%% over minutes)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if PyTorch sees one")
     p.add_argument("--one-process-per-job", action="store_true", default=None,
                    help="run all configs of a job in one process (default on a GPU)")
@@ -417,17 +421,18 @@ def main():
     group = gpu if args.one_process_per_job is None else args.one_process_per_job
     runs = ([(job, configs) for job in jobs] if group else
             [(job, [c]) for c in configs for job in jobs])
+    runs = [(r, job, run_configs) for r in range(args.rounds) for job, run_configs in runs]
     results = []
     print(f"{'shape':<5} {'seq':>4} {'batch':>5} {'prec':<4} {'mode':<8} {'implementation':<24} "
           f"{'seq/s':>9} {'MFU':>6} {'first call':>10} {'peak MB':>8}", flush=True)
-    for (impl, backend, jit), run_configs in runs:
+    for round_, (impl, backend, jit), run_configs in runs:
         timeout = args.job_timeout
         if args.deadline is not None:
             timeout = min(timeout, args.deadline - (time.perf_counter() - start))
         rows = (run_job(impl, backend, jit, run_configs, args, timeout) if timeout >= 10 else
                 [{**c, "error": "past the deadline"} for c in run_configs])
         for r in rows:
-            row = {**r, "impl": impl, "backend": backend, "jit": jit,
+            row = {**r, "impl": impl, "backend": backend, "jit": jit, "round": round_,
                    "name": _label(impl, backend, jit)}
             head = (f"{r['shape']:<5} {r['seq']:>4} {r['batch']:>5} {r['precision']:<4} "
                     f"{r['mode']:<8} {row['name']:<24}")
@@ -448,30 +453,54 @@ def main():
             Path(args.json_out).write_text(json.dumps(
                 {"device": args.device, "gemm_peak": peak, "results": results}, indent=2))
     print("bertdesk's best over each peer's best, per configuration "
-          "(speed: sequences/s; memory: the lowest peak):")
+          "(speed: sequences/s" + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
+          + "; memory: the lowest peak):")
     for c in configs:
         key = (c["shape"], c["seq"], c["precision"], c["mode"])
-        fastest, leanest = {}, {}
-        for row in results:
-            if "seq_per_s" in row and (row["shape"], row["seq"], row["precision"],
-                                       row["mode"]) == key:
-                if row["seq_per_s"] > fastest.get(row["impl"], (0, ""))[0]:
-                    fastest[row["impl"]] = (row["seq_per_s"], row["name"])
-                mem = row["device_peak_mb"] if gpu and row["device_peak_mb"] else row["peak_mb"]
-                if mem < leanest.get(row["impl"], (float("inf"), ""))[0]:
-                    leanest[row["impl"]] = (mem, row["name"])
-        ours = [k for k in fastest if k.startswith("bertdesk")]
-        peers = [k for k in fastest if not k.startswith("bertdesk")]
-        for impl in ours:
-            speed = ", ".join(f"{fastest[impl][0] / fastest[k][0]:.2f}x {k} ({fastest[k][1]})"
-                              for k in peers)
-            memory = ", ".join(f"{leanest[impl][0] / leanest[k][0]:.2f}x {k} ({leanest[k][1]})"
-                               for k in peers)
-            print(f"  {' '.join(map(str, key))}: {impl} {fastest[impl][0]:.1f} seq/s "
-                  f"({fastest[impl][1]}): {speed or 'no peer'}", flush=True)
-            if peers:
-                print(f"  {'':>{len(' '.join(map(str, key)))}}  {impl} peak "
-                      f"{leanest[impl][0]:.0f} MB ({leanest[impl][1]}): {memory}", flush=True)
+        rows = [row for row in results if "seq_per_s" in row
+                and (row["shape"], row["seq"], row["precision"], row["mode"]) == key]
+        _print_ratios(key, rows, gpu, args.rounds)
+
+
+def _fastest(rows):
+    """{impl: (sequences/s, configuration name)}: each implementation's best
+    configuration, by its median over the rows given (one per round)."""
+    speeds = {}
+    for row in rows:
+        speeds.setdefault((row["impl"], row["name"]), []).append(row["seq_per_s"])
+    fastest = {}
+    for (impl, name), values in speeds.items():
+        speed = statistics.median(values)
+        if speed > fastest.get(impl, (0, ""))[0]:
+            fastest[impl] = (speed, name)
+    return fastest
+
+
+def _print_ratios(key, rows, gpu, rounds):
+    fastest, leanest = _fastest(rows), {}
+    for row in rows:
+        mem = row["device_peak_mb"] if gpu and row["device_peak_mb"] else row["peak_mb"]
+        if mem < leanest.get(row["impl"], (float("inf"), ""))[0]:
+            leanest[row["impl"]] = (mem, row["name"])
+    per_round = [_fastest([row for row in rows if row["round"] == r]) for r in range(rounds)]
+    label = " ".join(map(str, key))
+    ours = [k for k in fastest if k.startswith("bertdesk")]
+    peers = [k for k in fastest if not k.startswith("bertdesk")]
+    for impl in ours:
+        parts = []
+        for k in peers:
+            part = f"{fastest[impl][0] / fastest[k][0]:.2f}x {k} ({fastest[k][1]})"
+            ratios = [f[impl][0] / f[k][0] for f in per_round if impl in f and k in f]
+            if len(ratios) > 1:
+                part += f" [rounds {min(ratios):.2f}-{max(ratios):.2f}x]"
+            parts.append(part)
+        memory = ", ".join(f"{leanest[impl][0] / leanest[k][0]:.2f}x {k} ({leanest[k][1]})"
+                           for k in peers)
+        print(f"  {label}: {impl} {fastest[impl][0]:.1f} seq/s ({fastest[impl][1]}): "
+              f"{', '.join(parts) or 'no peer'}", flush=True)
+        if peers:
+            print(f"  {'':>{len(label)}}  {impl} peak {leanest[impl][0]:.0f} MB "
+                  f"({leanest[impl][1]}): {memory}", flush=True)
 
 
 if __name__ == "__main__":
