@@ -224,6 +224,34 @@ def test_fused_torch_adamw_matches_keras_adamw():
     assert not np.allclose(results[0][0], values[0])  # it did train
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile")
+def test_fused_adamw_under_torch_compile_trains_as_eager():
+    """`jit_compile=True` on PyTorch (torch.compile) with the fused AdamW and
+    clipping: the fused kernel's in-place updates cannot be traced (PyTorch
+    raised an internal assert), so the compiled step uses Keras' update; the
+    losses equal the eager run's."""
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+    from bertdesk.training.optimization import bert_adamw
+
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(5, 100, (8, 16)).astype("int32"),
+         "segment_ids": np.zeros((8, 16), "int32"), "padding_mask": np.ones((8, 16), "int32")}
+    y = rng.integers(0, 2, (8,)).astype("int32")
+    losses = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        backbone = bertdesk.BertBackbone(vocabulary_size=100, num_layers=1, hidden_dim=16,
+                                         num_heads=2, intermediate_dim=32, dropout=0.0)
+        model = BertTextClassifier(backbone, num_classes=2)
+        model.compile(optimizer=bert_adamw(1e-2, 10, max_grad_norm=0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=jit)
+        assert model.optimizer.fused
+        losses.append([float(model.train_on_batch(x, y)) for _ in range(3)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    assert losses[0][2] != losses[0][0]  # it trained
+
+
 def test_warmup_then_linear_decay():
     from bertdesk.training.optimization import WarmupLinearDecay
 

@@ -34,10 +34,13 @@ class BertAdamW(keras.optimizers.AdamW):
 
     On PyTorch, Keras applies AdamW as a dozen `torch._foreach_*` passes
     over every parameter plus a per-gradient clipping loop; here clipping is
-    two foreach calls and the whole update (decay, moments, step) is torch's
+    one foreach call (the norms) and the whole update (decay, moments, step) is torch's
     fused AdamW kernel, with epsilon rescaled so the arithmetic is Keras'
     (epsilon added to sqrt(v) before bias correction), not torch's. Other
     backends compile the update into the training step and use Keras' code.
+    The clipping factor is not applied to the gradients but handed to the
+    kernel as its `grad_scale` (it divides each gradient as it reads it):
+    one pass over every gradient less per step.
 
     Args:
         exclude_names: variables whose path contains any of these strings get
@@ -53,13 +56,25 @@ class BertAdamW(keras.optimizers.AdamW):
         if fused is None:
             fused = keras.backend.backend() == "torch" and not self.amsgrad
         self.fused = bool(fused)
+        self._clip_divisor = None  # set by _clip_gradients, used by the next update
         if self.fused and self.amsgrad:
             raise ValueError("BertAdamW(fused=True) does not do amsgrad")
         if self.fused and keras.backend.backend() != "torch":
             raise ValueError("BertAdamW(fused=True) needs the PyTorch backend")
 
+    def _fused_now(self):
+        """The fused update, except inside `torch.compile` (Keras' `jit_compile`
+        on PyTorch), which cannot trace the fused kernel's in-place updates of
+        the variables; there Keras' update is compiled instead."""
+        if not self.fused:
+            return False
+        import torch
+
+        return not torch.compiler.is_compiling()
+
     def _clip_gradients(self, grads):
-        if not (self.fused and self.global_clipnorm) or self.gradient_accumulation_steps:
+        if (not (self.global_clipnorm and self._fused_now())
+                or self.gradient_accumulation_steps):
             return super()._clip_gradients(grads)
         import torch
 
@@ -68,16 +83,18 @@ class BertAdamW(keras.optimizers.AdamW):
         # Keras' formula: scale = clip * min(1 / norm, 1 / clip)
         scale = self.global_clipnorm * torch.minimum(1.0 / norm, torch.tensor(
             1.0 / self.global_clipnorm, dtype=norm.dtype))
-        torch._foreach_mul_(present, scale)
+        # Not multiplied here (a pass over every gradient): the fused kernel
+        # divides each gradient by its grad_scale argument as it reads it.
+        self._clip_divisor = (1.0 / scale).to(torch.float32)
         return grads
 
     def _apply_weight_decay(self, variables):
-        if not self.fused:
+        if not self._fused_now():
             super()._apply_weight_decay(variables)
         # the fused kernel decays (p *= 1 - lr * wd) before its update
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if not self.fused:
+        if not self._fused_now():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         import torch
 
@@ -99,10 +116,12 @@ class BertAdamW(keras.optimizers.AdamW):
                 g[1].append(grad.to(var.value.dtype))
                 g[2].append(self._momentums[i].value)
                 g[3].append(self._velocities[i].value)
+            divisor, self._clip_divisor = self._clip_divisor, None
             for (decay, _, _), (params, gs, ms, vs) in groups.items():
                 torch._fused_adamw_(params, gs, ms, vs, [], [step_t] * len(params), lr=lr,
                                     beta1=self.beta_1, beta2=self.beta_2, weight_decay=decay,
-                                    eps=eps, amsgrad=False, maximize=False)
+                                    eps=eps, amsgrad=False, maximize=False,
+                                    grad_scale=divisor)
 
     def get_config(self):
         return {**super().get_config(), "exclude_names": list(self.exclude_names),
