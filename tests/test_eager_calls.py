@@ -12,7 +12,7 @@ from test_lean_backward import value_and_grads
 
 from bertdesk.layers import fused_kernels
 from bertdesk.layers.lean_backward import gelu
-from bertdesk.layers.eager_calls import dense, layer_norm, project
+from bertdesk.layers.eager_calls import dense, embed, layer_norm, project
 
 IS_TORCH = keras.backend.backend() == "torch"
 
@@ -135,3 +135,20 @@ def test_layer_norm_equals_the_layer_call(dtype, center_scale):
     ours, keras_call = layer_norm(layer, x), layer(x)
     assert keras.backend.standardize_dtype(ours.dtype) == layer.compute_dtype
     np.testing.assert_array_equal(to_np(ours), to_np(keras_call))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("ids_dtype", ["int32", "int64"])
+def test_embed_equals_the_layer_call(dtype, ids_dtype):
+    layer = keras.layers.Embedding(50, 6, dtype=dtype)
+    layer.build((None,))
+    ids = ops.convert_to_tensor(np.random.default_rng(4).integers(0, 50, (3, 7)), ids_dtype)
+    ours, keras_call = embed(layer, ids), layer(ids)
+    assert keras.backend.standardize_dtype(ours.dtype) == layer.compute_dtype
+    np.testing.assert_array_equal(to_np(ours), to_np(keras_call))
+
+
+def test_dense_with_another_activation_equals_the_layer_call():
+    layer = _dense_layer(4, activation="tanh")  # the pooler's
+    x = ops.convert_to_tensor(np.random.default_rng(5).normal(size=(2, 5, 12)), "float32")
+    np.testing.assert_allclose(to_np(dense(layer, x)), to_np(layer(x)), rtol=1e-6, atol=1e-6)

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from bertdesk.layers.bert_dropout import BertDropout
-from bertdesk.layers.eager_calls import layer_norm
+from bertdesk.layers.eager_calls import embed, layer_norm
 
 
 # === Layer ===
@@ -92,12 +92,12 @@ class BertEmbeddings(keras.layers.Layer):
 
     def call(self, token_ids, segment_ids=None, training=None):
         seq_length = ops.shape(token_ids)[1]
-        x = self.token_embedding(token_ids)  # (batch, seq, hidden)
+        x = embed(self.token_embedding, token_ids)  # (batch, seq, hidden)
         positions = ops.arange(seq_length, dtype="int32")
-        x = x + ops.expand_dims(self.position_embedding(positions), 0)
+        x = x + ops.expand_dims(embed(self.position_embedding, positions), 0)
         if segment_ids is None:
             segment_ids = ops.zeros_like(token_ids)
-        x = x + self.segment_embedding(segment_ids)
+        x = x + embed(self.segment_embedding, segment_ids)
         x = layer_norm(self.layer_norm, x)
         if not training:  # no dropout layer call (its overhead) in inference
             return x

@@ -2,6 +2,8 @@
 
 import keras
 
+from bertdesk.layers.eager_calls import dense
+
 
 # === Layer ===
 @keras.saving.register_keras_serializable(package="bertdesk")
@@ -27,7 +29,7 @@ class BertPooler(keras.layers.Layer):
         self.built = True
 
     def call(self, sequence_output):
-        return self.dense(sequence_output[:, 0, :])  # (batch, hidden)
+        return dense(self.dense, sequence_output[:, 0, :])  # (batch, hidden)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])

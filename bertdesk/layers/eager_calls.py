@@ -10,8 +10,8 @@ width. `torch.addmm` adds the bias in the GEMM's epilogue (transformers'
 Python on PyTorch (input conversion, autocast and name scopes, argument
 binding): several percent of a small model's forward pass, which XLA
 traces once and never pays again. On PyTorch `dense` and `layer_norm` run
-a built sublayer's own weights through the op directly; elsewhere they are
-the plain layer call.
+a built sublayer's own weights through the op directly (`embed` likewise
+for the embedding tables); elsewhere they are the plain layer call.
 """
 
 import keras
@@ -25,8 +25,9 @@ def project(x, kernel, bias, activation=None):
     """`activation(x @ kernel + bias)` over the last axis of `x`; `kernel`
     and `bias` in `x`'s dtype. On PyTorch one `addmm`, and the exact GELU
     (`activation=gelu`) applied in place where autograd records nothing."""
-    if keras.backend.backend() == "torch" and activation in (None, gelu):
-        return fused_kernels.linear(x, kernel, bias, gelu=activation is gelu)
+    if keras.backend.backend() == "torch":
+        out = fused_kernels.linear(x, kernel, bias, gelu=activation is gelu)
+        return out if activation in (None, gelu) else activation(out)
     out = ops.matmul(x, kernel) + bias
     return out if activation is None else activation(out)
 
@@ -41,19 +42,29 @@ def dense(layer, x):
         return layer(x)
     dtype = layer.compute_dtype
     activation = None if layer.activation is keras.activations.linear else layer.activation
-    return project(ops.cast(x, dtype), ops.cast(layer.kernel, dtype),
-                   ops.cast(layer.bias, dtype), activation=activation)
+    as_dtype = fused_kernels.as_dtype
+    return project(as_dtype(x, dtype), as_dtype(layer.kernel, dtype),
+                   as_dtype(layer.bias, dtype), activation=activation)
 
 
 def layer_norm(layer, x):
     """`layer(x)` for a built `keras.layers.LayerNormalization` over the last
-    axis: the same op (`keras.ops.layer_normalization`, float32 inside) and
-    the same numbers, without the layer call on PyTorch."""
+    axis: on PyTorch the ATen call `keras.ops.layer_normalization` makes
+    (float32 inside), the same numbers, without the layer call."""
     if keras.backend.backend() != "torch" or layer.axis not in (-1, [-1], len(x.shape) - 1,
                                                                   [len(x.shape) - 1]):
         return layer(x)
     gamma = layer.gamma if layer.scale else None
     beta = layer.beta if layer.center else None
-    out = ops.layer_normalization(x, gamma, beta, epsilon=layer.epsilon,
-                                  rms_scaling=layer.rms_scaling)
-    return ops.cast(out, layer.compute_dtype)
+    if layer.rms_scaling:
+        out = ops.layer_normalization(x, gamma, beta, epsilon=layer.epsilon, rms_scaling=True)
+        return ops.cast(out, layer.compute_dtype)
+    return fused_kernels.layer_norm(x, gamma, beta, layer.epsilon, layer.compute_dtype)
+
+
+def embed(layer, ids):
+    """`layer(ids)` for a built `keras.layers.Embedding`: on PyTorch the same
+    lookup and cast without the layer call."""
+    if keras.backend.backend() != "torch" or getattr(layer, "quantization_mode", None):
+        return layer(ids)
+    return fused_kernels.embedding(ids, layer.embeddings, layer.compute_dtype)

@@ -70,6 +70,37 @@ def keeps_every_key(mask):
     return bool(mask.all())
 
 
+def as_dtype(value, dtype):
+    """A tensor's or Keras variable's PyTorch value in `dtype` (a Keras dtype
+    name), without `keras.ops.cast`'s Python work when it is already."""
+    import torch
+
+    value = getattr(value, "value", value)  # a KerasVariable's tensor
+    dtype = getattr(torch, dtype)
+    return value if value.dtype == dtype else value.to(dtype)
+
+
+def layer_norm(x, gamma, beta, epsilon, dtype):
+    """`keras.ops.layer_normalization` over the last axis (in float32) cast
+    to `dtype`, as one ATen call; gamma/beta may be None."""
+    from torch.nn import functional
+
+    gamma, beta = (None if w is None else as_dtype(w, "float32") for w in (gamma, beta))
+    out = functional.layer_norm(as_dtype(x, "float32"), x.shape[-1:], gamma, beta, epsilon)
+    return as_dtype(out, dtype)
+
+
+def embedding(ids, table, dtype):
+    """`keras.layers.Embedding`'s lookup (`take` rows, then cast to `dtype`)
+    as one ATen call."""
+    import torch
+    from torch.nn import functional
+
+    if ids.dtype not in (torch.int32, torch.int64):
+        ids = ids.to(torch.int32)
+    return as_dtype(functional.embedding(ids, getattr(table, "value", table)), dtype)
+
+
 def linear(x, kernel, bias, gelu=False):
     """`x @ kernel + bias` over the last axis as one `addmm` (the bias in the
     GEMM), then the exact GELU if asked: in place (`gelu_`, no second
