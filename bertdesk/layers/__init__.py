@@ -1,5 +1,6 @@
-"""BERT building blocks as Keras 3 layers (backend-neutral: `keras.ops`, plus raw
-random bits for dropout masks from `random_bits`, the one backend-specific module)."""
+"""BERT building blocks as Keras 3 layers (backend-neutral: `keras.ops`; the
+backend-specific code lives in two modules that say why: `random_bits`, raw random
+bits for dropout masks, and `fused_kernels`, PyTorch's single-kernel ops)."""
 
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_embeddings import BertEmbeddings
