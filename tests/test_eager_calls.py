@@ -152,3 +152,13 @@ def test_dense_with_another_activation_equals_the_layer_call():
     layer = _dense_layer(4, activation="tanh")  # the pooler's
     x = ops.convert_to_tensor(np.random.default_rng(5).normal(size=(2, 5, 12)), "float32")
     np.testing.assert_allclose(to_np(dense(layer, x)), to_np(layer(x)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{"rms_scaling": True}, {"axis": [1, 2]}])
+def test_layer_norm_calls_the_layer_where_it_differs(kwargs):
+    """RMS scaling and normalising over more than the last axis are the
+    layer's own call."""
+    layer = keras.layers.LayerNormalization(gamma_initializer="random_normal", **kwargs)
+    layer.build((None, 5, 12))
+    x = ops.convert_to_tensor(np.random.default_rng(6).normal(size=(2, 5, 12)), "float32")
+    np.testing.assert_array_equal(to_np(layer_norm(layer, x)), to_np(layer(x)))

@@ -1,5 +1,5 @@
-"""The encoder's Dense and LayerNormalization sublayers, called the way
-eager PyTorch runs them fastest.
+"""The backbone's Dense, LayerNormalization and Embedding sublayers, called
+the way eager PyTorch runs them fastest.
 
 `keras.layers.Dense` computes `matmul(x, kernel)` and then adds the bias:
 under XLA (JAX, TensorFlow with jit) the add fuses into the product, but
@@ -50,15 +50,14 @@ def dense(layer, x):
 def layer_norm(layer, x):
     """`layer(x)` for a built `keras.layers.LayerNormalization` over the last
     axis: on PyTorch the ATen call `keras.ops.layer_normalization` makes
-    (float32 inside), the same numbers, without the layer call."""
-    if keras.backend.backend() != "torch" or layer.axis not in (-1, [-1], len(x.shape) - 1,
-                                                                  [len(x.shape) - 1]):
+    (float32 inside), the same numbers, without the layer call. Other axes
+    and RMS scaling are simply called."""
+    axes = layer.axis if isinstance(layer.axis, list) else [layer.axis]
+    last = len(x.shape) - 1
+    if keras.backend.backend() != "torch" or layer.rms_scaling or axes not in ([-1], [last]):
         return layer(x)
     gamma = layer.gamma if layer.scale else None
     beta = layer.beta if layer.center else None
-    if layer.rms_scaling:
-        out = ops.layer_normalization(x, gamma, beta, epsilon=layer.epsilon, rms_scaling=True)
-        return ops.cast(out, layer.compute_dtype)
     return fused_kernels.layer_norm(x, gamma, beta, layer.epsilon, layer.compute_dtype)
 
 

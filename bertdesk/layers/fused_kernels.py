@@ -75,7 +75,7 @@ def as_dtype(value, dtype):
     name), without `keras.ops.cast`'s Python work when it is already."""
     import torch
 
-    value = getattr(value, "value", value)  # a KerasVariable's tensor
+    value = _tensor(value)
     dtype = getattr(torch, dtype)
     return value if value.dtype == dtype else value.to(dtype)
 
@@ -98,7 +98,12 @@ def embedding(ids, table, dtype):
 
     if ids.dtype not in (torch.int32, torch.int64):
         ids = ids.to(torch.int32)
-    return as_dtype(functional.embedding(ids, getattr(table, "value", table)), dtype)
+    return as_dtype(functional.embedding(ids, _tensor(table)), dtype)
+
+
+def _tensor(value):
+    """A Keras variable's PyTorch tensor (its `.value`), or the tensor given."""
+    return getattr(value, "value", value)
 
 
 def linear(x, kernel, bias, gelu=False):
