@@ -280,6 +280,12 @@ def run_pretrain(config, sink=None):
         keep_tensorflow_unloaded()
     set_seed(config.seed)
     keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
+    if config.mixed_precision:
+        from bertdesk.training.precision import slow_bfloat16_warning
+
+        warning = slow_bfloat16_warning()
+        if warning:
+            log(f"warning: {warning}")
 
     data_folder, tokenizer = prepare_data(config, out, log)
     scope, process = configure_distribution(config, log)

@@ -231,6 +231,12 @@ def run_finetune(config, sink=None):
     keep_tensorflow_unloaded()
     set_seed(config.seed)
     keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
+    if config.mixed_precision:
+        from bertdesk.training.precision import slow_bfloat16_warning
+
+        warning = slow_bfloat16_warning()
+        if warning:
+            sink({"event": "message", "text": f"warning: {warning}"})
 
     # === Data ===
     options = asdict(config)
