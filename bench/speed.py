@@ -447,12 +447,13 @@ def main():
         timeout = args.job_timeout
         if args.deadline is not None:
             timeout = min(timeout, args.deadline - (time.perf_counter() - start))
-        skipped = [{**c, "error": _skip_reason(backend, c, peak, gpu)} for c in run_configs
-                   if _skip_reason(backend, c, peak, gpu)]
-        run_configs = [c for c in run_configs if not _skip_reason(backend, c, peak, gpu)]
-        rows = skipped + (
-            [] if not run_configs else run_job(impl, backend, jit, run_configs, args, timeout)
-            if timeout >= 10 else [{**c, "error": "past the deadline"} for c in run_configs])
+        reasons = [_skip_reason(backend, c, peak, gpu) for c in run_configs]
+        rows = [{**c, "error": why} for c, why in zip(run_configs, reasons) if why]
+        run_configs = [c for c, why in zip(run_configs, reasons) if not why]
+        if run_configs and timeout >= 10:
+            rows += run_job(impl, backend, jit, run_configs, args, timeout)
+        else:
+            rows += [{**c, "error": "past the deadline"} for c in run_configs]
         for r in rows:
             row = {**r, "impl": impl, "backend": backend, "jit": jit, "round": round_,
                    "name": _label(impl, backend, jit)}
@@ -462,7 +463,9 @@ def main():
                 flops = model_flops(SHAPES[r["shape"]], r["batch"], r["seq"], r["mode"])
                 # bf16 against the faster of the two peaks (a CPU without bf16
                 # instructions may multiply bf16 through float32)
-                ref = max(peak["fp32"], peak["bf16"] or 0) if r["precision"] == "bf16" else peak["fp32"]
+                ref = peak["fp32"]
+                if r["precision"] == "bf16":
+                    ref = max(ref, peak["bf16"] or 0)
                 row["seq_per_s"] = r["batch"] / r["seconds"]
                 row["mfu"] = flops / r["seconds"] / (ref * 1e9)
                 mem = r["device_peak_mb"] if gpu and r["device_peak_mb"] else r["peak_mb"]
