@@ -1,5 +1,6 @@
 """Run the whole test suite once per Keras backend, each in its own process
-(KERAS_BACKEND is read when Keras is imported), and print one summary line.
+(KERAS_BACKEND is read when Keras is imported), and print each backend's
+15 slowest tests and one summary line.
 
     python tests/run_all_backends.py [pytest args...]
     BERTDESK_BACKENDS=jax python tests/run_all_backends.py -k tokenizer
@@ -26,7 +27,8 @@ def main(argv):
         print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
         start = time.time()
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *argv],
+            [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
+             "--durations=15", *argv],
             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sys.stdout.write(proc.stdout)
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""

@@ -50,3 +50,12 @@ def test_finetuning_passes_the_warning_on_before_reading_data(tmp_path, mixed, m
     warnings = [e["text"] for e in events if e["event"] == "message" and "warning" in e["text"]]
     assert warnings == (["warning: bfloat16 is slow here"] if mixed else [])
     assert len(calls) == int(mixed)  # float32 runs pay no probe
+
+
+@pytest.mark.parametrize("mixed,policy", [(True, "mixed_bfloat16"), (False, "float32")])
+def test_set_precision_sets_the_policy_and_reports_once(mixed, policy, monkeypatch):
+    monkeypatch.setattr(precision, "slow_bfloat16_warning", lambda: "bfloat16 is slow here")
+    reported = []
+    precision.set_precision(mixed, reported.append)
+    assert keras.config.dtype_policy().name == policy
+    assert reported == (["warning: bfloat16 is slow here"] if mixed else [])

@@ -256,6 +256,7 @@ def run_pretrain(config, sink=None):
     from bertdesk.pretraining import objectives  # noqa: F401
     from bertdesk.pretraining.pretraining_data import PretrainingData
     from bertdesk.training import optimization  # noqa: F401
+    from bertdesk.training.precision import set_precision
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
 
     config.check()
@@ -279,13 +280,7 @@ def run_pretrain(config, sink=None):
     if keras.backend.backend() != "tensorflow" and config.distribution == "none":
         keep_tensorflow_unloaded()
     set_seed(config.seed)
-    keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
-    if config.mixed_precision:
-        from bertdesk.training.precision import slow_bfloat16_warning
-
-        warning = slow_bfloat16_warning()
-        if warning:
-            log(f"warning: {warning}")
+    set_precision(config.mixed_precision, log)
 
     data_folder, tokenizer = prepare_data(config, out, log)
     scope, process = configure_distribution(config, log)

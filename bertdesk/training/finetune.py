@@ -222,6 +222,7 @@ def run_finetune(config, sink=None):
     from bertdesk.training.callbacks import (BestModelKeeper, ProgressEvents, ResumeCheckpoint,
                                              ValidationCallback)
     from bertdesk.training.optimization import bert_adamw
+    from bertdesk.training.precision import set_precision
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
     from bertdesk.training.tasks import get_task
 
@@ -230,13 +231,8 @@ def run_finetune(config, sink=None):
     out, resuming = _prepare_output(config)
     keep_tensorflow_unloaded()
     set_seed(config.seed)
-    keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
-    if config.mixed_precision:
-        from bertdesk.training.precision import slow_bfloat16_warning
-
-        warning = slow_bfloat16_warning()
-        if warning:
-            sink({"event": "message", "text": f"warning: {warning}"})
+    set_precision(config.mixed_precision,
+                  lambda text: sink({"event": "message", "text": text}))
 
     # === Data ===
     options = asdict(config)

@@ -37,6 +37,7 @@ def matmul_gflops(dtype, size=_SIZE, repeats=3):
     return 2 * size ** 3 / best / 1e9
 
 
+
 def slow_bfloat16_warning(threshold=0.9):
     """A warning to show the user when bfloat16 products run below
     `threshold` times float32's speed here (mixed precision would slow
@@ -51,3 +52,15 @@ def slow_bfloat16_warning(threshold=0.9):
             f"{bf16:.1f} GFLOP/s against {fp32:.1f} for float32 ({bf16 / fp32:.2f}x) on the "
             f"{keras.backend.backend()} backend, as on CPUs without bfloat16 instructions "
             f"(AVX512_BF16 or AMX); train in float32 (without --mixed-precision) instead")
+
+
+def set_precision(mixed, report):
+    """Keras' global dtype policy for a training run: `mixed_bfloat16` when
+    `mixed`, else `float32`. Under mixed precision, `report(text)` receives
+    the warning when bfloat16 is slower than float32 here."""
+    import keras
+
+    keras.config.set_dtype_policy("mixed_bfloat16" if mixed else "float32")
+    warning = slow_bfloat16_warning() if mixed else None
+    if warning:
+        report(f"warning: {warning}")
