@@ -25,6 +25,7 @@ def matmul_gflops(dtype, size=_SIZE, repeats=3):
 
     a = ops.convert_to_tensor(
         np.random.default_rng(0).standard_normal((size, size), dtype=np.float32), dtype=dtype)
+
     def run():
         return ops.convert_to_numpy(ops.sum(ops.cast(ops.matmul(a, a), "float32")))
 
@@ -35,7 +36,6 @@ def matmul_gflops(dtype, size=_SIZE, repeats=3):
         run()
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e9
-
 
 
 def slow_bfloat16_warning(threshold=0.9):
