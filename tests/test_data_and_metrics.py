@@ -99,9 +99,10 @@ def test_dynamic_padding_and_bucketing():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 120, size=1000)
     y = np.arange(1000)
-    bucketed = PaddedBatches(encodings(lengths), y, batch_size=16, shuffle=True, seed=1)
-    plain = PaddedBatches(encodings(lengths), y, batch_size=16, shuffle=True, seed=1, bucket=False)
-    fixed = PaddedBatches(encodings(lengths), y, batch_size=16, fixed_length=128, bucket=False)
+    kw = {"batch_size": 16, "full_batches": False}  # the short batch: tests/test_full_batches.py
+    bucketed = PaddedBatches(encodings(lengths), y, shuffle=True, seed=1, **kw)
+    plain = PaddedBatches(encodings(lengths), y, shuffle=True, seed=1, bucket=False, **kw)
+    fixed = PaddedBatches(encodings(lengths), y, fixed_length=128, bucket=False, **kw)
     assert bucketed.padded_tokens() < plain.padded_tokens() < fixed.padded_tokens()
     seen = []
     for i in range(len(bucketed)):

@@ -1,0 +1,126 @@
+"""The short batch padded to the full batch size (no new shape for a
+compiled step), with sample weights that leave every task's loss as the
+short batch's."""
+
+import keras
+import numpy as np
+import pytest
+
+from bertdesk.data.batching import PaddedBatches
+from bertdesk.tasks.bert_token_classifier import IGNORE_INDEX
+from bertdesk.training.tasks import ClassifyTask, NerTask, QaTask
+
+
+def encodings(n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for length in rng.integers(3, 12, n):
+        out.append((rng.integers(5, 100, length).astype(np.int32),
+                    np.zeros(length, np.int32)))
+    return out
+
+
+def both(targets, **kw):
+    enc = encodings(10)
+    return (PaddedBatches(enc, targets, batch_size=4, full_batches=False, **kw),
+            PaddedBatches(enc, targets, batch_size=4, full_batches=True, **kw))
+
+
+def test_default_pads_only_where_a_step_is_compiled_per_shape():
+    assert PaddedBatches(encodings(3)).full_batches == (keras.backend.backend() != "torch")
+
+
+def test_short_batch_gets_padding_rows_without_weight():
+    short, full = both(np.arange(10, dtype=np.int32))
+    assert [len(b) for b in short.batches] == [4, 4, 2]
+    for i in range(len(short)):
+        (x, y), (fx, fy, w) = short[i], full[i]
+        n = len(y)
+        assert all(v.shape[0] == 4 for v in fx.values()) and fy.shape == (4,)
+        for key in x:
+            np.testing.assert_array_equal(fx[key][:n], x[key])
+            assert not fx[key][n:].any()  # padding rows: no tokens, masked out
+        np.testing.assert_array_equal(fy[:n], y)
+        # the loss averages over the batch: real rows weigh batch / n
+        np.testing.assert_array_equal(w, [4 / n] * n + [0] * (4 - n))
+    assert full.padded_tokens() > short.padded_tokens()
+
+
+def test_a_single_short_batch_stays_as_it_is():
+    ds = PaddedBatches(encodings(3), np.arange(3), batch_size=4, full_batches=True)
+    x, y, w = ds[0]
+    assert x["token_ids"].shape[0] == 3 and y.shape == (3,)
+    np.testing.assert_array_equal(w, [1, 1, 1])
+
+
+def test_per_token_padding_rows_are_ignored_targets():
+    targets = [np.arange(len(e[0]), dtype=np.int32) % 3 for e in encodings(10)]
+    short, full = both(targets, target_pad_value=IGNORE_INDEX)
+    (x, y), (fx, fy) = short[2], full[2]  # no weights: the loss masks ignored targets
+    assert fy.shape[0] == 4
+    np.testing.assert_array_equal(fy[:2], y)
+    assert (fy[2:] == IGNORE_INDEX).all()
+
+
+def test_prediction_batches_are_padded_and_trimmed():
+    from bertdesk.data.batching import predict_batches
+
+    class RowSum:  # a model whose output row depends on its input row only
+        def predict_on_batch(self, x):
+            return (x["token_ids"] * x["padding_mask"]).sum(1, keepdims=True).astype("float32")
+
+    enc = encodings(10)
+    outs = [predict_batches(RowSum(), PaddedBatches(enc, None, batch_size=4, full_batches=f))
+            for f in (False, True)]
+    np.testing.assert_array_equal(np.stack(outs[0]), np.stack(outs[1]))
+    np.testing.assert_array_equal(np.stack(outs[1])[:, 0], [e[0].sum() for e in enc])
+
+
+CASES = {
+    "single_label": (ClassifyTask(), {"problem_type": "single_label"},
+                     lambda r: (r.integers(0, 3, (2,)), r.normal(size=(2, 3)))),
+    "multi_label": (ClassifyTask(), {"problem_type": "multi_label"},
+                    lambda r: (r.integers(0, 2, (2, 3)).astype("float32"),
+                               r.normal(size=(2, 3)))),
+    "regression": (ClassifyTask(), {"problem_type": "regression"},
+                   lambda r: (r.normal(size=(2, 1)), r.normal(size=(2, 1)))),
+    "ner": (NerTask(), {"labels": ["O", "B-X", "I-X"]},
+            lambda r: (np.where(r.random((2, 6)) < 0.3, IGNORE_INDEX, r.integers(0, 3, (2, 6))),
+                       r.normal(size=(2, 6, 3)))),
+    "qa": (QaTask(), {}, lambda r: (r.integers(0, 6, (2, 2)), r.normal(size=(2, 6, 2)))),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_weighted_full_batch_loss_is_the_short_batch_loss(case):
+    task, head, draw = CASES[case]
+    rng = np.random.default_rng(1)
+    y, pred = draw(rng)
+    per_token = case == "ner"
+    # as PaddedBatches pads: ignored or zero targets, whatever the model outputs
+    pad_y = np.full((2,) + y.shape[1:], IGNORE_INDEX if per_token else 0, y.dtype)
+    full_y = np.concatenate([y, pad_y])
+    full_pred = np.concatenate([pred, 10 * rng.normal(size=pred.shape)])
+    weights = None if per_token else np.array([2.0, 2.0, 0.0, 0.0], "float32")
+    loss = task.loss(head)
+    short = keras.ops.convert_to_numpy(loss(y, pred.astype("float32")))
+    full = keras.ops.convert_to_numpy(loss(full_y, full_pred.astype("float32"),
+                                           sample_weight=weights))
+    np.testing.assert_allclose(full, short, rtol=1e-5)
+    assert np.isfinite(short) and short > 0
+
+
+def test_short_batch_takes_the_nearest_longer_full_batch_length():
+    # lengths 24 x4, 16 x4, 8 x2 sorted into batches of 4: the short batch
+    # (length 8) is padded to 16, a shape the full batches already have
+    enc = [(np.ones(n, np.int32), np.zeros(n, np.int32)) for n in [20] * 4 + [14] * 4 + [5] * 2]
+    short = PaddedBatches(enc, None, batch_size=4, full_batches=False)
+    full = PaddedBatches(enc, None, batch_size=4, full_batches=True)
+    assert [short[i][0]["token_ids"].shape for i in range(3)] == [(4, 24), (4, 16), (2, 8)]
+    assert [full[i][0]["token_ids"].shape for i in range(3)] == [(4, 24), (4, 16), (4, 16)]
+    x = full[2][0]
+    assert x["padding_mask"].sum() == 10 and x["padding_mask"][:2, :5].all()
+    # a short batch longer than every full one keeps its own length
+    enc = [(np.ones(n, np.int32), np.zeros(n, np.int32)) for n in [5] * 4 + [20] * 2]
+    full = PaddedBatches(enc, None, batch_size=4, full_batches=True, bucket=False)
+    assert [full[i][0]["token_ids"].shape for i in range(2)] == [(4, 8), (4, 24)]
