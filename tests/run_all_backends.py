@@ -14,6 +14,12 @@ import time
 from pathlib import Path
 
 BACKENDS = ("jax", "tensorflow", "torch")  # jax first: it also runs backend-neutral tests
+# XLA's CPU code generation at LLVM -O1 instead of -O2 (unless XLA_FLAGS is
+# set): the tests' compiled steps compile in half the time, and the JAX
+# fine-tuning tests take 165 s instead of 222 s. Only the machine code's
+# optimisation changes, not the graph XLA compiles; the speed benchmarks
+# keep XLA's default.
+XLA_FLAGS = "--xla_backend_optimization_level=1"
 
 
 def main(argv):
@@ -22,8 +28,8 @@ def main(argv):
     totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
     bad = []
     for backend in backends:
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "QT_QPA_PLATFORM": "offscreen"}
+        env = {"XLA_FLAGS": XLA_FLAGS, **os.environ, "KERAS_BACKEND": backend,
+               "TF_CPP_MIN_LOG_LEVEL": "2", "QT_QPA_PLATFORM": "offscreen"}
         print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
         start = time.time()
         proc = subprocess.run(

@@ -486,7 +486,10 @@ def test_cli_pretrain_then_finetune(tmp_path, corpus):
 # === Scale-out (each run in its own process: devices are fixed at start-up) ===
 def _pretrain_events(backend, data_folder, out, *extra, env_extra=None, wait=True):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": backend}
-    env.pop("XLA_FLAGS", None)
+    # each run asks for its own devices; other XLA flags (the test runner's) stay
+    flags = [f for f in env.pop("XLA_FLAGS", "").split() if "device_count" not in f]
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "bertdesk", "pretrain", "--data", str(data_folder),
            "--output", str(out), "--max-steps", "4", "--batch-size", "8", "--seq-length", "32",
