@@ -101,6 +101,16 @@ def _cmd_encode(args):
         print(f"{s:<40} closest: {sentences[best]!r} (cosine {sim[i, best]:.3f})")
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def _finetune_config(args):
     from bertdesk.training.finetune import FinetuneConfig
 
@@ -118,7 +128,8 @@ def _finetune_config(args):
         early_stopping_patience=args.early_stopping_patience,
         mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
         gradient_checkpointing=args.gradient_checkpointing,
-        bucket=False if args.no_bucketing else None, resume=args.resume)
+        bucket=False if args.no_bucketing else None, pad_to_multiple=args.pad_to_multiple,
+        resume=args.resume)
 
 
 def _print_metrics(metrics):
@@ -383,6 +394,10 @@ def build_parser():
     p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--no-bucketing", action="store_true",
                    help="do not group similar lengths (classification buckets by default, NER not)")
+    p.add_argument("--pad-to-multiple", type=_positive_int, default=8, metavar="N",
+                   help="round each batch's length up to a multiple of N (default 8). On JAX, "
+                        "and TensorFlow with --jit-compile on, every length is one more "
+                        "compile: a larger N compiles fewer shapes and pads more")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--metrics-out", help="also write validation metrics as JSON here")
     p.add_argument("--events", choices=("bar", "jsonl"), default="bar",

@@ -333,3 +333,18 @@ def test_qa_end_to_end(tmp_path, tiny_model):
 CONTEXTS = {qa["id"]: p["context"]
             for a in json.loads((ASSETS / "qa_en.json").read_text())["data"]
             for p in a["paragraphs"] for qa in p["qas"]}
+
+
+@pytest.mark.backend_neutral
+def test_cli_pad_to_multiple_reaches_the_config(capsys):
+    from bertdesk.cli import _finetune_config, build_parser
+
+    base = ["finetune", "--train", "t.csv", "--model", "tiny", "--output", "out"]
+    args = build_parser().parse_args(base + ["--pad-to-multiple", "32"])
+    assert _finetune_config(args).pad_to_multiple == 32
+    assert _finetune_config(build_parser().parse_args(base)).pad_to_multiple == 8
+    for bad in ("0", "-8", "eight"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(base + ["--pad-to-multiple", bad])
+        assert (f"--pad-to-multiple: expected a positive whole number, got '{bad}'"
+                in capsys.readouterr().err)
