@@ -25,6 +25,9 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 
 DEFAULT_BACKEND = "torch"  # fastest fine-tuning measured on CPU (README, bench/)
+# Commands that run compiled steps on JAX; they keep XLA's programs on disk
+# for the next run (bertdesk/training/compile_cache.py).
+COMPILING = ("demo", "finetune", "evaluate", "predict", "encode", "pretrain")
 
 
 def _set_backend(backend):
@@ -531,6 +534,10 @@ def _column_options(p, defaults):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     _set_backend(args.backend)
+    if args.command in COMPILING:
+        from bertdesk.training.compile_cache import enable_compile_cache
+
+        enable_compile_cache()
     from bertdesk.data.tables import DataError
     from bertdesk.io.errors import CheckpointError
 

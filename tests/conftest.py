@@ -1,8 +1,11 @@
 """Shared fixtures. Each test process runs one Keras backend (KERAS_BACKEND);
 `tests/run_all_backends.py` runs the suite once per backend."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,18 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# JAX's compiled programs shared by this run's tests (and the command lines
+# they start): tiny models of the same shapes compile once, not per test
+# (126 -> 109 s for the JAX fine-tuning tests). A fresh folder per run, so
+# nothing from an earlier run or the user's cache is read.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _xla_cache = tempfile.mkdtemp(prefix="bertdesk-test-xla-")
+    atexit.register(shutil.rmtree, _xla_cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# and the command lines the tests run never write to the user's cache
+# (TensorFlow's cache gains nothing within one run: 172 against 176 s)
+os.environ.setdefault("BERTDESK_COMPILE_CACHE", "off")
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Tests that touch no backend run in this backend's process only.
