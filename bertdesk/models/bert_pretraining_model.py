@@ -6,11 +6,12 @@ from keras import ops
 from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
 from bertdesk.layers.bert_nsp_head import BertNSPHead
 from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BackboneAsOneLayer
+from bertdesk.models.releases_gradients import ReleasesGradients
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertPretrainingModel(BackboneAsOneLayer, keras.Model):
+class BertPretrainingModel(ReleasesGradients, BackboneAsOneLayer, keras.Model):
     """Backbone + masked-LM head (output weights tied to the token embedding,
     logits only at `mask_positions`) + next-sentence head.
 

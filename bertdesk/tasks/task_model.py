@@ -6,10 +6,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from bertdesk.models.releases_gradients import ReleasesGradients
 
-class BackboneTaskModel:
+
+class BackboneTaskModel(ReleasesGradients):
     """Mixin for functional task models that hold `self.backbone` and a
-    dense `self.classifier`; subclasses list their own config keys."""
+    dense `self.classifier`; subclasses list their own config keys. Their
+    training steps free the gradients after use (`ReleasesGradients`)."""
 
     config_keys = ()
 
