@@ -221,3 +221,24 @@ def test_torch_compile_draws_the_same_halves():
     dropped = (out == 0).float().mean().item()
     assert abs(dropped - 0.25) < 5 * (0.25 * 0.75 / out.numel()) ** 0.5
     np.testing.assert_allclose(out[out != 0].numpy(), 65536 / (65536 - 16384))
+
+
+def test_torch_masks_are_the_plain_comparison():
+    """On PyTorch the keep mask is compared into uint8 and viewed as bool,
+    and turned into floats through that view: the same masks as `>=` and
+    a bool-to-float cast, at every threshold, edges included."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("PyTorch only")
+    import torch
+
+    from bertdesk.layers.fused_kernels import float_mask, keep_mask
+
+    halves = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).reshape(256, 256)
+    for threshold in (-32768, -26214, -1, 0, 32767):
+        keep = keep_mask(halves, threshold)
+        assert keep.dtype == torch.bool
+        assert torch.equal(keep, halves >= threshold)
+        assert torch.equal(~keep, halves < threshold)
+        for dtype in (torch.float32, torch.bfloat16):
+            floats = float_mask(keep, dtype)
+            assert floats.dtype == dtype and torch.equal(floats, (halves >= threshold).to(dtype))

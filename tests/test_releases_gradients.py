@@ -1,5 +1,6 @@
 """Training steps free their gradients once the optimizer has used them
-(`ReleasesGradients`, PyTorch only: JAX and TensorFlow keep none)."""
+(`ReleasesGradients`; on PyTorch: JAX and TensorFlow keep none, and there
+the step must stay Keras' own)."""
 
 from unittest import mock
 
@@ -15,8 +16,7 @@ from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer, SpanLoss
 from bertdesk.tasks.bert_text_classifier import BertTextClassifier
 from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
 
-pytestmark = pytest.mark.skipif(BACKEND != "torch", reason="gradients outlive a step on PyTorch only")
-
+TORCH = BACKEND == "torch"
 NO_DROPOUT = dict(TINY, dropout=0.0, attention_dropout=0.0)
 
 
@@ -63,7 +63,7 @@ def _train(model, x, y, steps=3):
     held, embeddings_call = [], BertEmbeddings.call
 
     def spying_call(layer, *args, **kwargs):
-        if kwargs.get("training"):
+        if kwargs.get("training") and TORCH:
             held.append(any(v.value.grad is not None for v in model.trainable_weights))
         return embeddings_call(layer, *args, **kwargs)
 
@@ -78,9 +78,10 @@ def test_no_gradient_outlives_its_step(kind):
     model, x, y = MODELS[kind]()
     assert isinstance(model, ReleasesGradients)
     losses, held = _train(model, x, y)
-    assert len(held) == 3 and not any(held)
-    assert all(v.value.grad is None for v in model.trainable_weights)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    if TORCH:
+        assert len(held) == 3 and not any(held)
+        assert all(v.value.grad is None for v in model.trainable_weights)
 
     # Keras' own step keeps them into the next forward pass (why the mixin
     # exists), and the same weights train to the same losses either way.
@@ -88,7 +89,8 @@ def test_no_gradient_outlives_its_step(kind):
     plain, x, y = MODELS[kind]()
     with mock.patch.object(ReleasesGradients, "train_step", keras.Model.train_step):
         plain_losses, plain_held = _train(plain, x, y)
-    assert plain_held == [False, True, True]
+    if TORCH:
+        assert plain_held == [False, True, True]
     np.testing.assert_allclose(losses, plain_losses, rtol=1e-6, atol=1e-7)
     for a, b in zip(model.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -101,5 +103,8 @@ def test_users_mix_it_into_their_own_models():
     inputs = keras.Input((4,))
     model = Regressor(inputs, keras.layers.Dense(1)(inputs))
     model.compile(optimizer="adam", loss="mse")
+    before = model.get_weights()
     model.train_on_batch(np.ones((2, 4), "float32"), np.zeros((2, 1), "float32"))
-    assert all(v.value.grad is None for v in model.trainable_weights)
+    assert not np.allclose(before[0], model.get_weights()[0])
+    if TORCH:
+        assert all(v.value.grad is None for v in model.trainable_weights)

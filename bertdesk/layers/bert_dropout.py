@@ -88,7 +88,10 @@ class BertDropout(keras.layers.Layer):
         threshold = round(self.rate * _LEVELS)
         seed = self.seed_generator if drawn_seed is None else drawn_seed
         halves = random_int16(shape, seed, like=like)
-        keep = ops.greater_equal(halves, threshold - _LEVELS // 2)
+        if keras.backend.backend() == "torch":  # the same comparison, vectorized
+            keep = fused_kernels.keep_mask(halves, threshold - _LEVELS // 2)
+        else:
+            keep = ops.greater_equal(halves, threshold - _LEVELS // 2)
         return keep, _LEVELS / (_LEVELS - threshold)
 
     def compute_output_shape(self, input_shape):

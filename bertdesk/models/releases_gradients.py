@@ -24,8 +24,8 @@ class ReleasesGradients:
     `class MyModel(ReleasesGradients, keras.Model): ...`
     """
 
-    def train_step(self, data):
-        logs = super().train_step(data)
+    def train_step(self, *args, **kwargs):  # JAX's takes (state, data)
+        logs = super().train_step(*args, **kwargs)
         if keras.backend.backend() == "torch":
             self.zero_grad(set_to_none=True)
         return logs
