@@ -162,3 +162,44 @@ def test_layer_norm_calls_the_layer_where_it_differs(kwargs):
     layer.build((None, 5, 12))
     x = ops.convert_to_tensor(np.random.default_rng(6).normal(size=(2, 5, 12)), "float32")
     np.testing.assert_array_equal(to_np(layer_norm(layer, x)), to_np(layer(x)))
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's autograd Function")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_embedding_gradient_is_autograds_in_reused_storage(dtype):
+    """The training lookup's gradient equals autograd's own (repeated ids
+    included), is written into the previous step's storage once nothing
+    holds that gradient, and into fresh storage while something does."""
+    import torch
+    from torch.nn import functional
+
+    table = torch.nn.Parameter(torch.randn(300, 6))
+    rng = np.random.default_rng(0)
+    pointers = []
+    for step in range(3):
+        ids = torch.tensor(rng.integers(0, 300, (4, 7)), dtype=torch.int32)
+        ids[0, :3] = 5  # a repeated row sums its gradients
+        weights = torch.tensor(rng.normal(size=(4, 7, 6)), dtype=getattr(torch, dtype))
+        (fused_kernels.embedding(ids, table, dtype) * weights).sum().backward()
+        expected_table = table.detach().clone().requires_grad_()
+        out = functional.embedding(ids.long(), expected_table).to(getattr(torch, dtype))
+        (out * weights).sum().backward()
+        torch.testing.assert_close(table.grad, expected_table.grad, rtol=1e-6, atol=1e-6)
+        pointers.append(table.grad.data_ptr())
+        table.grad = None  # as the training step does after the optimizer
+    assert len(set(pointers)) == 1
+
+    kept = []
+    for _ in range(2):  # the caller keeps each gradient: nothing is overwritten
+        fused_kernels.embedding(ids, table, dtype).sum().backward()
+        kept.append(table.grad)
+        table.grad = None
+    assert kept[0].data_ptr() != kept[1].data_ptr()
+    torch.testing.assert_close(kept[0], kept[1])
+
+    for _ in range(2):  # two backward passes accumulate
+        fused_kernels.embedding(ids, table, dtype).sum().backward()
+    torch.testing.assert_close(table.grad, 2 * kept[0])
+
+    with torch.no_grad():  # inference records nothing
+        assert fused_kernels.embedding(ids, table, dtype).grad_fn is None
