@@ -180,7 +180,7 @@ class _GradientStorage:
     allocation of a fine-tuning step (47 MB for MiniLM, 94 MB for
     BERT-base), above glibc's 32 MB limit for reusing freed memory, so each
     fresh one is mapped from the kernel and faulted in page by page while
-    it is zeroed (11,700 page faults per step for MiniLM). Here the storage
+    it is zeroed (about 11,500 page faults per step for MiniLM). Here the storage
     of the last gradient is kept and zeroed again, but only when nothing
     else holds it (its reference count): a gradient that the optimizer has
     used and dropped is reused, while one that is still alive (accumulated
