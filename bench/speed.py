@@ -300,6 +300,10 @@ def _run_config(impl, jit, config, warmup, repeats):
 
 
 def worker(args):
+    if args.allocator == "keep":  # before any library starts its threads
+        from bertdesk.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
     if args.impl != "transformers":
         # As the command line does (for both Keras implementations): without
         # the JAX and scikit-learn integrations Keras loads when installed.
@@ -344,7 +348,8 @@ def run_job(impl, backend, jit, configs, args, timeout):
     results_file = Path(args.scratch) / f"{impl}-{backend}-{int(jit)}-{time.time_ns()}.jsonl"
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--configs",
            json.dumps(configs), "--results-file", str(results_file),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--allocator", args.allocator]
     if jit:
         cmd.append("--jit")
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
@@ -391,6 +396,9 @@ def main():
     p.add_argument("--job-timeout", type=int, default=900)
     p.add_argument("--deadline", type=float, default=None,
                    help="seconds: start no job after this, and stop any job at it")
+    p.add_argument("--allocator", choices=("default", "keep"), default="default",
+                   help="keep: every job (each implementation alike) keeps freed memory for "
+                        "reuse, as bertdesk's command line does (bertdesk/training/allocator.py)")
     p.add_argument("--json-out", help="also write all results here (after every job)")
     p.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
     # worker mode (one process, one or more configs)

@@ -25,9 +25,15 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 
 DEFAULT_BACKEND = "torch"  # fastest fine-tuning measured on CPU (README, bench/)
-# Commands that run compiled steps on JAX; they keep XLA's programs on disk
-# for the next run (bertdesk/training/compile_cache.py).
-COMPILING = ("demo", "finetune", "evaluate", "predict", "encode", "pretrain")
+# Commands that run a model. They keep XLA's compiled programs on disk for the
+# next run (bertdesk/training/compile_cache.py) and, when they start the
+# process's backend, freed memory for the next step (training/allocator.py).
+MODEL_JOBS = ("demo", "finetune", "evaluate", "predict", "encode", "pretrain")
+
+
+def _chosen_backend(backend):
+    """--backend, else $KERAS_BACKEND, else DEFAULT_BACKEND."""
+    return backend or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
 
 
 def _set_backend(backend):
@@ -41,7 +47,7 @@ def _set_backend(backend):
         if backend and backend != loaded:
             raise SystemExit(f"error: Keras is already running on {loaded}, cannot switch to {backend}")
         return
-    os.environ["KERAS_BACKEND"] = backend or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
+    os.environ["KERAS_BACKEND"] = _chosen_backend(backend)
     from bertdesk.lean_import import import_keras_lean
 
     import_keras_lean()
@@ -533,8 +539,15 @@ def _column_options(p, defaults):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command in MODEL_JOBS and "keras" not in sys.modules:
+        # Before the backend starts its threads; a process that already runs
+        # Keras (tests, notebooks) keeps its allocator as it is.
+        from bertdesk.training import allocator
+
+        if _chosen_backend(args.backend) in allocator.FASTER_ON:
+            allocator.keep_freed_memory()
     _set_backend(args.backend)
-    if args.command in COMPILING:
+    if args.command in MODEL_JOBS:
         from bertdesk.training.compile_cache import enable_compile_cache
 
         enable_compile_cache()
