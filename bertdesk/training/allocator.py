@@ -12,35 +12,38 @@ in the kernel.
 
 `keep_freed_memory()` tells glibc to keep freed memory in the process
 instead (`mallopt`): no allocation is served by its own `mmap`
-(`M_MMAP_MAX = 0`), the heap is never trimmed (`M_TRIM_THRESHOLD`), and all
-threads share one arena (`M_ARENA_MAX = 1`; with more, a thread pool's
-large buffers still go to fresh mappings). The process's resident memory then
-stays at its high-water mark until it exits, which for a job process is where
-it is at its peak anyway.
+(`M_MMAP_MAX = 0`), the heap is never trimmed (`M_TRIM_THRESHOLD`), and
+threads share two arenas (`M_ARENA_MAX = 2`). Without an arena limit the
+thread pools' buffers still come back as fresh pages (a JAX epoch below: 4.0
+million faults, as many as glibc's defaults); with one arena XLA's compiler
+threads wait on it and a JAX job's first, compiling run got slower. The
+process's resident memory then stays at its high-water mark until it exits,
+which for a job process is where it is at its peak anyway.
 
 Measured on 2 AMD EPYC cores (fresh processes, alternating):
 
-- MiniLM, one epoch of 2,000 SST-2 sentences (`finetune`'s own run, warm
-  compile cache), wall time and page faults, default -> kept:
-  - TensorFlow: 83.0-86.3 s -> 63.5-65.1 s; 23.9 million faults -> 0.7
-    million; 62 s of kernel time -> 6 s; peak 1,680 -> 1,818-1,879 MB.
-  - JAX: 44.9-45.0 s -> 36.7-42.6 s; 4.2 million faults -> 0.5 million;
-    peak 1,900 -> 1,981-2,019 MB.
+- MiniLM, one epoch of 2,000 SST-2 sentences (`finetune`'s own run), wall
+  time and page faults, default -> kept:
+  - TensorFlow: 83.0-86.3 s -> 63.5-65.1 s with one arena (23.9 million
+    faults -> 0.7 million; 62 s of kernel time -> 6 s; peak 1,680 ->
+    1,818-1,879 MB); with two, 62.5-66.9 s against 66.6 s with one in the
+    same hour (1.3-3.0 million faults).
+  - JAX, programs from the compile cache: 46.3-49.7 s -> 40.9-52.9 s
+    (medians 47.3 -> 41.0 s, 3 runs each; 4.2 million faults -> 0.5-0.6
+    million; kernel time 12 s -> 2-3 s; peak 1,900-1,940 -> 1,995-2,088 MB).
+  - JAX with an empty compile cache (a job's first run): 107.1-130.7 s
+    (7 runs, median 120.2) -> 110.0-149.5 s with two arenas (5 runs, median
+    121.4): the same; with one arena 128.6-148.5 s (4 runs), slower.
   - PyTorch: 24.6-26.4 s -> 23.7-26.1 s (no change) for 170-210 MB more
     peak memory: PyTorch's own allocations already come back from the heap.
     So the command line leaves it off there (`FASTER_ON`).
-  - JAX with an empty compile cache (the first run of a job), the same
-    epoch: 107.1-130.7 s (4 runs) -> 128.6-148.5 s (4 runs) with one arena,
-    116.9-124.2 s (2 runs) with two, presumably XLA's compiler threads
-    waiting on the one arena. Until the arena count is settled, the command line leaves JAX
-    alone too.
-- `bench/speed.py`, bertdesk's mini jobs (batch 16 x 128), sequences/s:
-  JAX forward 110.5 -> 146.0 and training 37.6 -> 42.8 (64,583 -> 48 faults
-  per step); TensorFlow forward 105.0 -> 123.3, training 39.1 -> 43.2;
-  TF + XLA forward 155.0 -> 169.2, training 39.6 -> 43.1.
+- `bench/speed.py`, bertdesk's mini jobs (batch 16 x 128), sequences/s, one
+  arena: JAX forward 110.5 -> 146.0 and training 37.6 -> 42.8 (64,583 -> 48
+  faults per step); TensorFlow forward 105.0 -> 123.3, training 39.1 ->
+  43.2; TF + XLA forward 155.0 -> 169.2, training 39.6 -> 43.1.
 
 The command line (and so the desktop app's jobs) calls it first thing on
-TensorFlow, before the backend starts its threads; it is process-wide,
+TensorFlow and JAX, before the backend starts its threads; it is process-wide,
 so the library never calls it on import. A script of one's own can call it at
 its top. It changes nothing where the user chose: `BERTDESK_ALLOCATOR=default`,
 glibc's own `MALLOC_*` variables or `GLIBC_TUNABLES` set, or not glibc
@@ -59,15 +62,14 @@ M_ARENA_MAX = -8
 
 # The largest trim threshold mallopt takes (an int): never trim in practice.
 NEVER_TRIM = 2**31 - 1
-SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: NEVER_TRIM, M_ARENA_MAX: 1}
+# Two arenas: with no limit the thread pools' buffers still fault in fresh
+# pages; with one, XLA's compiler threads wait on it (see the docstring).
+SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: NEVER_TRIM, M_ARENA_MAX: 2}
 USER_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                   "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST")
 OFF = ("default", "off", "0", "false", "no")
-# Backends whose jobs it speeds up. On PyTorch it only costs memory; on JAX
-# it sped up runs whose programs come from the compile cache but slowed down
-# the first, compiling run (one arena for XLA's compiler threads): left off
-# there until that is solved (see the docstring).
-FASTER_ON = ("tensorflow",)
+# Backends whose jobs it speeds up. On PyTorch it only costs memory.
+FASTER_ON = ("tensorflow", "jax")
 
 
 # === Settings ===
