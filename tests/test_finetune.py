@@ -3,6 +3,7 @@ save, load, evaluate, predict; every problem type; resume; bad input."""
 
 import csv
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -14,6 +15,7 @@ from bertdesk.cli import main as cli_main
 from bertdesk.data.tables import DataError
 from bertdesk.tasks.saving import load_model
 from bertdesk.training.finetune import FinetuneConfig, run_finetune
+from bertdesk.training.tasks import TASKS
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -172,6 +174,43 @@ def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
     assert steps[0] == steps[-1] // 2 + 1  # continues at the first step of epoch 2
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
     assert len(result["history"]) == 2
+
+
+def test_a_resumed_epoch_that_does_not_improve_keeps_the_earlier_best(tmp_path, tiny_model,
+                                                                      monkeypatch):
+    cfg = config(tmp_path, tiny_model, epochs=2)
+
+    def killer(event):
+        if event["event"] == "step" and event["epoch"] == 2:
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        run_finetune(cfg, killer)
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "run" / "model").iterdir()}
+    # epoch 2 now scores below epoch 1, whatever it learns
+    monkeypatch.setattr(TASKS["classify"], "metrics", lambda *a: {"accuracy": -1.0})
+    cfg.resume = True
+    result = run_finetune(cfg)
+    assert result["best_epoch"] == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "model").iterdir()} == saved
+
+
+def test_the_runs_validation_results_are_the_saved_models(tmp_path, tiny_model):
+    """The run reports the best epoch's validation scores without scoring
+    the saved model again: they must be what the saved model gives."""
+    val = sample(tmp_path, "val.csv", 24)
+    cfg = config(tmp_path, tiny_model, epochs=2, validation=str(val))
+    result = run_finetune(cfg)
+    best = load_model(tmp_path / "run" / "model")
+    task = TASKS["classify"]
+    data = task.load(str(val), asdict(cfg))
+    scores = task.scores(best.model, best.tokenizer, data, best.head, cfg.max_length)
+    with open(tmp_path / "run" / "validation_predictions.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24
+    reported = np.array([[float(r["p(negative)"]), float(r["p(positive)"])] for r in rows])
+    np.testing.assert_allclose(reported, np.asarray(scores), atol=1e-6)
+    assert result["metrics"]["accuracy"] == result["history"][result["best_epoch"] - 1]["accuracy"]
 
 
 def test_unknown_label_in_validation_data(tmp_path, tiny_model):

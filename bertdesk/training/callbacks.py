@@ -118,16 +118,21 @@ class ValidationCallback(keras.callbacks.Callback):
 
 class BestModelKeeper(keras.callbacks.Callback):
     """Keeps the best epoch's weights in memory and calls `save_fn(epoch)`
-    when it improves; restores them when training ends."""
+    when it improves; restores them when training ends.
 
-    def __init__(self, save_fn=None):
+    Without a monitored value the first epoch counts as the best so far. A
+    resumed run passes `best_epoch`, the best of its earlier epochs (already
+    saved): only an epoch that improves on it replaces it.
+    """
+
+    def __init__(self, save_fn=None, best_epoch=None):
         super().__init__()
         self.save_fn = save_fn
         self.best_weights = None
-        self.best_epoch = None
+        self.best_epoch = best_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        if (logs or {}).pop("_improved", False) or self.best_weights is None:
+        if (logs or {}).pop("_improved", False) or self.best_epoch is None:
             self.best_weights = self.model.get_weights()
             self.best_epoch = epoch + 1
             if self.save_fn:

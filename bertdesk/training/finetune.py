@@ -275,22 +275,29 @@ def run_finetune(config, sink=None):
     history = state.get("history", [])
     training_args = asdict(config)
 
+    scored = {}  # the latest epoch's validation scores, and the best epoch's
+
     def evaluate():
-        scores = task.scores(model, tokenizer, validation, head, config.max_length)
-        metrics = task.metrics(scores, validation, head)
+        scored["latest"] = task.scores(model, tokenizer, validation, head, config.max_length)
+        metrics = task.metrics(scored["latest"], validation, head)
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics
+
+    def keep_best(epoch):
+        save_task_model(model, out / "model", tokenizer, task.name, head, training_args,
+                        overwrite=True)
+        scored["best"] = scored.get("latest")
 
     # the epoch event goes out last: when a listener sees it, that epoch's best
     # model and checkpoint are on disk (the app may cancel right after it)
     validator = ValidationCallback(evaluate, sink, monitor, "max", defer=True)
     validator.best = state.get("best")
-    keeper = BestModelKeeper(lambda epoch: save_task_model(
-        model, out / "model", tokenizer, task.name, head, training_args, overwrite=True))
+    keeper = BestModelKeeper(keep_best, best_epoch=state.get("best_epoch"))
     callbacks = [ProgressEvents(sink, steps_per_epoch, config.epochs, config.batch_size,
                                 initial_epoch), validator, keeper,
                  ResumeCheckpoint(out / "checkpoint",
-                                  lambda: {"best": validator.best, "history": history}),
+                                  lambda: {"best": validator.best, "best_epoch": keeper.best_epoch,
+                                           "history": history}),
                  validator.emit_epoch_event()]
     if config.early_stopping_patience:
         callbacks.insert(3, keras.callbacks.EarlyStopping(
@@ -301,8 +308,12 @@ def run_finetune(config, sink=None):
                   callbacks=callbacks, shuffle=False, verbose=0)  # batches shuffle themselves
     train_seconds = time.perf_counter() - start
 
-    best = load_model(out / "model")
-    scores = task.scores(best.model, best.tokenizer, validation, head, config.max_length)
+    scores = scored.get("best")
+    if scores is None:  # the best epoch ran in an earlier, resumed-from run
+        best = load_model(out / "model")
+        scores = task.scores(best.model, best.tokenizer, validation, head, config.max_length)
+    # else: the model saved is the one these scores came from (the keeper has
+    # put its weights back), so the validation set is not scored again
     metrics = task.metrics(scores, validation, head)
     write_rows(task.rows(scores, validation, head), out / "validation_predictions.csv")
     result = {"metrics": metrics, "best_epoch": keeper.best_epoch, "history": history,
