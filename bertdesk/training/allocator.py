@@ -37,6 +37,9 @@ Measured on 2 AMD EPYC cores (fresh processes, alternating):
   - PyTorch: 24.6-26.4 s -> 23.7-26.1 s (no change) for 170-210 MB more
     peak memory: PyTorch's own allocations already come back from the heap.
     So the command line leaves it off there (`FASTER_ON`).
+- `bertdesk pretrain --preset mini --max-steps 80 --batch-size 16` (the whole
+  command, two runs each way): TensorFlow 99.6-103.2 s -> 62.0-66.9 s, JAX
+  54.2-64.3 s -> 45.0-50.5 s.
 - `bench/speed.py`, bertdesk's mini jobs (batch 16 x 128), sequences/s, one
   arena: JAX forward 110.5 -> 146.0 and training 37.6 -> 42.8 (64,583 -> 48
   faults per step); TensorFlow forward 105.0 -> 123.3, training 39.1 ->
