@@ -154,8 +154,9 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
-    cfg = config(tmp_path, tiny_model, epochs=2)
+def interrupted_in_epoch_2(tmp_path, model):
+    """A two-epoch run stopped at the first step of its second epoch; its config."""
+    cfg = config(tmp_path, model, epochs=2)
 
     def killer(event):
         if event["event"] == "step" and event["epoch"] == 2:
@@ -163,6 +164,11 @@ def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
 
     with pytest.raises(Interrupt):
         run_finetune(cfg, killer)
+    return cfg
+
+
+def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
+    cfg = interrupted_in_epoch_2(tmp_path, tiny_model)
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["epochs_done"] == 1
     with pytest.raises(DataError, match="output folder is not empty"):
@@ -178,14 +184,7 @@ def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
 
 def test_a_resumed_epoch_that_does_not_improve_keeps_the_earlier_best(tmp_path, tiny_model,
                                                                       monkeypatch):
-    cfg = config(tmp_path, tiny_model, epochs=2)
-
-    def killer(event):
-        if event["event"] == "step" and event["epoch"] == 2:
-            raise Interrupt()
-
-    with pytest.raises(Interrupt):
-        run_finetune(cfg, killer)
+    cfg = interrupted_in_epoch_2(tmp_path, tiny_model)
     saved = {p.name: p.read_bytes() for p in (tmp_path / "run" / "model").iterdir()}
     # epoch 2 now scores below epoch 1, whatever it learns
     monkeypatch.setattr(TASKS["classify"], "metrics", lambda *a: {"accuracy": -1.0})
