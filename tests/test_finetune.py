@@ -182,9 +182,16 @@ def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
     assert len(result["history"]) == 2
 
 
+@pytest.mark.parametrize("older_checkpoint", [False, True])
 def test_a_resumed_epoch_that_does_not_improve_keeps_the_earlier_best(tmp_path, tiny_model,
-                                                                      monkeypatch):
+                                                                      monkeypatch,
+                                                                      older_checkpoint):
     cfg = interrupted_in_epoch_2(tmp_path, tiny_model)
+    if older_checkpoint:  # written before state.json kept the best epoch
+        state_file = tmp_path / "run" / "checkpoint" / "state.json"
+        state = json.loads(state_file.read_text())
+        del state["best_epoch"]
+        state_file.write_text(json.dumps(state))
     saved = {p.name: p.read_bytes() for p in (tmp_path / "run" / "model").iterdir()}
     # epoch 2 now scores below epoch 1, whatever it learns
     monkeypatch.setattr(TASKS["classify"], "metrics", lambda *a: {"accuracy": -1.0})

@@ -200,6 +200,19 @@ def write_rows(rows, path):
     return path
 
 
+def _best_epoch(state, monitor):
+    """A resumed run's best earlier epoch (1-based), or None. A checkpoint
+    written before `best_epoch` was kept in it: the first epoch whose
+    monitored value is the best one."""
+    if "best_epoch" in state:
+        return state["best_epoch"]
+    best = state.get("best")
+    if best is None:
+        return None
+    return next((i + 1 for i, metrics in enumerate(state.get("history", []))
+                 if metrics.get(monitor) == best), None)
+
+
 def _prepare_output(config):
     out = Path(config.output)
     state = out / "checkpoint" / "state.json"
@@ -292,7 +305,7 @@ def run_finetune(config, sink=None):
     # model and checkpoint are on disk (the app may cancel right after it)
     validator = ValidationCallback(evaluate, sink, monitor, "max", defer=True)
     validator.best = state.get("best")
-    keeper = BestModelKeeper(keep_best, best_epoch=state.get("best_epoch"))
+    keeper = BestModelKeeper(keep_best, best_epoch=_best_epoch(state, monitor))
     callbacks = [ProgressEvents(sink, steps_per_epoch, config.epochs, config.batch_size,
                                 initial_epoch), validator, keeper,
                  ResumeCheckpoint(out / "checkpoint",
