@@ -398,7 +398,7 @@ def main():
                    help="seconds: start no job after this, and stop any job at it")
     p.add_argument("--allocator", choices=("default", "keep"), default="default",
                    help="keep: every job (each implementation alike) keeps freed memory for "
-                        "reuse, as bertdesk's command line does on TensorFlow and JAX "
+                        "reuse, as bertdesk's command line does "
                         "(bertdesk/training/allocator.py)")
     p.add_argument("--json-out", help="also write all results here (after every job)")
     p.add_argument("--scratch", default=None, help=argparse.SUPPRESS)

@@ -544,8 +544,7 @@ def main(argv=None):
         # Keras (tests, notebooks) keeps its allocator as it is.
         from bertdesk.training import allocator
 
-        if _chosen_backend(args.backend) in allocator.FASTER_ON:
-            allocator.keep_freed_memory()
+        allocator.keep_freed_memory()
     _set_backend(args.backend)
     if args.command in MODEL_JOBS:
         from bertdesk.training.compile_cache import enable_compile_cache

@@ -35,18 +35,30 @@ Measured on 2 AMD EPYC cores (fresh processes, alternating):
     (7 runs, median 120.2) -> 110.0-149.5 s with two arenas (5 runs, median
     121.4): the same; with one arena 128.6-148.5 s (4 runs), slower.
   - PyTorch: 24.6-26.4 s -> 23.7-26.1 s (no change) for 170-210 MB more
-    peak memory: PyTorch's own allocations already come back from the heap.
-    So the command line leaves it off there (`FASTER_ON`).
+    peak memory.
 - `bertdesk pretrain --preset mini --max-steps 80 --batch-size 16` (the whole
   command, two runs each way): TensorFlow 99.6-103.2 s -> 62.0-66.9 s, JAX
   54.2-64.3 s -> 45.0-50.5 s.
+- PyTorch, measured on 2 Intel Xeon cores (Sapphire Rapids, in a VM, where a
+  page fault costs about a microsecond): the same pretraining command 41.7-42.7
+  s -> 35.9-37.4 s (5.6-6.0 million faults -> 0.28 million, kernel time 11 s
+  -> 1.4 s, peak 1,106-1,114 -> 1,189-1,190 MB, three runs each way); a
+  training step of the base shape at batch 16 x 128 (`bench/speed.py`'s
+  job) 4.07 -> 3.73 s with a lower peak (3,707 -> 3,529 MB), of the mini
+  shape 199-205 -> 189-191 ms; the SST-2 epoch above 18.6-19.6 s -> 18.7-19.4 s
+  (the same; its short bucketed batches reuse the heap anyway) for 100-160 MB
+  more. glibc trims the heap's top whenever 64 MB is free there (its dynamic
+  threshold) and serves buffers above 32 MB (base's 94 MB embedding gradient)
+  from `mmap`. Fixing only the thresholds (`MALLOC_TRIM_THRESHOLD_`,
+  `MALLOC_MMAP_THRESHOLD_=32 MB`) kept 4.3-4.7 million of the pretraining
+  faults (39.8-41.1 s).
 - `bench/speed.py`, bertdesk's mini jobs (batch 16 x 128), sequences/s, one
   arena: JAX forward 110.5 -> 146.0 and training 37.6 -> 42.8 (64,583 -> 48
   faults per step); TensorFlow forward 105.0 -> 123.3, training 39.1 ->
   43.2; TF + XLA forward 155.0 -> 169.2, training 39.6 -> 43.1.
 
-The command line (and so the desktop app's jobs) calls it first thing on
-TensorFlow and JAX, before the backend starts its threads; it is process-wide,
+The command line (and so the desktop app's jobs) calls it first thing in
+every job that runs a model, before the backend starts its threads; it is process-wide,
 so the library never calls it on import. A script of one's own can call it at
 its top. It changes nothing where the user chose: `BERTDESK_ALLOCATOR=default`,
 glibc's own `MALLOC_*` variables or `GLIBC_TUNABLES` set, or not glibc
@@ -71,8 +83,6 @@ SETTINGS = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: NEVER_TRIM, M_ARENA_MAX: 2}
 USER_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                   "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST")
 OFF = ("default", "off", "0", "false", "no")
-# Backends whose jobs it speeds up. On PyTorch it only costs memory.
-FASTER_ON = ("tensorflow", "jax")
 
 
 # === Settings ===
