@@ -58,9 +58,9 @@ Measured on 2 AMD EPYC cores (fresh processes, alternating):
   43.2; TF + XLA forward 155.0 -> 169.2, training 39.6 -> 43.1.
 
 The command line (and so the desktop app's jobs) calls it first thing in
-every job that runs a model, before the backend starts its threads; it is process-wide,
-so the library never calls it on import. A script of one's own can call it at
-its top. It changes nothing where the user chose: `BERTDESK_ALLOCATOR=default`,
+every job that runs a model, on every backend, before the backend starts its
+threads; it is process-wide, so the library never calls it on import. A
+script of one's own can call it at its top. It changes nothing where the user chose: `BERTDESK_ALLOCATOR=default`,
 glibc's own `MALLOC_*` variables or `GLIBC_TUNABLES` set, or not glibc
 (macOS, Windows, musl).
 """
