@@ -148,6 +148,51 @@ def test_embed_equals_the_layer_call(dtype, ids_dtype):
     np.testing.assert_array_equal(to_np(ours), to_np(keras_call))
 
 
+class _EmbeddingInside(keras.layers.Layer):
+    """A mixed-precision layer (its call runs in an autocast scope) that looks
+    ids up in an Embedding sublayer, through `embed` or the layer's call."""
+
+    def __init__(self, through_embed, **kwargs):
+        super().__init__(dtype="mixed_bfloat16", **kwargs)
+        self.through_embed = through_embed
+        self.table = keras.layers.Embedding(50, 6, dtype="mixed_bfloat16")
+
+    def build(self, ids_shape):
+        self.table.build(ids_shape)
+
+    def call(self, ids):
+        return embed(self.table, ids) if self.through_embed else self.table(ids)
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="gradients through PyTorch's autograd")
+def test_embed_inside_a_mixed_precision_layer_reads_the_float32_table():
+    """Inside a bf16 layer's autocast scope `embed` looks rows up in the
+    float32 table, as the Embedding layer's own call does, rather than in
+    a bf16 copy of the whole table: the same outputs, and the table's
+    gradient summed in float32 (a row looked up 400 times)."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, 50, (4, 128))
+    ids[:, :100] = 5
+    upstream = torch.tensor(rng.normal(size=(4, 128, 6)), dtype=torch.bfloat16)
+    results = []
+    for through_embed in (True, False):
+        layer = _EmbeddingInside(through_embed)
+        layer.build(ids.shape)
+        layer.table.embeddings.assign(rng.normal(size=(50, 6)).astype("float32")
+                                      if not results else results[0][2])
+        out = layer(ops.convert_to_tensor(ids, "int32"))
+        (out * upstream).float().sum().backward()
+        table = layer.table.embeddings.value
+        results.append((to_np(ops.cast(out, "float32")), to_np(table.grad),
+                        to_np(table.detach())))
+    (out_embed, grad_embed, _), (out_layer, grad_layer, _) = results
+    np.testing.assert_array_equal(out_embed, out_layer)
+    assert grad_layer.dtype == np.float32
+    np.testing.assert_allclose(grad_embed, grad_layer, rtol=1e-6, atol=1e-6)
+
+
 def test_dense_with_another_activation_equals_the_layer_call():
     layer = _dense_layer(4, activation="tanh")  # the pooler's
     x = ops.convert_to_tensor(np.random.default_rng(5).normal(size=(2, 5, 12)), "float32")

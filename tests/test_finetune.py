@@ -244,10 +244,17 @@ def test_adamw_excludes_layernorm_and_bias_from_weight_decay():
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="the fused update is PyTorch's")
-def test_fused_torch_adamw_matches_keras_adamw():
+@pytest.mark.parametrize("dot_norm_elements", [None, 20])
+def test_fused_torch_adamw_matches_keras_adamw(dot_norm_elements, monkeypatch):
     """The fused PyTorch update (clipping, decay exclusions, bias correction,
-    epsilon) gives Keras' own AdamW numbers, step after step."""
+    epsilon) gives Keras' own AdamW numbers, step after step; also with the
+    clipping norm of the larger gradients taken by dot products (the path
+    of gradients of a million elements and more)."""
+    from bertdesk.training import optimization
     from bertdesk.training.optimization import bert_adamw
+
+    if dot_norm_elements is not None:
+        monkeypatch.setattr(optimization, "_DOT_NORM_ELEMENTS", dot_norm_elements)
 
     rng = np.random.default_rng(0)
     values = [rng.normal(size=s).astype("float32") for s in [(6, 4), (4,), (4,), (5, 4)]]

@@ -78,8 +78,7 @@ class BertAdamW(keras.optimizers.AdamW):
             return super()._clip_gradients(grads)
         import torch
 
-        present = [g for g in grads if g is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
+        norm = _global_norm(torch, [g for g in grads if g is not None])
         # Keras' formula: scale = clip * min(1 / norm, 1 / clip)
         scale = self.global_clipnorm * torch.minimum(1.0 / norm, torch.tensor(
             1.0 / self.global_clipnorm, dtype=norm.dtype))
@@ -126,6 +125,28 @@ class BertAdamW(keras.optimizers.AdamW):
     def get_config(self):
         return {**super().get_config(), "exclude_names": list(self.exclude_names),
                 "fused": None}
+
+
+# Gradients at least this large (float32, on the CPU) get their squared norm
+# from BLAS's dot product: about half `_foreach_norm`'s time there (a
+# (30522, 256) vocabulary gradient: 1.0 ms against 2.3) and closer to the
+# exact norm (relative error 4e-6 against 2e-4). Below it both take the same
+# time.
+_DOT_NORM_ELEMENTS = 1 << 20
+
+
+def _global_norm(torch, grads):
+    """The Euclidean norm of all `grads` together, as a 0-d tensor."""
+    squares, rest = [], []
+    for g in grads:
+        if (g.device.type == "cpu" and g.dtype == torch.float32
+                and g.numel() >= _DOT_NORM_ELEMENTS):
+            squares.append(torch.dot(g.reshape(-1), g.reshape(-1)))
+        else:
+            rest.append(g)
+    if rest:
+        squares.append(torch.stack(torch._foreach_norm(rest)).float().square().sum())
+    return torch.stack(squares).sum().sqrt()
 
 
 def bert_adamw(learning_rate, total_steps, warmup_ratio=0.1, weight_decay=0.01,
