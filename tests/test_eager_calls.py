@@ -193,6 +193,35 @@ def test_embed_inside_a_mixed_precision_layer_reads_the_float32_table():
     np.testing.assert_allclose(grad_embed, grad_layer, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's linear")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_linear_transposed_is_the_tied_logits_formula(dtype):
+    """The masked-LM head's logits on PyTorch (`float32(x @ table.T) + bias`
+    as one `linear`) and their gradients are the einsum formula's, and the
+    table's gradient comes out in the table's own layout."""
+    import torch
+
+    rng = np.random.default_rng(8)
+    torch_dtype = getattr(torch, dtype)
+    leaves = [torch.tensor(rng.normal(size=shape), dtype=torch.float32, requires_grad=True)
+              for shape in [(3, 5, 12), (40, 12), (40,)]]
+    upstream = torch.tensor(rng.normal(size=(3, 5, 40)), dtype=torch.float32)
+    results = []
+    for fast in (True, False):
+        x, table = (t.to(torch_dtype) for t in leaves[:2])
+        if fast:
+            logits = fused_kernels.linear_transposed(x, table, leaves[2])
+        else:
+            logits = torch.einsum("bmh,vh->bmv", x, table).float() + leaves[2]
+        assert logits.dtype == torch.float32
+        grads = torch.autograd.grad((logits * upstream).sum(), [*leaves, table])
+        results.append([logits.detach(), *grads])
+    for ours, formula in zip(*results):
+        torch.testing.assert_close(ours, formula, rtol=1e-5, atol=1e-5)
+    assert results[0][-1].stride() == (12, 1)  # (vocab, hidden), not a transposed view
+    assert results[1][-1].stride() != (12, 1)  # einsum's is
+
+
 def test_dense_with_another_activation_equals_the_layer_call():
     layer = _dense_layer(4, activation="tanh")  # the pooler's
     x = ops.convert_to_tensor(np.random.default_rng(5).normal(size=(2, 5, 12)), "float32")

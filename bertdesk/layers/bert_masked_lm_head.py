@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from bertdesk.layers import fused_kernels
 from bertdesk.layers.bert_encoder_block import gelu
 
 
@@ -77,8 +78,15 @@ class BertMaskedLMHead(keras.layers.Layer):
             x = ops.take_along_axis(x, ops.expand_dims(mask_positions, -1), axis=1)
         x = self.layer_norm(self.transform(x))
         matrix = ops.cast(self.token_embedding.embeddings, x.dtype)  # (vocab, hidden)
+        bias = ops.cast(self.output_bias, "float32")
+        if keras.backend.backend() == "torch":
+            # The table's gradient (vocab, hidden) and contiguous, as the
+            # lookup's is: einsum's comes out transposed, and adding the two
+            # then runs across strides (33 ms of a 390 ms BERT-mini
+            # pretraining step on the CPU, and a contiguous copy of it 14).
+            return fused_kernels.linear_transposed(x, matrix, bias)
         logits = ops.einsum("bmh,vh->bmv", x, matrix)
-        return ops.cast(logits, "float32") + ops.cast(self.output_bias, "float32")
+        return ops.cast(logits, "float32") + bias
 
     def compute_output_shape(self, sequence_output_shape, mask_positions_shape=None):
         rows = sequence_output_shape[:-1] if mask_positions_shape is None else mask_positions_shape

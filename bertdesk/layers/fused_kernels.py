@@ -279,6 +279,21 @@ def linear(x, kernel, bias, gelu=False):
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def linear_transposed(x, weight, bias):
+    """`float32(x @ weight.T) + bias` over the last axis of `x`, `weight`
+    `(out, in)` in `x`'s dtype and `bias` float32, as
+    `torch.nn.functional.linear`: the gradient for `weight` comes out
+    `(out, in)` and contiguous. In float32 the bias is added inside the
+    GEMM; otherwise the product, rounded to `x`'s dtype, is widened by the
+    bias addition itself (one pass, not a cast and then a sum)."""
+    import torch
+    from torch.nn import functional
+
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return functional.linear(x, weight, bias)
+    return torch.add(functional.linear(x, weight), bias)
+
+
 def autograd_apply(forward, backward, *args):
     """`forward(*args) -> (output, saved)` as a `torch.autograd.Function`
     whose backward is `backward(saved, upstream)`; `saved` goes through

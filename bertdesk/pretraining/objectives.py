@@ -18,8 +18,15 @@ def masked_lm_loss(labels, logits):
     for `tf.distribute` replicas.)"""
     labels = ops.cast(labels, "int32")
     valid = ops.cast(ops.greater_equal(labels, 0), "float32")  # (batch, predictions)
+    # As rows of a 2-D array: PyTorch's cross-entropy takes the classes on
+    # axis 1, and Keras moves a 3-D array's last axis there, which makes the
+    # log-softmax run across strides of the vocabulary (a BERT-mini
+    # pretraining step: 50 ms of 390 on the CPU, against 8 for the rows).
     per_token = keras.losses.sparse_categorical_crossentropy(
-        ops.maximum(labels, 0), ops.cast(logits, "float32"), from_logits=True)
+        ops.reshape(ops.maximum(labels, 0), (-1,)),
+        ops.reshape(ops.cast(logits, "float32"), (-1, ops.shape(logits)[-1])),
+        from_logits=True)
+    per_token = ops.reshape(per_token, ops.shape(labels))
     batch = ops.cast(ops.shape(labels)[0], "float32")
     return ops.sum(per_token * valid, axis=-1) * batch / (ops.sum(valid) + 1e-5)
 
