@@ -387,6 +387,29 @@ def _config(out, data_folder, **kw):
     return PretrainConfig(**base)
 
 
+def test_xla_by_default_where_it_is_the_faster(tmp_path):
+    """`--jit-compile auto`: XLA on JAX; on TensorFlow in float32 but not in
+    bfloat16 on a CPU, nor under a distribution; eager PyTorch; on and off
+    as asked everywhere."""
+    import keras
+
+    from bertdesk.pretraining import pretrain
+
+    backend = keras.backend.backend()
+    cpu_only = backend != "tensorflow" or not pretrain._tensorflow_sees_a_gpu()
+    expected = {("jax", False): True, ("jax", True): True,
+                ("tensorflow", False): True, ("tensorflow", True): not cpu_only,
+                ("torch", False): False, ("torch", True): False}
+    for mixed in (False, True):
+        config = _config(tmp_path, tmp_path, mixed_precision=mixed)
+        assert pretrain._jit_compile(config) is expected[backend, mixed], (backend, mixed)
+        for asked, value in (("on", True), ("off", False)):
+            assert pretrain._jit_compile(
+                _config(tmp_path, tmp_path, mixed_precision=mixed, jit_compile=asked)) is value
+    if backend == "tensorflow":
+        assert pretrain._jit_compile(_config(tmp_path, tmp_path, distribution="data")) is False
+
+
 def _weights(folder):
     from bertdesk.io import read_checkpoint
 
