@@ -254,11 +254,13 @@ def _stored_tensor(value):
     look up a few hundred, and in training its gradient dense in bf16, then
     cast back."""
     import keras
-    from keras.src.backend import AutocastScope, get_autocast_scope
 
     if not isinstance(value, keras.Variable):  # (hasattr would read .value)
         return value
-
+    try:  # Keras' own (what `Layer.__call__` uses), not its public API
+        from keras.src.backend import AutocastScope, get_autocast_scope
+    except ImportError:
+        return value.value
     if get_autocast_scope() is None:
         return value.value
     with AutocastScope(None):
