@@ -13,9 +13,11 @@ the same numbers as the formula it replaces (tests/test_lean_backward.py).
 Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch;
 `dropout_attention` and `feed_forward`, `lean_backward`'s functions of
 those names as ATen calls; `dropout_add`, a residual connection and
-dropout in one kernel; `keep_mask` and `float_mask`, dropout masks made and
-used without PyTorch's bool paths, which the CPU runs one element at a time;
-and `linear`, a projection with its bias inside the GEMM (`eager_calls.py`).
+dropout in one kernel; `keep_mask`, `float_mask` and `mask_factor`, dropout
+masks made and used without PyTorch's bool paths, which the CPU runs one
+element at a time; `linear`, a projection with its bias inside the GEMM
+(`eager_calls.py`); `linear_transposed`, the masked-LM head's tied logits;
+and `embedding`, the lookups (`eager_calls.embed`).
 """
 
 import functools
