@@ -124,6 +124,27 @@ def test_fused_attention_matches_explicit_path():
     np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_is_the_formula_over_the_kernels_q_k_v_blocks(fused):
+    """The fused kernel's columns are [q | k | v], each head-major: every
+    backend's projection path (one product then split, or one einsum over
+    the kernel's (hidden, 3, heads, head_dim) view on JAX) gives softmax(q
+    k^T / sqrt(d) + mask) v computed here in numpy."""
+    heads, dim, seq = 2, H // 2, 7
+    layer = BertSelfAttention(num_heads=heads, head_dim=dim, use_fused_attention=fused)
+    x = hidden_inputs(seq=seq)
+    out = keras.ops.convert_to_numpy(layer(x["x"], padding_mask=x["padding_mask"]))
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (layer.qkv.kernel, layer.qkv.bias))
+    q, k, v = ((x["x"] @ kernel[:, i * H:(i + 1) * H] + bias[i * H:(i + 1) * H])
+               .reshape(3, seq, heads, dim) for i in range(3))
+    scores = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(dim)
+    scores = np.where(x["padding_mask"][:, None, None, :] > 0, scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = np.einsum("bnqk,bknd->bqnd", probs, v).reshape(3, seq, H)
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
 def test_attention_probabilities_are_masked_and_normalised():
     layer = BertSelfAttention(num_heads=2, head_dim=8)
     x = hidden_inputs(seq=9)
