@@ -83,3 +83,34 @@ def test_command_line_imports_keras_without_unused_integrations(backend):
     assert status == 0 and loaded_backend == backend
     expected = {"torch": [], "tensorflow": ["tensorflow"], "jax": ["jax"]}[backend]
     assert loaded == expected
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_fine_tuning_job_never_loads_tensorflow(backend, tmp_path, tiny_model):
+    """Issue 6's memory target: on JAX and PyTorch the whole command-line
+    job (fine-tune with validation and checkpoints, evaluate, predict) runs
+    without TensorFlow in the process (Keras would import it to seed
+    `tf.data` and to probe types while saving)."""
+    train = tmp_path / "train.csv"
+    rows = (ROOT / "assets" / "sentiment_en.csv").read_text(encoding="utf-8").splitlines()
+    train.write_text("\n".join(rows[:65]) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    code = (
+        "import json, sys\n"
+        "from bertdesk.cli import main\n"
+        "train, model, run = sys.argv[1:4]\n"
+        "codes = [main(['finetune', '--train', train, '--model', model, '--output', run,\n"
+        "               '--epochs', '1', '--max-length', '32', '--events', 'jsonl']),\n"
+        "         main(['evaluate', '--model', run + '/model', '--data', train]),\n"
+        "         main(['predict', '--model', run + '/model', '--data', train,\n"
+        "               '--output', run + '/pred.jsonl'])]\n"
+        "print('RESULT', json.dumps([codes, 'tensorflow' in sys.modules]))\n")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code, str(train), tiny_model, str(run)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    codes, tensorflow_loaded = json.loads(line[0][7:])
+    assert codes == [0, 0, 0]
+    assert (run / "pred.jsonl").is_file()
+    assert not tensorflow_loaded
