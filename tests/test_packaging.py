@@ -71,15 +71,10 @@ def test_command_line_imports_keras_without_unused_integrations(backend):
         "status = main(['info', sys.argv[1]])\n"
         "loaded = [m for m in ('jax', 'sklearn', 'tensorflow') if m in sys.modules]\n"
         "import jax, sklearn\n"
-        "print('LOADED', json.dumps([status, sys.modules['keras'].backend.backend(), loaded]))\n")
+        "print('RESULT', json.dumps([status, sys.modules['keras'].backend.backend(), loaded]))\n")
     import bertdesk
 
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", code, str(bertdesk.bundled_checkpoint())],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("LOADED ")]
-    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    status, loaded_backend, loaded = json.loads(line[0][7:])
+    status, loaded_backend, loaded = _run_python(code, backend, bertdesk.bundled_checkpoint())
     assert status == 0 and loaded_backend == backend
     expected = {"torch": [], "tensorflow": ["tensorflow"], "jax": ["jax"]}[backend]
     assert loaded == expected
@@ -105,12 +100,18 @@ def test_a_fine_tuning_job_never_loads_tensorflow(backend, tmp_path, tiny_model)
         "         main(['predict', '--model', run + '/model', '--data', train,\n"
         "               '--output', run + '/pred.jsonl'])]\n"
         "print('RESULT', json.dumps([codes, 'tensorflow' in sys.modules]))\n")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", code, str(train), tiny_model, str(run)],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    codes, tensorflow_loaded = json.loads(line[0][7:])
+    codes, tensorflow_loaded = _run_python(code, backend, train, tiny_model, run)
     assert codes == [0, 0, 0]
     assert (run / "pred.jsonl").is_file()
     assert not tensorflow_loaded
+
+
+def _run_python(code, backend, *args):
+    """Run `code` in a fresh interpreter on `backend` with `args` as argv;
+    return the JSON it printed after "RESULT "."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(line[0][len("RESULT "):])
