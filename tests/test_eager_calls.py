@@ -12,7 +12,7 @@ from test_lean_backward import value_and_grads
 
 from bertdesk.layers import fused_kernels
 from bertdesk.layers.lean_backward import gelu
-from bertdesk.layers.eager_calls import dense, embed, layer_norm, project
+from bertdesk.layers.eager_calls import dense, embed, layer_norm, project, weight
 
 IS_TORCH = keras.backend.backend() == "torch"
 
@@ -277,3 +277,85 @@ def test_embedding_gradient_is_autograds_in_reused_storage(dtype):
 
     with torch.no_grad():  # inference records nothing
         assert fused_kernels.embedding(ids, table, dtype).grad_fn is None
+
+
+def test_weight_is_the_variable_cast():
+    """`eager_calls.weight` gives what `ops.cast` gives, on every backend."""
+    layer = _dense_layer(7, dtype="mixed_bfloat16")
+    for dtype in ("bfloat16", "float32"):
+        ours = weight(layer.kernel, dtype)
+        assert keras.backend.standardize_dtype(ours.dtype) == dtype
+        np.testing.assert_array_equal(to_np(ops.cast(ours, "float32")),
+                                      to_np(ops.cast(ops.cast(layer.kernel, dtype), "float32")))
+
+
+def _fresh_casts(monkeypatch):
+    """Every kept cast made anew (what the model computed before the cache)."""
+    monkeypatch.setattr(fused_kernels._CASTS, "get", lambda tensor, target: tensor.to(target))
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's kept casts")
+def test_kept_casts_follow_every_change_of_the_weights(monkeypatch):
+    """Under mixed precision, predictions with the kept bf16 weights equal
+    predictions with casts made at every call: at first, after `assign`, after
+    a training step's in-place update, and for the masked-LM head's tied
+    table; a second inference read is the kept tensor itself."""
+    import torch
+
+    import bertdesk
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+    from bertdesk.training.optimization import bert_adamw
+    from conftest import TINY, random_batch
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = BertTextClassifier(bertdesk.BertBackbone(**TINY), num_classes=3)
+    model.compile(optimizer=bert_adamw(1e-2, 10, warmup_ratio=0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = random_batch()
+    head = bertdesk.layers.BertMaskedLMHead(model.backbone.token_embedding)
+    sequence = ops.convert_to_tensor(np.random.default_rng(0).normal(size=(3, 10, 16)),
+                                     "bfloat16")
+
+    def outputs():
+        with torch.no_grad():
+            return (model.predict_on_batch(x)["logits"], to_np(ops.cast(head(sequence), "float32")),
+                    to_np(model.backbone(x)["sequence_output"]).astype("float32"))
+
+    def check():
+        kept = outputs()
+        with monkeypatch.context() as m:
+            _fresh_casts(m)
+            fresh = outputs()
+        for ours, expected in zip(kept, fresh):
+            np.testing.assert_array_equal(ours, expected)
+        return kept
+
+    first = check()
+    kernel = model.backbone.encoder_layers[0].intermediate.kernel
+    with torch.no_grad():
+        assert fused_kernels.weight(kernel, "bfloat16") is fused_kernels.weight(kernel, "bfloat16")
+    kernel.assign(to_np(kernel) * 2.0)
+    table = model.backbone.token_embedding.embeddings
+    table.assign(to_np(table) + 1.0)
+    second = check()
+    assert all(not np.array_equal(a, b) for a, b in zip(first, second))
+    model.train_on_batch(x, np.array([0, 1, 2]))
+    third = check()
+    assert all(not np.array_equal(a, b) for a, b in zip(second, third))
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's kept casts")
+def test_a_cast_read_by_autograd_is_in_the_graph_and_not_kept():
+    """With autograd recording, the cast carries the gradient to the variable
+    and drops the kept cast, which the coming update makes stale."""
+    import torch
+
+    layer = _dense_layer(7, dtype="mixed_bfloat16")
+    with torch.no_grad():
+        fused_kernels.weight(layer.kernel, "bfloat16")
+    stored = layer.kernel.value
+    assert fused_kernels._CASTS._kept.get(stored) is not None
+    cast = fused_kernels.weight(layer.kernel, "bfloat16")
+    assert cast.requires_grad and fused_kernels._CASTS._kept.get(stored) is None
+    (grad,) = torch.autograd.grad(cast.float().sum(), [stored])
+    np.testing.assert_array_equal(grad.numpy(), np.ones((12, 7), "float32"))

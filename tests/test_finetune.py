@@ -249,7 +249,8 @@ def test_fused_torch_adamw_matches_keras_adamw(dot_norm_elements, monkeypatch):
     """The fused PyTorch update (clipping, decay exclusions, bias correction,
     epsilon) gives Keras' own AdamW numbers, step after step; also with the
     clipping norm of the larger gradients taken by dot products (the path
-    of gradients of a million elements and more)."""
+    of gradients of a million elements and more); and, like Keras' update,
+    it bumps the variables' version counters."""
     from bertdesk.training import optimization
     from bertdesk.training.optimization import bert_adamw
 
@@ -268,8 +269,11 @@ def test_fused_torch_adamw_matches_keras_adamw(dot_norm_elements, monkeypatch):
         opt = bert_adamw(0.05, total_steps=10, warmup_ratio=0.2, weight_decay=0.1,
                          max_grad_norm=1.0, epsilon=1e-3, fused=fused)  # eps matters
         assert opt.fused is fused
+        versions = [v.value._version for v in variables]
         for grads in step_grads:
             opt.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+        # in-place writes that autograd (and kept weight casts) can see
+        assert all(v.value._version > old for v, old in zip(variables, versions))
         results.append([keras.ops.convert_to_numpy(v) for v in variables])
     for plain, fast in zip(*results):
         np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)

@@ -1,11 +1,10 @@
 """Post-LayerNorm transformer encoder block, as in the original BERT."""
 
 import keras
-from keras import ops
 
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
-from bertdesk.layers.eager_calls import dense, layer_norm
+from bertdesk.layers.eager_calls import dense, layer_norm, weight
 from bertdesk.layers.lean_backward import feed_forward, gelu
 
 __all__ = ["BertEncoderBlock", "gelu"]
@@ -196,7 +195,7 @@ class BertEncoderBlock(keras.layers.Layer):
         if not training:
             return dense(self.output_dense, dense(self.intermediate, x))
         up, down = self.intermediate, self.output_dense
-        weights = (ops.cast(w, x.dtype) for w in (up.kernel, up.bias, down.kernel, down.bias))
+        weights = (weight(w, x.dtype) for w in (up.kernel, up.bias, down.kernel, down.bias))
         return feed_forward(x, *weights)  # (batch, q_len, hidden)
 
     def get_config(self):

@@ -5,6 +5,7 @@ from keras import ops
 
 from bertdesk.layers import fused_kernels
 from bertdesk.layers.bert_encoder_block import gelu
+from bertdesk.layers.eager_calls import weight
 
 
 # === Layer ===
@@ -77,7 +78,7 @@ class BertMaskedLMHead(keras.layers.Layer):
         if mask_positions is not None:  # (batch, num_masked, hidden)
             x = ops.take_along_axis(x, ops.expand_dims(mask_positions, -1), axis=1)
         x = self.layer_norm(self.transform(x))
-        matrix = ops.cast(self.token_embedding.embeddings, x.dtype)  # (vocab, hidden)
+        matrix = weight(self.token_embedding.embeddings, x.dtype)  # (vocab, hidden)
         bias = ops.cast(self.output_bias, "float32")
         if keras.backend.backend() == "torch":
             # The table's gradient (vocab, hidden) and contiguous, as the

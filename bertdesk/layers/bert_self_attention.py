@@ -5,7 +5,7 @@ from keras import ops
 
 from bertdesk.layers import fused_kernels
 from bertdesk.layers.bert_dropout import BertDropout
-from bertdesk.layers.eager_calls import dense, project
+from bertdesk.layers.eager_calls import dense, project, weight
 from bertdesk.layers.lean_backward import dropout_attention
 
 
@@ -175,8 +175,8 @@ class BertSelfAttention(keras.layers.Layer):
         """q from `query`, k and v from `x`, through the two column blocks of
         the fused kernel (its columns are [q | k | v])."""
         width = self.num_heads * self.head_dim
-        kernel = ops.cast(self.qkv.kernel, x.dtype)
-        bias = ops.cast(self.qkv.bias, x.dtype)
+        kernel = weight(self.qkv.kernel, x.dtype)
+        bias = weight(self.qkv.bias, x.dtype)
         q = project(query, kernel[:, :width], bias[:width])
         kv = project(x, kernel[:, width:], bias[width:])
         q = ops.reshape(q, (batch, q_len, self.num_heads, self.head_dim))

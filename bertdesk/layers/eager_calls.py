@@ -12,6 +12,8 @@ binding): several percent of a small model's forward pass, which XLA
 traces once and never pays again. On PyTorch `dense` and `layer_norm` run
 a built sublayer's own weights through the op directly (`embed` likewise
 for the embedding tables); elsewhere they are the plain layer call.
+`weight` reads a weight in the compute dtype; on PyTorch, outside autograd,
+its mixed-precision cast is made once, not at every call.
 """
 
 import keras
@@ -42,9 +44,18 @@ def dense(layer, x):
         return layer(x)
     dtype = layer.compute_dtype
     activation = None if layer.activation is keras.activations.linear else layer.activation
-    as_dtype = fused_kernels.as_dtype
-    return project(as_dtype(x, dtype), as_dtype(layer.kernel, dtype),
-                   as_dtype(layer.bias, dtype), activation=activation)
+    as_dtype, weight = fused_kernels.as_dtype, fused_kernels.weight
+    return project(as_dtype(x, dtype), weight(layer.kernel, dtype),
+                   weight(layer.bias, dtype), activation=activation)
+
+
+def weight(variable, dtype):
+    """`ops.cast(variable, dtype)` for a product's weight; on PyTorch, in
+    inference, the cast kept until the variable changes
+    (`fused_kernels.weight`)."""
+    if keras.backend.backend() == "torch":
+        return fused_kernels.weight(variable, keras.backend.standardize_dtype(dtype))
+    return ops.cast(variable, dtype)
 
 
 def layer_norm(layer, x):

@@ -96,6 +96,7 @@ class BertAdamW(keras.optimizers.AdamW):
         if not self._fused_now():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         import torch
+        from torch.autograd.graph import increment_version
 
         with torch.no_grad():
             lr = float(keras.ops.convert_to_numpy(self._get_current_learning_rate()))
@@ -121,6 +122,11 @@ class BertAdamW(keras.optimizers.AdamW):
                                     beta1=self.beta_1, beta2=self.beta_2, weight_decay=decay,
                                     eps=eps, amsgrad=False, maximize=False,
                                     grad_scale=divisor)
+                # the fused op leaves the tensors' version counters as they
+                # were; every other in-place write bumps them (autograd's
+                # check on saved tensors, and the kept casts of
+                # `fused_kernels.weight`, read them)
+                increment_version([*params, *ms, *vs])
 
     def get_config(self):
         return {**super().get_config(), "exclude_names": list(self.exclude_names),
