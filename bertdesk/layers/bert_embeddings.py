@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from bertdesk.layers.bert_dropout import BertDropout
-from bertdesk.layers.eager_calls import embed, layer_norm
+from bertdesk.layers.eager_calls import call_layer, embed, layer_norm
 
 
 # === Layer ===
@@ -101,7 +101,7 @@ class BertEmbeddings(keras.layers.Layer):
         x = layer_norm(self.layer_norm, x)
         if not training:  # no dropout layer call (its overhead) in inference
             return x
-        return self.dropout_layer(x, training=training)
+        return call_layer(self.dropout_layer, x, training=training)
 
     def compute_output_shape(self, token_ids_shape, segment_ids_shape=None):
         return tuple(token_ids_shape) + (self.hidden_dim,)

@@ -4,7 +4,7 @@ import keras
 
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
-from bertdesk.layers.eager_calls import dense, layer_norm, weight
+from bertdesk.layers.eager_calls import call_layer, dense, layer_norm, weight
 from bertdesk.layers.lean_backward import feed_forward, gelu
 
 __all__ = ["BertEncoderBlock", "gelu"]
@@ -161,7 +161,8 @@ class BertEncoderBlock(keras.layers.Layer):
         seeds=(None, None, None),
     ):
         attention_seed, attention_output_seed, output_seed = seeds
-        attended = self.attention(
+        attended = call_layer(
+            self.attention,
             x,
             padding_mask=padding_mask,
             training=training,
@@ -186,7 +187,7 @@ class BertEncoderBlock(keras.layers.Layer):
         (bench/dropout_cost.py swaps in Keras')."""
         add_to = getattr(self.dropout_layer, "add_to", None)
         if add_to is None:
-            return residual + self.dropout_layer(h, training=training)
+            return residual + call_layer(self.dropout_layer, h, training=training)
         return add_to(residual, h, training=training, drawn_seed=seed)
 
     def _feed_forward(self, x, training):

@@ -5,7 +5,7 @@ from keras import ops
 
 from bertdesk.layers import fused_kernels
 from bertdesk.layers.bert_encoder_block import gelu
-from bertdesk.layers.eager_calls import weight
+from bertdesk.layers.eager_calls import dense, layer_norm, weight
 
 
 # === Layer ===
@@ -77,7 +77,7 @@ class BertMaskedLMHead(keras.layers.Layer):
         x = sequence_output
         if mask_positions is not None:  # (batch, num_masked, hidden)
             x = ops.take_along_axis(x, ops.expand_dims(mask_positions, -1), axis=1)
-        x = self.layer_norm(self.transform(x))
+        x = layer_norm(self.layer_norm, dense(self.transform, x))  # (batch, num_masked, hidden)
         matrix = weight(self.token_embedding.embeddings, x.dtype)  # (vocab, hidden)
         bias = ops.cast(self.output_bias, "float32")
         if keras.backend.backend() == "torch":

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from bertdesk.layers.eager_calls import dense
+
 
 # === Layer ===
 @keras.saving.register_keras_serializable(package="bertdesk")
@@ -27,7 +29,7 @@ class BertNSPHead(keras.layers.Layer):
         self.built = True
 
     def call(self, pooled_output):
-        return ops.cast(self.dense(pooled_output), "float32")
+        return ops.cast(dense(self.dense, pooled_output), "float32")
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 2)

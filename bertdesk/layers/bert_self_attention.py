@@ -5,7 +5,7 @@ from keras import ops
 
 from bertdesk.layers import fused_kernels
 from bertdesk.layers.bert_dropout import BertDropout
-from bertdesk.layers.eager_calls import dense, project, weight
+from bertdesk.layers.eager_calls import call_layer, dense, project, reshape, weight
 from bertdesk.layers.lean_backward import dropout_attention
 
 
@@ -96,7 +96,7 @@ class BertSelfAttention(keras.layers.Layer):
         elif query is None:
             q_len = seq
             qkv = dense(self.qkv, x)  # (batch, seq, 3 * heads * head_dim)
-            qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
+            qkv = reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
             # One unstack, not three slices: on PyTorch each slice's gradient
             # is a zero-filled copy of the whole (batch, seq, 3, ...) tensor.
             q, k, v = ops.unstack(qkv, 3, axis=2)  # (batch, seq, heads, head_dim)
@@ -115,7 +115,7 @@ class BertSelfAttention(keras.layers.Layer):
                 out = fused_kernels.attention(q, k, v, mask, scale)
             else:
                 out = ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
-            return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
+            return reshape(out, (batch, q_len, self.num_heads * self.head_dim))
 
         keep_mask_of_shape = getattr(self.dropout_layer, "keep_mask_of_shape", None)
         if (dropping and self.attention_dropout < 1 and keep_mask_of_shape is not None
@@ -126,7 +126,7 @@ class BertSelfAttention(keras.layers.Layer):
                 (batch, self.num_heads, q_len, seq), like=q, drawn_seed=dropout_seed
             )
             out = dropout_attention(q, k, v, keep, mask=mask, scale=scale, rescale=rescale)
-            return ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
+            return reshape(out, (batch, q_len, self.num_heads * self.head_dim))
 
         # Explicit path. Every elementwise op on the (batch, heads, seq_q, seq_k)
         # scores is a pass over the largest tensors here (and, run eagerly,
@@ -145,11 +145,11 @@ class BertSelfAttention(keras.layers.Layer):
             keep, rescale = keep_mask(weights, drawn_seed=dropout_seed)
             weights = ops.where(keep, weights, ops.cast(0, v.dtype))
         else:  # another dropout layer (bench/dropout_cost.py swaps in Keras')
-            weights = self.dropout_layer(weights, training=training)
+            weights = call_layer(self.dropout_layer, weights, training=training)
         out = ops.einsum("bnqk,bknd->bqnd", weights, v)  # (batch, q_len, heads, head_dim)
         if rescale is not None:
             out = out * ops.cast(rescale, out.dtype)
-        out = ops.reshape(out, (batch, q_len, self.num_heads * self.head_dim))
+        out = reshape(out, (batch, q_len, self.num_heads * self.head_dim))
         if return_attention_scores:
             return out, probs
         return out
@@ -179,8 +179,8 @@ class BertSelfAttention(keras.layers.Layer):
         bias = weight(self.qkv.bias, x.dtype)
         q = project(query, kernel[:, :width], bias[:width])
         kv = project(x, kernel[:, width:], bias[width:])
-        q = ops.reshape(q, (batch, q_len, self.num_heads, self.head_dim))
-        kv = ops.reshape(kv, (batch, seq, 2, self.num_heads, self.head_dim))
+        q = reshape(q, (batch, q_len, self.num_heads, self.head_dim))
+        kv = reshape(kv, (batch, seq, 2, self.num_heads, self.head_dim))
         k, v = ops.unstack(kv, 2, axis=2)
         return q, k, v
 

@@ -13,8 +13,13 @@ traces once and never pays again. On PyTorch `dense` and `layer_norm` run
 a built sublayer's own weights through the op directly (`embed` likewise
 for the embedding tables); elsewhere they are the plain layer call.
 `weight` reads a weight in the compute dtype; on PyTorch, outside autograd,
-its mixed-precision cast is made once, not at every call.
+its mixed-precision cast is made once, not at every call. `call_layer` does
+for any built layer what the others do for one kind: on PyTorch, with real
+tensors, it runs the layer's `call` without `Layer.__call__` around it.
 """
+
+import functools
+import inspect
 
 import keras
 from keras import ops
@@ -78,3 +83,79 @@ def embed(layer, ids):
     if keras.backend.backend() != "torch" or getattr(layer, "quantization_mode", None):
         return layer(ids)
     return fused_kernels.embedding(ids, layer.embeddings, layer.compute_dtype)
+
+
+def reshape(x, shape):
+    """`ops.reshape(x, shape)`; on PyTorch the tensor's own `reshape`, without
+    the op's symbolic-input check (20 us a call against 1)."""
+    if keras.backend.backend() == "torch" and not isinstance(x, keras.KerasTensor):
+        return x.reshape(shape)
+    return ops.reshape(x, shape)
+
+
+def call_layer(layer, *args, training=None, **kwargs):
+    """`layer(*args, **kwargs)`, with `training` passed where it is not None
+    and the layer's `call` takes it.
+
+    On PyTorch, for a built layer given real tensors, the layer's `call`
+    runs directly, inside what `Layer.__call__` would have set up for it
+    here: floating inputs cast to the layer's input dtype, the layer's
+    autocast scope (mixed precision), and `training` (None stays None, as
+    the call would resolve it: the layers read None as inference). Skipped:
+    the rest of `__call__`'s bookkeeping (argument binding, name scopes,
+    Keras masks, activity regularizers), about 100 us of Python a call
+    (a BERT-mini encoder block's attention sublayer: 250 against 134 us at
+    batch 1 x 8), which eager PyTorch pays at every call and XLA once.
+    bertdesk's layers use no Keras masks and no activity regularizers. With
+    symbolic inputs (building a functional model), on the other backends, or
+    for a layer not yet built, it is the plain layer call.
+    """
+    if training is not None and _takes_training(type(layer)):
+        kwargs["training"] = training
+    if (keras.backend.backend() != "torch" or not layer.built
+            or any(map(_is_symbolic, args)) or any(map(_is_symbolic, kwargs.values()))):
+        return layer(*args, **kwargs)
+    if getattr(layer, "_convert_input_args", True):
+        convert = functools.partial(_convert_input, layer)
+        args = tuple(map(convert, args))
+        kwargs = {name: convert(value) for name, value in kwargs.items()}
+    scope = _autocast_scope(layer)
+    if scope is None:
+        return layer.call(*args, **kwargs)
+    with scope:
+        return layer.call(*args, **kwargs)
+
+
+@functools.cache
+def _takes_training(layer_type):
+    return "training" in inspect.signature(layer_type.call).parameters
+
+
+def _is_symbolic(value):
+    if isinstance(value, dict):
+        return any(map(_is_symbolic, value.values()))
+    return isinstance(value, keras.KerasTensor)
+
+
+def _convert_input(layer, value):
+    """What `Layer.__call__` does to each input: arrays to tensors, floating
+    tensors cast to the layer's input dtype under autocast; ints untouched."""
+    if isinstance(value, dict):
+        return {name: _convert_input(layer, v) for name, v in value.items()}
+    return layer.dtype_policy.convert_input(value, layer.autocast, layer.input_dtype)
+
+
+def _autocast_scope(layer):
+    """The autocast scope `Layer.__call__` enters around `layer.call` from
+    the current one (Keras 3's rule), or None where it enters none."""
+    from keras.src.backend import AutocastScope, get_autocast_scope
+
+    current = get_autocast_scope()
+    compute = layer.compute_dtype
+    if current is not None:
+        if not layer.autocast or not keras.backend.is_float_dtype(compute):
+            return AutocastScope(None)
+        return AutocastScope(compute) if current.dtype != compute else None
+    if compute != layer.variable_dtype:
+        return AutocastScope(compute)
+    return None

@@ -9,6 +9,8 @@ from keras import ops
 from bertdesk.layers.bert_embeddings import BertEmbeddings
 from bertdesk.layers.bert_encoder_block import BertEncoderBlock
 from bertdesk.layers.bert_pooler import BertPooler
+from bertdesk.layers.eager_calls import call_layer
+from bertdesk.models.runs_graph_directly import RunsGraphDirectly
 
 BACKBONE_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -27,6 +29,28 @@ def preset_config(name):
             f"Unknown preset {name!r}; available presets: {', '.join(preset_names())}"
         )
     return dict(json.loads(path.read_text())["backbone"])
+
+
+def _encode(inputs, embeddings, encoder_layers, pooler, output_hidden_states,
+            output_attentions, training=None):
+    """The backbone's outputs from its input dict: the graph it is built
+    with, and (`RunsGraphDirectly`) what it runs on eager PyTorch."""
+    x = call_layer(embeddings, inputs["token_ids"], inputs["segment_ids"], training=training)
+    hidden_states, attention_probs = [x], []
+    for layer in encoder_layers:
+        if output_attentions:
+            x, probs = call_layer(layer, x, padding_mask=inputs["padding_mask"],
+                                  return_attention_scores=True, training=training)
+            attention_probs.append(probs)
+        else:
+            x = call_layer(layer, x, padding_mask=inputs["padding_mask"], training=training)
+        hidden_states.append(x)
+    outputs = {"sequence_output": x, "pooled_output": call_layer(pooler, x)}
+    if output_hidden_states:
+        outputs["hidden_states"] = ops.stack(hidden_states, axis=1)
+    if output_attentions:
+        outputs["attention_probs"] = ops.stack(attention_probs, axis=1)
+    return outputs
 
 
 def _take_positions(h, positions):
@@ -75,7 +99,7 @@ class BackboneAsOneLayer:
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertBackbone(keras.Model):
+class BertBackbone(RunsGraphDirectly, keras.Model):
     """The BERT encoder (Devlin et al., 2018) without task heads.
 
     Inputs are a dict of int tensors, each `(batch, seq)`: `token_ids`,
@@ -167,22 +191,8 @@ class BertBackbone(keras.Model):
             name: keras.Input(shape=(None,), dtype="int32", name=name)
             for name in BACKBONE_INPUTS
         }
-        x = embeddings(inputs["token_ids"], inputs["segment_ids"])
-        hidden_states, attention_probs = [x], []
-        for layer in encoder_layers:
-            if output_attentions:
-                x, probs = layer(
-                    x, padding_mask=inputs["padding_mask"], return_attention_scores=True
-                )
-                attention_probs.append(probs)
-            else:
-                x = layer(x, padding_mask=inputs["padding_mask"])
-            hidden_states.append(x)
-        outputs = {"sequence_output": x, "pooled_output": pooler(x)}
-        if output_hidden_states:
-            outputs["hidden_states"] = ops.stack(hidden_states, axis=1)
-        if output_attentions:
-            outputs["attention_probs"] = ops.stack(attention_probs, axis=1)
+        outputs = _encode(inputs, embeddings, encoder_layers, pooler,
+                          output_hidden_states, output_attentions)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -210,7 +220,11 @@ class BertBackbone(keras.Model):
         """The token embedding layer (shared with the masked-LM head)."""
         return self.embeddings.token_embedding
 
-    def encode_positions(self, inputs, positions=None):
+    def _wire(self, inputs, training=None):
+        return _encode(inputs, self.embeddings, self.encoder_layers, self.pooler,
+                       self.output_hidden_states, self.output_attentions, training)
+
+    def encode_positions(self, inputs, positions=None, training=None):
         """Last-layer hidden states at `positions` only, `(batch, P, hidden)`.
 
         The same numbers as `self(inputs)["sequence_output"]` taken at
@@ -226,15 +240,16 @@ class BertBackbone(keras.Model):
             inputs: the backbone's input dict.
             positions: int `(batch, P)` indices into the sequence; None for
                 the [CLS] token alone (P = 1).
+            training: passed to the layers (None: the calling model's).
         """
-        x = self.embeddings(inputs["token_ids"], inputs["segment_ids"])
+        x = call_layer(self.embeddings, inputs["token_ids"], inputs["segment_ids"],
+                       training=training)
         if not self.encoder_layers:
             return _take_positions(x, positions)
         for layer in self.encoder_layers[:-1]:
-            x = layer(x, padding_mask=inputs["padding_mask"])
-        return self.encoder_layers[-1](
-            x, padding_mask=inputs["padding_mask"], query=_take_positions(x, positions)
-        )
+            x = call_layer(layer, x, padding_mask=inputs["padding_mask"], training=training)
+        return call_layer(self.encoder_layers[-1], x, padding_mask=inputs["padding_mask"],
+                          query=_take_positions(x, positions), training=training)
 
     def get_config(self):
         return {

@@ -5,13 +5,16 @@ from keras import ops
 
 from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
 from bertdesk.layers.bert_nsp_head import BertNSPHead
+from bertdesk.layers.eager_calls import call_layer
 from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BackboneAsOneLayer
 from bertdesk.models.releases_gradients import ReleasesGradients
+from bertdesk.models.runs_graph_directly import RunsGraphDirectly
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertPretrainingModel(ReleasesGradients, BackboneAsOneLayer, keras.Model):
+class BertPretrainingModel(ReleasesGradients, BackboneAsOneLayer, RunsGraphDirectly,
+                           keras.Model):
     """Backbone + masked-LM head (output weights tied to the token embedding,
     logits only at `mask_positions`) + next-sentence head.
 
@@ -40,25 +43,17 @@ class BertPretrainingModel(ReleasesGradients, BackboneAsOneLayer, keras.Model):
             name: keras.Input(shape=(None,), dtype="int32", name=name)
             for name in BACKBONE_INPUTS + ("mask_positions",)
         }
-        # The heads read [CLS] and the masked positions only: the last layer
-        # runs at those positions alone.
-        positions = ops.concatenate(
-            [ops.zeros_like(inputs["mask_positions"][:, :1]), inputs["mask_positions"]], axis=1
-        )
         self._show_backbone_as_one_layer(backbone)
-        states = backbone.encode_positions(
-            {name: inputs[name] for name in BACKBONE_INPUTS}, positions
-        )  # (batch, 1 + num_masked, hidden)
-        outputs = {
-            "mlm_logits": mlm_head(states[:, 1:, :]),
-            "nsp_logits": nsp_head(backbone.pooler(states)),
-        }
+        outputs = _pretraining_heads(inputs, backbone, mlm_head, nsp_head)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.backbone = backbone
         self.mlm_head = mlm_head
         self.nsp_head = nsp_head
+
+    def _wire(self, inputs, training=None):
+        return _pretraining_heads(inputs, self.backbone, self.mlm_head, self.nsp_head, training)
 
     def get_config(self):
         return {
@@ -94,3 +89,19 @@ class BertPretrainingModel(ReleasesGradients, BackboneAsOneLayer, keras.Model):
 
         return {**mlm_head_tensors(self.mlm_head), **nsp_head_tensors(self.nsp_head)}
 
+
+def _pretraining_heads(inputs, backbone, mlm_head, nsp_head, training=None):
+    """The pretraining outputs: the model's graph, and what it runs on PyTorch."""
+    # The heads read [CLS] and the masked positions only: the last layer
+    # runs at those positions alone.
+    positions = ops.concatenate(
+        [ops.zeros_like(inputs["mask_positions"][:, :1]), inputs["mask_positions"]], axis=1
+    )
+    states = backbone.encode_positions(
+        {name: inputs[name] for name in BACKBONE_INPUTS}, positions, training=training
+    )  # (batch, 1 + num_masked, hidden)
+    return {
+        "mlm_logits": call_layer(mlm_head, states[:, 1:, :], training=training),
+        "nsp_logits": call_layer(nsp_head, call_layer(backbone.pooler, states),
+                                 training=training),
+    }

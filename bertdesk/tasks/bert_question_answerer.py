@@ -4,13 +4,15 @@ import keras
 import numpy as np
 from keras import ops
 
+from bertdesk.layers.eager_calls import call_layer
 from bertdesk.models.bert_backbone import BACKBONE_INPUTS
+from bertdesk.models.runs_graph_directly import RunsGraphDirectly
 from bertdesk.tasks.task_model import BackboneTaskModel
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertQuestionAnswerer(BackboneTaskModel, keras.Model):
+class BertQuestionAnswerer(BackboneTaskModel, RunsGraphDirectly, keras.Model):
     """Backbone + one dense layer to two logits per token, as transformers'
     `BertForQuestionAnswering` (`qa_outputs`). Padding positions get a very
     low logit so they are never chosen.
@@ -33,20 +35,28 @@ class BertQuestionAnswerer(BackboneTaskModel, keras.Model):
         # === Functional model ===
         inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
                   for name in BACKBONE_INPUTS}
-        sequence = backbone(inputs)["sequence_output"]  # (batch, seq, hidden)
-        logits = ops.cast(qa_outputs(sequence), "float32")  # (batch, seq, 2)
-        real = ops.cast(inputs["padding_mask"], "bool")
-        logits = ops.where(real[..., None], logits, -1e4)
-        super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
+        outputs = _find_spans(inputs, backbone, qa_outputs)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.backbone = backbone
         self.classifier = qa_outputs
         self.num_classes = 2
 
+    def _wire(self, inputs, training=None):
+        return _find_spans(inputs, self.backbone, self.classifier, training)
+
     def head_tensors(self):
         return {"qa_outputs.weight": np.asarray(ops.convert_to_numpy(self.classifier.kernel)).T,
                 "qa_outputs.bias": np.asarray(ops.convert_to_numpy(self.classifier.bias))}
+
+
+def _find_spans(inputs, backbone, qa_outputs, training=None):
+    """The span head's outputs: its graph, and what it runs on PyTorch."""
+    sequence = call_layer(backbone, inputs, training=training)["sequence_output"]
+    logits = ops.cast(call_layer(qa_outputs, sequence), "float32")  # (batch, seq, 2)
+    real = ops.cast(inputs["padding_mask"], "bool")
+    return {"logits": ops.where(real[..., None], logits, -1e4)}
 
 
 @keras.saving.register_keras_serializable(package="bertdesk")

@@ -3,13 +3,16 @@
 import keras
 from keras import ops
 
+from bertdesk.layers.eager_calls import call_layer
 from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BackboneAsOneLayer
+from bertdesk.models.runs_graph_directly import RunsGraphDirectly
 from bertdesk.tasks.task_model import BackboneTaskModel
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertTextClassifier(BackboneAsOneLayer, BackboneTaskModel, keras.Model):
+class BertTextClassifier(BackboneAsOneLayer, BackboneTaskModel, RunsGraphDirectly,
+                         keras.Model):
     """Backbone + dropout + dense on the pooled [CLS] output, as in
     transformers' `BertForSequenceClassification` (whose `classifier`
     weights these map to).
@@ -41,11 +44,9 @@ class BertTextClassifier(BackboneAsOneLayer, BackboneTaskModel, keras.Model):
         # === Functional model ===
         inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
                   for name in BACKBONE_INPUTS}
-        # Only [CLS] is read: the last layer runs at that position alone.
         self._show_backbone_as_one_layer(backbone)
-        pooled = backbone.pooler(backbone.encode_positions(inputs))  # (batch, hidden)
-        logits = ops.cast(classifier(dropout_layer(pooled)), "float32")
-        super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
+        outputs = _classify(inputs, backbone, dropout_layer, classifier)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.backbone = backbone
@@ -53,3 +54,15 @@ class BertTextClassifier(BackboneAsOneLayer, BackboneTaskModel, keras.Model):
         self.problem_type = problem_type
         self.dropout = dropout
         self.classifier = classifier
+        object.__setattr__(self, "_dropout_layer", dropout_layer)  # untracked: in the graph
+
+    def _wire(self, inputs, training=None):
+        return _classify(inputs, self.backbone, self._dropout_layer, self.classifier, training)
+
+
+def _classify(inputs, backbone, dropout_layer, classifier, training=None):
+    """The classifier's outputs: its graph, and what it runs on PyTorch."""
+    # Only [CLS] is read: the last layer runs at that position alone.
+    pooled = call_layer(backbone.pooler, backbone.encode_positions(inputs, training=training))
+    pooled = call_layer(dropout_layer, pooled, training=training)  # (batch, hidden)
+    return {"logits": ops.cast(call_layer(classifier, pooled), "float32")}

@@ -3,7 +3,9 @@
 import keras
 from keras import ops
 
+from bertdesk.layers.eager_calls import call_layer
 from bertdesk.models.bert_backbone import BACKBONE_INPUTS
+from bertdesk.models.runs_graph_directly import RunsGraphDirectly
 from bertdesk.tasks.task_model import BackboneTaskModel
 
 IGNORE_INDEX = -100  # targets at sub-word continuations and padding
@@ -11,7 +13,7 @@ IGNORE_INDEX = -100  # targets at sub-word continuations and padding
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertTokenClassifier(BackboneTaskModel, keras.Model):
+class BertTokenClassifier(BackboneTaskModel, RunsGraphDirectly, keras.Model):
     """Backbone + dropout + dense on every token, as transformers'
     `BertForTokenClassification` (whose `classifier` weights these map to).
 
@@ -35,12 +37,22 @@ class BertTokenClassifier(BackboneTaskModel, keras.Model):
         # === Functional model ===
         inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
                   for name in BACKBONE_INPUTS}
-        sequence = backbone(inputs)["sequence_output"]  # (batch, seq, hidden)
-        logits = ops.cast(classifier(dropout_layer(sequence)), "float32")
-        super().__init__(inputs=inputs, outputs={"logits": logits}, **kwargs)
+        outputs = _tag(inputs, backbone, dropout_layer, classifier)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self.backbone = backbone
         self.num_classes = num_classes
         self.dropout = dropout
         self.classifier = classifier
+        object.__setattr__(self, "_dropout_layer", dropout_layer)  # untracked: in the graph
+
+    def _wire(self, inputs, training=None):
+        return _tag(inputs, self.backbone, self._dropout_layer, self.classifier, training)
+
+
+def _tag(inputs, backbone, dropout_layer, classifier, training=None):
+    """The tagger's outputs: its graph, and what it runs on PyTorch."""
+    sequence = call_layer(backbone, inputs, training=training)["sequence_output"]
+    sequence = call_layer(dropout_layer, sequence, training=training)  # (batch, seq, hidden)
+    return {"logits": ops.cast(call_layer(classifier, sequence), "float32")}
