@@ -142,6 +142,11 @@ def _convert_input(layer, value):
     tensors cast to the layer's input dtype under autocast; ints untouched."""
     if isinstance(value, dict):
         return {name: _convert_input(layer, v) for name, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value  # (what `convert_input` returns them as, without its checks)
+    is_floating_point = getattr(value, "is_floating_point", None)  # a PyTorch tensor's
+    if is_floating_point is not None and not is_floating_point():
+        return value
     return layer.dtype_policy.convert_input(value, layer.autocast, layer.input_dtype)
 
 
