@@ -107,12 +107,13 @@ def call_layer(layer, *args, training=None, **kwargs):
     (a BERT-mini encoder block's attention sublayer: 250 against 134 us at
     batch 1 x 8), which eager PyTorch pays at every call and XLA once.
     bertdesk's layers use no Keras masks and no activity regularizers. With
-    symbolic inputs (building a functional model), on the other backends, or
-    for a layer not yet built, it is the plain layer call.
+    symbolic inputs (building a functional model), on the other backends,
+    for a layer not yet built, or one whose Keras call runs another method
+    than `call` (quantized, rematerialized), it is the plain layer call.
     """
     if training is not None and _takes_training(type(layer)):
         kwargs["training"] = training
-    if (keras.backend.backend() != "torch" or not layer.built
+    if (keras.backend.backend() != "torch" or not layer.built or _calls_another_method(layer)
             or any(map(_is_symbolic, args)) or any(map(_is_symbolic, kwargs.values()))):
         return layer(*args, **kwargs)
     if getattr(layer, "_convert_input_args", True):
@@ -124,6 +125,14 @@ def call_layer(layer, *args, training=None, **kwargs):
         return layer.call(*args, **kwargs)
     with scope:
         return layer.call(*args, **kwargs)
+
+
+def _calls_another_method(layer):
+    """True where Keras' `Operation.__call__` would not run `call`: a layer
+    Keras has quantized (`quantized_call`) or set to rematerialize
+    (`keras.RematScope`)."""
+    return (getattr(layer, "quantization_mode", None) is not None
+            or getattr(layer, "_remat_mode", None) is not None)
 
 
 @functools.cache
