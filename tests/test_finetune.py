@@ -280,6 +280,37 @@ def test_fused_torch_adamw_matches_keras_adamw(dot_norm_elements, monkeypatch):
     assert not np.allclose(results[0][0], values[0])  # it did train
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the fused update is PyTorch's")
+def test_fused_adamw_follows_the_variables_it_is_given():
+    """The fused update keeps its argument lists from step to step; given
+    the same variables in another order, or only some of them, it updates
+    each variable with its own gradient and moments, as Keras' AdamW does;
+    and what it keeps does not become part of the optimizer's saved state."""
+    from bertdesk.training.optimization import bert_adamw
+
+    rng = np.random.default_rng(1)
+    values = [rng.normal(size=(3, 2)).astype("float32") for _ in range(4)]
+    names = ["kernel", "bias", "kernel_2", "gamma"]
+    grads = [[rng.normal(size=(3, 2)).astype("float32") for _ in values] for _ in range(5)]
+    orders = [[0, 1, 2, 3], [3, 2, 1, 0], [0, 1, 2, 3], [2, 0], [1, 3, 0, 2]]
+    results = []
+    for fused in (False, True):
+        variables = [keras.Variable(v, name=n) for v, n in zip(values, names)]
+        opt = bert_adamw(0.05, total_steps=10, warmup_ratio=0.0, weight_decay=0.1, fused=fused)
+        opt.build(variables)
+        own = [v.path for v in opt.variables]
+        for step_grads, order in zip(grads, orders):
+            opt.apply([keras.ops.convert_to_tensor(step_grads[i]) for i in order],
+                      [variables[i] for i in order])
+        # what it keeps is not counted (nor saved) as the optimizer's state
+        assert [v.path for v in opt.variables] == own
+        results.append([keras.ops.convert_to_numpy(v) for v in variables])
+    for plain, fast in zip(*results):
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    # each variable moved by its own number of steps (3 took five, 1 four)
+    assert not np.allclose(results[1][3], values[3])
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile")
 def test_fused_adamw_under_torch_compile_trains_as_eager():
     """`jit_compile=True` on PyTorch (torch.compile) with the fused AdamW and
