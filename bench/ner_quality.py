@@ -61,9 +61,7 @@ def run_transformers(train, val, args):
                "weight_decay": 0.01},
               {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
                "weight_decay": 0.0}]
-    # fused: what transformers' Trainer uses by default with PyTorch 2.8 and later
-    # (optim="adamw_torch_fused"); torch's for-loop AdamW took 26-36 ms more a
-    # BERT-mini step on the CPU (runs before 2026-12-04 06:30 used it)
+    # fused, as transformers' Trainer (see bench/speed.py's transformers job)
     opt = torch.optim.AdamW(groups, lr=args.lr, eps=1e-8, fused=True)
     total = (len(tr.words) + args.batch_size - 1) // args.batch_size * args.epochs
     sched = get_linear_schedule_with_warmup(opt, int(round(0.1 * total)), total)

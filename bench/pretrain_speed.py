@@ -85,9 +85,7 @@ def pretraining_step(impl, shape, batch, seq, predictions, precision="fp32", jit
                             num_attention_heads=shape["num_heads"],
                             intermediate_size=shape["intermediate_dim"])
         model = BertForPreTraining(config).to(device).train()
-        # fused: what transformers' Trainer uses by default with PyTorch 2.8 and later
-        # (optim="adamw_torch_fused"); torch's for-loop AdamW took 26-36 ms more a
-        # BERT-mini step on the CPU (runs before 2026-12-04 06:30 used it)
+        # fused, as transformers' Trainer (see bench/speed.py's transformers job)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
         labels = torch.full((batch, seq), -100, dtype=torch.long)
         rows = torch.arange(batch)[:, None]
