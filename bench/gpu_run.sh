@@ -8,7 +8,7 @@
 #     namex==0.1.0 optree==0.20.0
 set -u
 OUT=${OUT:-/tmp/bertdesk-gpu}
-mkdir -p "$OUT"
+mkdir -p "$OUT" /tmp/gpu-json
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -20,17 +20,28 @@ python3 -c "import sys, keras, jax, torch, transformers; print('python', sys.ver
 'keras', keras.__version__, 'jax', jax.__version__, jax.devices(), 'torch', torch.__version__,
 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/machine.txt"
 
-common="--device cuda --precisions bf16 --backends jax,torch --repeats 10 --warmup 3"
-# 1. The published anchor's job: a BERT-large pretraining step, seq 128,
+common="--device cuda --precisions bf16 --repeats 10 --warmup 3"
+# Stages in the order they matter, each with a deadline (seconds); all
+# together about 9.5 minutes after the set-up.
+# 1. The classifier training step on PyTorch, base and large, seq 128
+#    (batch 256) and 512 (batch 64): transformers and bertdesk.
+python3 bench/speed.py $common --modes train --shapes base,large --seqs 128,512 --batch 256 \
+    --impls transformers,bertdesk --backends torch --deadline "${TORCH_TRAIN_S:-110}" \
+    --json-out "/tmp/gpu-json/train_torch.json" 2>&1 | tee "$OUT/train_torch.log"
+# 2. Where each PyTorch step's time goes (base, seq 128, batch 256).
+timeout "${PROFILE_S:-80}" python3 bench/gpu_profile.py --shape base --seq 128 --batch 256 \
+    2>&1 | grep -v "^USDT\|UserWarning\|self.profiler" | tee "$OUT/profile.log"
+# 3. Forward (inference), outputs left on the device (bench/speed.py's _device_forward).
+python3 bench/speed.py $common --modes forward --shapes base,large --seqs 128,512 --batch 256 \
+    --impls transformers,bertdesk --backends torch,jax --deadline "${FORWARD_S:-100}" \
+    --json-out "/tmp/gpu-json/forward.json" 2>&1 | tee "$OUT/forward.log"
+# 4. The training step on JAX (each shape compiles for 25-55 s).
+python3 bench/speed.py $common --modes train --shapes base,large --seqs 128,512 --batch 256 \
+    --impls bertdesk --backends jax --deadline "${JAX_TRAIN_S:-160}" \
+    --json-out "/tmp/gpu-json/train_jax.json" 2>&1 | tee "$OUT/train_jax.log"
+# 5. The published anchor's job: a BERT-large pretraining step, seq 128,
 #    batch 256, 20 masked positions per sequence.
 python3 bench/speed.py $common --modes pretrain --shapes large --seqs 128 --batch 256 \
-    --impls transformers,bertdesk,keras_hub --deadline "${PRETRAIN_S:-170}" \
-    --json-out "$OUT/pretrain.json" 2>&1 | tee "$OUT/pretrain.log"
-# 2. The classifier training step, base and large, seq 128 (batch 256) and 512 (batch 64).
-python3 bench/speed.py $common --modes train --shapes base,large --seqs 128,512 --batch 256 \
-    --impls transformers,bertdesk,keras_hub --deadline "${TRAIN_S:-300}" \
-    --json-out "$OUT/train.json" 2>&1 | tee "$OUT/train.log"
-# 3. Forward (inference), same shapes.
-python3 bench/speed.py $common --modes forward --shapes base,large --seqs 128,512 --batch 256 \
-    --impls transformers,bertdesk --deadline "${FORWARD_S:-70}" \
-    --json-out "$OUT/forward.json" 2>&1 | tee "$OUT/forward.log"
+    --impls transformers,bertdesk --backends torch,jax --deadline "${PRETRAIN_S:-110}" \
+    --json-out "/tmp/gpu-json/pretrain.json" 2>&1 | tee "$OUT/pretrain.log"
+tar -C /tmp -czf "$OUT/json.tgz" gpu-json

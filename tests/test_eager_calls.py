@@ -121,6 +121,61 @@ def test_mask_is_dropped_only_when_it_keeps_every_key():
     assert np.abs(to_np(masked[1]) - to_np(unmasked[1])).max() > 1e-3  # padding mattered
 
 
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
+def test_attention_with_dropout_drops_inside_the_fused_kernel():
+    import torch
+
+    q, k, v = (torch.randn(2, 6, 3, 4, dtype=torch.float64) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    v[1, 4:] = 1e6  # padded keys' values: any weight on them would show
+    plain = fused_kernels.attention(q, k, v, mask, 0.5)
+    np.testing.assert_allclose(
+        to_np(fused_kernels.attention_with_dropout(q, k, v, mask, 0.5, 0.0)), to_np(plain))
+    torch.manual_seed(7)
+    dropped = fused_kernels.attention_with_dropout(q, k, v, mask, 0.5, 0.3)
+    torch.manual_seed(7)  # the masks follow torch's global generator
+    again = fused_kernels.attention_with_dropout(q, k, v, mask, 0.5, 0.3)
+    np.testing.assert_array_equal(to_np(dropped), to_np(again))
+    assert np.abs(to_np(dropped) - to_np(plain)).max() > 1e-3
+    assert np.abs(to_np(dropped[1])).max() < 1e3  # padding kept out
+    # Inverted dropout: the mean over many masks is the plain attention.
+    mean = sum(fused_kernels.attention_with_dropout(q, k, v, mask, 0.5, 0.3)
+               for _ in range(4000)) / 4000
+    np.testing.assert_allclose(to_np(mean), to_np(plain), atol=0.06)
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
+def test_attention_dropout_goes_inside_the_kernel_only_where_torch_draws_the_mask(monkeypatch):
+    from bertdesk.layers import BertDropout, BertSelfAttention
+
+    calls = []
+    original = fused_kernels.attention_with_dropout
+
+    def spy(*args):
+        calls.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(fused_kernels, "attention_with_dropout", spy)
+    layer = BertSelfAttention(num_heads=2, head_dim=4, attention_dropout=0.2)
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    mask = np.ones((2, 5), "int32")
+    layer(x, padding_mask=mask, training=True)
+    assert calls == []  # on the CPU: the hand-written dropout attention
+    monkeypatch.setattr(fused_kernels, "fuses_attention_dropout", lambda q: True)  # "a GPU"
+    out = layer(x, padding_mask=mask, training=True)
+    assert calls == [0.2] and tuple(out.shape) == (2, 5, 8)
+    layer(x, padding_mask=mask, training=True, dropout_seed=11)  # drawn ahead: its own mask
+    layer(x, padding_mask=mask, training=True, return_attention_scores=True)
+    layer(x, padding_mask=mask, training=False)
+    assert calls == [0.2]
+    # a seeded dropout keeps its own reproducible masks (set past Keras'
+    # tracking, which locks a built layer)
+    object.__setattr__(layer, "dropout_layer", BertDropout(0.2, seed=3))
+    layer(x, padding_mask=mask, training=True)
+    assert calls == [0.2]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("center_scale", [(True, True), (False, True), (True, False)])
 def test_layer_norm_equals_the_layer_call(dtype, center_scale):

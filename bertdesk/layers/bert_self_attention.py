@@ -17,8 +17,10 @@ class BertSelfAttention(keras.layers.Layer):
     Query, key and value come from one `(hidden, 3 * hidden)` projection (one
     matrix multiply instead of three). Scores are computed by the backend's
     fused `keras.ops.dot_product_attention` whenever attention probabilities
-    are neither dropped out nor returned; otherwise by an explicit softmax,
-    which always runs in float32.
+    are neither dropped out nor returned (on PyTorch with a CUDA GPU also
+    when they are dropped out by an unseeded dropout: the fused kernel
+    draws the mask); otherwise by an explicit softmax, which always runs in
+    float32.
 
     Args:
         num_heads: number of attention heads.
@@ -117,6 +119,15 @@ class BertSelfAttention(keras.layers.Layer):
                 out = ops.dot_product_attention(q, k, v, mask=mask, scale=scale)
             return reshape(out, (batch, q_len, self.num_heads * self.head_dim))
 
+        if (dropping and self.use_fused_attention and not return_attention_scores
+                and keras.backend.backend() == "torch" and self._draws_from_torch(dropout_seed)
+                and fused_kernels.fuses_attention_dropout(q)):
+            # On a GPU: the dropout inside the fused kernel, no score-sized
+            # tensor in memory (masks from torch's global generator).
+            out = fused_kernels.attention_with_dropout(q, k, v, mask, scale,
+                                                       self.attention_dropout)
+            return reshape(out, (batch, q_len, self.num_heads * self.head_dim))
+
         keep_mask_of_shape = getattr(self.dropout_layer, "keep_mask_of_shape", None)
         if (dropping and self.attention_dropout < 1 and keep_mask_of_shape is not None
                 and not return_attention_scores):
@@ -153,6 +164,13 @@ class BertSelfAttention(keras.layers.Layer):
         if return_attention_scores:
             return out, probs
         return out
+
+    def _draws_from_torch(self, dropout_seed):
+        """Whether this call's dropout mask would come from torch's global
+        generator anyway: an unseeded `BertDropout` and no seed drawn ahead
+        (a seeded layer keeps its own reproducible masks)."""
+        layer = self.dropout_layer
+        return dropout_seed is None and type(layer) is BertDropout and layer.seed is None
 
     def _project_heads(self, x):
         """q, k, v `(batch, seq, heads, head_dim)` from the fused kernel as

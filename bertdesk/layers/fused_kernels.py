@@ -12,7 +12,8 @@ gradient (four ops as a formula). Each function here gives
 the same numbers as the formula it replaces (tests/test_lean_backward.py).
 Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch;
 `dropout_attention` and `feed_forward`, `lean_backward`'s functions of
-those names as ATen calls; `dropout_add`, a residual connection and
+those names as ATen calls; `attention_with_dropout`, the probabilities'
+dropout inside PyTorch's fused attention kernel on a GPU; `dropout_add`, a residual connection and
 dropout in one kernel; `keep_mask`, `float_mask` and `mask_factor`, dropout
 masks made and used without PyTorch's bool paths, which the CPU runs one
 element at a time; `linear`, a projection with its bias inside the GEMM
@@ -116,6 +117,33 @@ def attention(q, k, v, mask, scale):
         attn_mask=None if keeps_every_key(mask) else mask.bool(), scale=scale,
     )  # (batch, heads, q_len, head_dim)
     return out.transpose(1, 2)
+
+
+def attention_with_dropout(q, k, v, mask, scale, rate):
+    """Attention with dropout on the probabilities inside PyTorch's fused
+    `scaled_dot_product_attention` (flash or memory-efficient kernel on a
+    CUDA GPU): no `(batch, heads, q_len, seq)` tensor is written to memory,
+    forward or backward. The masks come from torch's global generator (its
+    CUDA state), as an unseeded `BertDropout`'s do; `torch.utils.checkpoint`
+    restores that state for a recomputed pass."""
+    from torch.nn import functional
+
+    out = functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=None if keeps_every_key(mask) else mask.bool(),
+        dropout_p=float(rate), scale=scale,
+    )  # (batch, heads, q_len, head_dim)
+    return out.transpose(1, 2)
+
+
+def fuses_attention_dropout(q):
+    """Whether attention's dropout goes inside the fused kernel for `q`:
+    on a CUDA device. Not on the CPU, where PyTorch's fused attention with
+    dropout takes its plain path: forward and backward of a BERT-mini
+    layer's attention (16 x 128, 4 heads of 64, a padding mask) 14.1 ms
+    against `dropout_attention`'s 10.8 in float32 (its mask included),
+    22.2 against 7.6 in bfloat16."""
+    return q.device.type == "cuda"
 
 
 def keeps_every_key(mask):
