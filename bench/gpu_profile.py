@@ -13,11 +13,13 @@ the host (Python, launches, synchronisations), not by the GPU.
 """
 
 import argparse
+import collections
 import os
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -36,6 +38,10 @@ def _step(impl, shape, batch, seq, precision):
     return speed._keras_job("bertdesk", speed.SHAPES[shape], "train", False, batch, seq)
 
 
+def _short(filename):
+    return filename.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
+
+
 def worker(args):
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -49,15 +55,23 @@ def worker(args):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    with warnings.catch_warnings(record=True) as caught:
+    syncs = []  # where the step waited for the device: the Python frames
+
+    def record(message, *args, **kwargs):
+        if "synchroniz" in str(message):
+            frames = [f for f in traceback.extract_stack()[:-1]
+                      if "/warnings.py" not in f.filename]
+            syncs.append(" <- ".join(f"{_short(f.filename)}:{f.lineno}"
+                                     for f in frames[-4:][::-1]))
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         if gpu:
             torch.cuda.set_sync_debug_mode("warn")
         step()
         if gpu:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message).splitlines()[0][:80] for w in caught
-             if "synchroniz" in str(w.message)]
     steps = 3
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
@@ -67,8 +81,9 @@ def worker(args):
     busy = sum(e.device_time for e in events) / steps / 1e3  # ms
     print(f"{args.impl}: step {1e3 * statistics.median(times):.1f} ms wall "
           f"(median of 5), GPU kernels {busy:.1f} ms busy, {len(events) / steps:.0f} "
-          f"kernels/step, {len(syncs)} waits for the device in a step "
-          f"{sorted(set(syncs))[:3]}")
+          f"kernels/step, {len(syncs)} waits for the device in a step:")
+    for where, count in collections.Counter(syncs).most_common():
+        print(f"  {count} x {where}")
     table = prof.key_averages().table(sort_by=sort, row_limit=args.top,
                                       max_name_column_width=60)
     print(table, flush=True)

@@ -311,6 +311,48 @@ def test_fused_adamw_follows_the_variables_it_is_given():
     assert not np.allclose(results[1][3], values[3])
 
 
+def test_warmup_linear_decay_on_the_host_is_the_schedule():
+    from bertdesk.training.optimization import WarmupLinearDecay
+
+    schedule = WarmupLinearDecay(3e-5, 7, 50)
+    for step in [0, 1, 3, 6, 7, 8, 30, 49, 50, 51, 80]:
+        device = float(keras.ops.convert_to_numpy(schedule(step)))
+        assert schedule.host_value(step) == pytest.approx(device, rel=1e-7, abs=1e-12), step
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the fused PyTorch update")
+def test_fused_adamw_reads_its_step_from_the_device_only_after_outside_writes(monkeypatch):
+    """The fused update counts steps on the host (on a GPU each read of the
+    counter waits for the backward pass); a write to `iterations` other than
+    Keras' own increment (a restore, `assign`) makes it read again, and its
+    updates stay those of Keras' AdamW throughout."""
+    from bertdesk.training import optimization
+    from bertdesk.training.optimization import bert_adamw
+
+    rng = np.random.default_rng(2)
+    values = [rng.normal(size=(3, 2)).astype("float32") for _ in range(2)]
+    grads = [[rng.normal(size=(3, 2)).astype("float32") for _ in values] for _ in range(6)]
+    reads = []
+    to_numpy = keras.ops.convert_to_numpy
+    monkeypatch.setattr(optimization.keras.ops, "convert_to_numpy",
+                        lambda x: reads.append(1) or to_numpy(x))
+    results = []
+    for fused in (False, True):
+        variables = [keras.Variable(v, name=n) for v, n in zip(values, ["kernel", "bias"])]
+        opt = bert_adamw(0.05, total_steps=12, warmup_ratio=0.25, weight_decay=0.1, fused=fused)
+        opt.build(variables)
+        reads.clear()
+        for i, step_grads in enumerate(grads):
+            if i == 4:
+                opt.iterations.assign(9)  # as a restore would: later in the schedule
+            opt.apply([keras.ops.convert_to_tensor(g) for g in step_grads], variables)
+        if fused:
+            assert len(reads) == 2  # the first update and the one after the assign
+        results.append([to_numpy(v) for v in variables])
+    for plain, fast in zip(*results):
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile")
 def test_fused_adamw_under_torch_compile_trains_as_eager():
     """`jit_compile=True` on PyTorch (torch.compile) with the fused AdamW and

@@ -54,6 +54,8 @@ class BertDropout(keras.layers.Layer):
         if self.rate == 1:
             return ops.zeros_like(inputs)
         keep, scale = self.keep_mask(inputs, drawn_seed=drawn_seed)
+        if keras.backend.backend() == "torch":  # no scalars made into tensors
+            return fused_kernels.dropout(inputs, keep, scale)
         return ops.where(keep, inputs * ops.cast(scale, inputs.dtype), 0.0)
 
     def add_to(self, residual, inputs, training=False, drawn_seed=None):

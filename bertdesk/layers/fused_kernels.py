@@ -13,10 +13,11 @@ the same numbers as the formula it replaces (tests/test_lean_backward.py).
 Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch;
 `dropout_attention` and `feed_forward`, `lean_backward`'s functions of
 those names as ATen calls; `attention_with_dropout`, the probabilities'
-dropout inside PyTorch's fused attention kernel on a GPU; `dropout_add`, a residual connection and
-dropout in one kernel; `keep_mask`, `float_mask` and `mask_factor`, dropout
-masks made and used without PyTorch's bool paths, which the CPU runs one
-element at a time; `linear`, a projection with its bias inside the GEMM
+dropout inside PyTorch's fused attention kernel on a GPU; `dropout_add`,
+a residual connection and dropout in one kernel, and `dropout` without
+it; `keep_mask`, `float_mask` and `mask_factor`, dropout masks made and
+used without PyTorch's bool paths, which the CPU runs one element at a
+time; `linear`, a projection with its bias inside the GEMM
 (`eager_calls.py`); `linear_transposed`, the masked-LM head's tied logits;
 `embedding`, the lookups (`eager_calls.embed`); and `weight`, a variable
 in the compute dtype, its cast kept between inference calls.
@@ -63,6 +64,13 @@ def _dropout_add_function():
             return g, float_mask(keep, g.dtype).mul_(g).mul_(ctx.scale), None, None
 
     return DropoutAdd
+
+
+def dropout(x, keep, scale):
+    """`where(keep, x * scale, 0)` on PyTorch tensors, the same numbers:
+    without the two Python scalars Keras makes into tensors (on a GPU
+    each is a copy from the host that waits for the device)."""
+    return (x * mask_factor(keep, x.dtype)).mul_(scale)
 
 
 def keep_mask(halves, threshold):

@@ -3,6 +3,7 @@
 import operator
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -22,6 +23,17 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         decay = self.peak * ops.maximum(0.0, self.total_steps - step) / max(
             1, self.total_steps - self.warmup_steps)
         return ops.where(step < self.warmup_steps, warm, decay)
+
+    def host_value(self, step):
+        """`self(step)` as a Python float, from the same float32 arithmetic
+        on the host: the fused PyTorch update reads its learning rate here
+        rather than from the device (on a GPU each read is a wait)."""
+        step = np.float32(step)
+        peak = np.float32(self.peak)
+        if step < self.warmup_steps:
+            return float(peak * step / np.float32(max(1, self.warmup_steps)))
+        remaining = np.maximum(np.float32(0.0), np.float32(self.total_steps) - step)
+        return float(peak * remaining / np.float32(max(1, self.total_steps - self.warmup_steps)))
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps,
@@ -82,8 +94,7 @@ class BertAdamW(keras.optimizers.AdamW):
 
         norm = _global_norm(torch, [g for g in grads if g is not None])
         # Keras' formula: scale = clip * min(1 / norm, 1 / clip)
-        scale = self.global_clipnorm * torch.minimum(1.0 / norm, torch.tensor(
-            1.0 / self.global_clipnorm, dtype=norm.dtype))
+        scale = self.global_clipnorm * torch.clamp_max(1.0 / norm, 1.0 / self.global_clipnorm)
         # Not multiplied here (a pass over every gradient): the fused kernel
         # divides each gradient by its grad_scale argument as it reads it.
         self._clip_divisor = (1.0 / scale).to(torch.float32)
@@ -94,6 +105,17 @@ class BertAdamW(keras.optimizers.AdamW):
             super()._apply_weight_decay(variables)
         # the fused kernel decays (p *= 1 - lr * wd) before its update
 
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        """Keras' sequence (clip, decay, update) without its evaluation of
+        the learning-rate schedule on the device, which the fused update
+        does not read (`_host_learning_rate`); Keras' own with gradient
+        accumulation or a moving average."""
+        if (not self._fused_now() or self.gradient_accumulation_steps or self.use_ema):
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        grads = self._clip_gradients(grads)
+        self._apply_weight_decay(trainable_variables)
+        self._backend_update_step(grads, trainable_variables, None)
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused_now():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
@@ -101,15 +123,15 @@ class BertAdamW(keras.optimizers.AdamW):
         from torch.autograd.graph import increment_version
 
         with torch.no_grad():
-            lr = float(keras.ops.convert_to_numpy(self._get_current_learning_rate()))
-            step = float(keras.ops.convert_to_numpy(self.iterations)) + 1.0
+            step = self._host_step()
+            lr = self._host_learning_rate(step)
             # torch divides sqrt(v) by sqrt(1 - b2^t) before adding epsilon; scaling
             # epsilon by the same factor gives Keras' (sqrt(v) + eps) instead
             eps = self.epsilon / (1.0 - self.beta_2 ** step) ** 0.5
             groups = self._fused_groups(trainable_variables)
-            step_t = torch.tensor(step, dtype=torch.float32, device=groups[0][1][0].device)
             divisor, self._clip_divisor = self._clip_divisor, None
-            for decays, params, ms, vs, positions in groups:
+            for decays, params, ms, vs, positions, step_t in groups:
+                step_t.fill_(step)  # a kernel argument, not a copy from the host
                 gs = [grads[i] for i in positions]
                 gs = [g if g.dtype == p.dtype else g.to(p.dtype) for g, p in zip(gs, params)]
                 torch._fused_adamw_(params, gs, ms, vs, [], [step_t] * len(params), lr=lr,
@@ -123,18 +145,43 @@ class BertAdamW(keras.optimizers.AdamW):
                 # `fused_kernels.weight`, read them)
                 increment_version([*params, *ms, *vs])
 
+    def _host_step(self):
+        """This update's step (`iterations + 1`) as a Python float, read from
+        the device only when it may have changed other than by Keras' own
+        increment after the last update: on a GPU each read waits for the
+        whole backward pass, with the GPU idle while the update is launched.
+        Keras' `assign_add(1)` bumps the counter tensor's version by one;
+        any other write (a restore, `assign`) bumps it again."""
+        value = self.iterations.value
+        known = getattr(self, "_step_mirror", None)
+        if known is not None and known[0] is value and value._version == known[1] + 1:
+            step = known[2] + 1
+        else:
+            step = int(keras.ops.convert_to_numpy(value)) + 1
+        object.__setattr__(self, "_step_mirror", (value, value._version, step))
+        return float(step)
+
+    def _host_learning_rate(self, step):
+        """The learning rate of update `step`: `WarmupLinearDecay` evaluated
+        on the host; any other schedule or rate read from the device."""
+        if isinstance(self._learning_rate, WarmupLinearDecay):
+            return self._learning_rate.host_value(step - 1)  # schedule(iterations)
+        return float(keras.ops.convert_to_numpy(self._get_current_learning_rate()))
+
     def build(self, var_list):
         # set past Keras' attribute tracking, which would count the kept
         # variables as the optimizer's own (and save them with its state)
         object.__setattr__(self, "_fused_plan", None)
+        object.__setattr__(self, "_step_mirror", None)
         super().build(var_list)
 
     def _fused_groups(self, trainable_variables):
         """The fused kernel's argument lists for `trainable_variables`: one
         group per (decayed or not, dtype, device), each `(decays, params,
-        momentums, velocities, positions in trainable_variables)` as
-        tensors. Made at the first step and kept while the same variables
-        come in the same order (Keras' own step passes the same list each
+        momentums, velocities, positions in trainable_variables, step)`:
+        tensors, and a 0-d float32 tensor on the group's device that each
+        update fills with its step. Made at the first step and kept while
+        the same variables come in the same order (Keras' own step passes the same list each
         time; the variables' tensors are updated in place, never replaced):
         reading 57 variables' and their moments' `.value` through Keras'
         property took about 0.4 ms of Python a step."""
@@ -142,12 +189,15 @@ class BertAdamW(keras.optimizers.AdamW):
         if (plan is not None and len(plan[0]) == len(trainable_variables)
                 and all(map(operator.is_, plan[0], trainable_variables))):
             return plan[1]
+        import torch
+
         groups = {}
         for position, var in enumerate(trainable_variables):
             i = self._get_variable_index(var)
             value = var.value
             key = (bool(self._use_weight_decay(var)), value.dtype, value.device)
-            g = groups.setdefault(key, (key[0], [], [], [], []))
+            g = groups.setdefault(key, (key[0], [], [], [], [], torch.zeros(
+                (), dtype=torch.float32, device=value.device)))
             g[1].append(value)
             g[2].append(self._momentums[i].value)
             g[3].append(self._velocities[i].value)
