@@ -5,8 +5,8 @@ on PyTorch) next to transformers, the same classifier step as
 For each implementation it prints the wall time of a step, the GPU's busy
 time in it (the sum of its kernels' durations, from `torch.profiler`), the
 number of kernels, how many times the step waited for the device
-(`torch.cuda.set_sync_debug_mode`), and the kernels that take the most
-time. A step whose busy time is well under its wall time is held back by
+(`torch.cuda.set_sync_debug_mode`) and from where, the idle time between
+kernels with the largest gaps, and the kernels that take the most time. A step whose busy time is well under its wall time is held back by
 the host (Python, launches, synchronisations), not by the GPU.
 
     python bench/gpu_profile.py --shape base --seq 128 --batch 256
@@ -84,9 +84,32 @@ def worker(args):
           f"kernels/step, {len(syncs)} waits for the device in a step:")
     for where, count in collections.Counter(syncs).most_common():
         print(f"  {count} x {where}")
+    _print_gaps(events, steps)
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
     table = prof.key_averages().table(sort_by=sort, row_limit=args.top,
                                       max_name_column_width=60)
     print(table, flush=True)
+
+
+def _print_gaps(kernels, steps, top=10):
+    """Where the GPU sat idle between one kernel's end and the next one's
+    start: the total a step, by size, and the largest gaps with the kernels
+    either side (the host was late launching the second)."""
+    kernels = sorted(kernels, key=lambda e: e.time_range.start)
+    gaps = [(b.time_range.start - a.time_range.end, a.name, b.name)
+            for a, b in zip(kernels, kernels[1:])]
+    gaps = [g for g in gaps if g[0] > 0]
+    if not gaps:
+        return
+    idle = sum(g[0] for g in gaps) / steps / 1e3
+    buckets = collections.Counter(
+        "<10us" if g < 10 else "10-100us" if g < 100 else "0.1-1ms" if g < 1000 else ">1ms"
+        for g, _, _ in gaps)
+    print(f"  idle between kernels: {idle:.1f} ms a step (across {steps} steps: "
+          f"{dict(buckets)}); largest gaps:")
+    for gap, before, after in sorted(gaps, reverse=True)[:top]:
+        print(f"    {gap / 1e3:7.2f} ms  after {before[:50]}  before {after[:50]}")
 
 
 def main():
@@ -97,6 +120,8 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--precision", default="bf16")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--trace", help="also write the profile's timeline here (Chrome trace JSON, "
+                                   "one file per implementation: IMPL is replaced)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -106,6 +131,8 @@ def main():
         cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--shape", args.shape,
                "--seq", str(args.seq), "--batch", str(args.batch), "--precision",
                args.precision, "--top", str(args.top)]
+        if args.trace:
+            cmd += ["--trace", args.trace.replace("IMPL", impl)]
         subprocess.run(cmd, env=dict(os.environ, KERAS_BACKEND="torch"))
 
 
