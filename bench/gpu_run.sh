@@ -31,6 +31,9 @@ python3 bench/speed.py $common --modes train --shapes base,large --seqs 128,512 
 # 2. Where each PyTorch step's time goes (base, seq 128, batch 256).
 timeout "${PROFILE_S:-80}" python3 bench/gpu_profile.py --shape base --seq 128 --batch 256 \
     2>&1 | grep -v "^USDT\|UserWarning\|self.profiler" | tee "$OUT/profile.log"
+# 2b. Which attention kernel JAX gives a padded batch (XLA or cuDNN), timed.
+timeout "${PROBE_S:-40}" python3 bench/jax_attention_probe.py 2>&1 \
+    | grep -v "^I0000\|^E0000\|^W0000" | tee "$OUT/jax_attention.log"
 # 3. Forward (inference), outputs left on the device (bench/speed.py's _device_forward).
 python3 bench/speed.py $common --modes forward --shapes base,large --seqs 128,512 --batch 256 \
     --impls transformers,bertdesk --backends torch,jax --deadline "${FORWARD_S:-100}" \
