@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The speed harness on a lent GPU, as one call of the device tool (an H200 lent
 # for 15 minutes in all, so every stage has a deadline and writes its table
-# under $OUT as it goes). The machine's image has PyTorch, JAX, transformers;
+# under $OUT as it goes: eight files, the most the device tool brings back,
+# so run it without a tee into $OUT). The machine's image has PyTorch, JAX, transformers;
 # Keras, keras-hub and two of Keras' dependencies travel as wheels in .whl:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --platform manylinux_2_28_x86_64 -d .whl keras==3.15.1 keras-hub==0.32.0 \
