@@ -11,7 +11,9 @@ mode (forward = inference; train = forward + backward + AdamW on a
 2-class sequence classifier) it measures the median seconds per call over
 `--repeats` calls after `--warmup` calls, the first call (compile) time and
 the job's peak resident memory, and converts to sequences/s and model FLOPs
-utilisation against a GEMM peak measured at the start of the same run.
+utilisation against a GEMM peak measured in the same run (at the start of
+every round, each row against the highest so far: a shared machine's speed
+drifts, and a peak measured in a slow moment put utilisation above 100%).
 Ratios are bertdesk's best over each peer's best in the same run.
 
 On a machine with a CUDA GPU (`--device cuda`, the default when PyTorch sees
@@ -460,12 +462,10 @@ def main():
     args.scratch = args.scratch or tempfile.mkdtemp(prefix="bertdesk-speed-")
 
     gpu = args.device == "cuda"
-    peak = gemm_peak(8192 if gpu else 2048, args.device)
-    bf16 = f"{peak['bf16']:.0f}" if peak["bf16"] else "n/a"
-    libs = ", ".join(f"{k} {v:.0f}" for k, v in peak["fp32_by_library"].items())
+    peaks = [gemm_peak(8192 if gpu else 2048, args.device)]
+    peak = peaks[0]
     where = "GPU" if gpu else f"{os.cpu_count()} CPUs"
-    print(f"GEMM peak ({8192 if gpu else 2048}^3): fp32 {peak['fp32']:.0f} GFLOP/s ({libs}), "
-          f"bf16 {bf16} GFLOP/s (torch); {where}; batch {args.batch} at seq "
+    print(f"{_describe_peak(peak, gpu)}; {where}; batch {args.batch} at seq "
           f"{args.seqs.split(',')[0]}, median of {args.repeats} after {args.warmup} warm-up "
           f"calls", flush=True)
     seqs = [int(s) for s in args.seqs.split(",")]
@@ -488,7 +488,12 @@ def main():
     print(f"{'shape':<5} {'seq':>4} {'batch':>5} {'prec':<4} {'mode':<8} {'implementation':<24} "
           f"{'seq/s':>9} {'MFU':>6} {'first call':>10} {'peak MB':>8} {'faults/call':>11} "
           f"{'sys':>5}", flush=True)
-    for round_, (impl, backend, jit), run_configs in runs:
+    for i, (round_, (impl, backend, jit), run_configs) in enumerate(runs):
+        if i and round_ != runs[i - 1][0]:  # a new round: the machine's speed now
+            peaks.append(gemm_peak(8192 if gpu else 2048, args.device))
+            peak = _highest_peak(peaks)
+            print(f"before round {round_ + 1}: {_describe_peak(peaks[-1], gpu)}; utilisation "
+                  f"from here against the highest so far, fp32 {peak['fp32']:.0f}", flush=True)
         timeout = args.job_timeout
         if args.deadline is not None:
             timeout = min(timeout, args.deadline - (time.perf_counter() - start))
@@ -505,14 +510,8 @@ def main():
             head = (f"{r['shape']:<5} {r['seq']:>4} {r['batch']:>5} {r['precision']:<4} "
                     f"{r['mode']:<8} {row['name']:<24}")
             if "seconds" in r:
-                flops = model_flops(SHAPES[r["shape"]], r["batch"], r["seq"], r["mode"])
-                # bf16 against the faster of the two peaks (a CPU without bf16
-                # instructions may multiply bf16 through float32)
-                ref = peak["fp32"]
-                if r["precision"] == "bf16":
-                    ref = max(ref, peak["bf16"] or 0)
                 row["seq_per_s"] = r["batch"] / r["seconds"]
-                row["mfu"] = flops / r["seconds"] / (ref * 1e9)
+                row["mfu"] = _utilisation(r, peak)
                 mem = r["device_peak_mb"] if gpu and r["device_peak_mb"] else r["peak_mb"]
                 print(f"{head} {row['seq_per_s']:>9.1f} {100 * row['mfu']:>5.1f}% "
                       f"{r['first_call']:>9.1f}s {mem:>8.0f} {r['faults_per_call']:>11.0f} "
@@ -525,15 +524,48 @@ def main():
             results.append(row)
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(
-                {"device": args.device, "gemm_peak": peak, "results": results}, indent=2))
+                {"device": args.device, "gemm_peak": peak, "gemm_peaks": peaks,
+                 "results": results}, indent=2))
     print("bertdesk's best over each peer's best, per configuration "
           "(speed: sequences/s" + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
+          + "; utilisation against the run's highest GEMM peak"
+          + (f" (fp32 {peak['fp32']:.0f} GFLOP/s)" if len(peaks) > 1 else "")
           + "; memory: the lowest peak):")
     for c in configs:
         key = (c["shape"], c["seq"], c["precision"], c["mode"])
         rows = [row for row in results if "seq_per_s" in row
                 and (row["shape"], row["seq"], row["precision"], row["mode"]) == key]
-        _print_ratios(key, rows, gpu, args.rounds)
+        _print_ratios(key, rows, gpu, args.rounds, peak)
+
+
+def _describe_peak(peak, gpu):
+    bf16 = f"{peak['bf16']:.0f}" if peak["bf16"] else "n/a"
+    libs = ", ".join(f"{k} {v:.0f}" for k, v in peak["fp32_by_library"].items())
+    return (f"GEMM peak ({8192 if gpu else 2048}^3): fp32 {peak['fp32']:.0f} GFLOP/s ({libs}), "
+            f"bf16 {bf16} GFLOP/s (torch)")
+
+
+def _highest_peak(peaks):
+    """Each precision's highest of the peaks measured so far (the machine's
+    speed when nothing else slowed it)."""
+    bf16 = [p["bf16"] for p in peaks if p["bf16"]]
+    by_library = {}
+    for p in peaks:
+        for name, value in p["fp32_by_library"].items():
+            by_library[name] = max(value, by_library.get(name, 0))
+    return {"fp32": max(p["fp32"] for p in peaks), "fp32_by_library": by_library,
+            "bf16": max(bf16) if bf16 else None}
+
+
+def _utilisation(row, peak):
+    """The row's model FLOPs over its seconds, against `peak` (bf16 against
+    the faster of the two: a CPU without bf16 instructions may multiply
+    bf16 through float32)."""
+    flops = model_flops(SHAPES[row["shape"]], row["batch"], row["seq"], row["mode"])
+    ref = peak["fp32"]
+    if row["precision"] == "bf16":
+        ref = max(ref, peak["bf16"] or 0)
+    return flops / row["seconds"] / (ref * 1e9)
 
 
 def _skip_reason(backend, config, peak, gpu):
@@ -562,7 +594,7 @@ def _fastest(rows):
     return fastest
 
 
-def _print_ratios(key, rows, gpu, rounds):
+def _print_ratios(key, rows, gpu, rounds, peak):
     fastest, leanest = _fastest(rows), {}
     for row in rows:
         mem = row["device_peak_mb"] if gpu and row["device_peak_mb"] else row["peak_mb"]
@@ -582,7 +614,9 @@ def _print_ratios(key, rows, gpu, rounds):
             parts.append(part)
         memory = ", ".join(f"{leanest[impl][0] / leanest[k][0]:.2f}x {k} ({leanest[k][1]})"
                            for k in peers)
-        print(f"  {label}: {impl} {fastest[impl][0]:.1f} seq/s ({fastest[impl][1]}): "
+        speed = fastest[impl][0]
+        mfu = _utilisation({**rows[0], "seconds": rows[0]["batch"] / speed}, peak)
+        print(f"  {label}: {impl} {speed:.1f} seq/s ({fastest[impl][1]}, {100 * mfu:.1f}%): "
               f"{', '.join(parts) or 'no peer'}", flush=True)
         if peers:
             print(f"  {'':>{len(label)}}  {impl} peak {leanest[impl][0]:.0f} MB "
