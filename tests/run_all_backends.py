@@ -4,50 +4,116 @@
 
     python tests/run_all_backends.py [pytest args...]
     BERTDESK_BACKENDS=jax python tests/run_all_backends.py -k tokenizer
+    BERTDESK_TEST_JOBS=1 python tests/run_all_backends.py   # one backend at a time
+
+Backends run side by side, as many at a time as there are CPUs the runner may
+use (`BERTDESK_TEST_JOBS` overrides), the longest (JAX) first: the test
+processes spend most of their time compiling and in Python, one core each
+(TensorFlow's at 101% of a core, JAX's at 131%, timed on the 2-core host), so
+two at once finish the suite in about two thirds of the time. Each backend's
+output is printed whole when it finishes.
 """
 
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-BACKENDS = ("jax", "tensorflow", "torch")  # jax first: it also runs backend-neutral tests
+BACKENDS = ("jax", "tensorflow", "torch")  # longest first; jax also runs backend-neutral tests
 # XLA's CPU code generation at LLVM -O1 instead of -O2 (unless XLA_FLAGS is
 # set): the tests' compiled steps compile in half the time, and the JAX
 # fine-tuning tests take 165 s instead of 222 s. Only the machine code's
 # optimisation changes, not the graph XLA compiles; the speed benchmarks
 # keep XLA's default.
 XLA_FLAGS = "--xla_backend_optimization_level=1"
+KINDS = ("passed", "failed", "skipped", "error")
+
+
+def default_jobs(backends):
+    """One backend per CPU this process may run on, at most one per backend."""
+    jobs = os.environ.get("BERTDESK_TEST_JOBS")
+    if jobs:
+        if not jobs.isdigit() or int(jobs) < 1:
+            raise SystemExit(f"BERTDESK_TEST_JOBS={jobs!r}: expected a whole number >= 1")
+        return min(int(jobs), len(backends))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, len(backends)))
+
+
+def parse_summary(output):
+    """pytest's last line -> counts of passed/failed/skipped/error."""
+    summary = output.strip().splitlines()[-1] if output.strip() else ""
+    counts = dict.fromkeys(KINDS, 0)
+    for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary):
+        counts["error" if kind.startswith("error") else kind] += int(n)
+    return summary, counts
+
+
+class Run:
+    """One backend's pytest process, its output in a temporary file (a pipe
+    nobody reads while the other backends run would fill and stall it)."""
+
+    def __init__(self, backend, argv, root):
+        self.backend = backend
+        env = {"XLA_FLAGS": XLA_FLAGS, **os.environ, "KERAS_BACKEND": backend,
+               "TF_CPP_MIN_LOG_LEVEL": "2", "QT_QPA_PLATFORM": "offscreen"}
+        self.log = tempfile.TemporaryFile(mode="w+", prefix=f"bertdesk-tests-{backend}-")
+        self.start = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
+             "--durations=15", *argv],
+            cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        print(f"started KERAS_BACKEND={backend}", flush=True)
+
+    def report(self):
+        """Prints the finished process's output; returns (exit code, counts)."""
+        seconds = time.time() - self.start
+        self.log.seek(0)
+        output = self.log.read()
+        self.log.close()
+        print(f"\n===== KERAS_BACKEND={self.backend} =====", flush=True)
+        sys.stdout.write(output)
+        summary, counts = parse_summary(output)
+        print(f"[{self.backend}] exit {self.proc.returncode} in {seconds:.0f}s: {summary}",
+              flush=True)
+        return self.proc.returncode, counts
 
 
 def main(argv):
     root = Path(__file__).resolve().parent.parent
     backends = os.environ.get("BERTDESK_BACKENDS", ",".join(BACKENDS)).split(",")
-    totals = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise SystemExit(f"BERTDESK_BACKENDS: unknown {unknown}; expected some of {BACKENDS}")
+    jobs = default_jobs(backends)
+    print(f"{len(backends)} backend(s), {jobs} at a time", flush=True)
+    totals = dict.fromkeys(KINDS, 0)
     bad = []
-    for backend in backends:
-        env = {"XLA_FLAGS": XLA_FLAGS, **os.environ, "KERAS_BACKEND": backend,
-               "TF_CPP_MIN_LOG_LEVEL": "2", "QT_QPA_PLATFORM": "offscreen"}
-        print(f"\n===== KERAS_BACKEND={backend} =====", flush=True)
-        start = time.time()
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
-             "--durations=15", *argv],
-            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        sys.stdout.write(proc.stdout)
-        summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-        counts = {k: 0 for k in totals}
-        for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary):
-            counts["error" if kind.startswith("error") else kind] += int(n)
-        for k in totals:
-            totals[k] += counts[k]
-        print(f"[{backend}] exit {proc.returncode} in {time.time() - start:.0f}s: {summary}",
-              flush=True)
-        if proc.returncode != 0 or counts["passed"] == 0:
-            bad.append(backend)
-    print()
+    waiting, running = list(backends), []
+    start = time.time()
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                running.append(Run(waiting.pop(0), argv, root))
+            done = [run for run in running if run.proc.poll() is not None]
+            if not done:
+                time.sleep(1)
+                continue
+            for run in done:
+                running.remove(run)
+                code, counts = run.report()
+                for k in totals:
+                    totals[k] += counts[k]
+                if code != 0 or counts["passed"] == 0:
+                    bad.append(run.backend)
+    finally:
+        for run in running:  # interrupted: no test process outlives the runner
+            run.proc.kill()
+            run.proc.wait()
+    print(f"\nall backends in {time.time() - start:.0f}s")
     for backend in bad:
         print(f"backend {backend}: FAILED")
     failed = totals["failed"] + totals["error"]
