@@ -21,6 +21,18 @@ python3 -c "import sys, keras, jax, torch, transformers; print('python', sys.ver
 'keras', keras.__version__, 'jax', jax.__version__, jax.devices(), 'torch', torch.__version__,
 'transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/machine.txt"
 
+# What fit's per-step wait for the progress callback's logs costs on the GPU
+# (bench/fit_dispatch.py): a second call, `FIT_ONLY=1 bash bench/gpu_run.sh`,
+# about 3 minutes; the stages below do not run then.
+if [ -n "${FIT_ONLY:-}" ]; then
+    for backend in jax torch; do
+        KERAS_BACKEND=$backend timeout "${FIT_S:-80}" python3 bench/fit_dispatch.py \
+            --shape base --batch 64 --seq 128 --precision bf16 --steps 30 --rounds 3 2>&1 \
+            | grep -v "^I0000\|^E0000\|^W0000" | tee "$OUT/fit_dispatch_$backend.log"
+    done
+    exit 0
+fi
+
 common="--device cuda --precisions bf16 --repeats 10 --warmup 3"
 # Stages in the order they matter, each with a deadline (seconds); all
 # together about 9.5 minutes after the set-up.
