@@ -39,8 +39,21 @@ def default_jobs(backends):
         if not jobs.isdigit() or int(jobs) < 1:
             raise SystemExit(f"BERTDESK_TEST_JOBS={jobs!r}: expected a whole number >= 1")
         return min(int(jobs), len(backends))
+    return max(1, min(usable_cpus(), len(backends)))
+
+
+def usable_cpus(cpu_max="/sys/fs/cgroup/cpu.max"):
+    """The CPUs this process may run on, fewer where a cgroup (a container's
+    `--cpus`) allows less CPU time than that."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, len(backends)))
+    cpus = cpus or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, round(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read
+    return cpus
 
 
 def parse_summary(output):

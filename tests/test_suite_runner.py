@@ -88,6 +88,17 @@ def test_jobs_and_backends_are_checked(monkeypatch):
         runner.main([])
 
 
+def test_a_containers_cpu_limit_caps_the_jobs(tmp_path):
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("200000 100000\n")  # docker --cpus=2
+    assert runner.usable_cpus(cpu_max) == min(2, len(os.sched_getaffinity(0)))
+    cpu_max.write_text("50000 100000\n")  # half a CPU still runs one backend
+    assert runner.usable_cpus(cpu_max) == 1
+    cpu_max.write_text("max 100000\n")
+    assert runner.usable_cpus(cpu_max) == len(os.sched_getaffinity(0))
+    assert runner.usable_cpus(tmp_path / "missing") == len(os.sched_getaffinity(0))
+
+
 def test_pytest_summaries_are_counted():
     line = "3 failed, 310 passed, 21 skipped, 2 errors in 1280.03s (0:21:20)"
     assert runner.parse_summary("....\n" + line) == (
