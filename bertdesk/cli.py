@@ -155,6 +155,7 @@ def _cmd_finetune(args):
     from bertdesk.training.callbacks import TerminalProgress
     from bertdesk.training.finetune import run_finetune
 
+    _refuse_writing_over_inputs(args, ["--metrics-out"], ["--train", "--validation"])
     config = _finetune_config(args)
     if args.events == "jsonl":
         # for the desktop app (or any other driver): one JSON object per line on stdout
@@ -222,6 +223,7 @@ def _cmd_evaluate(args):
     from bertdesk.io.atomic import atomic_write_text
     from bertdesk.tasks.saving import load_model
 
+    _refuse_writing_over_inputs(args, ["--metrics-out"], ["--data"])
     model = load_model(args.model)
     task, data = _load_data_for(model, args, require_labels=True)
     task.targets(data, model.head)  # labels the model never saw: a clear error
@@ -236,14 +238,35 @@ def _cmd_evaluate(args):
 
 def _cmd_predict(args):
     from bertdesk.tasks.saving import load_model
-    from bertdesk.training.finetune import write_rows
+    from bertdesk.training.finetune import check_predictions_path, write_rows
 
+    _refuse_writing_over_inputs(args, ["--output"], ["--data"])
+    check_predictions_path(args.output)  # before the model is loaded and the data scored
     model = load_model(args.model)
     task, data = _load_data_for(model, args, require_labels=False)
     scores = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
     rows = task.rows(scores, data, model.head)
     write_rows(rows, args.output)
     print(f"{len(rows)} predictions written to {args.output}")
+
+
+def _refuse_writing_over_inputs(args, outputs, inputs):
+    """An output path that is one of the job's input files would replace the
+    user's data with the job's results: refused before any work."""
+    import os
+
+    from bertdesk.data.tables import DataError
+
+    value = lambda flag: getattr(args, flag.lstrip("-").replace("-", "_"), None)  # noqa: E731
+    for out_flag in outputs:
+        out = value(out_flag)
+        if not out or not os.path.exists(out):
+            continue
+        for in_flag in inputs:
+            source = value(in_flag)
+            if source and os.path.exists(source) and os.path.samefile(out, source):
+                raise DataError(f"{out}: {out_flag} is the {in_flag} file, and writing it would "
+                                "replace the data; choose another path")
 
 
 def _cmd_demo(args):

@@ -21,10 +21,12 @@ def read_vocab(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: vocabulary file not found")
+    from bertdesk.io.errors import CheckpointError  # a folder's file: the command line reports it
+
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+        raise CheckpointError(f"{path}: not UTF-8 text ({e})") from None
     tokens = text.split("\n")
     if tokens and tokens[-1] == "":
         tokens.pop()
@@ -32,13 +34,13 @@ def read_vocab(path):
     seen = {}
     for line, token in enumerate(tokens, 1):
         if token in seen:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: line {line}: token {token!r} already on line {seen[token]}"
             )
         seen[token] = line
     missing = [t for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]") if t not in seen]
     if missing:
-        raise ValueError(f"{path}: vocabulary lacks the special tokens {missing}")
+        raise CheckpointError(f"{path}: vocabulary lacks the special tokens {missing}")
     return tokens
 
 
@@ -247,7 +249,9 @@ def _casing_from_folder(folder):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            from bertdesk.io.errors import CheckpointError
+
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         if name == "tokenizer.json" and isinstance(data.get("config"), dict):
             data = data["config"]  # keras-hub tokenizer.json
         elif name == "tokenizer.json" and isinstance(data.get("normalizer"), dict):

@@ -58,12 +58,81 @@ def test_bad_inputs_name_file_row_and_problem(tmp_path):
     with pytest.raises(DataError, match=r"e.csv: row 2: empty text pair in column 'b'"):
         load_classification(p, text_column="a", text_pair_column="b")
     p = write(tmp_path / "f.csv", "text,label\nhi,high\n")
-    with pytest.raises(DataError, match=r"f.csv: row 1: label 'high' in column 'label' is not a number"):
+    with pytest.raises(DataError, match=r"f.csv: row 1: label 'high' in column 'label' is not a finite number"):
         load_classification(p, problem_type="regression")
     with pytest.raises(DataError, match=r"g.docx: unknown table format"):
         read_table(write(tmp_path / "g.docx", "x"))
     with pytest.raises(DataError, match=r"missing.csv: file not found"):
         read_table(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize("value", ["NaN", "inf", "-Infinity"])
+def test_regression_targets_must_be_finite(tmp_path, value):
+    # a NaN target trains every weight to NaN and writes invalid JSON metrics
+    p = write(tmp_path / "r.csv", f"text,label\nhi,1.5\nho,{value}\n")
+    with pytest.raises(DataError, match=rf"r.csv: row 2: label '{value}' in column 'label' "
+                                        r"is not a finite number"):
+        load_classification(p, problem_type="regression")
+    from bertdesk.data.tables import check_rows
+
+    assert check_rows(read_table(p), problem_type="regression") == [
+        (2, f"label {value!r} in column 'label' is not a finite number")]
+    assert load_classification(write(tmp_path / "ok.csv", "text,label\nhi,1e3\n"),
+                               problem_type="regression").labels == [1000.0]
+
+
+def test_json_lines_errors_name_the_line(tmp_path):
+    good = '{"text": "hi", "label": "1"}\n'
+    p = write(tmp_path / "a.jsonl", good + '{"text": "ho", "label": "0"\n' + good)
+    with pytest.raises(DataError, match=r"a.jsonl: line 2: not valid JSON"):
+        read_table(p)
+    p = write(tmp_path / "b.jsonl", good + "\n" + '["ho", "0"]\n')  # a blank line is skipped
+    with pytest.raises(DataError, match=r"b.jsonl: line 3: expected a JSON object"):
+        read_table(p)
+    # a byte-order mark (as Windows editors write) is read as CSV files' is
+    p = write(tmp_path / "c.jsonl", "\ufeff" + good + '{"text": "ho", "label": "0"}\n')
+    data = load_classification(p)
+    assert data.texts == ["hi", "ho"] and data.labels == ["1", "0"]
+
+
+def test_json_cells_that_are_not_text_are_refused(tmp_path):
+    p = write(tmp_path / "a.jsonl", '{"text": "hi", "label": "1"}\n{"text": ["x", "y"], "label": "0"}\n')
+    with pytest.raises(DataError, match=r"a.jsonl: row 2: column 'text' holds a JSON list, "
+                                        r"expected text"):
+        load_classification(p)
+    p = write(tmp_path / "b.jsonl", '{"text": "hi", "label": {"y": 1}}\n')
+    with pytest.raises(DataError, match=r"b.jsonl: row 1: label .* is a JSON object"):
+        load_classification(p)
+    p = write(tmp_path / "c.jsonl", '{"text": "hi", "label": ["a", "b"]}\n')
+    with pytest.raises(DataError, match=r"c.jsonl: row 1: .*lists are for --problem-type multi_label"):
+        load_classification(p)
+    assert load_classification(p, problem_type="multi_label").labels == [["a", "b"]]
+
+
+def test_undecodable_byte_is_placed_by_line_and_file_offset(tmp_path):
+    # pandas reads in chunks, and its position is inside a chunk: the error
+    # gives the line and the byte offset in the file instead
+    lines = ["text,label\n"] + [f"sentence number {i},1\n" for i in range(20000)]
+    body = "".join(lines).encode()
+    p = write(tmp_path / "big.csv", body + b"caf\xe9,0\n")
+    with pytest.raises(DataError, match=rf"big.csv: not UTF-8 text \(line {len(lines) + 1}: "
+                                        rf"undecodable byte 0xe9 at byte {len(body) + 3} of the file"):
+        read_table(p)
+
+
+def test_tab_separated_file_named_csv_gets_a_hint(tmp_path):
+    p = write(tmp_path / "a.csv", "text\tlabel\nhi\t1\n")
+    with pytest.raises(DataError, match=r"a.csv: no text column 'text'; columns are: "
+                                        r"'text\\tlabel'; the header holds tabs: .*ends in .tsv"):
+        load_classification(p)
+    tsv = write(tmp_path / "a.tsv", "text\tlabel\nhi\t1\n")
+    assert load_classification(tsv).texts == ["hi"]
+
+
+def test_repeated_column_names_are_refused(tmp_path):
+    p = write(tmp_path / "a.csv", "text,label, label\nhi,1,2\n")
+    with pytest.raises(DataError, match=r"a.csv: column names repeated .*'label'"):
+        read_table(p)
 
 
 def test_user_files_are_never_modified(tmp_path):

@@ -130,7 +130,7 @@ def test_mapping_changes_are_checked(qtbot, window, tmp_path):
     page = w.data_page
     page.problem_combo.setCurrentIndex(page.problem_combo.findData("regression"))
     assert ds.problem_type == "regression"
-    assert ds.bad_rows == [(2, "label 'x' in column 'score' is not a number")]
+    assert ds.bad_rows == [(2, "label 'x' in column 'score' is not a finite number")]
     page.fix_radio.setChecked(True)
     assert "bad rows" in w.state.ready()
     page.drop_radio.setChecked(True)

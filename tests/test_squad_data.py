@@ -64,3 +64,39 @@ def test_bad_squad_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(DataError, match=r"bad.json: not valid JSON \(line 1"):
         read_squad(bad)
+
+
+@pytest.mark.parametrize("qas, message", [
+    # the datasets library's columns, not SQuAD's layout
+    ([{"id": "q1", "question": "Where?", "answers": {"text": ["Paris"], "answer_start": [49]}}],
+     r"question 'q1' \(data\[0\]\.paragraphs\[0\]\): 'answers': expected a list of .*got dict"),
+    ([{"id": "q1", "question": None, "answers": []}],
+     r"question 'q1' .*'question' must be non-empty text, got None"),
+    ([{"id": "q1", "question": 7, "answers": []}], r"'question' must be non-empty text, got 7"),
+    (["what?"], r"data\[0\]\.paragraphs\[0\]\.qas\[0\]: expected an object .*got str \"what\?\""),
+    ([{"id": "q1", "question": "Where?", "answers": ["Paris"]}],
+     r"question 'q1' .*: an answer: expected an object with 'text' and 'answer_start', got str"),
+    # an empty answer matches the empty slice at any offset: refused, not trained
+    ([{"id": "q1", "question": "Where?", "answers": [{"text": "", "answer_start": 999}]}],
+     r"question 'q1' .*an answer's text is empty"),
+    ([{"id": "q1", "question": "Where?", "answers": [{"text": "France.", "answer_start": -7}]}],
+     r"answer 'France\.' is not at offset -7"),
+])
+def test_squad_structure_errors_name_the_place(tmp_path, qas, message):
+    with pytest.raises(DataError, match=message):
+        read_squad(squad_file(tmp_path, qas))
+
+
+def test_squad_data_and_paragraph_structure_and_byte_order_mark(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": [[1, 2]]}))
+    with pytest.raises(DataError, match=r"bad.json: data\[0\]: expected an object with "
+                                        r"'paragraphs', got list \[1, 2\]"):
+        read_squad(bad)
+    bad.write_text(json.dumps({"data": [{"paragraphs": [{"context": "x", "qas": {}}]}]}))
+    with pytest.raises(DataError, match=r"data\[0\]\.paragraphs\[0\]\.qas: expected a list"):
+        read_squad(bad)
+    good = squad_file(tmp_path, [{"id": "q1", "question": "Where?",
+                                  "answers": [{"text": "Paris", "answer_start": 42}]}])
+    good.write_bytes(b"\xef\xbb\xbf" + good.read_bytes())
+    assert read_squad(good).examples[0].answers == [{"text": "Paris", "answer_start": 42}]

@@ -38,7 +38,7 @@ def read_squad(path, require_answers=True):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (undecodable byte at position {e.start})") from None
     except json.JSONDecodeError as e:
@@ -48,29 +48,46 @@ def read_squad(path, require_answers=True):
     data = QAData(source=str(path), version=str(raw.get("version", "1.1")))
     seen = set()
     for a, article in enumerate(raw["data"]):
-        for p, para in enumerate(article.get("paragraphs", [])):
+        article = _expect(article, dict, f"{path}: data[{a}]", "an object with 'paragraphs'")
+        paragraphs = _expect(article.get("paragraphs", []), list,
+                             f"{path}: data[{a}].paragraphs", "a list")
+        for p, para in enumerate(paragraphs):
+            place = f"data[{a}].paragraphs[{p}]"
+            para = _expect(para, dict, f"{path}: {place}", "an object with 'context' and 'qas'")
             context = para.get("context")
             if not isinstance(context, str) or not context.strip():
-                raise DataError(f"{path}: data[{a}].paragraphs[{p}]: missing or empty context")
-            for q in para.get("qas", []):
+                raise DataError(f"{path}: {place}: missing or empty context")
+            for k, q in enumerate(_expect(para.get("qas", []), list, f"{path}: {place}.qas",
+                                          "a list")):
+                q = _expect(q, dict, f"{path}: {place}.qas[{k}]",
+                            "an object with 'id', 'question' and 'answers'")
                 qid = str(q.get("id", ""))
-                where = f"{path}: question {qid!r} (data[{a}].paragraphs[{p}])"
+                where = f"{path}: question {qid!r} ({place})"
                 if not qid or qid in seen:
                     raise DataError(f"{where}: missing or duplicate id")
                 seen.add(qid)
                 question = q.get("question", "")
-                if not question.strip():
-                    raise DataError(f"{where}: empty question")
+                if not isinstance(question, str) or not question.strip():
+                    raise DataError(f"{where}: 'question' must be non-empty text, got "
+                                    f"{question!r}")
                 impossible = bool(q.get("is_impossible", False))
-                answers = q.get("answers", [])
+                answers = _expect(q.get("answers", []), list, f"{where}: 'answers'",
+                                  "a list of {\"text\": ..., \"answer_start\": ...} objects "
+                                  "(SQuAD's layout, not the datasets library's columns)")
                 for ans in answers:
+                    ans = _expect(ans, dict, f"{where}: an answer",
+                                  "an object with 'text' and 'answer_start'")
                     text, start = ans.get("text"), ans.get("answer_start")
-                    if not isinstance(text, str) or not isinstance(start, int):
+                    if (not isinstance(text, str) or not isinstance(start, int)
+                            or isinstance(start, bool)):
                         raise DataError(f"{where}: an answer lacks 'text' or integer 'answer_start'")
-                    if context[start:start + len(text)] != text:
+                    if not text.strip():
+                        raise DataError(f"{where}: an answer's text is empty (a question "
+                                        "without an answer has 'answers': [] and is_impossible)")
+                    if start < 0 or context[start:start + len(text)] != text:
                         raise DataError(
                             f"{where}: answer {text!r} is not at offset {start} of the context "
-                            f"(found {context[start:start + len(text)]!r})")
+                            f"(found {context[max(start, 0):max(start, 0) + len(text)]!r})")
                 if require_answers and not answers and not impossible:
                     raise DataError(f"{where}: no answers and not marked is_impossible")
                 data.examples.append(QAExample(qid, question, context, answers, impossible,
@@ -78,6 +95,18 @@ def read_squad(path, require_answers=True):
     if not data.examples:
         raise DataError(f"{path}: no questions found")
     return data
+
+
+def _expect(value, kind, where, expected):
+    if not isinstance(value, kind):
+        raise DataError(f"{where}: expected {expected}, got {type(value).__name__} "
+                        f"{_short(value)}")
+    return value
+
+
+def _short(value):
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # === Official evaluation (SQuAD v1.1 / v2.0 evaluate scripts) ===

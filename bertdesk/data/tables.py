@@ -36,15 +36,15 @@ def read_table(path):
             # GLUE-style TSV: tabs only, quotes are text.
             df = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, **text_opts)
         elif kind == "jsonl":
-            df = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+            df = pd.DataFrame(_json_lines(path))
         elif kind == "json":
-            df = pd.read_json(path, dtype=False, encoding="utf-8")
+            df = pd.read_json(path, dtype=False, encoding="utf-8-sig")
         elif kind == "parquet":
             df = pd.read_parquet(path)
         else:
             df = pd.read_excel(path, dtype=str, keep_default_na=False, na_filter=False)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (undecodable byte at position {e.start})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text ({_first_undecodable(path)})") from None
     except (ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot read as {kind}: {str(e).splitlines()[0]}") from None
     except ImportError as e:
@@ -52,14 +52,53 @@ def read_table(path):
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
     df.columns = [str(c).strip() for c in df.columns]
+    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if repeated:
+        raise DataError(f"{path}: column names repeated (after trimming spaces): "
+                        f"{', '.join(map(repr, repeated))}; every column needs its own name")
     df.attrs["path"] = str(path)
     return df
 
 
+def _json_lines(path):
+    """The objects of a JSON-lines file; a bad line is named by its number."""
+    records = []
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {number}: not valid JSON ({e.msg}, column "
+                                f"{e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: line {number}: expected a JSON object "
+                                f"({{\"column\": value, ...}}), got {type(record).__name__}")
+            records.append(record)
+    return records
+
+
+def _first_undecodable(path):
+    """Where the first byte that is not UTF-8 is: line and byte offset in the file."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return (f"line {number}: undecodable byte 0x{line[e.start]:02x} at byte "
+                        f"{offset + e.start} of the file; save it as UTF-8")
+            offset += len(line)
+    return "undecodable bytes; save it as UTF-8"
+
+
 def _column(df, name, path, role):
     if name not in df.columns:
+        hint = ("; the header holds tabs: a tab-separated file is read as such when its name "
+                "ends in .tsv" if any("\t" in c for c in df.columns) else "")
         raise DataError(f"{path}: no {role} column {name!r}; columns are: "
-                        f"{', '.join(map(repr, df.columns))}")
+                        f"{', '.join(map(repr, df.columns))}{hint}")
     return df[name].tolist()
 
 
@@ -67,6 +106,24 @@ def _cell_text(value):
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     return str(value)
+
+
+def _texts(values, path, column):
+    """A text column's cells as strings; JSON lists and objects are not text."""
+    for i, v in enumerate(values, 1):
+        if isinstance(v, (list, dict)):
+            raise DataError(f"{path}: row {i}: column {column!r} holds a JSON "
+                            f"{'list' if isinstance(v, list) else 'object'}, expected text")
+    return [_cell_text(v) for v in values]
+
+
+def _number(cell):
+    """A regression target: a finite float, or None."""
+    try:
+        value = float(cell)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
 
 
 @dataclass
@@ -117,10 +174,8 @@ def _label_problem(value, label_column, problem_type):
     if cell == "":
         return f"missing label in column {label_column!r}"
     if problem_type == "regression":
-        try:
-            float(cell)
-        except ValueError:
-            return f"label {cell!r} in column {label_column!r} is not a number"
+        if _number(cell) is None:
+            return f"label {cell!r} in column {label_column!r} is not a finite number"
     elif problem_type == "multi_label" and cell.startswith("["):
         try:
             json.loads(cell)
@@ -136,10 +191,10 @@ def load_classification(path, text_column="text", text_pair_column=None, label_c
     if problem_type not in PROBLEM_TYPES:
         raise DataError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
     df = read_table(path)
-    texts = [_cell_text(v) for v in _column(df, text_column, path, "text")]
+    texts = _texts(_column(df, text_column, path, "text"), path, text_column)
     pairs = None
     if text_pair_column:
-        pairs = [_cell_text(v) for v in _column(df, text_pair_column, path, "text pair")]
+        pairs = _texts(_column(df, text_pair_column, path, "text pair"), path, text_pair_column)
     labels = None
     has_labels = label_column in df.columns
     if require_labels or has_labels:
@@ -149,12 +204,15 @@ def load_classification(path, text_column="text", text_pair_column=None, label_c
             cell = _cell_text(v).strip() if not isinstance(v, list) else v
             if cell == "" or cell == []:
                 raise DataError(f"{path}: row {i}: missing label in column {label_column!r}")
+            if isinstance(v, dict) or (isinstance(v, list) and problem_type != "multi_label"):
+                raise DataError(f"{path}: row {i}: label {v!r} in column {label_column!r} is a "
+                                "JSON " + ("object" if isinstance(v, dict) else
+                                           "list (lists are for --problem-type multi_label)"))
             if problem_type == "regression":
-                try:
-                    labels.append(float(cell))
-                except ValueError:
+                if _number(cell) is None:
                     raise DataError(f"{path}: row {i}: label {cell!r} in column "
-                                    f"{label_column!r} is not a number") from None
+                                    f"{label_column!r} is not a finite number")
+                labels.append(_number(cell))
             elif problem_type == "multi_label":
                 if isinstance(cell, list):
                     items = [str(x).strip() for x in cell]

@@ -30,6 +30,7 @@ import keras
 
 from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
+from bertdesk.io.run_folder import open_run_folder
 
 
 @dataclass
@@ -284,10 +285,9 @@ def run_pretrain(config, sink=None):
     out = Path(config.output)
     state_path = out / "checkpoint" / "state.json"
     resuming = config.resume and state_path.is_file()
-    if (not config.resume and config.process_id == 0 and out.exists()
-            and any(out.iterdir())):
-        raise DataError(f"{out}: output folder is not empty; choose another --output, or "
-                        "--resume to continue the run in it")
+    if config.process_id == 0:
+        # what a run writes before its first checkpoint: its data, its arguments
+        open_run_folder(out, config.resume, own=("checkpoint", "data", "pretraining_args.json"))
     out.mkdir(parents=True, exist_ok=True)
     if keras.backend.backend() != "tensorflow" and config.distribution == "none":
         keep_tensorflow_unloaded()

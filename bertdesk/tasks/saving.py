@@ -20,6 +20,10 @@ from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import read_json
 
 TASKS = ("classify", "ner", "qa")
+# what each task reads from bertdesk.json's "head" (training/tasks.py's make_head)
+HEAD_FIELDS = {"classify": ("problem_type", "num_classes", "labels"),
+               "ner": ("num_classes", "labels"),
+               "qa": ("doc_stride", "max_answer_length")}
 
 
 def save_task_model(model, folder, tokenizer, task, head_config, training_args=None,
@@ -106,6 +110,11 @@ def load_model(folder, **backbone_overrides):
         raise CheckpointError(f"{meta_path}: no fine-tuned task in this folder "
                               f"(task={task!r}); expected one of {TASKS}")
     head = meta.get("head") or {}
+    missing = [key for key in HEAD_FIELDS[task] if key not in head]
+    if missing:
+        raise CheckpointError(f"{meta_path}: the 'head' entry lacks "
+                              f"{', '.join(map(repr, missing))} (a {task} model needs "
+                              f"{', '.join(HEAD_FIELDS[task])})")
     ckpt = read_checkpoint(folder)
     backbone = load_backbone(folder, **backbone_overrides)
     if task == "qa":

@@ -15,6 +15,7 @@ import numpy as np
 
 from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
+from bertdesk.io.run_folder import open_run_folder
 
 
 @dataclass
@@ -181,12 +182,22 @@ def prediction_rows(scores, data, head):
     return rows
 
 
+PREDICTION_FORMATS = (".csv", ".tsv", ".jsonl")
+
+
+def check_predictions_path(path):
+    """A predictions file's name must say its format; checked before the work."""
+    if Path(path).suffix.lower() not in PREDICTION_FORMATS:
+        raise DataError(f"{path}: output must end in {', '.join(PREDICTION_FORMATS)}")
+
+
 def write_rows(rows, path):
     """Predictions as CSV or JSON lines (by extension), written atomically."""
+    check_predictions_path(path)
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    elif path.suffix.lower() in (".csv", ".tsv"):
+    else:  # .csv, .tsv
         buf = io.StringIO()
         if rows:
             writer = csv.DictWriter(buf, fieldnames=list(rows[0]),
@@ -194,8 +205,6 @@ def write_rows(rows, path):
             writer.writeheader()
             writer.writerows(rows)
         text = buf.getvalue()
-    else:
-        raise DataError(f"{path}: output must end in .csv, .tsv or .jsonl")
     atomic_write_text(path, text)
     return path
 
@@ -211,18 +220,6 @@ def _best_epoch(state, monitor):
         return None
     return next((i + 1 for i, metrics in enumerate(state.get("history", []))
                  if metrics.get(monitor) == best), None)
-
-
-def _prepare_output(config):
-    out = Path(config.output)
-    state = out / "checkpoint" / "state.json"
-    if config.resume:
-        return out, state.is_file()
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: output folder is not empty; choose another --output, or "
-                        "--resume to continue the run in it")
-    out.mkdir(parents=True, exist_ok=True)
-    return out, False
 
 
 def run_finetune(config, sink=None):
@@ -241,7 +238,8 @@ def run_finetune(config, sink=None):
 
     sink = sink or (lambda event: None)
     task = get_task(config.task)
-    out, resuming = _prepare_output(config)
+    out = Path(config.output)
+    resuming = open_run_folder(out, config.resume)
     keep_tensorflow_unloaded()
     set_seed(config.seed)
     set_precision(config.mixed_precision,

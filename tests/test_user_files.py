@@ -1,0 +1,141 @@
+"""The command line never writes over the user's files, and a broken model
+folder is reported by the file and the field (no model math here)."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from bertdesk.cli import main as cli_main
+from bertdesk.io.errors import CheckpointError
+from bertdesk.io.run_folder import open_run_folder
+
+pytestmark = pytest.mark.backend_neutral
+
+ROWS = "text,label\ngood film,pos\nbad film,neg\n"
+
+
+def digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "--model", "{model}", "--data", "{data}", "--output", "{data}"],
+    ["evaluate", "--model", "{model}", "--data", "{data}", "--metrics-out", "{data}"],
+    ["finetune", "--model", "{model}", "--train", "{data}", "--output", "{run}",
+     "--metrics-out", "{data}"],
+])
+def test_an_output_that_is_an_input_file_is_refused_before_any_work(tmp_path, capsys, argv):
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    link = tmp_path / "same.csv"  # the same file under another name
+    link.symlink_to(data)
+    for output in (data, link):
+        names = {"model": str(tmp_path / "no-model"), "data": str(data), "run": str(tmp_path / "run")}
+        args = [a.format(**names) for a in argv]
+        args[args.index(str(data), args.index(str(data)) + 1)] = str(output)
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{output}: " in err and "is the --" in err and "replace the data" in err, err
+        assert data.read_text() == ROWS
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_predictions_path_is_checked_before_the_model_is_loaded(tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    assert cli_main(["predict", "--model", str(tmp_path / "no-model"), "--data", str(data),
+                     "--output", str(tmp_path / "preds.json")]) == 2
+    err = capsys.readouterr().err
+    assert "preds.json: output must end in .csv, .tsv, .jsonl" in err, err
+
+
+def test_resume_without_a_checkpoint_never_writes_over_the_folder(tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "metrics.json").write_text("MY NOTES")
+    (folder / "model").mkdir()
+    (folder / "model" / "keep.txt").write_text("keep")
+    before = digest(folder)
+    assert cli_main(["finetune", "--model", str(tmp_path / "no-model"), "--train", str(data),
+                     "--output", str(folder), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume found no checkpoint" in err and "metrics.json, model" in err, err
+    assert digest(folder) == before
+
+
+def test_output_that_names_a_file(tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    for extra in ([], ["--resume"]):
+        assert cli_main(["finetune", "--model", str(tmp_path / "no-model"), "--train", str(data),
+                         "--output", str(other)] + extra) == 2
+        assert "--output names a file; it must be a folder" in capsys.readouterr().err
+    assert other.read_text() == "mine"
+
+
+def test_run_folder_rules(tmp_path):
+    fresh = tmp_path / "fresh"
+    assert open_run_folder(fresh, resume=False) is False and fresh.is_dir()
+    assert open_run_folder(fresh, resume=True) is False  # empty: nothing to lose
+    # an attempt stopped before its first checkpoint: its own entries and the
+    # leftovers of interrupted atomic writes do not stop a resume
+    (fresh / "checkpoint").mkdir()
+    (fresh / ".metrics.json.x1.tmp").write_text("")
+    (fresh / ".model.x2.partial").mkdir()
+    (fresh / "data").mkdir()
+    with pytest.raises(ValueError, match=r"--resume found no checkpoint .*\(data\)"):
+        open_run_folder(fresh, resume=True)
+    assert open_run_folder(fresh, resume=True, own=("checkpoint", "data")) is False
+    with pytest.raises(ValueError, match="output folder is not empty"):
+        open_run_folder(fresh, resume=False)
+    (fresh / "checkpoint" / "state.json").write_text("{}")
+    assert open_run_folder(fresh, resume=True) is True
+
+
+# === Broken model folders ===
+@pytest.fixture
+def model_folder(tmp_path, minilm_folder):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(minilm_folder / name, folder / name)
+    return folder
+
+
+def test_bad_vocabulary_and_tokenizer_config_are_checkpoint_errors(model_folder):
+    # CheckpointError is what the command line reports as a message, not a traceback
+    from bertdesk.io import load_tokenizer
+
+    vocab = model_folder / "vocab.txt"
+    lines = vocab.read_text(encoding="utf-8").split("\n")
+    vocab.write_text("\n".join(lines[:199] + ["[PAD]"] + lines[200:]), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"vocab.txt: line 200: token '\[PAD\]' already on "
+                                              r"line 1"):
+        load_tokenizer(model_folder)
+    vocab.write_text("\n".join(lines), encoding="utf-8")
+    (model_folder / "tokenizer_config.json").write_text('{"do_lower_case": tr')
+    with pytest.raises(CheckpointError, match=r"tokenizer_config.json: not valid JSON"):
+        load_tokenizer(model_folder)
+
+
+@pytest.mark.parametrize("task, head, missing", [
+    ("classify", {}, "'problem_type', 'num_classes', 'labels'"),
+    ("classify", {"problem_type": "single_label", "num_classes": 2}, "'labels'"),
+    ("ner", {"labels": ["O"]}, "'num_classes'"),
+    ("qa", {"doc_stride": 128}, "'max_answer_length'"),
+])
+def test_a_model_folder_whose_head_lacks_a_field(model_folder, capsys, task, head, missing):
+    (model_folder / "bertdesk.json").write_text(json.dumps({"task": task, "head": head}))
+    data = model_folder.parent / "data.csv"
+    data.write_text(ROWS)
+    assert cli_main(["predict", "--model", str(model_folder), "--data", str(data),
+                     "--output", str(model_folder.parent / "preds.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"bertdesk.json: the 'head' entry lacks {missing}" in err, err
