@@ -155,7 +155,8 @@ def _cmd_finetune(args):
     from bertdesk.training.callbacks import TerminalProgress
     from bertdesk.training.finetune import run_finetune
 
-    _refuse_writing_over_inputs(args, ["--metrics-out"], ["--train", "--validation"])
+    _refuse_writing_over_inputs({"--metrics-out": args.metrics_out},
+                                {"--train": args.train, "--validation": args.validation})
     config = _finetune_config(args)
     if args.events == "jsonl":
         # for the desktop app (or any other driver): one JSON object per line on stdout
@@ -223,7 +224,7 @@ def _cmd_evaluate(args):
     from bertdesk.io.atomic import atomic_write_text
     from bertdesk.tasks.saving import load_model
 
-    _refuse_writing_over_inputs(args, ["--metrics-out"], ["--data"])
+    _refuse_writing_over_inputs({"--metrics-out": args.metrics_out}, {"--data": args.data})
     model = load_model(args.model)
     task, data = _load_data_for(model, args, require_labels=True)
     task.targets(data, model.head)  # labels the model never saw: a clear error
@@ -240,7 +241,7 @@ def _cmd_predict(args):
     from bertdesk.tasks.saving import load_model
     from bertdesk.training.finetune import check_predictions_path, write_rows
 
-    _refuse_writing_over_inputs(args, ["--output"], ["--data"])
+    _refuse_writing_over_inputs({"--output": args.output}, {"--data": args.data})
     check_predictions_path(args.output)  # before the model is loaded and the data scored
     model = load_model(args.model)
     task, data = _load_data_for(model, args, require_labels=False)
@@ -250,23 +251,26 @@ def _cmd_predict(args):
     print(f"{len(rows)} predictions written to {args.output}")
 
 
-def _refuse_writing_over_inputs(args, outputs, inputs):
+def _refuse_writing_over_inputs(outputs, inputs):
     """An output path that is one of the job's input files would replace the
-    user's data with the job's results: refused before any work."""
+    user's data with the job's results: refused before any work.
+    `outputs`, `inputs`: {flag: path, or a list of paths}."""
     import os
 
     from bertdesk.data.tables import DataError
 
-    value = lambda flag: getattr(args, flag.lstrip("-").replace("-", "_"), None)  # noqa: E731
-    for out_flag in outputs:
-        out = value(out_flag)
-        if not out or not os.path.exists(out):
-            continue
-        for in_flag in inputs:
-            source = value(in_flag)
-            if source and os.path.exists(source) and os.path.samefile(out, source):
-                raise DataError(f"{out}: {out_flag} is the {in_flag} file, and writing it would "
-                                "replace the data; choose another path")
+    def paths(value):
+        return [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v]
+
+    for out_flag, out_value in outputs.items():
+        for out in paths(out_value):
+            if not os.path.isfile(out):
+                continue
+            for in_flag, in_value in inputs.items():
+                for source in paths(in_value):
+                    if os.path.exists(source) and os.path.samefile(out, source):
+                        raise DataError(f"{out}: {out_flag} is the {in_flag} file {source}, and "
+                                        "writing it would replace the data; choose another path")
 
 
 def _cmd_demo(args):
@@ -295,12 +299,18 @@ def _cmd_demo(args):
 def _cmd_vocab(args):
     from pathlib import Path
 
+    from bertdesk.data.tables import DataError
     from bertdesk.io.atomic import atomic_write_text
     from bertdesk.pretraining.vocab import coverage, train_vocabulary
 
+    out = Path(args.output)
+    written = [out] if out.suffix == ".txt" else [out / "vocab.txt", out / "tokenizer_config.json"]
+    _refuse_writing_over_inputs({"--output": written}, {"--corpus": args.corpus})
+    if out.suffix != ".txt" and _holds_a_model(out):
+        raise DataError(f"{out}: holds a model, whose weights belong to its vocab.txt; write the "
+                        "new vocabulary to another --output")
     tokenizer = train_vocabulary(args.corpus, args.vocab_size, lowercase=not args.cased,
                                  min_frequency=args.min_frequency)
-    out = Path(args.output)
     if out.suffix == ".txt":
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, "".join(t + "\n" for t in tokenizer.vocabulary))
@@ -310,6 +320,16 @@ def _cmd_vocab(args):
     print(f"{tokenizer.vocabulary_size:,} word pieces ({'cased' if args.cased else 'uncased'}) "
           f"-> {out}; on the corpus: {stats['pieces_per_word']:.2f} pieces per word, "
           f"{100 * stats['unknown_share']:.2f}% of words [UNK]")
+
+
+def _holds_a_model(folder):
+    from bertdesk.io.errors import CheckpointError
+    from bertdesk.io.formats import detect_format
+
+    try:
+        return folder.is_dir() and bool(detect_format(folder))
+    except CheckpointError:
+        return False
 
 
 def _data_options(args):

@@ -80,6 +80,38 @@ def test_output_that_names_a_file(tmp_path, capsys):
     assert other.read_text() == "mine"
 
 
+def test_vocab_never_writes_over_its_corpus_or_a_model_folder(tmp_path, capsys, minilm_folder):
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("the cat sat on the mat\n" * 50)
+    before = corpus.read_bytes()
+    assert cli_main(["vocab", "--corpus", str(corpus), "--vocab-size", "100",
+                     "--output", str(corpus)]) == 2
+    assert "--output is the --corpus file" in capsys.readouterr().err
+    assert corpus.read_bytes() == before
+    # a folder output whose vocab.txt would be a corpus file
+    named = tmp_path / "texts"
+    named.mkdir()
+    (named / "vocab.txt").write_text("a corpus that happens to be called vocab.txt\n")
+    assert cli_main(["vocab", "--corpus", str(corpus), str(named / "vocab.txt"),
+                     "--vocab-size", "100", "--output", str(named)]) == 2
+    assert "is the --corpus file" in capsys.readouterr().err
+    # a model's weights belong to its vocab.txt: a new vocabulary there breaks it
+    model = tmp_path / "minilm"
+    model.mkdir()
+    for name in ("config.json", "vocab.txt"):  # what says "a Hugging Face model" (no weights needed)
+        shutil.copy(minilm_folder / name, model / name)
+    before = digest(model)
+    assert cli_main(["vocab", "--corpus", str(corpus), "--vocab-size", "100",
+                     "--output", str(model)]) == 2
+    assert "holds a model" in capsys.readouterr().err
+    assert digest(model) == before
+    # a folder of its own, twice (a new vocabulary over the last one is the point)
+    for _ in range(2):
+        assert cli_main(["vocab", "--corpus", str(corpus), "--vocab-size", "100",
+                         "--output", str(tmp_path / "vocab")]) == 0
+    assert (tmp_path / "vocab" / "vocab.txt").is_file()
+
+
 def test_run_folder_rules(tmp_path):
     fresh = tmp_path / "fresh"
     assert open_run_folder(fresh, resume=False) is False and fresh.is_dir()
