@@ -56,6 +56,10 @@ def test_bad_ner_files(tmp_path):
     p.write_text("\n\n")
     with pytest.raises(DataError, match="no sentences"):
         read_conll(p)
+    p.write_bytes(b"EU NNP I-NP I-ORG\n\nParis NNP I-NP I-LOC\nCaf\xe9 NNP I-NP O\n")
+    with pytest.raises(DataError, match=r"bad.conll: not UTF-8 text \(line 4: undecodable byte "
+                                        r"0xe9 at byte 43 of the file"):
+        read_conll(p)
 
 
 def test_strict_entities():

@@ -100,3 +100,7 @@ def test_squad_data_and_paragraph_structure_and_byte_order_mark(tmp_path):
                                   "answers": [{"text": "Paris", "answer_start": 42}]}])
     good.write_bytes(b"\xef\xbb\xbf" + good.read_bytes())
     assert read_squad(good).examples[0].answers == [{"text": "Paris", "answer_start": 42}]
+    bad.write_bytes(b'{"data": [],\n "title": "caf\xe9"}')
+    with pytest.raises(DataError, match=r"bad.json: not UTF-8 text \(line 2: undecodable byte "
+                                        r"0xe9 at byte 27 of the file"):
+        read_squad(bad)

@@ -4,7 +4,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertdesk.data.tables import DataError
+from bertdesk.data.tables import DataError, first_undecodable
 
 
 @dataclass
@@ -21,8 +21,8 @@ def _read_lines(path):
         raise DataError(f"{path}: file not found")
     try:
         return path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (undecodable byte at position {e.start})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text ({first_undecodable(path)})") from None
 
 
 def iob1_to_iob2(tags):

@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertdesk.data.tables import DataError
+from bertdesk.data.tables import DataError, first_undecodable
 
 
 @dataclass
@@ -39,8 +39,8 @@ def read_squad(path, require_answers=True):
         raise DataError(f"{path}: file not found")
     try:
         raw = json.loads(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (undecodable byte at position {e.start})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text ({first_undecodable(path)})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):

@@ -44,7 +44,7 @@ def read_table(path):
         else:
             df = pd.read_excel(path, dtype=str, keep_default_na=False, na_filter=False)
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text ({_first_undecodable(path)})") from None
+        raise DataError(f"{path}: not UTF-8 text ({first_undecodable(path)})") from None
     except (ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot read as {kind}: {str(e).splitlines()[0]}") from None
     except ImportError as e:
@@ -79,7 +79,7 @@ def _json_lines(path):
     return records
 
 
-def _first_undecodable(path):
+def first_undecodable(path):
     """Where the first byte that is not UTF-8 is: line and byte offset in the file."""
     offset = 0
     with open(path, "rb") as f:
