@@ -5,9 +5,9 @@ from pathlib import Path
 
 from bertdesk.data.tables import DataError
 
-# What an interrupted write leaves (bertdesk.io.atomic, the model folder's
-# staging, the resume checkpoint's temporary file): a run's own, never the user's.
-_LEFTOVER_SUFFIXES = (".tmp", ".partial", ".keras")
+# What an interrupted write leaves in the folder (bertdesk.io.atomic's
+# temporary files, the model folder's staging): a run's own, never the user's.
+_LEFTOVER_SUFFIXES = (".tmp", ".partial")
 
 
 def open_run_folder(out, resume, own=("checkpoint",)):
