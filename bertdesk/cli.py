@@ -156,7 +156,8 @@ def _cmd_finetune(args):
     from bertdesk.training.finetune import run_finetune
 
     _refuse_writing_over_inputs({"--metrics-out": args.metrics_out},
-                                {"--train": args.train, "--validation": args.validation})
+                                {"--train": args.train, "--validation": args.validation,
+                                 "--model": _files_in(args.model)})
     config = _finetune_config(args)
     if args.events == "jsonl":
         # for the desktop app (or any other driver): one JSON object per line on stdout
@@ -224,7 +225,8 @@ def _cmd_evaluate(args):
     from bertdesk.io.atomic import atomic_write_text
     from bertdesk.tasks.saving import load_model
 
-    _refuse_writing_over_inputs({"--metrics-out": args.metrics_out}, {"--data": args.data})
+    _refuse_writing_over_inputs({"--metrics-out": args.metrics_out},
+                                {"--data": args.data, "--model": _files_in(args.model)})
     model = load_model(args.model)
     task, data = _load_data_for(model, args, require_labels=True)
     task.targets(data, model.head)  # labels the model never saw: a clear error
@@ -241,7 +243,8 @@ def _cmd_predict(args):
     from bertdesk.tasks.saving import load_model
     from bertdesk.training.finetune import check_predictions_path, write_rows
 
-    _refuse_writing_over_inputs({"--output": args.output}, {"--data": args.data})
+    _refuse_writing_over_inputs({"--output": args.output},
+                                {"--data": args.data, "--model": _files_in(args.model)})
     check_predictions_path(args.output)  # before the model is loaded and the data scored
     model = load_model(args.model)
     task, data = _load_data_for(model, args, require_labels=False)
@@ -271,6 +274,15 @@ def _refuse_writing_over_inputs(outputs, inputs):
                     if os.path.exists(source) and os.path.samefile(out, source):
                         raise DataError(f"{out}: {out_flag} is the {in_flag} file {source}, and "
                                         "writing it would replace the data; choose another path")
+
+
+def _files_in(folder):
+    """The files a model folder holds (none if it is not a folder)."""
+    import os
+
+    if not folder or not os.path.isdir(folder):
+        return []
+    return [entry.path for entry in os.scandir(folder) if entry.is_file()]
 
 
 def _cmd_demo(args):

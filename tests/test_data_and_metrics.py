@@ -84,11 +84,16 @@ def test_regression_targets_must_be_finite(tmp_path, value):
 def test_json_lines_errors_name_the_line(tmp_path):
     good = '{"text": "hi", "label": "1"}\n'
     p = write(tmp_path / "a.jsonl", good + '{"text": "ho", "label": "0"\n' + good)
-    with pytest.raises(DataError, match=r"a.jsonl: line 2: not valid JSON"):
+    with pytest.raises(DataError) as e:
         read_table(p)
+    assert str(e.value).startswith(f"{p}: line 2: not valid JSON ("), str(e.value)
     p = write(tmp_path / "b.jsonl", good + "\n" + '["ho", "0"]\n')  # a blank line is skipped
-    with pytest.raises(DataError, match=r"b.jsonl: line 3: expected a JSON object"):
+    with pytest.raises(DataError) as e:
         read_table(p)
+    assert str(e.value).startswith(f"{p}: line 3: expected a JSON object"), str(e.value)
+    # a raw tab inside a string (exported files have them; pandas read them)
+    p = write(tmp_path / "t.jsonl", '{"text": "a\tb", "label": "1"}\n')
+    assert load_classification(p).texts == ["a\tb"]
     # a byte-order mark (as Windows editors write) is read as CSV files' is
     p = write(tmp_path / "c.jsonl", "\ufeff" + good + '{"text": "ho", "label": "0"}\n')
     data = load_classification(p)
@@ -107,6 +112,16 @@ def test_json_cells_that_are_not_text_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"c.jsonl: row 1: .*lists are for --problem-type multi_label"):
         load_classification(p)
     assert load_classification(p, problem_type="multi_label").labels == [["a", "b"]]
+    # the desktop app's row check (which can drop bad rows) flags the same rows
+    from bertdesk.data.tables import check_rows
+
+    mixed = write(tmp_path / "d.jsonl", '{"text": "hi", "label": "1"}\n{"text": ["x"], "label": "0"}\n'
+                  '{"text": "ho", "label": {"y": 1}}\n{"text": "ha", "label": ["a"]}\n')
+    assert check_rows(read_table(mixed)) == [
+        (2, "column 'text' holds a JSON list, expected text"),
+        (3, "label {'y': 1} in column 'label' is a JSON object"),
+        (4, "label ['a'] in column 'label' is a JSON list (lists are for --problem-type "
+            "multi_label)")]
 
 
 def test_undecodable_byte_is_placed_by_line_and_file_offset(tmp_path):

@@ -87,6 +87,15 @@ def test_squad_structure_errors_name_the_place(tmp_path, qas, message):
         read_squad(squad_file(tmp_path, qas))
 
 
+def test_unanswerable_questions_placeholder_answer(tmp_path):
+    # converters write {"text": "", "answer_start": -1} for SQuAD v2's unanswerable questions
+    data = read_squad(squad_file(tmp_path, [
+        {"id": "q1", "question": "Who?", "is_impossible": True,
+         "answers": [{"text": "", "answer_start": -1}]}], version="v2.0"))
+    assert data.examples[0].is_impossible
+    assert squad_metrics({"q1": ""}, data)["exact_match"] == 100.0
+
+
 def test_squad_data_and_paragraph_structure_and_byte_order_mark(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"data": [[1, 2]]}))

@@ -43,6 +43,22 @@ def test_an_output_that_is_an_input_file_is_refused_before_any_work(tmp_path, ca
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
+def test_an_output_into_the_model_folder_is_refused(tmp_path, capsys, minilm_folder):
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(minilm_folder / "config.json", model / "config.json")
+    before = digest(model)
+    for argv in (["evaluate", "--model", str(model), "--data", str(data),
+                  "--metrics-out", str(model / "config.json")],
+                 ["predict", "--model", str(model), "--data", str(data),
+                  "--output", str(model / "config.json")]):
+        assert cli_main(argv) == 2
+        assert "is the --model file" in capsys.readouterr().err
+    assert digest(model) == before
+
+
 def test_predictions_path_is_checked_before_the_model_is_loaded(tmp_path, capsys):
     data = tmp_path / "data.csv"
     data.write_text(ROWS)
@@ -58,13 +74,13 @@ def test_resume_without_a_checkpoint_never_writes_over_the_folder(tmp_path, caps
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "metrics.json").write_text("MY NOTES")
-    (folder / "model").mkdir()
-    (folder / "model" / "keep.txt").write_text("keep")
+    (folder / "report").mkdir()
+    (folder / "report" / "keep.txt").write_text("keep")
     before = digest(folder)
     assert cli_main(["finetune", "--model", str(tmp_path / "no-model"), "--train", str(data),
                      "--output", str(folder), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "--resume found no checkpoint" in err and "metrics.json, model" in err, err
+    assert "--resume found no checkpoint" in err and "(metrics.json, report)" in err, err
     assert digest(folder) == before
 
 
@@ -129,6 +145,26 @@ def test_run_folder_rules(tmp_path):
         open_run_folder(fresh, resume=False)
     (fresh / "checkpoint" / "state.json").write_text("{}")
     assert open_run_folder(fresh, resume=True) is True
+
+
+def test_fine_tuning_resumes_a_run_stopped_in_its_first_checkpoint(tmp_path):
+    # an epoch writes model/ (its best so far) and then the checkpoint: a run
+    # stopped in between has no state.json, and --resume starts it over
+    from bertdesk.training.finetune import FinetuneConfig, run_finetune
+
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "checkpoint").mkdir()
+    config = FinetuneConfig(train=str(data), output=str(out), model=str(tmp_path / "no-model"),
+                            resume=True)
+    with pytest.raises(Exception) as e:  # past the folder check: the missing model stops it
+        run_finetune(config)
+    assert "no-model" in str(e.value) and "--resume found no checkpoint" not in str(e.value)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--resume found no checkpoint .*\(notes.txt\)"):
+        run_finetune(config)
 
 
 # === Broken model folders ===

@@ -82,6 +82,8 @@ def read_squad(path, require_answers=True):
                             or isinstance(start, bool)):
                         raise DataError(f"{where}: an answer lacks 'text' or integer 'answer_start'")
                     if not text.strip():
+                        if impossible:  # converters' placeholder: {"text": "", "answer_start": -1}
+                            continue
                         raise DataError(f"{where}: an answer's text is empty (a question "
                                         "without an answer has 'answers': [] and is_impossible)")
                     if start < 0 or context[start:start + len(text)] != text:

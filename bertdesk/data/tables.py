@@ -45,6 +45,8 @@ def read_table(path):
             df = pd.read_excel(path, dtype=str, keep_default_na=False, na_filter=False)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text ({first_undecodable(path)})") from None
+    except DataError:
+        raise
     except (ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot read as {kind}: {str(e).splitlines()[0]}") from None
     except ImportError as e:
@@ -68,7 +70,7 @@ def _json_lines(path):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, strict=False)  # raw tabs in strings, as pandas
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: line {number}: not valid JSON ({e.msg}, column "
                                 f"{e.colno})") from None
@@ -108,12 +110,27 @@ def _cell_text(value):
     return str(value)
 
 
+def _json_value_problem(value, column, role, problem_type=None):
+    """What is wrong with a JSON list or object in a cell (None if nothing):
+    a text cell holds text, a label cell a string or number (a list for
+    multi-label)."""
+    if not isinstance(value, (list, dict)):
+        return None
+    kind = "list" if isinstance(value, list) else "object"
+    if role == "text":
+        return f"column {column!r} holds a JSON {kind}, expected text"
+    if kind == "list" and problem_type == "multi_label":
+        return None
+    hint = " (lists are for --problem-type multi_label)" if kind == "list" else ""
+    return f"label {value!r} in column {column!r} is a JSON {kind}{hint}"
+
+
 def _texts(values, path, column):
     """A text column's cells as strings; JSON lists and objects are not text."""
     for i, v in enumerate(values, 1):
-        if isinstance(v, (list, dict)):
-            raise DataError(f"{path}: row {i}: column {column!r} holds a JSON "
-                            f"{'list' if isinstance(v, list) else 'object'}, expected text")
+        problem = _json_value_problem(v, column, "text")
+        if problem:
+            raise DataError(f"{path}: row {i}: {problem}")
     return [_cell_text(v) for v in values]
 
 
@@ -155,7 +172,11 @@ def check_rows(df, text_column="text", text_pair_column=None, label_column="labe
     problems = []
     for i, text in enumerate(texts):
         row = i + 1
-        if not _cell_text(text).strip():
+        problem = (_json_value_problem(text, text_column, "text") or
+                   (pairs is not None and _json_value_problem(pairs[i], text_pair_column, "text")))
+        if problem:
+            problems.append((row, problem))
+        elif not _cell_text(text).strip():
             problems.append((row, f"empty text in column {text_column!r}"))
         elif pairs is not None and not _cell_text(pairs[i]).strip():
             problems.append((row, f"empty text pair in column {text_pair_column!r} "
@@ -168,6 +189,9 @@ def check_rows(df, text_column="text", text_pair_column=None, label_column="labe
 
 
 def _label_problem(value, label_column, problem_type):
+    problem = _json_value_problem(value, label_column, "label", problem_type)
+    if problem:
+        return problem
     if isinstance(value, list):
         return None if value else f"missing label in column {label_column!r}"
     cell = _cell_text(value).strip()
@@ -204,10 +228,9 @@ def load_classification(path, text_column="text", text_pair_column=None, label_c
             cell = _cell_text(v).strip() if not isinstance(v, list) else v
             if cell == "" or cell == []:
                 raise DataError(f"{path}: row {i}: missing label in column {label_column!r}")
-            if isinstance(v, dict) or (isinstance(v, list) and problem_type != "multi_label"):
-                raise DataError(f"{path}: row {i}: label {v!r} in column {label_column!r} is a "
-                                "JSON " + ("object" if isinstance(v, dict) else
-                                           "list (lists are for --problem-type multi_label)"))
+            problem = _json_value_problem(v, label_column, "label", problem_type)
+            if problem:
+                raise DataError(f"{path}: row {i}: {problem}")
             if problem_type == "regression":
                 if _number(cell) is None:
                     raise DataError(f"{path}: row {i}: label {cell!r} in column "

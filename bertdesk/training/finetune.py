@@ -239,7 +239,8 @@ def run_finetune(config, sink=None):
     sink = sink or (lambda event: None)
     task = get_task(config.task)
     out = Path(config.output)
-    resuming = open_run_folder(out, config.resume)
+    # an epoch writes model/ (the best so far), then its checkpoint
+    resuming = open_run_folder(out, config.resume, own=("checkpoint", "model"))
     keep_tensorflow_unloaded()
     set_seed(config.seed)
     set_precision(config.mixed_precision,
