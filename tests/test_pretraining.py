@@ -571,6 +571,26 @@ def test_multi_process_jax_matches_one_process(tmp_path, data_folder, jax_one_de
     assert (tmp_path / "mp" / "model.safetensors").is_file()  # written once, by process 0
 
 
+@pytest.mark.backend_neutral
+def test_multi_process_output_refused_before_the_processes_join(tmp_path, data_folder):
+    # Process 0 refuses a folder of the user's before it joins the others: it
+    # does not start the coordinator and wait there for a process 1 (which, in
+    # the old order, left process 1 waiting in a collective for a process 0
+    # that had gone). Bounded by a timeout: the old order blocks here.
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    p = _pretrain_events("jax", data_folder, out, "--distribution", "data", "--coordinator",
+                         "localhost:1", "--num-processes", "2", "--process-id", "0", wait=False)
+    try:
+        _, stderr = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise AssertionError("process 0 joined the run before checking its output folder")
+    assert p.returncode == 2 and "output folder is not empty" in stderr, stderr[-2000:]
+    assert [f.name for f in out.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.slow
 @pytest.mark.backend_neutral
 def test_tensorflow_mirrored_strategy_matches_one_device(tmp_path, data_folder):

@@ -273,21 +273,23 @@ def run_pretrain(config, sink=None):
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
 
     config.check()
-    if config.num_processes > 1:
-        initialize_processes(config.coordinator, config.num_processes, config.process_id)
-        if not config.data:
-            raise DataError("a multi-process run reads prepared data: make it once with "
-                            "`bertdesk pretraining-data` and pass --data")
-    if keras.backend.backend() == "tensorflow" and config.distribution != "none":
-        tensorflow_cpu_devices()
-    sink = sink or (lambda event: None)
-    log = lambda text: sink({"event": "message", "text": text})  # noqa: E731
     out = Path(config.output)
     state_path = out / "checkpoint" / "state.json"
     resuming = config.resume and state_path.is_file()
     if config.process_id == 0:
-        # what a run writes before its first checkpoint: its data, its arguments
+        # What a run writes before its first checkpoint: its data, its
+        # arguments. Checked before the processes join, so that a refusal
+        # stops this one before the others wait on it in a collective.
         open_run_folder(out, config.resume, own=("checkpoint", "data", "pretraining_args.json"))
+    if config.num_processes > 1:
+        if not config.data:
+            raise DataError("a multi-process run reads prepared data: make it once with "
+                            "`bertdesk pretraining-data` and pass --data")
+        initialize_processes(config.coordinator, config.num_processes, config.process_id)
+    if keras.backend.backend() == "tensorflow" and config.distribution != "none":
+        tensorflow_cpu_devices()
+    sink = sink or (lambda event: None)
+    log = lambda text: sink({"event": "message", "text": text})  # noqa: E731
     out.mkdir(parents=True, exist_ok=True)
     if keras.backend.backend() != "tensorflow" and config.distribution == "none":
         keep_tensorflow_unloaded()
