@@ -21,6 +21,7 @@ _EXPORTS = {
     "preset_config": "bertdesk.models",
     "preset_names": "bertdesk.models",
     "BertTokenizer": "bertdesk.tokenizer",
+    "Predictor": "bertdesk.predictor",
     "CheckpointError": "bertdesk.io",
     "load_backbone": "bertdesk.io",
     "load_tokenizer": "bertdesk.io",

@@ -247,9 +247,14 @@ def _cmd_predict(args):
                                 {"--data": args.data, "--model": _files_in(args.model)})
     check_predictions_path(args.output)  # before the model is loaded and the data scored
     model = load_model(args.model)
-    task, data = _load_data_for(model, args, require_labels=False)
-    scores = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
-    rows = task.rows(scores, data, model.head)
+    if args.format == "text":
+        from bertdesk.predictor import Predictor, predict_lines
+
+        rows = predict_lines(Predictor(model), args.data)
+    else:
+        task, data = _load_data_for(model, args, require_labels=False)
+        scores = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
+        rows = task.rows(scores, data, model.head)
     write_rows(rows, args.output)
     print(f"{len(rows)} predictions written to {args.output}")
 
@@ -479,8 +484,10 @@ def build_parser():
     p = sub.add_parser("predict", help="predict with a fine-tuned model")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--output", required=True, help="predictions (.csv or .jsonl)")
-    p.add_argument("--format", choices=("conll", "bmes", "squad"), help="ner/qa data format")
+    p.add_argument("--output", required=True, help="predictions (.csv, .tsv or .jsonl)")
+    p.add_argument("--format", choices=("conll", "bmes", "squad", "text"),
+                   help="ner/qa data format; text: raw text, one example per line "
+                        "(classification and NER)")
     _column_options(p, defaults=False)
     p.set_defaults(func=_cmd_predict)
 

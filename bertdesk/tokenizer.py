@@ -143,10 +143,12 @@ class BertTokenizer:
     # === Encoding ===
     def tokenize(self, text):
         """Word pieces of one text, without special tokens."""
+        self._tokenizer.no_truncation()  # the batch methods leave theirs set
         return self._tokenizer.encode(text, add_special_tokens=False).tokens
 
     def encode(self, text, text_pair=None):
         """Ids of one text (or pair) with [CLS]/[SEP], no truncation."""
+        self._tokenizer.no_truncation()
         return self._tokenizer.encode(text, text_pair).ids
 
     def id_to_token(self, ids):
@@ -169,14 +171,35 @@ class BertTokenizer:
 
     def encode_words(self, sentences, max_length=128):
         """Encode pre-split words (NER): a list of `(token_ids, segment_ids,
-        word_ids)` int32 arrays per sentence, word_ids -1 at [CLS]/[SEP]."""
+        word_ids)` int32 arrays per sentence, word_ids -1 at [CLS]/[SEP].
+        `max_length=None` keeps every piece."""
         tok = self._tokenizer
-        tok.enable_truncation(max_length, strategy="longest_first")
+        if max_length is None:
+            tok.no_truncation()
+        else:
+            tok.enable_truncation(max_length, strategy="longest_first")
         tok.no_padding()
         batch = tok.encode_batch([list(words) for words in sentences], is_pretokenized=True)
         return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32),
                  np.asarray([-1 if w is None else w for w in e.word_ids], np.int32))
                 for e in batch]
+
+    def word_spans(self, text):
+        """The words of `text` as this tokenizer splits it before WordPiece
+        (at whitespace and punctuation, each CJK character on its own when
+        `tokenize_chinese_chars`): `(start, end)` character spans into `text`.
+        Characters the normaliser drops (control characters) are in no word."""
+        tok = self._tokenizer
+        tok.no_truncation()
+        tok.no_padding()
+        enc = tok.encode(text, add_special_tokens=False)
+        spans = {}
+        for word, (start, end) in zip(enc.word_ids, enc.offsets):
+            if word is None:
+                continue
+            first, last = spans.get(word, (start, end))
+            spans[word] = (min(first, start), max(last, end))
+        return [spans[w] for w in sorted(spans)]
 
     def __call__(self, texts, text_pairs=None, max_length=128, padding="max_length",
                  return_offsets=False, return_word_ids=False):

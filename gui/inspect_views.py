@@ -98,14 +98,16 @@ def predict_text(model, text, pair=None):
 
     task = get_task(model.task)
     if model.task == "ner":
-        from bertdesk.data.ner import TaggedSentences, entities
+        from bertdesk.data.ner import entities
+        from bertdesk.predictor import Predictor
 
         bmes = model.meta.get("training_args", {}).get("format") == "bmes"
-        words = [c for c in text if not c.isspace()] if bmes else text.split()
-        data = TaggedSentences([words], [["O"] * len(words)], "typed text", [1])
-        tags = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)[0]
-        return {"words": words, "tags": list(tags), "separator": "" if bmes else " ",
-                "entities": [(kind, " ".join(words[s:e])) for kind, s, e in entities(tags)]}
+        words = Predictor(model).tag(text)  # split as the library splits raw text
+        tags = [w["tag"] for w in words]
+        return {"words": [w["word"] for w in words], "tags": tags,
+                "separator": "" if bmes else " ",
+                "entities": [(kind, text[words[s]["start"]:words[e - 1]["end"]])
+                             for kind, s, e in entities(tags)]}
     if model.task == "qa":
         from bertdesk.data.squad import QAData, QAExample
 

@@ -47,6 +47,24 @@ def test_windows_overlap_and_locate_the_answer(tokenizer):
 
 
 @pytest.mark.backend_neutral
+def test_a_long_question_leaves_room_for_the_stride(tokenizer):
+    """A question of more than max_length - doc_stride - 4 tokens made the
+    tokenizer panic; it is cut so that every window moves on through the
+    context. A lone text encoded after that is not truncated."""
+    question = "Which of the many releases " + "and versions " * 30 + "added pretraining?"
+    windows = make_windows(tokenizer, [example("q", question, "pretraining from scratch")],
+                           max_length=64, doc_stride=16)
+    assert all(len(w.token_ids) <= 64 and w.context_mask.sum() > 16 for w in windows)
+    covered = set().union(*(map(tuple, w.offsets[w.context_mask]) for w in windows))
+    assert len(covered) == len(tokenizer.tokenize(CONTEXT))  # the whole context is read
+    assert any(w.start for w in windows)
+    assert len(tokenizer.encode(question)) > 64 and len(tokenizer.tokenize(question)) > 62
+    with pytest.raises(ValueError, match="no room for a question"):
+        make_windows(tokenizer, [example("q", "When?", "the winter of 2026")], max_length=20,
+                     doc_stride=16)
+
+
+@pytest.mark.backend_neutral
 def test_decode_picks_the_best_valid_span(tokenizer):
     examples = [example("a", "When was it written?", "the winter of 2026")]
     windows = make_windows(tokenizer, examples, max_length=64, doc_stride=16)

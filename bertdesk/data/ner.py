@@ -184,3 +184,77 @@ def word_predictions(logits, word_ids, num_words, labels, fill="O"):
             tags[w] = labels[int(logits[pos].argmax())]
         previous = w
     return tags
+
+
+def word_windows(encodings, max_length):
+    """Cut whole-sentence encodings (`BertTokenizer.encode_words` with
+    `max_length=None`) between words into windows of at most `max_length`
+    tokens, each with its own [CLS] and [SEP] and word ids counted from its
+    first word. A word with more pieces than a window holds keeps its first
+    ones (its tag sits on the first). Returns the windows as
+    `(token_ids, segment_ids, word_ids)` and, per window, `(sentence, first
+    word)`."""
+    import numpy as np
+
+    room = max_length - 2
+    if room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for a word")
+    windows, origins = [], []
+    for sentence, (ids, _, word_ids) in enumerate(encodings):
+        cls, sep = ids[0], ids[-1]
+        pieces, words = ids[1:-1], word_ids[1:-1]
+        # (first piece, end) of each word's run of pieces, in order
+        runs, start = [], 0
+        for pos in range(1, len(words) + 1):
+            if pos == len(words) or words[pos] != words[start]:
+                runs.append((start, pos))
+                start = pos
+        chunk, used = [], 0
+        for run in runs + [None]:
+            size = 0 if run is None else min(run[1] - run[0], room)
+            if run is not None and (not chunk or used + size <= room):
+                chunk.append(run)
+                used += size
+                continue
+            if chunk:
+                first_word = int(words[chunk[0][0]])
+                keep = np.concatenate([np.arange(s, min(e, s + room)) for s, e in chunk])
+                windows.append((np.concatenate([[cls], pieces[keep], [sep]]).astype(np.int32),
+                                np.zeros(len(keep) + 2, np.int32),
+                                np.concatenate([[-1], words[keep] - first_word, [-1]])
+                                .astype(np.int32)))
+                origins.append((sentence, first_word))
+            chunk, used = ([run], size) if run is not None else ([], 0)
+        if not runs:  # no word has a piece: one empty window keeps the sentence
+            windows.append((np.asarray([cls, sep], np.int32), np.zeros(2, np.int32),
+                            np.asarray([-1, -1], np.int32)))
+            origins.append((sentence, 0))
+    return windows, origins
+
+
+def tag_words(model, tokenizer, sentences, labels, max_length, batch_size=64):
+    """Each word's tag and its probability, for sentences of pre-split
+    words, from a token classifier: the argmax at the word's first piece. A
+    sentence longer than `max_length` tokens is tagged in consecutive windows
+    cut between words. A word the tokenizer gives no piece (only characters
+    it drops) is tagged "O" with probability None. Returns `[(tags, probs)]`."""
+    import numpy as np
+
+    from bertdesk.data.batching import PaddedBatches, predict_batches
+
+    encodings = tokenizer.encode_words(sentences, max_length=None)
+    windows, origins = word_windows(encodings, max_length)
+    logits = predict_batches(model, PaddedBatches([w[:2] for w in windows], None,
+                                                  batch_size=batch_size))
+    out = [(["O"] * len(words), [None] * len(words)) for words in sentences]
+    for (_, _, word_ids), window_logits, (sentence, first) in zip(windows, logits, origins):
+        tags, probs = out[sentence]
+        previous = -1
+        for pos, w in enumerate(word_ids):
+            if w >= 0 and w != previous:
+                row = window_logits[pos] - window_logits[pos].max()
+                p = np.exp(row) / np.exp(row).sum()
+                k = int(p.argmax())
+                tags[first + w], probs[first + w] = labels[k], float(p[k])
+            previous = w
+    return out

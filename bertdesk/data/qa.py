@@ -19,10 +19,19 @@ class QAWindow:
 
 def make_windows(tokenizer, examples, max_length=384, doc_stride=128, max_query_length=64):
     """Windows over each example's context (question first, truncated to
-    `max_query_length` tokens). Consecutive windows share `doc_stride`
-    tokens. A window whose context holds the whole first gold answer gets
-    its start/end tokens; others point at [CLS] (as in the reference)."""
+    `max_query_length` tokens, and shorter where a window would otherwise
+    hold no more than `doc_stride` context tokens). Consecutive windows
+    share `doc_stride` tokens. A window whose context holds the whole first
+    gold answer gets its start/end tokens; others point at [CLS] (as in the
+    reference)."""
+    # [CLS] q [SEP] context [SEP]: each window must move on by at least one
+    # context token (the tokenizer panics otherwise)
+    max_query_length = min(max_query_length, max_length - 3 - doc_stride - 1)
+    if max_query_length < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for a question and more "
+                         f"than doc_stride={doc_stride} context tokens")
     tok = tokenizer._tokenizer
+    tok.no_truncation()  # an earlier call's "only_second" would refuse a lone question
     questions = []
     for ex in examples:
         ids = tok.encode(ex.question, add_special_tokens=False)
@@ -61,12 +70,32 @@ def decode(examples, windows, start_logits, end_logits, n_best=20, max_answer_le
     score does not beat the [CLS] null score by more than the threshold.
     Returns `{id: text}` and `{id: [(score, text), ...]}` (n-best list).
     """
+    found = best_spans(examples, windows, start_logits, end_logits, n_best,
+                       max_answer_length, null_threshold)
+    answers = {ex.id: f["answer"] for ex, f in zip(examples, found)}
+    nbest = {ex.id: f["nbest"] for ex, f in zip(examples, found)}
+    return answers, nbest
+
+
+def best_spans(examples, windows, start_logits, end_logits, n_best=20, max_answer_length=30,
+               null_threshold=None):
+    """`decode`'s answers with their places: per example (in order) a dict
+    `answer` (text, "" for none), `start` and `end` (character offsets into
+    the context, None for no answer), `score` (the span's probability in its
+    window: softmax over the window's context tokens and [CLS] of the start
+    logits times that of the end logits; for no answer, [CLS]'s in the
+    window where it scored best) and `nbest` ([(logit score, text), ...])."""
     best = {}
     null = {}
     for w, s_log, e_log in zip(windows, start_logits, end_logits):
         n = len(w.token_ids)
         s_log, e_log = np.asarray(s_log)[:n], np.asarray(e_log)[:n]
-        null[w.example] = min(null.get(w.example, np.inf), float(s_log[0] + e_log[0]))
+        allowed = np.asarray(w.context_mask[:n]).copy()
+        allowed[0] = True  # [CLS]: the null answer
+        p_start, p_end = _softmax_over(s_log, allowed), _softmax_over(e_log, allowed)
+        null_score = float(s_log[0] + e_log[0])
+        if null_score < null.get(w.example, (np.inf, 0.0))[0]:
+            null[w.example] = (null_score, float(p_start[0] * p_end[0]))
         starts = np.argsort(-s_log)[:n_best]
         ends = np.argsort(-e_log)[:n_best]
         for s in starts:
@@ -76,14 +105,24 @@ def decode(examples, windows, start_logits, end_logits, n_best=20, max_answer_le
                 if not w.context_mask[e] or e < s or e - s + 1 > max_answer_length:
                     continue
                 ex = examples[w.example]
-                text = ex.context[w.offsets[s, 0]:w.offsets[e, 1]]
-                best.setdefault(w.example, []).append((float(s_log[s] + e_log[e]), text))
-    answers, nbest = {}, {}
+                first, last = int(w.offsets[s, 0]), int(w.offsets[e, 1])
+                best.setdefault(w.example, []).append(
+                    (float(s_log[s] + e_log[e]), ex.context[first:last], first, last,
+                     float(p_start[s] * p_end[e])))
+    found = []
     for i, ex in enumerate(examples):
         cands = sorted(best.get(i, []), key=lambda c: -c[0])[:n_best]
-        nbest[ex.id] = cands
-        text = cands[0][1] if cands else ""
-        if null_threshold is not None and (not cands or null[i] + null_threshold > cands[0][0]):
-            text = ""
-        answers[ex.id] = text
-    return answers, nbest
+        out = {"answer": "", "start": None, "end": None,
+               "score": null.get(i, (0.0, 0.0))[1] if null_threshold is not None else 0.0,
+               "nbest": [(c[0], c[1]) for c in cands]}
+        if cands and not (null_threshold is not None and null[i][0] + null_threshold > cands[0][0]):
+            _, out["answer"], out["start"], out["end"], out["score"] = cands[0]
+        found.append(out)
+    return found
+
+
+def _softmax_over(logits, allowed):
+    """Softmax of `logits` over the `allowed` positions (0 elsewhere)."""
+    z = np.where(allowed, logits, -np.inf)
+    z = np.exp(z - z[allowed].max())
+    return z / z.sum()

@@ -183,7 +183,7 @@ def check_rows(df, text_column="text", text_pair_column=None, label_column="labe
                                   "(every row needs both texts)"))
         elif labels is not None:
             problem = _label_problem(labels[i], label_column, problem_type)
-            if problem:
+            if problem and not (not require_labels and problem.startswith("missing label")):
                 problems.append((row, problem))
     return problems
 
@@ -211,7 +211,9 @@ def _label_problem(value, label_column, problem_type):
 def load_classification(path, text_column="text", text_pair_column=None, label_column="label",
                         problem_type="single_label", label_separator=",", require_labels=True):
     """Read and check a classification table. Every bad row is reported
-    with its row number (1 = first data row)."""
+    with its row number (1 = first data row). Without `require_labels`
+    (prediction) the label column may be missing, and an empty label cell
+    reads as None."""
     if problem_type not in PROBLEM_TYPES:
         raise DataError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
     df = read_table(path)
@@ -227,6 +229,9 @@ def load_classification(path, text_column="text", text_pair_column=None, label_c
         for i, v in enumerate(raw, 1):
             cell = _cell_text(v).strip() if not isinstance(v, list) else v
             if cell == "" or cell == []:
+                if not require_labels:  # prediction: a row without its label is still scored
+                    labels.append(None)
+                    continue
                 raise DataError(f"{path}: row {i}: missing label in column {label_column!r}")
             problem = _json_value_problem(v, label_column, "label", problem_type)
             if problem:

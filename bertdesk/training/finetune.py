@@ -151,31 +151,33 @@ def predict_scores(model, tokenizer, data, max_length, head, batch_size=64):
 
 
 def prediction_rows(scores, data, head):
-    """One dict per example: text(s), prediction, confidence, gold, correct."""
+    """One dict per example: text(s), prediction, confidence, gold, correct
+    (gold and correct None for a row whose label cell is empty)."""
     rows = []
     labels = head.get("labels")
     for i in range(len(data)):
         row = {"row": data.rows[i], "text": data.texts[i]}
         if data.pairs is not None:
             row["text_pair"] = data.pairs[i]
+        gold = None if data.labels is None else data.labels[i]  # None: no label in its cell
         if head["problem_type"] == "regression":
             row["prediction"] = float(scores[i])
             if data.labels is not None:
-                row["gold"] = float(data.labels[i])
+                row["gold"] = None if gold is None else float(gold)
         elif head["problem_type"] == "multi_label":
             chosen = [labels[j] for j in np.flatnonzero(scores[i] >= 0.5)]
             row["prediction"] = ",".join(chosen)
             row["confidence"] = float(np.where(scores[i] >= 0.5, scores[i], 1 - scores[i]).min())
             if data.labels is not None:
-                row["gold"] = ",".join(data.labels[i])
-                row["correct"] = sorted(chosen) == sorted(data.labels[i])
+                row["gold"] = None if gold is None else ",".join(gold)
+                row["correct"] = None if gold is None else sorted(chosen) == sorted(gold)
         else:
             j = int(scores[i].argmax())
             row["prediction"] = labels[j]
             row["confidence"] = float(scores[i, j])
             if data.labels is not None:
-                row["gold"] = data.labels[i]
-                row["correct"] = labels[j] == data.labels[i]
+                row["gold"] = gold
+                row["correct"] = None if gold is None else labels[j] == gold
             for k, label in enumerate(labels):
                 row[f"p({label})"] = float(scores[i, k])
         rows.append(row)

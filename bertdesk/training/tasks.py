@@ -176,14 +176,12 @@ class NerTask:
         return "f1"
 
     def scores(self, model, tokenizer, data, head, max_length):
-        """Word-level predicted tags per sentence."""
-        from bertdesk.data.batching import PaddedBatches, predict_batches
-        from bertdesk.data.ner import word_predictions
+        """Word-level predicted tags per sentence (a sentence longer than
+        `max_length` tokens in consecutive windows)."""
+        from bertdesk.data.ner import tag_words
 
-        enc = self._encode(tokenizer, data, max_length)
-        logits = predict_batches(model, PaddedBatches(enc, None, batch_size=64))
-        return [word_predictions(lg, e[2], len(words), head["labels"])
-                for lg, e, words in zip(logits, enc, data.words)]
+        return [tags for tags, _ in tag_words(model, tokenizer, data.words, head["labels"],
+                                              max_length)]
 
     def metrics(self, scores, data, head):
         from bertdesk.data.ner import entity_metrics
