@@ -248,7 +248,14 @@ def _cmd_predict(args):
     check_predictions_path(args.output)  # before the model is loaded and the data scored
     model = load_model(args.model)
     if args.format == "text":
+        from bertdesk.data.tables import DataError
         from bertdesk.predictor import Predictor, predict_lines
+
+        columns = [f"--{k.replace('_', '-')}" for k in ("text_column", "text_pair_column",
+                                                         "label_column") if getattr(args, k)]
+        if columns:
+            raise DataError(f"{args.data}: --format text has one text per line and no "
+                            f"columns; {', '.join(columns)} applies to tables")
 
         rows = predict_lines(Predictor(model), args.data)
     else:

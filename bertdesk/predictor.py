@@ -11,6 +11,8 @@ context (extractive QA). `bertdesk predict`, `evaluate` and the desktop app
 run the same code on files.
 """
 
+import os
+
 import numpy as np
 
 from bertdesk.data.tables import DataError
@@ -20,7 +22,8 @@ class Predictor:
     """A fine-tuned model with its tokenizer, ready for raw text.
 
     Args:
-        model: a `FineTunedModel` (`bertdesk.tasks.saving.load_model`).
+        model: a `FineTunedModel` (`bertdesk.tasks.saving.load_model`), or
+            the path of a model folder.
         batch_size: examples per forward pass.
 
     Calling it runs the model's task: `classify(texts, text_pairs=None)`,
@@ -29,6 +32,13 @@ class Predictor:
     """
 
     def __init__(self, model, batch_size=64):
+        if isinstance(model, (str, os.PathLike)):
+            from bertdesk.tasks.saving import load_model
+
+            model = load_model(model)
+        if not hasattr(model, "task") or not hasattr(model, "head"):
+            raise TypeError(f"Predictor takes a model folder or a FineTunedModel "
+                            f"(bertdesk.tasks.saving.load_model), got {type(model).__name__}")
         self.model = model
         self.batch_size = int(batch_size)
 
@@ -77,6 +87,12 @@ class Predictor:
         wants_pair = bool(self.model.meta.get("training_args", {}).get("text_pair_column"))
         if wants_pair and pairs is None:
             raise ValueError("this model was trained on text pairs: give text_pairs too")
+        if pairs is not None and not wants_pair:
+            raise ValueError("this model was trained on single texts: give no text_pairs")
+        for name, values in (("texts", texts), ("text_pairs", pairs or [])):
+            empty = next((i for i, v in enumerate(values) if not v.strip()), None)
+            if empty is not None:
+                raise ValueError(f"{name}[{empty}] is empty: a classifier needs text")
         data = ClassificationData(texts, pairs, None, "texts", list(range(1, len(texts) + 1)))
         head = self.model.head
         scores = predict_scores(self.model.model, self.model.tokenizer, data, self.max_length,
@@ -116,18 +132,22 @@ class Predictor:
                for sentence, text_spans, (tags, probs) in zip(words, spans, tagged)]
         return out[0] if single else out
 
-    def entities(self, texts):
+    def entities(self, texts, strict=False):
         """Per text: the entities found, `[{"type", "text", "start", "end",
-        "score"}]`, strict IOB2 (an entity starts at a B- tag), `start`/`end`
-        character offsets into the text, `score` the mean probability of its
-        words' tags."""
-        from bertdesk.data.ner import entities
+        "score"}]`, `start`/`end` character offsets into the text, `score` the
+        mean probability of its words' tags. An entity starts at a B- tag, or
+        at an I- tag after O or after another type (as Hugging Face's
+        pipelines and seqeval's default mode read them); `strict=True` drops
+        those, as the metrics do (seqeval's strict IOB2)."""
+        from bertdesk.data.ner import entities, iob1_to_iob2
 
+        self._expect("ner", "entities")
         texts, single = _as_list(texts, "texts")
         out = []
         for text, words in zip(texts, self.tag(texts)):
             found = []
-            for kind, first, end in entities([w["tag"] for w in words]):
+            tags = [w["tag"] for w in words]
+            for kind, first, end in entities(tags if strict else iob1_to_iob2(tags)):
                 start, stop = words[first]["start"], words[end - 1]["end"]
                 probs = [w["score"] for w in words[first:end] if w["score"] is not None]
                 found.append({"type": kind, "text": text[start:stop], "start": start,
@@ -141,19 +161,29 @@ class Predictor:
         return self.model.tokenizer.word_spans(text)
 
     # === Extractive QA ===
-    def answer(self, questions, contexts):
+    def answer(self, questions, contexts, top_k=1):
         """Per question: `{"answer", "start", "end", "score"}`, the answer
         text, its character offsets into the context and its probability
         (start times end, in the window it came from). A SQuAD 2.0 model
-        answers "" (start and end None) where it finds no answer. Long
-        contexts are read in overlapping windows, as in training."""
+        answers "" (start and end None) where it finds no answer, as any model
+        does for a context without a token. Long contexts are read in
+        overlapping windows, as in training. One question with several
+        contexts (or one context with several questions) is asked of each.
+        `top_k` > 1: a list of up to that many answers per question, best
+        first (different spans; for SQuAD 2.0 the no-answer first where it
+        wins)."""
         from bertdesk.data.squad import QAData, QAExample
         from bertdesk.data.batching import PaddedBatches, predict_batches
         from bertdesk.data.qa import best_spans, make_windows
 
         self._expect("qa", "answer")
-        questions, single = _as_list(questions, "questions")
-        contexts, _ = _as_list(contexts, "contexts")
+        questions, single_question = _as_list(questions, "questions")
+        contexts, single_context = _as_list(contexts, "contexts")
+        if single_question and not single_context:
+            questions = questions * len(contexts)
+        elif single_context and not single_question:
+            contexts = contexts * len(questions)
+        single = single_question and single_context
         if len(contexts) != len(questions):
             raise ValueError(f"contexts has {len(contexts)} items but questions has "
                              f"{len(questions)}")
@@ -171,19 +201,32 @@ class Predictor:
                            [lg[:, 1] for lg in logits],
                            max_answer_length=head["max_answer_length"],
                            null_threshold=head.get("null_threshold"))
-        out = [{k: f[k] for k in ("answer", "start", "end", "score")} for f in found]
+        keys = ("answer", "start", "end", "score")
+        if top_k == 1:
+            out = [{k: f[k] for k in keys} for f in found]
+        else:
+            out = []
+            for f in found:
+                spans = f["spans"][:top_k]
+                if f["start"] is None and head.get("null_threshold") is not None:
+                    spans = [{k: f[k] for k in keys}] + spans[:top_k - 1]
+                out.append(spans)
         return out[0] if single else out
 
     def _expect(self, task, method):
         if self.task != task:
             names = {"classify": "classify", "ner": "tag or entities", "qa": "answer"}
-            raise DataError(f"{self.model.folder}: a {self.task} model; {method}() needs a "
-                            f"{task} model (this one answers {names[self.task]}())")
+            raise ValueError(f"{self.model.folder}: a {self.task} model; {method}() needs a "
+                             f"{task} model (this one answers {names[self.task]}())")
 
 
 def _as_list(values, name):
     """(list of strings, whether one string was given)."""
     single = isinstance(values, str)
+    if not single and (values is None or isinstance(values, (bytes, bytearray)) or
+                       not hasattr(values, "__iter__")):
+        raise TypeError(f"{name} must be a string or a list of strings, got "
+                        f"{type(values).__name__}")
     values = [values] if single else list(values)
     for i, value in enumerate(values):
         if not isinstance(value, str):
@@ -196,9 +239,10 @@ def predict_lines(predictor, path):
     lines skipped), as rows for `write_rows`: classification `line, text,
     prediction, confidence, p(label)...` (`prediction` alone for
     regression); NER `line, text, words, prediction` (a tag per word)
-    `, entities` (`TYPE:text` joined by "; "). Extractive QA needs a
+    `, entities` (`TYPE:text` joined by "; ", read as `Predictor.entities`
+    reads them). Extractive QA needs a
     question and a context per example: SQuAD JSON, not lines."""
-    from bertdesk.data.ner import _read_lines, entities
+    from bertdesk.data.ner import _read_lines, entities, iob1_to_iob2
 
     if predictor.task == "qa":
         raise DataError(f"{path}: a QA model needs questions with their contexts: give a "
@@ -207,16 +251,17 @@ def predict_lines(predictor, path):
             "training_args", {}).get("text_pair_column"):
         raise DataError(f"{path}: this model was trained on text pairs; lines hold one text "
                         "each: give a table with both columns instead")
-    numbered = [(n, line) for n, line in enumerate(_read_lines(path), 1) if line.strip()]
+    lines = _read_lines(path)
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if not numbered:
-        raise DataError(f"{path}: no text (every line is blank)")
+        raise DataError(f"{path}: no text ({'every line is blank' if lines else 'empty file'})")
     texts = [line for _, line in numbered]
     rows = []
     if predictor.task == "ner":
         for (n, text), words in zip(numbered, predictor.tag(texts)):
             tags = [w["tag"] for w in words]
             found = [f"{kind}:{text[words[s]['start']:words[e - 1]['end']]}"
-                     for kind, s, e in entities(tags)]
+                     for kind, s, e in entities(iob1_to_iob2(tags))]  # as entities()
             rows.append({"line": n, "text": text, "words": " ".join(w["word"] for w in words),
                          "prediction": " ".join(tags), "entities": "; ".join(found)})
         return rows

@@ -8,6 +8,7 @@ parallel, keeping 100k sentences to seconds.
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +200,7 @@ class BertTokenizer:
                 continue
             first, last = spans.get(word, (start, end))
             spans[word] = (min(first, start), max(last, end))
-        return [spans[w] for w in sorted(spans)]
+        return [(start, span_end(text, end)) for start, end in (spans[w] for w in sorted(spans))]
 
     def __call__(self, texts, text_pairs=None, max_length=128, padding="max_length",
                  return_offsets=False, return_word_ids=False):
@@ -261,6 +262,16 @@ class BertTokenizer:
         if return_word_ids:
             out["word_ids"] = word_ids
         return out
+
+
+def span_end(text, end):
+    """`end` moved past the marks that belong to the character before it:
+    combining accents (an uncased tokenizer strips them: "Zoe\u0301" is the
+    token "zoe", offsets 0-3), enclosing marks, variation selectors and format
+    characters (soft hyphen, zero-width joiner), which no token covers."""
+    while end < len(text) and unicodedata.category(text[end]) in ("Mn", "Me", "Cf"):
+        end += 1
+    return end
 
 
 def _casing_from_folder(folder):

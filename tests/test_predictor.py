@@ -35,9 +35,9 @@ def backbone():
                                  num_heads=2, intermediate_dim=32, max_sequence_length=128)
 
 
-def saved(tmp_path, tokenizer, model, task, head, **training_args):
+def saved(tmp_path, tokenizer, model, task, head, spread=30, **training_args):
     # a random head gives near-equal classes; wider weights tell them apart
-    model.classifier.kernel.assign(keras.ops.convert_to_numpy(model.classifier.kernel) * 30)
+    model.classifier.kernel.assign(keras.ops.convert_to_numpy(model.classifier.kernel) * spread)
     folder = tmp_path / f"{task}-{head.get('problem_type', '')}"
     save_task_model(model, folder, tokenizer, task, head,
                     {"max_length": 32, **training_args})
@@ -78,6 +78,16 @@ def test_classify_matches_the_model_on_each_text(tmp_path, tokenizer):
         assert answer["score"] == pytest.approx(probs.max(), abs=1e-5)
     one = p(TEXTS[1])  # one string in, one answer out
     assert one["label"] == got[1]["label"] and one["score"] == pytest.approx(got[1]["score"])
+    assert Predictor(str(p.model.folder))(TEXTS[1])["label"] == one["label"]  # a folder too
+    with pytest.raises(ValueError, match="trained on single texts: give no text_pairs"):
+        p("a", "b")
+    with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
+        p(["fine", "  "])
+    for bad in (None, b"bytes", 3):
+        with pytest.raises(TypeError, match="texts must be a string or a list of strings"):
+            p(bad)
+    with pytest.raises(TypeError, match="takes a model folder or a FineTunedModel"):
+        Predictor(p.model.model)
 
 
 def test_classify_multi_label_regression_and_pairs(tmp_path, tokenizer):
@@ -107,14 +117,15 @@ def test_classify_multi_label_regression_and_pairs(tmp_path, tokenizer):
 
 
 # === Token classification ===
-def ner_predictor(tmp_path, tokenizer, bias_tag=None, **training_args):
+def ner_predictor(tmp_path, tokenizer, bias_tag=None, spread=30, **training_args):
     model = BertTokenClassifier(backbone(), num_classes=len(NER_LABELS))
     if bias_tag is not None:  # every word gets this tag
         bias = np.full(len(NER_LABELS), -50.0, np.float32)
         bias[NER_LABELS.index(bias_tag)] = 50.0
         model.classifier.bias.assign(bias)
     return saved(tmp_path, tokenizer, model, "ner",
-                 {"num_classes": len(NER_LABELS), "labels": NER_LABELS}, **training_args)
+                 {"num_classes": len(NER_LABELS), "labels": NER_LABELS}, spread=spread,
+                 **training_args)
 
 
 def test_tags_sit_on_each_words_first_piece(tmp_path, tokenizer):
@@ -133,23 +144,35 @@ def test_tags_sit_on_each_words_first_piece(tmp_path, tokenizer):
 
 
 def test_a_long_text_is_tagged_in_windows_between_words(tmp_path, tokenizer):
-    p = ner_predictor(tmp_path, tokenizer, max_length=12)
-    text = " ".join(f"Word{i} unbelievably" for i in range(40))  # about 240 pieces
+    # probabilities far from 0 and 1, where a word's context shows in the 5th digit
+    p = ner_predictor(tmp_path, tokenizer, spread=3, max_length=12)
+    # one piece a word, ten a window: windows share about five words
+    text = " ".join(["the cat sat on a mat and then it ran"] * 7 + ["extraordinarily"] * 10)
     words = p.tag(text)
     assert len(words) == 80 and all(w["score"] is not None for w in words)
-    # a window's words are tagged as the same words alone: cut where the windows cut
+    # each word is tagged as in the window where it sits farthest from an edge,
+    # that window's words tagged alone
     enc = tokenizer.encode_words([[w["word"] for w in words]], max_length=None)
     windows, origins = word_windows(enc, 12)
-    assert len(windows) > 5 and [s for s, _ in origins] == [0] * len(windows)
-    second = origins[1][1]
-    alone = p.tag(" ".join(w["word"] for w in words[second:origins[2][1]]))
-    assert [w["tag"] for w in alone] == [w["tag"] for w in words[second:origins[2][1]]]
+    assert len(windows) > 10
+    best = {}
+    for (ids, _, word_ids), (_, first) in zip(windows, origins):
+        ones = sorted(set(word_ids[1:-1]))
+        alone = p.tag(" ".join(words[first + w]["word"] for w in ones))
+        for w, tagged in zip(ones, alone):
+            pos = int(np.flatnonzero(word_ids == w)[0])
+            edge = min(pos, len(ids) - 1 - pos)
+            if edge > best.get(first + w, (-1,))[0]:
+                best[first + w] = (edge, tagged["tag"], tagged["score"])
+    assert [w["tag"] for w in words] == [best[i][1] for i in range(80)]
+    assert [w["score"] for w in words] == pytest.approx([best[i][2] for i in range(80)],
+                                                        abs=1e-5)
 
 
 @pytest.mark.backend_neutral
-def test_word_windows_fit_and_keep_every_piece(tokenizer):
+def test_word_windows_fit_overlap_and_keep_every_piece(tokenizer):
     sentences = [["a"] * 3, ["extraordinarily", "uncharacteristically", "x"] * 9,
-                 ["antidisestablishmentarianism"], []]
+                 ["antidisestablishmentarianism"], [], ["tiny"] * 40]
     whole = tokenizer.encode_words(sentences, max_length=None)
     windows, origins = word_windows(whole, 8)
     assert all(len(ids) <= 8 and ids[0] == tokenizer.cls_token_id and
@@ -157,15 +180,25 @@ def test_word_windows_fit_and_keep_every_piece(tokenizer):
     for sentence, (ids, _, word_ids) in enumerate(whole):
         mine = [(w, first) for w, (s, first) in zip(windows, origins) if s == sentence]
         assert mine, "every sentence has a window"
-        pieces = np.concatenate([w[0][1:-1] for w, _ in mine])
-        words = np.concatenate([w[2][1:-1] + first for w, first in mine])
         if sentence == 2:  # one word longer than a window: its first pieces
-            assert list(pieces) == list(ids[1:7]) and set(words) == {0}
+            assert len(mine) == 1 and list(mine[0][0][0][1:-1]) == list(ids[1:7])
             continue
-        assert list(pieces) == list(ids[1:-1]) and list(words) == list(word_ids[1:-1])
-        # windows cut between words: no word is in two windows
-        firsts = [set(w[2][1:-1]) for w, _ in mine]
-        assert all(min(f) == 0 for f in firsts if f)
+        pieces, words = ids[1:-1], word_ids[1:-1]
+        for (w_ids, _, w_words), first in mine:  # each window: whole words, as in the sentence
+            inside = np.isin(words, np.unique(w_words[1:-1]) + first)
+            assert list(w_ids[1:-1]) == list(pieces[inside])
+            assert list(w_words[1:-1] + first) == list(words[inside])
+        starts = [first for _, first in mine]
+        assert starts == sorted(set(starts))  # every window starts further on
+        seen = set().union(*({int(x) + first for x in w[2][1:-1]} for w, first in mine))
+        assert seen == set(int(x) for x in words)  # every word is in a window
+        for (a, first_a), (b, first_b) in zip(mine, mine[1:]):
+            # consecutive windows share about half the words of the first
+            # (none when it holds one word)
+            shared = set(a[2][1:-1] + first_a) & set(b[2][1:-1] + first_b)
+            assert len(shared) >= len(set(a[2][1:-1])) // 2 - 1 and len(shared) < len(
+                set(a[2][1:-1]))
+    assert len([o for o in origins if o[0] == 4]) > 10  # 40 words, 6 a window
     with pytest.raises(ValueError, match="no room"):
         word_windows(whole, 2)
 
@@ -178,7 +211,13 @@ def test_entities_and_their_offsets(tmp_path, tokenizer, monkeypatch):
         ("PER", w) for w in ("Ana", "moved", "to", "New", "York", ".")]
     assert all(text[e["start"]:e["end"]] == e["text"] and e["score"] > 0.99 for e in found)
     inside = ner_predictor(tmp_path / "i", tokenizer, bias_tag="I-LOC")
-    assert inside.entities([text, text]) == [[], []]  # strict IOB2: I- starts nothing
+    assert inside.entities([text, text], strict=True) == [[], []]  # I- starts nothing
+    assert [(e["type"], e["text"]) for e in inside.entities(text)] == [("LOC", text)]
+    accents = "Zoe\u0301 and Jose\u0301 \u2764\ufe0f"  # combining accents the tokenizer drops
+    assert [e["text"] for e in per.entities(accents)] == [
+        "Zoe\u0301", "and", "Jose\u0301", "\u2764\ufe0f"]
+    with pytest.raises(ValueError, match=r"a ner model; classify\(\) needs a classify"):
+        per.classify("x")
 
     tags = ["B-PER", "O", "O", "B-LOC", "I-LOC", "O"]
     real_tag = Predictor.tag
@@ -195,8 +234,8 @@ def test_character_models_tag_each_character(tmp_path, tokenizer):
     words = p.tag(text)
     assert [w["word"] for w in words] == list("我在北京2008")
     assert [w["start"] for w in words] == [0, 2, 3, 4, 6, 7, 8, 9]
-    with pytest.raises(DataError, match="a ner model; classify\\(\\) needs a classify model"):
-        p.classify("x")
+    with pytest.raises(ValueError, match="a ner model; answer\\(\\) needs a qa model"):
+        p.answer("x", "y")
 
 
 # === Extractive QA ===
@@ -243,6 +282,12 @@ def test_answers_are_spans_of_the_context(tmp_path, tokenizer):
                                              "end": end, "score": pytest.approx(
                                                  p_start[s] * p_end[e], abs=1e-6)}
 
+    assert p.answer(questions[0], [context, short]) == [got[0], p.answer(questions[0], short)]
+    top = p.answer(questions[0], context, top_k=3)
+    assert len(top) == 3 and top[0] == got[0]
+    assert len({(a["start"], a["end"]) for a in top}) == 3
+    assert all(context[a["start"]:a["end"]] == a["answer"] for a in top)
+
     never = qa_predictor(tmp_path, tokenizer, null_threshold=1e9)  # SQuAD 2.0, always "no"
     a = never.answer(questions[0], context)
     assert (a["answer"], a["start"], a["end"]) == ("", None, None) and 0 < a["score"] <= 1
@@ -253,14 +298,15 @@ def test_answers_are_spans_of_the_context(tmp_path, tokenizer):
 # === Files ===
 def test_predict_lines_of_text_from_the_command_line(tmp_path, tokenizer, capsys):
     lines = tmp_path / "lines.txt"
-    lines.write_text("\ufeffAna moved to Paris.\n\n  \nBob stayed.\n", encoding="utf-8")
+    lines.write_text("\ufeffAna moved to Paris.\r\n\n  \nBob\u2028stayed.\n", encoding="utf-8")
     ner = ner_predictor(tmp_path, tokenizer, bias_tag="B-PER")
     out = tmp_path / "tagged.jsonl"
     assert cli_main(["predict", "--model", str(ner.model.folder), "--data", str(lines),
                      "--format", "text", "--output", str(out)]) == 0
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    # (JSON lines end at "\n"; splitlines() would also cut at the U+2028 inside)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n")[:-1]]
     assert [(r["line"], r["text"]) for r in rows] == [(1, "Ana moved to Paris."),
-                                                      (4, "Bob stayed.")]
+                                                      (4, "Bob\u2028stayed.")]
     assert rows[0]["words"] == "Ana moved to Paris ." and rows[0]["prediction"].split() == [
         "B-PER"] * 5
     assert rows[1]["entities"] == "PER:Bob; PER:stayed; PER:."
@@ -273,19 +319,23 @@ def test_predict_lines_of_text_from_the_command_line(tmp_path, tokenizer, capsys
                      "--format", "text", "--output", str(out)]) == 0
     with open(out, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    expected = cls(["Ana moved to Paris.", "Bob stayed."])
+    expected = cls(["Ana moved to Paris.", "Bob\u2028stayed."])
     assert [r["prediction"] for r in rows] == [e["label"] for e in expected]
     assert [float(r["p(pos)"]) for r in rows] == pytest.approx(
         [e["scores"]["pos"] for e in expected], abs=1e-6)
 
-    blank = tmp_path / "blank.txt"
+    blank, empty = tmp_path / "blank.txt", tmp_path / "empty.txt"
     blank.write_text("\n \n", encoding="utf-8")
+    empty.write_text("", encoding="utf-8")
     qa = qa_predictor(tmp_path, tokenizer)
-    for model, data, message in ((cls, blank, "blank.txt: no text (every line is blank)"),
-                                 (qa, lines, "lines.txt: a QA model needs questions with "
-                                             "their contexts")):
+    for model, data, more, message in (
+            (cls, blank, [], "blank.txt: no text (every line is blank)"),
+            (cls, empty, [], "empty.txt: no text (empty file)"),
+            (cls, lines, ["--text-column", "t"], "--format text has one text per line and "
+                                                 "no columns; --text-column applies"),
+            (qa, lines, [], "lines.txt: a QA model needs questions with their contexts")):
         assert cli_main(["predict", "--model", str(model.model.folder), "--data", str(data),
-                         "--format", "text", "--output", str(tmp_path / "x.csv")]) == 2
+                         "--format", "text", "--output", str(tmp_path / "x.csv")] + more) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
@@ -296,6 +346,10 @@ def test_predict_scores_rows_whose_label_is_empty(tmp_path, tokenizer):
     with pytest.raises(DataError, match="row 2: missing label"):
         load_classification(table)  # training and evaluation need every label
     assert load_classification(table, require_labels=False).labels == ["pos", None, "neg"]
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text('{"text": "a", "label": []}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="row 1: .*JSON list"):  # not a missing label
+        load_classification(listed, require_labels=False)
 
     model = BertTextClassifier(backbone(), num_classes=2)
     p = saved(tmp_path, tokenizer, model, "classify",

@@ -49,19 +49,30 @@ def test_windows_overlap_and_locate_the_answer(tokenizer):
 @pytest.mark.backend_neutral
 def test_a_long_question_leaves_room_for_the_stride(tokenizer):
     """A question of more than max_length - doc_stride - 4 tokens made the
-    tokenizer panic; it is cut so that every window moves on through the
-    context. A lone text encoded after that is not truncated."""
+    tokenizer panic. Now a question takes at most half the window, and the
+    windows share fewer than doc_stride tokens where that leaves too little
+    room: each moves on by at least a quarter of its context. A lone text
+    encoded after that is not truncated."""
+    short = example("s", "What did the second release add?", "pretraining from scratch")
     question = "Which of the many releases " + "and versions " * 30 + "added pretraining?"
-    windows = make_windows(tokenizer, [example("q", question, "pretraining from scratch")],
-                           max_length=64, doc_stride=16)
-    assert all(len(w.token_ids) <= 64 and w.context_mask.sum() > 16 for w in windows)
-    covered = set().union(*(map(tuple, w.offsets[w.context_mask]) for w in windows))
-    assert len(covered) == len(tokenizer.tokenize(CONTEXT))  # the whole context is read
-    assert any(w.start for w in windows)
+    long = example("q", question, "pretraining from scratch")
+    windows = make_windows(tokenizer, [short, long], max_length=64, doc_stride=24)
+    context = len(tokenizer.tokenize(CONTEXT))
+    for i, q_tokens in enumerate((len(tokenizer.tokenize(short.question)), 30)):
+        mine = [w for w in windows if w.example == i]
+        assert all(len(w.token_ids) <= 64 for w in mine)
+        assert [len(w.token_ids) - w.context_mask.sum() for w in mine] == [q_tokens + 3] * len(mine)
+        room = 64 - 3 - q_tokens
+        moves = [w.context_mask.sum() for w in mine[1:]]  # new tokens: all but the shared
+        shared = min(24, room - -(-room // 4))
+        assert all(m - shared >= room // 4 for m in moves[:-1])
+        covered = set().union(*(map(tuple, w.offsets[w.context_mask]) for w in mine))
+        assert len(covered) == context  # the whole context is read
+        assert any(w.start for w in mine)
+    assert len([w for w in windows if w.example == 0]) <= 3  # the short question: stride 24
     assert len(tokenizer.encode(question)) > 64 and len(tokenizer.tokenize(question)) > 62
     with pytest.raises(ValueError, match="no room for a question"):
-        make_windows(tokenizer, [example("q", "When?", "the winter of 2026")], max_length=20,
-                     doc_stride=16)
+        make_windows(tokenizer, [short], max_length=4, doc_stride=1)
 
 
 @pytest.mark.backend_neutral

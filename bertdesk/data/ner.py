@@ -20,9 +20,13 @@ def _read_lines(path):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        text = path.read_text(encoding="utf-8-sig")  # "\r\n" and "\r" read as "\n"
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text ({first_undecodable(path)})") from None
+    # lines end at "\n" only (splitlines() also cuts at \x0c, \x1c-\x1e, \x85,
+    # U+2028 and U+2029, which then shift every line number after them)
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def iob1_to_iob2(tags):
@@ -190,8 +194,11 @@ def word_windows(encodings, max_length):
     """Cut whole-sentence encodings (`BertTokenizer.encode_words` with
     `max_length=None`) between words into windows of at most `max_length`
     tokens, each with its own [CLS] and [SEP] and word ids counted from its
-    first word. A word with more pieces than a window holds keeps its first
-    ones (its tag sits on the first). Returns the windows as
+    first word. A sentence that fits is one window; a longer one gets windows
+    that overlap by about half their words (the next starts at the first
+    word past the middle of the one before), so every word is also read with
+    context on both sides. A word with more pieces than a window holds keeps
+    its first ones (its tag sits on the first). Returns the windows as
     `(token_ids, segment_ids, word_ids)` and, per window, `(sentence, first
     word)`."""
     import numpy as np
@@ -203,41 +210,48 @@ def word_windows(encodings, max_length):
     for sentence, (ids, _, word_ids) in enumerate(encodings):
         cls, sep = ids[0], ids[-1]
         pieces, words = ids[1:-1], word_ids[1:-1]
-        # (first piece, end) of each word's run of pieces, in order
-        runs, start = [], 0
+        runs, start = [], 0  # (first piece, end) of each word with pieces, in order
         for pos in range(1, len(words) + 1):
             if pos == len(words) or words[pos] != words[start]:
-                runs.append((start, pos))
+                runs.append((start, min(pos, start + room)))
                 start = pos
-        chunk, used = [], 0
-        for run in runs + [None]:
-            size = 0 if run is None else min(run[1] - run[0], room)
-            if run is not None and (not chunk or used + size <= room):
-                chunk.append(run)
-                used += size
-                continue
-            if chunk:
-                first_word = int(words[chunk[0][0]])
-                keep = np.concatenate([np.arange(s, min(e, s + room)) for s, e in chunk])
-                windows.append((np.concatenate([[cls], pieces[keep], [sep]]).astype(np.int32),
-                                np.zeros(len(keep) + 2, np.int32),
-                                np.concatenate([[-1], words[keep] - first_word, [-1]])
-                                .astype(np.int32)))
-                origins.append((sentence, first_word))
-            chunk, used = ([run], size) if run is not None else ([], 0)
         if not runs:  # no word has a piece: one empty window keeps the sentence
             windows.append((np.asarray([cls, sep], np.int32), np.zeros(2, np.int32),
                             np.asarray([-1, -1], np.int32)))
             origins.append((sentence, 0))
+            continue
+        first = 0
+        while True:
+            last, used = first, 0  # runs[first:last] fill the window
+            while last < len(runs) and used + runs[last][1] - runs[last][0] <= room:
+                used += runs[last][1] - runs[last][0]
+                last += 1
+            last = max(last, first + 1)
+            keep = np.concatenate([np.arange(s, e) for s, e in runs[first:last]])
+            first_word = int(words[runs[first][0]])
+            windows.append((np.concatenate([[cls], pieces[keep], [sep]]).astype(np.int32),
+                            np.zeros(len(keep) + 2, np.int32),
+                            np.concatenate([[-1], words[keep] - first_word, [-1]])
+                            .astype(np.int32)))
+            origins.append((sentence, first_word))
+            if last == len(runs):
+                break
+            # the next window starts at the first word past this one's middle
+            half, step = used / 2, first
+            while step < last - 1 and runs[step][1] - runs[first][0] <= half:
+                step += 1
+            first = max(step, first + 1)
     return windows, origins
 
 
 def tag_words(model, tokenizer, sentences, labels, max_length, batch_size=64):
     """Each word's tag and its probability, for sentences of pre-split
     words, from a token classifier: the argmax at the word's first piece. A
-    sentence longer than `max_length` tokens is tagged in consecutive windows
-    cut between words. A word the tokenizer gives no piece (only characters
-    it drops) is tagged "O" with probability None. Returns `[(tags, probs)]`."""
+    sentence longer than `max_length` tokens is tagged in overlapping
+    windows cut between words (`word_windows`), each word by the window
+    where it sits farthest from an edge. A word the tokenizer gives no piece
+    (only characters it drops) is tagged "O" with probability None. Returns
+    `[(tags, probs)]`."""
     import numpy as np
 
     from bertdesk.data.batching import PaddedBatches, predict_batches
@@ -247,14 +261,17 @@ def tag_words(model, tokenizer, sentences, labels, max_length, batch_size=64):
     logits = predict_batches(model, PaddedBatches([w[:2] for w in windows], None,
                                                   batch_size=batch_size))
     out = [(["O"] * len(words), [None] * len(words)) for words in sentences]
+    margin = [[-1] * len(words) for words in sentences]  # pieces to the nearer window edge
     for (_, _, word_ids), window_logits, (sentence, first) in zip(windows, logits, origins):
         tags, probs = out[sentence]
         previous = -1
         for pos, w in enumerate(word_ids):
-            if w >= 0 and w != previous:
+            edge = min(pos, len(word_ids) - 1 - pos)
+            if w >= 0 and w != previous and edge > margin[sentence][first + w]:
                 row = window_logits[pos] - window_logits[pos].max()
                 p = np.exp(row) / np.exp(row).sum()
                 k = int(p.argmax())
                 tags[first + w], probs[first + w] = labels[k], float(p[k])
+                margin[sentence][first + w] = edge
             previous = w
     return out

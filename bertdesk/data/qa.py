@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertdesk.tokenizer import span_end
+
 
 @dataclass
 class QAWindow:
@@ -19,27 +21,33 @@ class QAWindow:
 
 def make_windows(tokenizer, examples, max_length=384, doc_stride=128, max_query_length=64):
     """Windows over each example's context (question first, truncated to
-    `max_query_length` tokens, and shorter where a window would otherwise
-    hold no more than `doc_stride` context tokens). Consecutive windows
-    share `doc_stride` tokens. A window whose context holds the whole first
-    gold answer gets its start/end tokens; others point at [CLS] (as in the
-    reference)."""
-    # [CLS] q [SEP] context [SEP]: each window must move on by at least one
-    # context token (the tokenizer panics otherwise)
-    max_query_length = min(max_query_length, max_length - 3 - doc_stride - 1)
+    `max_query_length` tokens and to half the window). Consecutive windows
+    share `doc_stride` tokens, fewer where a long question leaves little
+    room: every window moves on by at least a quarter of the context tokens
+    it holds. A window whose context holds the whole first gold answer gets
+    its start/end tokens; others point at [CLS] (as in the reference)."""
+    # [CLS] question [SEP] context [SEP]
+    max_query_length = min(max_query_length, (max_length - 3) // 2)
     if max_query_length < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for a question and more "
-                         f"than doc_stride={doc_stride} context tokens")
+        raise ValueError(f"max_length {max_length} leaves no room for a question and its "
+                         "context")
     tok = tokenizer._tokenizer
     tok.no_truncation()  # an earlier call's "only_second" would refuse a lone question
-    questions = []
+    questions, strides = [], []
     for ex in examples:
         ids = tok.encode(ex.question, add_special_tokens=False)
         questions.append(ex.question[: ids.offsets[max_query_length - 1][1]]
                          if len(ids.ids) > max_query_length else ex.question)
+        room = max_length - 3 - min(len(ids.ids), max_query_length)  # context tokens a window
+        strides.append(min(doc_stride, room - -(-room // 4)))  # moves on >= room / 4
     tok.no_padding()
-    tok.enable_truncation(max_length, strategy="only_second", stride=doc_stride)
-    encodings = tok.encode_batch(list(zip(questions, [ex.context for ex in examples])))
+    encodings = [None] * len(examples)
+    for stride in sorted(set(strides)):  # nearly always one group: the tokenizer's stride
+        group = [i for i, s in enumerate(strides) if s == stride]
+        tok.enable_truncation(max_length, strategy="only_second", stride=stride)
+        for i, enc in zip(group, tok.encode_batch([(questions[i], examples[i].context)
+                                                   for i in group])):
+            encodings[i] = enc
     windows = []
     for i, (ex, enc) in enumerate(zip(examples, encodings)):
         for e in [enc] + list(enc.overflowing):
@@ -84,7 +92,9 @@ def best_spans(examples, windows, start_logits, end_logits, n_best=20, max_answe
     the context, None for no answer), `score` (the span's probability in its
     window: softmax over the window's context tokens and [CLS] of the start
     logits times that of the end logits; for no answer, [CLS]'s in the
-    window where it scored best) and `nbest` ([(logit score, text), ...])."""
+    window where it scored best), `nbest` ([(logit score, text), ...]) and
+    `spans`: the n-best spans once each, best first, as `{answer, start, end,
+    score}`."""
     best = {}
     null = {}
     for w, s_log, e_log in zip(windows, start_logits, end_logits):
@@ -105,7 +115,8 @@ def best_spans(examples, windows, start_logits, end_logits, n_best=20, max_answe
                 if not w.context_mask[e] or e < s or e - s + 1 > max_answer_length:
                     continue
                 ex = examples[w.example]
-                first, last = int(w.offsets[s, 0]), int(w.offsets[e, 1])
+                first = int(w.offsets[s, 0])
+                last = span_end(ex.context, int(w.offsets[e, 1]))  # and its dropped accents
                 best.setdefault(w.example, []).append(
                     (float(s_log[s] + e_log[e]), ex.context[first:last], first, last,
                      float(p_start[s] * p_end[e])))
@@ -114,7 +125,13 @@ def best_spans(examples, windows, start_logits, end_logits, n_best=20, max_answe
         cands = sorted(best.get(i, []), key=lambda c: -c[0])[:n_best]
         out = {"answer": "", "start": None, "end": None,
                "score": null.get(i, (0.0, 0.0))[1] if null_threshold is not None else 0.0,
-               "nbest": [(c[0], c[1]) for c in cands]}
+               "nbest": [(c[0], c[1]) for c in cands], "spans": []}
+        seen = set()
+        for _, text, first, last, prob in cands:  # overlapping windows repeat spans
+            if (first, last) not in seen:
+                seen.add((first, last))
+                out["spans"].append({"answer": text, "start": first, "end": last,
+                                     "score": prob})
         if cands and not (null_threshold is not None and null[i][0] + null_threshold > cands[0][0]):
             _, out["answer"], out["start"], out["end"], out["score"] = cands[0]
         found.append(out)

@@ -228,7 +228,7 @@ def load_classification(path, text_column="text", text_pair_column=None, label_c
         labels = []
         for i, v in enumerate(raw, 1):
             cell = _cell_text(v).strip() if not isinstance(v, list) else v
-            if cell == "" or cell == []:
+            if cell == "" or (cell == [] and problem_type == "multi_label"):
                 if not require_labels:  # prediction: a row without its label is still scored
                     labels.append(None)
                     continue
