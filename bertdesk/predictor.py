@@ -84,10 +84,12 @@ class Predictor:
             pairs, _ = _as_list(text_pairs, "text_pairs")
             if len(pairs) != len(texts):
                 raise ValueError(f"text_pairs has {len(pairs)} items but texts has {len(texts)}")
-        wants_pair = bool(self.model.meta.get("training_args", {}).get("text_pair_column"))
+        args = self.model.meta.get("training_args", {})
+        wants_pair = bool(args.get("text_pair_column"))
         if wants_pair and pairs is None:
             raise ValueError("this model was trained on text pairs: give text_pairs too")
-        if pairs is not None and not wants_pair:
+        if pairs is not None and "text_pair_column" in args and not wants_pair:
+            # (a model transformers trained does not say: either is taken)
             raise ValueError("this model was trained on single texts: give no text_pairs")
         for name, values in (("texts", texts), ("text_pairs", pairs or [])):
             empty = next((i for i, v in enumerate(values) if not v.strip()), None)

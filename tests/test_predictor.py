@@ -40,7 +40,7 @@ def saved(tmp_path, tokenizer, model, task, head, spread=30, **training_args):
     model.classifier.kernel.assign(keras.ops.convert_to_numpy(model.classifier.kernel) * spread)
     folder = tmp_path / f"{task}-{head.get('problem_type', '')}"
     save_task_model(model, folder, tokenizer, task, head,
-                    {"max_length": 32, **training_args})
+                    {"max_length": 32, "text_pair_column": None, **training_args})
     return Predictor.load(folder, batch_size=2)  # several batches of different lengths
 
 
@@ -239,6 +239,12 @@ def test_character_models_tag_each_character(tmp_path, tokenizer):
 
 
 # === Extractive QA ===
+def approx_answer(answer):
+    """The same span; its probability to float noise (batches of other
+    lengths pad differently)."""
+    return dict(answer, score=pytest.approx(answer["score"], abs=1e-6))
+
+
 def qa_predictor(tmp_path, tokenizer, null_threshold=None):
     model = BertQuestionAnswerer(backbone())
     head = {"problem_type": "extractive_qa", "num_classes": 2, "labels": None,
@@ -264,7 +270,7 @@ def test_answers_are_spans_of_the_context(tmp_path, tokenizer):
     task = get_task("qa")
     expected = task.scores(p.model.model, tokenizer, data, p.model.head, 32)
     assert [a["answer"] for a in got] == [expected["0"], expected["1"]]
-    assert p(questions[0], context) == got[0]
+    assert p(questions[0], context) == approx_answer(got[0])
 
     # a context in one window: the best span by brute force over the model's logits
     short = "Evenmoor lies on the river Tam."
@@ -282,9 +288,10 @@ def test_answers_are_spans_of_the_context(tmp_path, tokenizer):
                                              "end": end, "score": pytest.approx(
                                                  p_start[s] * p_end[e], abs=1e-6)}
 
-    assert p.answer(questions[0], [context, short]) == [got[0], p.answer(questions[0], short)]
+    assert p.answer(questions[0], [context, short]) == [
+        approx_answer(got[0]), approx_answer(p.answer(questions[0], short))]
     top = p.answer(questions[0], context, top_k=3)
-    assert len(top) == 3 and top[0] == got[0]
+    assert len(top) == 3 and top[0] == approx_answer(got[0])
     assert len({(a["start"], a["end"]) for a in top}) == 3
     assert all(context[a["start"]:a["end"]] == a["answer"] for a in top)
 

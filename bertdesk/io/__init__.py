@@ -17,7 +17,7 @@ from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
                                  detect_format)
-from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, assign_backbone,
+from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, TASK_HEAD_PREFIXES, assign_backbone,
                                  backbone_tensors, validate)
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
@@ -94,7 +94,8 @@ def _safetensors_bytes(tensors):
 
 
 def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_tensors=None,
-                    overwrite=False, config_overrides=None):
+                    overwrite=False, config_overrides=None, hf_architecture=None,
+                    hf_config=None):
     """Write `backbone` (and its tokenizer) as a checkpoint folder.
 
     format "bertdesk": bertdesk.json + model.safetensors + vocab.txt.
@@ -106,7 +107,10 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     existing folder is only touched with `overwrite=True`, file by file,
     each replaced atomically. `config_overrides` replace entries of the saved
     architecture config (e.g. the dropout rates a fine-tuning run should
-    use when the backbone was trained with others).
+    use when the backbone was trained with others). `hf_architecture` and
+    `hf_config` (format "hf") name a task class of transformers whose head
+    is in `extra_tensors` (`classifier.*`, `qa_outputs.*`) and add its config
+    entries (`id2label`, ...).
     """
     if format not in ("bertdesk", "hf"):
         raise ValueError(f"format must be 'bertdesk' or 'hf', got {format!r}")
@@ -121,10 +125,16 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
         raise ValueError(f"config_overrides: unknown keys {sorted(unknown)}")
     config.update(config_overrides or {})
     heads = all(n in tensors for n in MLM_NAMES + NSP_NAMES)
+    task_head = any(k.startswith(TASK_HEAD_PREFIXES) for k in tensors)
+    if task_head and (format != "hf" or hf_architecture is None):
+        raise ValueError("task head tensors are written only with format='hf' and the "
+                         "hf_architecture they belong to")
+    if format == "hf" and (heads or task_head):
+        # transformers' Bert*For* layout: the backbone under `bert.`
+        keep = ("cls.",) + TASK_HEAD_PREFIXES
+        tensors = {(k if k.startswith(keep) else "bert." + k): v for k, v in tensors.items()}
     if format == "hf" and heads:
-        # transformers' BertForPreTraining layout: `bert.` prefix and explicit
-        # copies of the tied decoder weights.
-        tensors = {(k if k.startswith("cls.") else "bert." + k): v for k, v in tensors.items()}
+        # and BertForPreTraining's explicit copies of the tied decoder weights
         tensors["cls.predictions.decoder.weight"] = tensors[
             "bert.embeddings.word_embeddings.weight"].copy()
         tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
@@ -135,7 +145,9 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
         if tokenizer is not None:
             tokenizer.save(staging)
         if format == "hf":
-            hf = config_to_hf(config, ["BertForPreTraining"] if heads else ["BertModel"])
+            hf = config_to_hf(config, [hf_architecture] if hf_architecture else
+                              ["BertForPreTraining"] if heads else ["BertModel"])
+            hf.update(hf_config or {})
             atomic_write_text(staging / "config.json", json.dumps(hf, indent=2))
         else:
             meta = {"format": "bertdesk", "version": 1, "backbone": config}
@@ -157,12 +169,21 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
 
 def convert(src, dst, to="bertdesk", overwrite=False):
     """Convert the checkpoint folder `src` to format `to` ("hf" or "bertdesk")
-    in `dst`, heads (MLM, NSP) included when present."""
+    in `dst`, heads (MLM, NSP) included when present. A fine-tuned model
+    folder (`bertdesk finetune`'s `model/`) becomes, in format "hf", the
+    transformers task model of its task, head, labels and all."""
     import keras  # noqa: F401  (a backend is needed to build the model)
 
     ckpt = read_checkpoint(src)
     backbone = load_backbone(src)
     extra = {k: v for k, v in ckpt.tensors.items() if k in MLM_NAMES + NSP_NAMES}
+    architecture = hf_config = None
+    if to == "hf" and ckpt.format == "bertdesk" and ckpt.metadata.get("task"):
+        from bertdesk.tasks.saving import hf_task_config
+
+        architecture, hf_config = hf_task_config(ckpt.metadata, ckpt.folder / "bertdesk.json")
+        extra.update({k: v for k, v in ckpt.tensors.items() if k.startswith(TASK_HEAD_PREFIXES)})
     tokenizer = load_tokenizer(src) if ckpt.vocab_file is not None else None
     return save_pretrained(backbone, dst, tokenizer=tokenizer, format=to,
-                           extra_tensors=extra, overwrite=overwrite)
+                           extra_tensors=extra, overwrite=overwrite,
+                           hf_architecture=architecture, hf_config=hf_config)

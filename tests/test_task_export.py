@@ -1,0 +1,187 @@
+"""Fine-tuned models out to transformers and back: `bertdesk convert --to hf`
+on a fine-tuned folder writes the transformers task model (head, labels,
+problem type) whose logits equal bertdesk's; transformers' pipelines read it;
+`load_model` / `Predictor` read transformers task folders."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import bertdesk
+from bertdesk.cli import main as cli_main
+from bertdesk.io.errors import CheckpointError
+from bertdesk.predictor import Predictor
+from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer
+from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
+from bertdesk.tasks.saving import load_model, save_task_model
+
+TEXTS = ["A gripping plot, and fine acting.", "Dull.", "Ana moved to New York in May."]
+CONTEXT = "Evenmoor lies on the river Tam, two days south of the hills."
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return bertdesk.BertTokenizer.from_pretrained(bertdesk.bundled_checkpoint())
+
+
+def task_model(kind, problem_type="single_label"):
+    keras.utils.set_random_seed(3)
+    backbone = bertdesk.BertBackbone(vocabulary_size=30522, num_layers=2, hidden_dim=16,
+                                     num_heads=2, intermediate_dim=32, max_sequence_length=64)
+    if kind == "qa":
+        model = BertQuestionAnswerer(backbone)
+        head = {"problem_type": "extractive_qa", "num_classes": 2, "labels": None,
+                "version": "2.0", "null_threshold": 0.5, "doc_stride": 16,
+                "max_answer_length": 7}
+    elif kind == "ner":
+        labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+        model = BertTokenClassifier(backbone, num_classes=len(labels))
+        head = {"num_classes": len(labels), "labels": labels}
+    else:
+        n = 1 if problem_type == "regression" else 3
+        model = BertTextClassifier(backbone, num_classes=n, problem_type=problem_type)
+        head = {"problem_type": problem_type, "num_classes": n,
+                "labels": None if n == 1 else ["neg", "neu", "pos"]}
+    kernel = model.classifier.kernel
+    kernel.assign(keras.ops.convert_to_numpy(kernel) * 30)  # classes far apart
+    return model, head
+
+
+def exported(tmp_path, tokenizer, kind, problem_type="single_label"):
+    model, head = task_model(kind, problem_type)
+    folder = tmp_path / f"{kind}-{problem_type}"
+    save_task_model(model, folder, tokenizer, kind, head, {"max_length": 48, "epochs": 3})
+    hf = tmp_path / f"{kind}-{problem_type}-hf"
+    assert cli_main(["convert", str(folder), str(hf), "--to", "hf"]) == 0
+    return folder, hf
+
+
+def logits_of(model, batch):
+    """bertdesk's logits (a classifier's and tagger's are a dict's)."""
+    out = model.predict_on_batch({k: batch[k] for k in ("token_ids", "segment_ids",
+                                                         "padding_mask")})
+    return np.asarray(out["logits"] if isinstance(out, dict) else out)
+
+
+def same_words(a, b):
+    """Tagged words alike: words, offsets and tags equal, scores to 1e-5."""
+    return [[dict(w, score=pytest.approx(w["score"], abs=1e-5)) for w in words]
+            for words in b] == a
+
+
+def torch_inputs(batch):
+    import torch
+
+    return {"input_ids": torch.tensor(batch["token_ids"], dtype=torch.long),
+            "token_type_ids": torch.tensor(batch["segment_ids"], dtype=torch.long),
+            "attention_mask": torch.tensor(batch["padding_mask"], dtype=torch.long)}
+
+
+@pytest.mark.parametrize("problem_type", ["single_label", "multi_label", "regression"])
+def test_classifier_export_is_transformers_sequence_classifier(tmp_path, tokenizer,
+                                                               problem_type):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    folder, hf = exported(tmp_path, tokenizer, "classify", problem_type)
+    config = json.loads((hf / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["problem_type"] == {"single_label": "single_label_classification",
+                                      "multi_label": "multi_label_classification",
+                                      "regression": "regression"}[problem_type]
+    theirs = AutoModelForSequenceClassification.from_pretrained(
+        str(hf), attn_implementation="eager").eval()
+    ours = load_model(folder)
+    batch = tokenizer(TEXTS, max_length=48, padding="longest")
+    with torch.no_grad():
+        expected = theirs(**torch_inputs(batch)).logits.numpy()
+    np.testing.assert_allclose(logits_of(ours.model, batch), expected, atol=2e-5)
+    if problem_type != "regression":
+        assert theirs.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
+    # and back: the export loads as a bertdesk model that answers as the original
+    back = Predictor.load(hf)
+    assert back.model.head == ours.head and back.max_length == 48
+    for a, b in zip(back(TEXTS), Predictor(ours)(TEXTS)):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == (b[key] if key in ("label", "labels")
+                              else pytest.approx(b[key], abs=1e-5))
+
+
+def test_transformers_pipelines_agree_with_the_predictor(tmp_path, tokenizer):
+    from transformers import pipeline
+
+    folder, hf = exported(tmp_path, tokenizer, "classify")
+    theirs = pipeline("text-classification", model=str(hf), tokenizer=str(hf), top_k=None)
+    ours = Predictor.load(folder)
+    for answers, mine in zip(theirs(TEXTS), ours(TEXTS)):
+        assert {a["label"]: a["score"] for a in answers} == pytest.approx(mine["scores"],
+                                                                        abs=1e-5)
+
+    folder, hf = exported(tmp_path, tokenizer, "ner")
+    theirs = pipeline("token-classification", model=str(hf), tokenizer=str(hf))
+    ours = Predictor.load(folder)
+    for tokens, words in zip(theirs(TEXTS), ours.tag(TEXTS)):
+        # transformers tags every word piece; each word's first piece is its tag here
+        firsts = {t["start"]: t for t in tokens}
+        for word in words:
+            if word["tag"] == "O":
+                assert word["start"] not in firsts
+            else:
+                assert firsts[word["start"]]["entity"] == word["tag"]
+                assert firsts[word["start"]]["score"] == pytest.approx(word["score"], abs=1e-5)
+
+
+def test_token_and_span_models_export_with_their_heads(tmp_path, tokenizer):
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification
+
+    folder, hf = exported(tmp_path, tokenizer, "ner")
+    theirs = AutoModelForTokenClassification.from_pretrained(str(hf)).eval()
+    assert theirs.config.id2label[3] == "B-PER"
+    batch = tokenizer(TEXTS, max_length=48, padding="longest")
+    with torch.no_grad():
+        expected = theirs(**torch_inputs(batch)).logits.numpy()
+    got = logits_of(load_model(folder).model, batch)
+    mask = batch["padding_mask"].astype(bool)
+    np.testing.assert_allclose(got[mask], expected[mask], atol=2e-5)
+    assert same_words(Predictor.load(hf).tag(TEXTS), Predictor.load(folder).tag(TEXTS))
+
+    folder, hf = exported(tmp_path, tokenizer, "qa")
+    theirs = AutoModelForQuestionAnswering.from_pretrained(str(hf)).eval()
+    batch = tokenizer(["Where is Evenmoor?"], [CONTEXT], max_length=48, padding="longest")
+    with torch.no_grad():
+        out = theirs(**torch_inputs(batch))
+    got = logits_of(load_model(folder).model, batch)
+    np.testing.assert_allclose(got[..., 0], out.start_logits.numpy(), atol=2e-5)
+    np.testing.assert_allclose(got[..., 1], out.end_logits.numpy(), atol=2e-5)
+    back = Predictor.load(hf)
+    assert back.model.head["null_threshold"] == 0.5  # SQuAD 2.0 settings kept
+    mine = Predictor.load(folder).answer("Where is Evenmoor?", CONTEXT)
+    assert back.answer("Where is Evenmoor?", CONTEXT) == dict(
+        mine, score=pytest.approx(mine["score"], abs=1e-6))
+
+
+def test_transformers_task_folders_without_bertdesk_entries(tmp_path, tokenizer):
+    """A folder transformers wrote: labels from id2label, the problem type,
+    pipelines' lengths."""
+    _, hf = exported(tmp_path, tokenizer, "classify", "multi_label")
+    config = json.loads((hf / "config.json").read_text())
+    del config["bertdesk"]
+    (hf / "config.json").write_text(json.dumps(config))
+    model = load_model(hf)
+    assert model.task == "classify" and model.labels == ["neg", "neu", "pos"]
+    assert model.head["problem_type"] == "multi_label" and model.max_length == 64
+
+    config["architectures"] = ["BertModel"]
+    (hf / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: architectures \['BertModel'\] "
+                                              "holds no fine-tuned task"):
+        load_model(hf)
+    config.update(architectures=["BertForSequenceClassification"], problem_type="ranking")
+    (hf / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="problem_type 'ranking'; expected one of"):
+        load_model(hf)
