@@ -24,6 +24,7 @@ from PySide6.QtWidgets import QFileDialog  # noqa: E402
 from bertdesk.training.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from bertdesk_gui.pages.evaluate_page import EvaluatePage  # noqa: E402
 from bertdesk_gui.pages.export_page import (ExportError, ExportPage, copy_model,  # noqa: E402
+                                            export_transformers,
                                             export_predictions, export_report_html,
                                             export_report_pdf)
 from bertdesk_gui.pages.inspect_page import InspectPage  # noqa: E402
@@ -470,6 +471,31 @@ def test_predictions_round_trip(cls_run, tmp_path):
     assert lines["confidence"].tolist() == pytest.approx(frame["confidence"].astype(float))
     with pytest.raises(ExportError, match="must end in"):
         export_predictions(cls_run, tmp_path / "p.txt")
+
+
+def test_export_for_transformers(page, state, cls_run, tmp_path, monkeypatch, qtbot):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = export_transformers(cls_run, tmp_path / "hf")
+    theirs = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    meta = json.loads((Path(cls_run["output"]) / "model" / "bertdesk.json").read_text())
+    assert [theirs.config.id2label[i] for i in range(2)] == meta["head"]["labels"]
+    with pytest.raises(ExportError, match="not empty"):
+        export_transformers(cls_run, folder)
+
+    ex = page(ExportPage, state)
+    assert ex.transformers_button.isEnabled()
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *a, **k: str(tmp_path / "hf2")))
+    ex.choose_transformers_target()  # off the GUI thread
+    qtbot.waitUntil(lambda: ex.status.text().startswith("Saved"), timeout=60000)
+    assert json.loads((tmp_path / "hf2" / "config.json").read_text())["architectures"] == [
+        "BertForSequenceClassification"]
+    assert ex.transformers_button.isEnabled()
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *a, **k: str(tmp_path / "hf2")))
+    ex.choose_transformers_target()  # now not empty: refused, in red
+    qtbot.waitUntil(lambda: "not empty" in ex.status.text(), timeout=60000)
 
 
 def test_copy_model(page, state, cls_run, tmp_path, monkeypatch):

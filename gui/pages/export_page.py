@@ -1,8 +1,10 @@
-"""Export: copy a run's model folder, save its validation predictions (CSV or
-JSON lines) and write a report (HTML, or PDF through Qt's printer).
+"""Export: copy a run's model folder, write it as a transformers task model,
+save its validation predictions (CSV or JSON lines) and write a report
+(HTML, or PDF through Qt's printer).
 
-The writing lives in plain functions (`copy_model`, `export_predictions`,
-`export_report_html`, `export_report_pdf`) that the buttons call after a
+The writing lives in plain functions (`copy_model`, `export_transformers`,
+`export_predictions`, `export_report_html`, `export_report_pdf`) that the
+buttons call after a
 file dialog and that tests call directly. Files are written atomically
 (a temporary file in the same folder, then `os.replace`); every string that
 comes from the data or the run is `html.escape`d in the report."""
@@ -51,6 +53,21 @@ def copy_model(run, target):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def export_transformers(run, target):
+    """Write `<output>/model` into `target` (a new or empty folder) as the
+    transformers task model of its task (`bertdesk convert --to hf`): head,
+    labels and tokenizer, for `AutoModelFor...` and `pipeline(...)`."""
+    from bertdesk.io import convert
+
+    source = Path(run["output"]) / "model"
+    if not (source / "bertdesk.json").is_file():
+        raise ExportError(f"run {run['id']} has no saved model ({source})")
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ExportError(f"{target} is not empty; choose a new or empty folder")
+    return convert(source, target, to="hf")
 
 
 def prediction_records(run):
@@ -254,12 +271,16 @@ class ExportPage(QWidget):
         self.summary.setTextFormat(Qt.PlainText)
         self.summary.setWordWrap(True)
         self.copy_button = QPushButton("Copy model folder…")
+        self.transformers_button = QPushButton("Export for transformers…")
         self.predictions_button = QPushButton("Save predictions…")
         self.report_button = QPushButton("Save report…")
         grid = QGridLayout()
         for i, (button, text) in enumerate((
                 (self.copy_button, "The fine-tuned model (weights, tokenizer, labels), to load "
                                    "with bertdesk or use from the command line."),
+                (self.transformers_button, "The same model as a Hugging Face transformers "
+                                           "task model (BertFor…, labels included), for "
+                                           "AutoModelFor… and pipeline()."),
                 (self.predictions_button, "The validation predictions, as CSV or JSON lines "
                                           "(.csv, .tsv, .jsonl)."),
                 (self.report_button, "Settings, metrics, per-class table, confusion matrix "
@@ -280,6 +301,7 @@ class ExportPage(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.copy_button.clicked.connect(self.choose_copy_target)
+        self.transformers_button.clicked.connect(self.choose_transformers_target)
         self.predictions_button.clicked.connect(self.choose_predictions_file)
         self.report_button.clicked.connect(self.choose_report_file)
         state.run_changed.connect(self._run_changed)
@@ -297,6 +319,7 @@ class ExportPage(QWidget):
         has_model = bool(output and (output / "model" / "bertdesk.json").is_file())
         has_predictions = bool(output and (output / "validation_predictions.csv").is_file())
         self.copy_button.setEnabled(has_model)
+        self.transformers_button.setEnabled(has_model)
         self.predictions_button.setEnabled(has_predictions)
         self.report_button.setEnabled(run is not None)
         if run is None:
@@ -326,6 +349,31 @@ class ExportPage(QWidget):
         target = QFileDialog.getExistingDirectory(self, "Copy the model into (a new or empty "
                                                   "folder)", self._start_dir())
         return self._do(copy_model, target) if target else None
+
+    def choose_transformers_target(self):
+        """Ask for a folder, then write the export off the GUI thread (it
+        builds the model: seconds for a base-sized one)."""
+        from bertdesk_gui.worker import run_async
+
+        target = QFileDialog.getExistingDirectory(self, "Export for transformers into (a new "
+                                                  "or empty folder)", self._start_dir())
+        if not target:
+            return None
+        run = self.run
+        self.transformers_button.setEnabled(False)
+        self.status.setStyleSheet("")
+        self.status.setText(f"Exporting to {target}…")
+
+        def done(folder):
+            self.transformers_button.setEnabled(True)
+            self.status.setText(f"Saved {folder} (transformers task model)")
+
+        def failed(error, _trace):
+            self.transformers_button.setEnabled(True)
+            self.status.setStyleSheet("color: #c0392b;")
+            self.status.setText(str(error))
+
+        return run_async(lambda: export_transformers(run, target), done, failed)
 
     def choose_predictions_file(self):
         path, chosen = QFileDialog.getSaveFileName(
