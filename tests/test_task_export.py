@@ -135,11 +135,16 @@ def test_transformers_pipelines_agree_with_the_predictor(tmp_path, tokenizer):
                 assert firsts[word["start"]]["score"] == pytest.approx(word["score"], abs=1e-5)
 
 
-def test_token_and_span_models_export_with_their_heads(tmp_path, tokenizer):
+def test_token_and_span_models_export_with_their_heads(tmp_path, tokenizer, recwarn):
     import torch
+    from safetensors import safe_open
     from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification
 
     folder, hf = exported(tmp_path, tokenizer, "ner")
+    with safe_open(str(hf / "model.safetensors"), framework="np") as f:
+        names = set(f.keys())
+    # transformers' token and span classes have no pooler: none written, none missed
+    assert "classifier.weight" in names and not any("pooler" in n for n in names)
     theirs = AutoModelForTokenClassification.from_pretrained(str(hf)).eval()
     assert theirs.config.id2label[3] == "B-PER"
     batch = tokenizer(TEXTS, max_length=48, padding="longest")
@@ -160,6 +165,7 @@ def test_token_and_span_models_export_with_their_heads(tmp_path, tokenizer):
     np.testing.assert_allclose(got[..., 1], out.end_logits.numpy(), atol=2e-5)
     back = Predictor.load(hf)
     assert back.model.head["null_threshold"] == 0.5  # SQuAD 2.0 settings kept
+    assert not [w for w in recwarn if "pooler" in str(w.message)]
     mine = Predictor.load(folder).answer("Where is Evenmoor?", CONTEXT)
     assert back.answer("Where is Evenmoor?", CONTEXT) == dict(
         mine, score=pytest.approx(mine["score"], abs=1e-6))

@@ -17,8 +17,8 @@ from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
                                  detect_format)
-from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, TASK_HEAD_PREFIXES, assign_backbone,
-                                 backbone_tensors, validate)
+from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, POOLER_NAMES, TASK_HEAD_PREFIXES,
+                                 assign_backbone, backbone_tensors, validate)
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
            "load_tokenizer", "read_checkpoint", "save_pretrained"]
@@ -129,6 +129,9 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     if task_head and (format != "hf" or hf_architecture is None):
         raise ValueError("task head tensors are written only with format='hf' and the "
                          "hf_architecture they belong to")
+    if hf_architecture in ("BertForTokenClassification", "BertForQuestionAnswering"):
+        # these heads read every position, and their transformers classes have no pooler
+        tensors = {k: v for k, v in tensors.items() if k not in POOLER_NAMES}
     if format == "hf" and (heads or task_head):
         # transformers' Bert*For* layout: the backbone under `bert.`
         keep = ("cls.",) + TASK_HEAD_PREFIXES

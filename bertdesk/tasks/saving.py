@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,8 +201,12 @@ def load_model(folder, **backbone_overrides):
         raise CheckpointError(f"{meta_path}: the 'head' entry lacks "
                               f"{', '.join(map(repr, missing))} (a {task} model needs "
                               f"{', '.join(HEAD_FIELDS[task])})")
-    ckpt = read_checkpoint(folder)
-    backbone = load_backbone(folder, **backbone_overrides)
+    with warnings.catch_warnings():
+        if task in ("ner", "qa"):  # their heads never read the pooler, which
+            # transformers' token and span classes do not have
+            warnings.filterwarnings("ignore", message=".*no pooler weights")
+        ckpt = read_checkpoint(folder)
+        backbone = load_backbone(folder, **backbone_overrides)
     if task == "qa":
         model = BertQuestionAnswerer(backbone)
     elif task == "ner":
