@@ -36,12 +36,7 @@ class ExportError(ValueError):
 def copy_model(run, target):
     """Copy `<output>/model` to `target`, a new or empty folder; the copy is
     assembled beside it and moved in, so `target` is never half-written."""
-    source = Path(run["output"]) / "model"
-    if not (source / "bertdesk.json").is_file():
-        raise ExportError(f"run {run['id']} has no saved model ({source})")
-    target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ExportError(f"{target} is not empty; choose a new or empty folder")
+    source, target = _model_and_target(run, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
                                     dir=target.parent))
@@ -61,13 +56,20 @@ def export_transformers(run, target):
     labels and tokenizer, for `AutoModelFor...` and `pipeline(...)`."""
     from bertdesk.io import convert
 
+    source, target = _model_and_target(run, target)
+    return convert(source, target, to="hf")
+
+
+def _model_and_target(run, target):
+    """The run's model folder and `target` as a path, checked: the model was
+    saved, and `target` is a new or empty folder."""
     source = Path(run["output"]) / "model"
     if not (source / "bertdesk.json").is_file():
         raise ExportError(f"run {run['id']} has no saved model ({source})")
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ExportError(f"{target} is not empty; choose a new or empty folder")
-    return convert(source, target, to="hf")
+    return source, target
 
 
 def prediction_records(run):
