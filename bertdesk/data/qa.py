@@ -92,7 +92,8 @@ def best_spans(examples, windows, start_logits, end_logits, n_best=20, max_answe
     the context, None for no answer), `score` (the span's probability in its
     window: softmax over the window's context tokens and [CLS] of the start
     logits times that of the end logits; for no answer, [CLS]'s in the
-    window where it scored best), `nbest` ([(logit score, text), ...]) and
+    window whose null score is lowest, the one the decision compares),
+    `nbest` ([(logit score, text), ...]) and
     `spans`: the n-best spans once each, best first, as `{answer, start, end,
     score}`."""
     best = {}
