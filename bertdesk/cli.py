@@ -138,7 +138,45 @@ def _finetune_config(args):
         mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
         gradient_checkpointing=args.gradient_checkpointing,
         bucket=False if args.no_bucketing else None, pad_to_multiple=args.pad_to_multiple,
-        resume=args.resume)
+        null_threshold=args.null_threshold, resume=args.resume)
+
+
+def _threshold_arg(allowed):
+    """argparse type for --null-threshold: a number or one of `allowed`."""
+    def parse(text):
+        if text in allowed:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(
+                f"expected a number or {' or '.join(allowed)}, got {text!r}")
+        return value
+    return parse
+
+
+def _apply_null_threshold(model, args):
+    """evaluate/predict `--null-threshold`: decide the model's QA answers
+    at this threshold (a number: null answers on, also for a model trained
+    on SQuAD 1.1 or read from transformers; `none`: always a span)."""
+    from bertdesk.data.tables import DataError
+
+    if args.null_threshold is None:
+        return
+    if model.task != "qa":
+        raise DataError(f"{args.model}: --null-threshold applies to extractive QA models; "
+                        f"this one is a {model.task} model")
+    model.head["null_threshold"] = (None if args.null_threshold == "none"
+                                    else args.null_threshold)
+
+
+def _null_threshold_option(p):
+    p.add_argument("--null-threshold", type=_threshold_arg(("none",)),
+                   help="qa: answer '' where the null answer's start+end logits beat the best "
+                        "span's by more than this (default: the model's own, tuned when it was "
+                        "fine-tuned on SQuAD v2; none: always a span)")
 
 
 def _print_metrics(metrics):
@@ -228,6 +266,7 @@ def _cmd_evaluate(args):
     _refuse_writing_over_inputs({"--metrics-out": args.metrics_out},
                                 {"--data": args.data, "--model": _files_in(args.model)})
     model = load_model(args.model)
+    _apply_null_threshold(model, args)
     task, data = _load_data_for(model, args, require_labels=True)
     task.targets(data, model.head)  # labels the model never saw: a clear error
     scores = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
@@ -247,6 +286,7 @@ def _cmd_predict(args):
                                 {"--data": args.data, "--model": _files_in(args.model)})
     check_predictions_path(args.output)  # before the model is loaded and the data scored
     model = load_model(args.model)
+    _apply_null_threshold(model, args)
     if args.format == "text":
         from bertdesk.data.tables import DataError
         from bertdesk.predictor import Predictor, predict_lines
@@ -444,6 +484,11 @@ def build_parser():
                         "qa: SQuAD v1.1/v2.0 JSON")
     p.add_argument("--doc-stride", type=int, default=128, help="qa: tokens shared by windows")
     p.add_argument("--max-answer-length", type=int, default=30, help="qa: in tokens")
+    p.add_argument("--null-threshold", type=_threshold_arg(("auto",)), default="auto",
+                   help="qa on SQuAD v2 data: answer '' where the null answer's start+end "
+                        "logits beat the best span's by more than this (the reference's "
+                        "null_score_diff_threshold); auto (default): the threshold with the "
+                        "best F1 on the validation set")
     p.add_argument("--train", required=True, help="CSV, TSV, JSON lines, JSON, Parquet or Excel")
     p.add_argument("--validation", help="validation file (default: stratified split of --train)")
     p.add_argument("--validation-fraction", type=float, default=0.1)
@@ -486,6 +531,7 @@ def build_parser():
     _column_options(p, defaults=False)
     p.add_argument("--metrics-out", help="write metrics as JSON")
     p.add_argument("--format", choices=("conll", "bmes", "squad"), help="ner/qa data format")
+    _null_threshold_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict with a fine-tuned model")
@@ -496,6 +542,7 @@ def build_parser():
                    help="ner/qa data format; text: raw text, one example per line "
                         "(classification and NER)")
     _column_options(p, defaults=False)
+    _null_threshold_option(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("encode", help="sentence similarities with the bundled pretrained BERT")

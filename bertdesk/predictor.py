@@ -115,18 +115,29 @@ class Predictor:
         return out[0] if single else out
 
     # === Token classification ===
-    def tag(self, texts):
+    def tag(self, texts, is_split_into_words=False):
         """Per text: its words with their tags, as `[{"word", "start", "end",
         "tag", "score"}]` (character offsets into the text). Words are split
         as the model was trained: one per character for a model trained on
         character-per-line (BMES) files, else at whitespace and punctuation
-        (each CJK character on its own), as the tokenizer splits them."""
+        (each CJK character on its own), as the tokenizer splits them.
+
+        `is_split_into_words=True` (as transformers' token-classification
+        pipeline): `texts` is one sentence as a list of words, or a list of
+        such lists, tagged word for word as `evaluate` tags a CoNLL file
+        (`U.S.` stays one word); offsets are into the words joined by single
+        spaces."""
         from bertdesk.data.ner import tag_words
 
         self._expect("ner", "tag")
-        texts, single = _as_list(texts, "texts")
-        spans = [self._word_spans(text) for text in texts]
-        words = [[text[s:e] for s, e in text_spans] for text, text_spans in zip(texts, spans)]
+        if is_split_into_words:
+            words, single = _as_word_lists(texts)
+            spans = [_joined_spans(sentence) for sentence in words]
+        else:
+            texts, single = _as_list(texts, "texts")
+            spans = [self._word_spans(text) for text in texts]
+            words = [[text[s:e] for s, e in text_spans]
+                     for text, text_spans in zip(texts, spans)]
         tagged = tag_words(self.model.model, self.model.tokenizer, words, self.labels,
                            self.max_length, batch_size=self.batch_size)
         out = [[{"word": w, "start": s, "end": e, "tag": t, "score": p}
@@ -134,19 +145,27 @@ class Predictor:
                for sentence, text_spans, (tags, probs) in zip(words, spans, tagged)]
         return out[0] if single else out
 
-    def entities(self, texts, strict=False):
+    def entities(self, texts, strict=False, is_split_into_words=False):
         """Per text: the entities found, `[{"type", "text", "start", "end",
         "score"}]`, `start`/`end` character offsets into the text, `score` the
         mean probability of its words' tags. An entity starts at a B- tag, or
         at an I- tag after O or after another type (as Hugging Face's
         pipelines and seqeval's default mode read them); `strict=True` drops
-        those, as the metrics do (seqeval's strict IOB2)."""
+        those, as the metrics do (seqeval's strict IOB2).
+        `is_split_into_words=True`: words given, as for `tag` (offsets and
+        text from the words joined by single spaces)."""
         from bertdesk.data.ner import entities, iob1_to_iob2
 
         self._expect("ner", "entities")
-        texts, single = _as_list(texts, "texts")
+        if is_split_into_words:
+            sentences, single = _as_word_lists(texts)
+            texts = [" ".join(words) for words in sentences]
+            tagged = self.tag(sentences, is_split_into_words=True)
+        else:
+            texts, single = _as_list(texts, "texts")
+            tagged = self.tag(texts)
         out = []
-        for text, words in zip(texts, self.tag(texts)):
+        for text, words in zip(texts, tagged):
             found = []
             tags = [w["tag"] for w in words]
             for kind, first, end in entities(tags if strict else iob1_to_iob2(tags)):
@@ -163,7 +182,7 @@ class Predictor:
         return self.model.tokenizer.word_spans(text)
 
     # === Extractive QA ===
-    def answer(self, questions, contexts, top_k=1):
+    def answer(self, questions, contexts, top_k=1, null_threshold="model"):
         """Per question: `{"answer", "start", "end", "score"}`, the answer
         text, its character offsets into the context and its probability
         (start times end, in the window it came from). A SQuAD 2.0 model
@@ -173,7 +192,14 @@ class Predictor:
         contexts (or one context with several questions) is asked of each.
         `top_k` > 1: a list of up to that many answers per question, best
         first (different spans; for SQuAD 2.0 the no-answer first where it
-        wins)."""
+        wins).
+
+        `null_threshold`: "model" (the model's own: tuned on the validation
+        set when it was fine-tuned on SQuAD 2.0, None for SQuAD 1.1 and for
+        transformers folders, whose config does not say), a number (answer
+        "" where the null answer's start + end logits beat the best span's
+        by more than that: the reference's `null_score_diff_threshold`, 0.0
+        its default) or None (always a span)."""
         from bertdesk.data.squad import QAData, QAExample
         from bertdesk.data.batching import PaddedBatches, predict_batches
         from bertdesk.data.qa import best_spans, make_windows
@@ -193,6 +219,10 @@ class Predictor:
             if not question.strip() or not context.strip():
                 raise ValueError(f"example {i}: empty {'question' if not question.strip() else 'context'}")
         head = self.model.head
+        if null_threshold == "model":
+            null_threshold = head.get("null_threshold")
+        elif null_threshold is not None:
+            null_threshold = _finite(null_threshold)
         examples = [QAExample(str(i), q, c, []) for i, (q, c) in enumerate(zip(questions, contexts))]
         data = QAData(examples, "questions", head.get("version", "1.1"))
         windows = make_windows(self.model.tokenizer, data.examples, max_length=self.max_length,
@@ -202,7 +232,7 @@ class Predictor:
         found = best_spans(examples, windows, [lg[:, 0] for lg in logits],
                            [lg[:, 1] for lg in logits],
                            max_answer_length=head["max_answer_length"],
-                           null_threshold=head.get("null_threshold"))
+                           null_threshold=null_threshold)
         keys = ("answer", "start", "end", "score")
         if top_k == 1:
             out = [{k: f[k] for k in keys} for f in found]
@@ -210,7 +240,7 @@ class Predictor:
             out = []
             for f in found:
                 spans = f["spans"][:top_k]
-                if f["start"] is None and head.get("null_threshold") is not None:
+                if f["start"] is None and null_threshold is not None:
                     spans = [{k: f[k] for k in keys}] + spans[:top_k - 1]
                 out.append(spans)
         return out[0] if single else out
@@ -220,6 +250,47 @@ class Predictor:
             names = {"classify": "classify", "ner": "tag or entities", "qa": "answer"}
             raise ValueError(f"{self.model.folder}: a {self.task} model; {method}() needs a "
                              f"{task} model (this one answers {names[self.task]}())")
+
+
+def _finite(threshold):
+    """`answer`'s numeric null threshold as a float (or a clear error)."""
+    try:
+        value = None if isinstance(threshold, (str, bool)) else float(threshold)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not np.isfinite(value):
+        raise ValueError(f"null_threshold must be 'model', a finite number or None, "
+                         f"got {threshold!r}")
+    return value
+
+
+def _as_word_lists(values):
+    """(list of sentences as lists of words, whether one sentence was
+    given) for `is_split_into_words=True`."""
+    def words_of(value, where):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise TypeError(f"with is_split_into_words=True, {where} must be a list of words "
+                            f"(strings), got {type(value).__name__}")
+        for i, word in enumerate(value):
+            if not isinstance(word, str):
+                raise TypeError(f"{where}[{i}] is {type(word).__name__}, expected a word (str)")
+        return list(value)
+
+    if isinstance(values, (list, tuple)) and values and all(
+            isinstance(v, str) for v in values):
+        return [words_of(values, "texts")], True
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        words_of(values, "texts")  # raises
+    return [words_of(v, f"texts[{i}]") for i, v in enumerate(values)], False
+
+
+def _joined_spans(words):
+    """Each word's (start, end) in `" ".join(words)`."""
+    spans, start = [], 0
+    for word in words:
+        spans.append((start, start + len(word)))
+        start += len(word) + 1
+    return spans
 
 
 def _as_list(values, name):

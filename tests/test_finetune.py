@@ -464,6 +464,127 @@ CONTEXTS = {qa["id"]: p["context"]
             for p in a["paragraphs"] for qa in p["qas"]}
 
 
+def squad_v2_sample(path, articles):
+    """The bundled sample's first `articles` articles as SQuAD 2.0: each
+    context also gets a question about the person of a later article whose
+    answer it does not hold, unanswerable there."""
+    data = json.loads((ASSETS / "qa_en.json").read_text())["data"][:articles]
+    for i, article in enumerate(data):
+        para = article["paragraphs"][0]
+        q = next(q for j in range(1, len(data)) for q in data[(i + j) % len(data)][
+            "paragraphs"][0]["qas"] if q["answers"][0]["text"] not in para["context"])
+        para["qas"].append({"id": f"{q['id']}-none", "question": q["question"], "answers": [],
+                            "is_impossible": True})
+    path.write_text(json.dumps({"version": "v2.0", "data": data}), encoding="utf-8")
+    return path
+
+
+def test_qa_v2_null_threshold_is_tuned_on_validation(tmp_path, tiny_model):
+    """SQuAD 2.0: the null threshold with the best validation F1 is saved
+    with the model (the official script's best_f1_thresh), the run's F1 is
+    at it, and evaluate/predict/the Predictor decide at it unless told
+    otherwise."""
+    from bertdesk.data.qa import tune_null_threshold
+    from bertdesk.data.squad import read_squad, squad_metrics
+    from bertdesk.predictor import Predictor
+    from bertdesk.training.tasks import get_task
+
+    train = squad_v2_sample(tmp_path / "v2.json", 40)
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps({"version": "v2.0",
+                                "data": json.loads(train.read_text())["data"][30:]}))
+    train.write_text(json.dumps({"version": "v2.0",
+                                 "data": json.loads(train.read_text())["data"][:30]}))
+    result = run_finetune(config(tmp_path, tiny_model, task="qa", format="squad",
+                                 train=str(train), validation=str(held), max_length=48,
+                                 doc_stride=16, epochs=1, learning_rate=3e-3))
+    model = load_model(Path(result["model"]))
+    assert model.head["version"] == "2.0"
+    data = read_squad(held)
+    scores = get_task("qa").scores(model.model, model.tokenizer, data, model.head, 48)
+    threshold, best_f1 = tune_null_threshold(data.examples, scores.found)
+    assert model.head["null_threshold"] == pytest.approx(threshold, abs=1e-4)
+    metrics = result["metrics"]
+    assert metrics["null_threshold"] == model.head["null_threshold"]
+    assert metrics["f1"] == pytest.approx(best_f1) == pytest.approx(metrics["best_f1"])
+    assert metrics["best_f1_thresh"] == pytest.approx(threshold, abs=1e-4)
+    assert {"HasAns_f1", "NoAns_f1", "best_exact", "best_exact_thresh"} <= set(metrics)
+
+    # evaluate at the model's threshold, at another, and with no null answers
+    seen = {}
+    for extra in ([], ["--null-threshold", "none"], ["--null-threshold", "1e9"],
+                  ["--null-threshold=-1e9"]):
+        out = tmp_path / f"m{len(seen)}.json"
+        assert cli_main(["evaluate", "--model", result["model"], "--data", str(held),
+                         "--metrics-out", str(out)] + extra) == 0
+        seen[" ".join(extra)] = json.loads(out.read_text())
+    assert seen[""]["f1"] == pytest.approx(metrics["f1"])
+    # every question gets its best span (the few with no valid span in the 20
+    # best starts and ends of this barely trained model get "")
+    spans = [f["spans"][0]["answer"] if f["spans"] else "" for f in scores.found]
+    expected = squad_metrics(dict(zip((ex.id for ex in data.examples), spans)), data)
+    for key in ("f1", "HasAns_f1", "NoAns_f1", "exact_match"):
+        assert seen["--null-threshold none"][key] == pytest.approx(expected[key])
+    assert sum(map(bool, spans)) > len(spans) / 2
+    assert seen["--null-threshold none"]["null_threshold"] is None
+    assert seen["--null-threshold 1e9"]["f1"] == pytest.approx(seen["--null-threshold none"]["f1"])
+    assert seen["--null-threshold=-1e9"]["NoAns_f1"] == 100.0  # "" everywhere
+    assert seen["--null-threshold=-1e9"]["HasAns_f1"] == 0.0
+    assert cli_main(["predict", "--model", result["model"], "--data", str(held), "--output",
+                     str(tmp_path / "p.csv"), "--null-threshold", "-1000000"]) == 0
+    with open(tmp_path / "p.csv", encoding="utf-8") as f:
+        assert {r["prediction"] for r in csv.DictReader(f)} == {""}
+
+    predictor = Predictor(model)
+    ex = data.examples
+    by_model = predictor.answer([e.question for e in ex], [e.context for e in ex])
+    assert [a["answer"] for a in by_model] == [scores[e.id] for e in ex]
+    spans = predictor.answer([e.question for e in ex], [e.context for e in ex],
+                             null_threshold=None)
+    assert [bool(a["answer"]) for a in spans] == [bool(f["spans"]) for f in scores.found]
+    with pytest.raises(ValueError, match="null_threshold must be 'model', a finite number"):
+        predictor.answer(ex[0].question, ex[0].context, null_threshold="auto")
+
+
+@pytest.mark.backend_neutral
+def test_null_threshold_options_are_checked(capsys):
+    from bertdesk.cli import _finetune_config, build_parser
+
+    base = ["finetune", "--task", "qa", "--train", "t.json", "--output", "out"]
+    assert _finetune_config(build_parser().parse_args(base)).null_threshold == "auto"
+    assert _finetune_config(build_parser().parse_args(
+        base + ["--null-threshold", "-1.5"])).null_threshold == -1.5
+    for argv in (base + ["--null-threshold", "none"], base + ["--null-threshold", "inf"],
+                 ["evaluate", "--model", "m", "--data", "d", "--null-threshold", "auto"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        assert "--null-threshold: expected a number or" in capsys.readouterr().err
+    from types import SimpleNamespace
+
+    from bertdesk.cli import _apply_null_threshold
+
+    args = build_parser().parse_args(["evaluate", "--model", "runs/x/model", "--data", "d",
+                                      "--null-threshold", "0"])
+    with pytest.raises(DataError, match="runs/x/model: --null-threshold applies to extractive "
+                                        "QA models; this one is a classify model"):
+        _apply_null_threshold(SimpleNamespace(task="classify", head={}), args)
+    qa = SimpleNamespace(task="qa", head={"null_threshold": None})
+    _apply_null_threshold(qa, args)
+    assert qa.head["null_threshold"] == 0.0
+
+    from bertdesk.data.squad import QAData, QAExample
+    from bertdesk.training.tasks import get_task
+
+    v1 = QAData([QAExample("q", "Who?", "Ana.", [{"text": "Ana", "answer_start": 0}])], "t.json")
+    fixed = FinetuneConfig(train="t.json", output="o", task="qa", null_threshold=-1.5)
+    with pytest.raises(DataError, match=r"t.json: --null-threshold is for SQuAD v2 data"):
+        get_task("qa").make_head(v1, fixed)
+    assert get_task("qa").make_head(QAData(v1.examples, "t.json", "v2.0"),
+                                    fixed)["null_threshold"] == -1.5
+    assert get_task("qa").make_head(v1, FinetuneConfig(train="t", output="o", task="qa"))[
+        "null_threshold"] is None
+
+
 @pytest.mark.backend_neutral
 def test_cli_pad_to_multiple_reaches_the_config(capsys):
     from bertdesk.cli import _finetune_config, build_parser

@@ -365,3 +365,13 @@ def test_launchers():
     assert scripts.get("bertdesk-gui") == "bertdesk_gui.app:main"
     args = build_parser().parse_args(["gui", "data.csv"])
     assert args.files == ["data.csv"] and args.func.__name__ == "_cmd_gui"
+
+
+def test_qa_summary_shows_the_null_threshold_in_logits():
+    from bertdesk_gui.pages.evaluate_page import summary_text
+
+    metrics = {"exact_match": 50.0, "f1": 62.5, "total": 8, "null_threshold": -0.25,
+               "best_f1": 62.5, "best_f1_thresh": -0.25}
+    assert summary_text(metrics, "qa") == ("exact match 50.00 %,  F1 62.50 %,  questions 8,  "
+                                           "null threshold -0.25")
+    assert "null threshold" not in summary_text(dict(metrics, null_threshold=None), "qa")

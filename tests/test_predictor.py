@@ -228,6 +228,41 @@ def test_entities_and_their_offsets(tmp_path, tokenizer, monkeypatch):
         ("PER", "Ana", 0, 3), ("LOC", "New York", 14, 22)]
 
 
+def test_words_given_are_tagged_as_given(tmp_path, tokenizer):
+    """`is_split_into_words=True`: CoNLL-style words stay whole (`U.S.`),
+    tagged as `evaluate` tags a CoNLL file; offsets into the words joined
+    by spaces, as transformers' pipeline gives them."""
+    from bertdesk.data.ner import tag_words
+
+    p = ner_predictor(tmp_path, tokenizer)
+    sentences = [["U.S.", "officials", "met", "Wal-Mart", "staff", "in", "São", "Paulo", "."],
+                 ["Dull", "."]]
+    got = p.tag(sentences, is_split_into_words=True)
+    expected = tag_words(p.model.model, tokenizer, sentences, NER_LABELS, 32)
+    for words, tagged, (tags, probs) in zip(sentences, got, expected):
+        joined = " ".join(words)
+        assert [w["word"] for w in tagged] == words
+        assert [joined[w["start"]:w["end"]] for w in tagged] == words
+        assert [w["tag"] for w in tagged] == tags
+        assert [w["score"] for w in tagged] == pytest.approx(probs, abs=1e-5)
+    one = p.tag(sentences[0], is_split_into_words=True)  # one sentence: its words
+    assert [w["tag"] for w in one] == [w["tag"] for w in got[0]]
+    assert len(p.tag(" ".join(sentences[0]))) == len(sentences[0]) + 5  # U . S . / Wal - Mart
+
+    per = ner_predictor(tmp_path / "per", tokenizer, bias_tag="B-PER")
+    found = per.entities(sentences, is_split_into_words=True)
+    assert [e["text"] for e in found[0]] == sentences[0]
+    assert found[1][0] == dict(found[1][0], type="PER", text="Dull", start=0, end=4)
+    assert per.entities(sentences[1], is_split_into_words=True) == [
+        dict(e, score=pytest.approx(e["score"], abs=1e-6)) for e in found[1]]
+    assert p.tag([], is_split_into_words=True) == []
+    for bad, message in (("U.S. officials", "texts must be a list of words"),
+                         ([["a", 1]], r"texts\[0\]\[1\] is int"),
+                         ([["a"], "b"], r"texts\[1\] must be a list of words")):
+        with pytest.raises(TypeError, match=message):
+            p.tag(bad, is_split_into_words=True)
+
+
 def test_character_models_tag_each_character(tmp_path, tokenizer):
     p = ner_predictor(tmp_path, tokenizer, bias_tag="B-LOC", format="bmes")
     text = "我 在北京 2008"
@@ -295,7 +330,7 @@ def test_answers_are_spans_of_the_context(tmp_path, tokenizer):
     assert len({(a["start"], a["end"]) for a in top}) == 3
     assert all(context[a["start"]:a["end"]] == a["answer"] for a in top)
 
-    never = qa_predictor(tmp_path, tokenizer, null_threshold=1e9)  # SQuAD 2.0, always "no"
+    never = qa_predictor(tmp_path, tokenizer, null_threshold=-1e9)  # SQuAD 2.0, always "no"
     a = never.answer(questions[0], context)
     assert (a["answer"], a["start"], a["end"]) == ("", None, None) and 0 < a["score"] <= 1
     with pytest.raises(ValueError, match="example 1: empty context"):

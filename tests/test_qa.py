@@ -106,3 +106,69 @@ def test_span_model(tmp_path):
     check_keras_roundtrip(model, x, tmp_path)
     assert set(model.head_tensors()) == {"qa_outputs.weight", "qa_outputs.bias"}
     assert model.head_tensors()["qa_outputs.weight"].shape == (2, TINY["hidden_dim"])
+
+
+def _found(spans_and_diffs):
+    """`best_spans`-shaped decodings: (best span text or None, null_diff)."""
+    return [{"spans": [] if text is None else [{"answer": text}],
+             "null_diff": None if text is None else diff}
+            for text, diff in spans_and_diffs]
+
+
+@pytest.mark.backend_neutral
+def test_the_tuned_null_threshold_is_the_best_of_every_threshold():
+    """SQuAD 2.0's `best_f1_thresh`: against a brute force over thresholds
+    around every null-score difference, on random answerable and
+    unanswerable questions (ties included)."""
+    from bertdesk.data.qa import answers_at, tune_null_threshold
+
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "green", "old", "mill", "river"]
+    for trial in range(40):
+        n = int(rng.integers(1, 12))
+        examples, pairs = [], []
+        for i in range(n):
+            gold = " ".join(rng.choice(words, size=rng.integers(1, 4)))
+            impossible = rng.random() < 0.4
+            examples.append(QAExample(str(i), "q", gold, [] if impossible else
+                                      [{"text": gold, "answer_start": 0}], impossible))
+            span = None if rng.random() < 0.1 else " ".join(rng.choice(words, rng.integers(1, 3)))
+            pairs.append((span, float(rng.integers(-3, 4)) if trial % 2 else rng.normal()))
+        found = _found(pairs)
+        data = QAData(examples)
+        for metric, key in (("f1", "f1"), ("exact_match", "exact_match")):
+            threshold, best = tune_null_threshold(examples, found, metric)
+            diffs = sorted({d for span, d in pairs if span is not None} or {0.0})
+            candidates = [diffs[0] - 1] + diffs + [diffs[-1] + 1]
+            brute = max(squad_metrics(dict(zip(map(str, range(n)), answers_at(found, t))),
+                                      data)[key] for t in candidates)
+            at = squad_metrics(dict(zip(map(str, range(n)), answers_at(found, threshold))),
+                               data)[key]
+            assert best == pytest.approx(brute) and at == pytest.approx(brute)
+            assert threshold not in diffs  # never on a difference: no tie to break
+    with pytest.raises(ValueError, match="no examples"):
+        tune_null_threshold([], [])
+
+
+@pytest.mark.backend_neutral
+def test_null_answers_follow_the_reference_rule(tokenizer):
+    """An answer is "" exactly where the lowest null score minus the best
+    span's score exceeds the threshold (google-research/bert's
+    `score_diff > null_score_diff_threshold`), and `answers_at` redecides
+    as `best_spans` does."""
+    from bertdesk.data.qa import answers_at, best_spans
+
+    examples = [example("a", "When was it written?", "the winter of 2026"),
+                example("b", "Who wrote it?", "a small team")]
+    windows = make_windows(tokenizer, examples, max_length=40, doc_stride=12)
+    rng = np.random.default_rng(1)
+    starts = [rng.normal(size=len(w.token_ids)) for w in windows]
+    ends = [rng.normal(size=len(w.token_ids)) for w in windows]
+    plain = best_spans(examples, windows, starts, ends)
+    for i, f in enumerate(plain):
+        nulls = [s[0] + e[0] for w, s, e in zip(windows, starts, ends) if w.example == i]
+        assert f["null_diff"] == pytest.approx(min(nulls) - f["nbest"][0][0])
+        for t in (f["null_diff"] - 1e-6, f["null_diff"] + 1e-6, None):
+            again = best_spans(examples, windows, starts, ends, null_threshold=t)
+            assert [g["answer"] for g in again] == answers_at(plain, t)
+            assert (again[i]["answer"] == "") == (t is not None and f["null_diff"] > t)

@@ -93,9 +93,14 @@ def best_spans(examples, windows, start_logits, end_logits, n_best=20, max_answe
     window: softmax over the window's context tokens and [CLS] of the start
     logits times that of the end logits; for no answer, [CLS]'s in the
     window whose null score is lowest, the one the decision compares),
-    `nbest` ([(logit score, text), ...]) and
+    `nbest` ([(logit score, text), ...]),
     `spans`: the n-best spans once each, best first, as `{answer, start, end,
-    score}`."""
+    score}`, and `null_diff`: the lowest null score ([CLS]'s start + end
+    logits) over the example's windows minus the best span's (None
+    without a span). With `null_threshold` the answer is "" where
+    `null_diff` exceeds it: the reference's `null_score_diff_threshold`
+    (google-research/bert, transformers' run_qa.py), 0.0 its default;
+    `tune_null_threshold` picks one on data with unanswerable questions."""
     best = {}
     null = {}
     for w, s_log, e_log in zip(windows, start_logits, end_logits):
@@ -126,17 +131,67 @@ def best_spans(examples, windows, start_logits, end_logits, n_best=20, max_answe
         cands = sorted(best.get(i, []), key=lambda c: -c[0])[:n_best]
         out = {"answer": "", "start": None, "end": None,
                "score": null.get(i, (0.0, 0.0))[1] if null_threshold is not None else 0.0,
-               "nbest": [(c[0], c[1]) for c in cands], "spans": []}
+               "nbest": [(c[0], c[1]) for c in cands], "spans": [],
+               "null_diff": null[i][0] - cands[0][0] if cands else None}
         seen = set()
         for _, text, first, last, prob in cands:  # overlapping windows repeat spans
             if (first, last) not in seen:
                 seen.add((first, last))
                 out["spans"].append({"answer": text, "start": first, "end": last,
                                      "score": prob})
-        if cands and not (null_threshold is not None and null[i][0] + null_threshold > cands[0][0]):
+        if cands and (null_threshold is None or out["null_diff"] <= null_threshold):
             _, out["answer"], out["start"], out["end"], out["score"] = cands[0]
         found.append(out)
     return found
+
+
+def answers_at(found, null_threshold):
+    """`best_spans`' answer texts decided again at another null threshold
+    (None: the best span always; "" where there is none)."""
+    return [f["spans"][0]["answer"] if f["spans"] and (
+        null_threshold is None or f["null_diff"] <= null_threshold) else "" for f in found]
+
+
+def tune_null_threshold(examples, found, metric="f1"):
+    """The null threshold with the best mean `metric` ("f1" or
+    "exact_match", the official SQuAD 2.0 scores) over `examples`, as the
+    official script's `best_f1_thresh` (in the units of the reference's
+    null_odds file, `null_diff`): the examples ordered by `null_diff`, the
+    best number of them answered by their span and the rest by "".
+    Returns (threshold, score in percent); the threshold is halfway between
+    the last `null_diff` answered and the next (a logit unit past the
+    ends), so `best_spans(..., null_threshold=threshold)` reproduces the
+    score."""
+    from bertdesk.data.squad import exact_match, f1, normalize_answer
+
+    score = {"f1": f1, "exact_match": exact_match}[metric]
+    if not examples:
+        raise ValueError("no examples to tune the null threshold on")
+    total, gains = 0.0, []
+    for ex, f in zip(examples, found):
+        golds = [a["text"] for a in ex.answers if normalize_answer(a["text"])] or [""]
+        null = max(score("", g) for g in golds)
+        total += null
+        if f["null_diff"] is not None:
+            span = f["spans"][0]["answer"]
+            gains.append((f["null_diff"], max(score(span, g) for g in golds) - null))
+    gains.sort(key=lambda g: g[0])  # the surest spans first
+    diffs = [d for d, _ in gains]
+    best, best_k, running = total, 0, total
+    for k, (diff, gain) in enumerate(gains, 1):
+        running += gain
+        # a threshold cannot split equal diffs: decide after the last of them
+        if (k == len(gains) or gains[k][0] > diff) and running > best + 1e-12:
+            best, best_k = running, k
+    if not diffs:
+        threshold = 0.0
+    elif best_k == 0:
+        threshold = diffs[0] - 1.0
+    elif best_k == len(diffs):
+        threshold = diffs[-1] + 1.0
+    else:
+        threshold = (diffs[best_k - 1] + diffs[best_k]) / 2
+    return float(threshold), 100.0 * best / len(examples)
 
 
 def _softmax_over(logits, allowed):

@@ -50,6 +50,9 @@ class FinetuneConfig:
     bucket_batches: int = 50  # bucketing window, in batches
     doc_stride: int = 128  # qa: tokens shared by consecutive windows of a long context
     max_answer_length: int = 30  # qa: longest answer, in tokens
+    # qa, SQuAD v2: "" where the null answer's logits beat the best span's by
+    # more than this; "auto": the threshold with the best F1 on the validation set
+    null_threshold: str | float = "auto"
     resume: bool = False
 
     @classmethod
@@ -292,7 +295,9 @@ def run_finetune(config, sink=None):
     scored = {}  # the latest epoch's validation scores, and the best epoch's
 
     def evaluate():
-        scored["latest"] = task.scores(model, tokenizer, validation, head, config.max_length)
+        scored["latest"] = task.calibrate(
+            task.scores(model, tokenizer, validation, head, config.max_length),
+            validation, head, config)
         metrics = task.metrics(scored["latest"], validation, head)
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics
@@ -325,6 +330,7 @@ def run_finetune(config, sink=None):
     scores = scored.get("best")
     if scores is None:  # the best epoch ran in an earlier, resumed-from run
         best = load_model(out / "model")
+        head = best.head  # with what was tuned on its epoch's scores
         scores = task.scores(best.model, best.tokenizer, validation, head, config.max_length)
     # else: the model saved is the one these scores came from (the keeper has
     # put its weights back), so the validation set is not scored again

@@ -74,6 +74,11 @@ class ClassifyTask:
         return {"single_label": "accuracy", "multi_label": "macro_f1",
                 "regression": "pearson"}[head["problem_type"]]
 
+    def calibrate(self, scores, data, head, config):
+        """Settings of `head` tuned on the validation scores after each
+        epoch (QA's null threshold); the scores as they stand at them."""
+        return scores
+
     def scores(self, model, tokenizer, data, head, max_length):
         from bertdesk.training.finetune import predict_scores
 
@@ -175,6 +180,9 @@ class NerTask:
     def monitor(self, head):
         return "f1"
 
+    def calibrate(self, scores, data, head, config):
+        return scores
+
     def scores(self, model, tokenizer, data, head, max_length):
         """Word-level predicted tags per sentence (a sentence longer than
         `max_length` tokens in consecutive windows)."""
@@ -237,9 +245,24 @@ class QaTask:
     def make_head(self, train, config):
         v2 = train.version.lower().lstrip("v").startswith("2") or any(
             ex.is_impossible for ex in train.examples)
+        if not v2 and str(getattr(config, "null_threshold", "auto")) != "auto":
+            raise DataError(f"{train.source}: --null-threshold is for SQuAD v2 data, with "
+                            "unanswerable questions; this file has none (SQuAD v1.1)")
         return {"problem_type": "extractive_qa", "num_classes": 2, "labels": None,
-                "version": "2.0" if v2 else "1.1", "null_threshold": 0.0 if v2 else None,
+                "version": "2.0" if v2 else "1.1",
+                "null_threshold": _given_threshold(config) if v2 else None,
                 "doc_stride": config.doc_stride, "max_answer_length": config.max_answer_length}
+
+    def calibrate(self, scores, data, head, config):
+        """SQuAD v2 with `--null-threshold auto`: the null threshold that
+        gives the best F1 on `data` (the validation set) goes into `head`,
+        and the answers are decided again at it."""
+        from bertdesk.data.qa import tune_null_threshold
+
+        if head.get("version") != "2.0" or str(config.null_threshold) != "auto":
+            return scores
+        head["null_threshold"], _ = tune_null_threshold(data.examples, scores.found)
+        return Answers(data.examples, scores.found, head["null_threshold"])
 
     def targets(self, data, head):
         return None  # answers were checked against their contexts when read
@@ -278,23 +301,36 @@ class QaTask:
         return "f1"
 
     def scores(self, model, tokenizer, data, head, max_length):
-        """{question id: answer text}."""
+        """{question id: answer text} (`Answers`, at the head's threshold)."""
         from bertdesk.data.batching import PaddedBatches, predict_batches
-        from bertdesk.data.qa import decode
+        from bertdesk.data.qa import best_spans
 
         windows = self._windows(tokenizer, data, head, max_length)
         logits = predict_batches(model, PaddedBatches([(w.token_ids, w.segment_ids)
                                                        for w in windows], None, batch_size=64))
-        answers, _ = decode(data.examples, windows, [lg[:, 0] for lg in logits],
-                            [lg[:, 1] for lg in logits],
-                            max_answer_length=head["max_answer_length"],
-                            null_threshold=head.get("null_threshold"))
-        return answers
+        found = best_spans(data.examples, windows, [lg[:, 0] for lg in logits],
+                           [lg[:, 1] for lg in logits],
+                           max_answer_length=head["max_answer_length"])
+        return Answers(data.examples, found, head.get("null_threshold"))
 
     def metrics(self, scores, data, head):
+        """The official SQuAD scores; on data with unanswerable questions
+        also the official script's `best_exact`/`best_f1` and the null
+        thresholds that reach them (`*_thresh`, in `--null-threshold`'s
+        units: how far the null answer's logits may beat the best span's),
+        and the threshold the answers were decided at (`null_threshold`,
+        None: no null answers)."""
+        from bertdesk.data.qa import tune_null_threshold
         from bertdesk.data.squad import squad_metrics
 
-        return squad_metrics(scores, data)
+        out = squad_metrics(scores, data)
+        found = getattr(scores, "found", None)
+        if found is not None and any(ex.is_impossible for ex in data.examples):
+            out["null_threshold"] = scores.null_threshold
+            for name, metric in (("exact", "exact_match"), ("f1", "f1")):
+                thresh, best = tune_null_threshold(data.examples, found, metric)
+                out[f"best_{name}"], out[f"best_{name}_thresh"] = best, thresh
+        return out
 
     def rows(self, scores, data, head):
         from bertdesk.data.squad import exact_match, f1
@@ -313,6 +349,34 @@ class QaTask:
     def describe(self, train, validation, head):
         return (f"data: {len(train)} training, {len(validation)} validation questions "
                 f"(SQuAD v{head['version']})")
+
+
+class Answers(dict):
+    """QA scores: {question id: answer text ("" for none)} decided at
+    `null_threshold`, with `found`: each example's decoding (`best_spans`,
+    in data order), from which other thresholds are tried."""
+
+    def __init__(self, examples, found, null_threshold):
+        from bertdesk.data.qa import answers_at
+
+        super().__init__(zip((ex.id for ex in examples), answers_at(found, null_threshold)))
+        self.found = found
+        self.null_threshold = null_threshold
+
+
+def _given_threshold(config):
+    """`--null-threshold`: "auto" (tuned on the validation set, 0.0 until
+    then) or a number."""
+    value = getattr(config, "null_threshold", "auto")
+    if str(value) == "auto":
+        return 0.0
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"--null-threshold: expected auto or a number, got {value!r}") from None
+    if not np.isfinite(value):
+        raise DataError(f"--null-threshold: expected a finite number, got {value!r}")
+    return value
 
 
 TASKS = {"classify": ClassifyTask(), "ner": NerTask(), "qa": QaTask()}

@@ -22,8 +22,9 @@ SCALARS = {  # metric key -> shown name, in display order
     "HasAns_exact": "has-answer EM", "HasAns_f1": "has-answer F1",
     "NoAns_exact": "no-answer EM", "NoAns_f1": "no-answer F1",
     "pearson": "Pearson", "spearman": "Spearman", "mse": "MSE",
-    "support": "support", "total": "questions"}
+    "support": "support", "total": "questions", "null_threshold": "null threshold"}
 COUNTS = {"support", "total"}
+LOGITS = {"null_threshold"}  # a logit margin, not a score
 
 
 def read_results(run):
@@ -70,6 +71,8 @@ def metric_name(key, task):
 def format_value(key, value, task):
     if key in COUNTS:
         return str(int(value))
+    if key in LOGITS:
+        return f"{value:.2f}"
     if is_percent(task):
         return f"{value:.2f} %"
     return f"{value:.4f}"
