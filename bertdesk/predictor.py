@@ -276,8 +276,11 @@ def _as_word_lists(values):
                 raise TypeError(f"{where}[{i}] is {type(word).__name__}, expected a word (str)")
         return list(value)
 
-    if isinstance(values, (list, tuple)) and values and all(
-            isinstance(v, str) for v in values):
+    if isinstance(values, (list, tuple)) and any(isinstance(v, str) for v in values):
+        if not all(isinstance(v, str) for v in values):
+            raise TypeError("with is_split_into_words=True, texts is one sentence (a list of "
+                            "words) or a list of sentences (lists of words), not a mix of "
+                            "words and lists")
         return [words_of(values, "texts")], True
     if isinstance(values, str) or not isinstance(values, (list, tuple)):
         words_of(values, "texts")  # raises

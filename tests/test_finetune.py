@@ -499,7 +499,7 @@ def test_qa_v2_null_threshold_is_tuned_on_validation(tmp_path, tiny_model):
                                  train=str(train), validation=str(held), max_length=48,
                                  doc_stride=16, epochs=1, learning_rate=3e-3))
     model = load_model(Path(result["model"]))
-    assert model.head["version"] == "2.0"
+    assert model.head["version"] == "2.0" and model.head["null_threshold_from"] == "validation"
     data = read_squad(held)
     scores = get_task("qa").scores(model.model, model.tokenizer, data, model.head, 48)
     threshold, best_f1 = tune_null_threshold(data.examples, scores.found)
@@ -545,6 +545,22 @@ def test_qa_v2_null_threshold_is_tuned_on_validation(tmp_path, tiny_model):
     with pytest.raises(ValueError, match="null_threshold must be 'model', a finite number"):
         predictor.answer(ex[0].question, ex[0].context, null_threshold="auto")
 
+    # a validation set of answerable questions only: nothing to tune on, 0.0 stays
+    answerable = tmp_path / "answerable.json"
+    answerable.write_text(json.dumps({"version": "v2.0", "data": [
+        {"title": a["title"], "paragraphs": [dict(p, qas=[q for q in p["qas"] if q["answers"]])
+                                             for p in a["paragraphs"]]}
+        for a in json.loads(held.read_text())["data"]]}))
+    events = []
+    again = run_finetune(config(tmp_path, tiny_model, task="qa", format="squad",
+                                train=str(train), validation=str(answerable), max_length=48,
+                                doc_stride=16, epochs=1, learning_rate=3e-3,
+                                output=str(tmp_path / "run2")), events.append)
+    assert load_model(Path(again["model"])).head["null_threshold"] == 0.0
+    assert again["metrics"]["null_threshold"] == 0.0 and "best_f1" not in again["metrics"]
+    assert any("null threshold 0: the validation set has no unanswerable questions"
+               in e.get("text", "") for e in events)
+
 
 @pytest.mark.backend_neutral
 def test_null_threshold_options_are_checked(capsys):
@@ -579,8 +595,15 @@ def test_null_threshold_options_are_checked(capsys):
     fixed = FinetuneConfig(train="t.json", output="o", task="qa", null_threshold=-1.5)
     with pytest.raises(DataError, match=r"t.json: --null-threshold is for SQuAD v2 data"):
         get_task("qa").make_head(v1, fixed)
-    assert get_task("qa").make_head(QAData(v1.examples, "t.json", "v2.0"),
-                                    fixed)["null_threshold"] == -1.5
+    head = get_task("qa").make_head(QAData(v1.examples, "t.json", "v2.0"), fixed)
+    assert (head["null_threshold"], head["null_threshold_from"]) == (-1.5, "given")
+    for bad in (True, "high", float("nan")):
+        with pytest.raises(DataError, match="--null-threshold: expected auto or a finite"):
+            get_task("qa").make_head(v1, FinetuneConfig(train="t", output="o", task="qa",
+                                                        null_threshold=bad))
+    with pytest.raises(DataError, match="--null-threshold is for extractive QA .* this is a "
+                                        "classify run"):
+        run_finetune(FinetuneConfig(train="t.csv", output="o", null_threshold=0.5))
     assert get_task("qa").make_head(v1, FinetuneConfig(train="t", output="o", task="qa"))[
         "null_threshold"] is None
 

@@ -368,10 +368,12 @@ def test_launchers():
 
 
 def test_qa_summary_shows_the_null_threshold_in_logits():
-    from bertdesk_gui.pages.evaluate_page import summary_text
+    from bertdesk_gui.pages.evaluate_page import format_value, summary_text
 
     metrics = {"exact_match": 50.0, "f1": 62.5, "total": 8, "null_threshold": -0.25,
                "best_f1": 62.5, "best_f1_thresh": -0.25}
     assert summary_text(metrics, "qa") == ("exact match 50.00 %,  F1 62.50 %,  questions 8,  "
                                            "null threshold -0.25")
     assert "null threshold" not in summary_text(dict(metrics, null_threshold=None), "qa")
+    assert [format_value(k, -0.25, "qa") for k in ("best_f1_thresh", "best_f1")] == [
+        "-0.25", "-0.25 %"]

@@ -258,7 +258,7 @@ def test_words_given_are_tagged_as_given(tmp_path, tokenizer):
     assert p.tag([], is_split_into_words=True) == []
     for bad, message in (("U.S. officials", "texts must be a list of words"),
                          ([["a", 1]], r"texts\[0\]\[1\] is int"),
-                         ([["a"], "b"], r"texts\[1\] must be a list of words")):
+                         ([["a"], "b"], "not a mix of words and lists")):
         with pytest.raises(TypeError, match=message):
             p.tag(bad, is_split_into_words=True)
 

@@ -74,8 +74,9 @@ def decode(examples, windows, start_logits, end_logits, n_best=20, max_answer_le
 
     Candidate spans take the `n_best` top starts and ends of each window,
     inside the context, end >= start, at most `max_answer_length` tokens.
-    With `null_threshold` (SQuAD v2), "" is answered when the best span's
-    score does not beat the [CLS] null score by more than the threshold.
+    With `null_threshold` (SQuAD v2), "" is answered where the lowest [CLS]
+    null score minus the best span's score exceeds the threshold (see
+    `best_spans`).
     Returns `{id: text}` and `{id: [(score, text), ...]}` (n-best list).
     """
     found = best_spans(examples, windows, start_logits, end_logits, n_best,
@@ -161,7 +162,11 @@ def tune_null_threshold(examples, found, metric="f1"):
     Returns (threshold, score in percent); the threshold is halfway between
     the last `null_diff` answered and the next (a logit unit past the
     ends), so `best_spans(..., null_threshold=threshold)` reproduces the
-    score."""
+    score. Where the official script differs, this follows what a
+    threshold can do: equal differences are answered alike (the script
+    may count part of a tie answered, a score no threshold reaches), and a
+    span such as "the" that normalises to nothing scores as "" (the
+    script counts any non-empty string as an answer)."""
     from bertdesk.data.squad import exact_match, f1, normalize_answer
 
     score = {"f1": f1, "exact_match": exact_match}[metric]

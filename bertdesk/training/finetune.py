@@ -243,6 +243,9 @@ def run_finetune(config, sink=None):
 
     sink = sink or (lambda event: None)
     task = get_task(config.task)
+    if task.name != "qa" and str(config.null_threshold) != "auto":
+        raise DataError(f"--null-threshold is for extractive QA (--task qa) on SQuAD v2 data; "
+                        f"this is a {task.name} run")
     out = Path(config.output)
     # an epoch writes model/ (the best so far), then its checkpoint
     resuming = open_run_folder(out, config.resume, own=("checkpoint", "model"))
@@ -296,8 +299,7 @@ def run_finetune(config, sink=None):
 
     def evaluate():
         scored["latest"] = task.calibrate(
-            task.scores(model, tokenizer, validation, head, config.max_length),
-            validation, head, config)
+            task.scores(model, tokenizer, validation, head, config.max_length), validation, head)
         metrics = task.metrics(scored["latest"], validation, head)
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics

@@ -74,7 +74,7 @@ class ClassifyTask:
         return {"single_label": "accuracy", "multi_label": "macro_f1",
                 "regression": "pearson"}[head["problem_type"]]
 
-    def calibrate(self, scores, data, head, config):
+    def calibrate(self, scores, data, head):
         """Settings of `head` tuned on the validation scores after each
         epoch (QA's null threshold); the scores as they stand at them."""
         return scores
@@ -180,7 +180,7 @@ class NerTask:
     def monitor(self, head):
         return "f1"
 
-    def calibrate(self, scores, data, head, config):
+    def calibrate(self, scores, data, head):
         return scores
 
     def scores(self, model, tokenizer, data, head, max_length):
@@ -245,21 +245,27 @@ class QaTask:
     def make_head(self, train, config):
         v2 = train.version.lower().lstrip("v").startswith("2") or any(
             ex.is_impossible for ex in train.examples)
-        if not v2 and str(getattr(config, "null_threshold", "auto")) != "auto":
+        if not v2 and _given_threshold(config) is not None:
             raise DataError(f"{train.source}: --null-threshold is for SQuAD v2 data, with "
                             "unanswerable questions; this file has none (SQuAD v1.1)")
-        return {"problem_type": "extractive_qa", "num_classes": 2, "labels": None,
-                "version": "2.0" if v2 else "1.1",
-                "null_threshold": _given_threshold(config) if v2 else None,
+        head = {"problem_type": "extractive_qa", "num_classes": 2, "labels": None,
+                "version": "2.0" if v2 else "1.1", "null_threshold": None,
                 "doc_stride": config.doc_stride, "max_answer_length": config.max_answer_length}
+        if v2:
+            given = _given_threshold(config)
+            head["null_threshold"] = 0.0 if given is None else given
+            head["null_threshold_from"] = "validation" if given is None else "given"
+        return head
 
-    def calibrate(self, scores, data, head, config):
+    def calibrate(self, scores, data, head):
         """SQuAD v2 with `--null-threshold auto`: the null threshold that
         gives the best F1 on `data` (the validation set) goes into `head`,
-        and the answers are decided again at it."""
+        and the answers are decided again at it. A validation set without
+        both answerable and unanswerable questions has nothing to tune on:
+        the threshold stays (0.0, the reference's default)."""
         from bertdesk.data.qa import tune_null_threshold
 
-        if head.get("version") != "2.0" or str(config.null_threshold) != "auto":
+        if head.get("null_threshold_from") != "validation" or not _both_kinds(data):
             return scores
         head["null_threshold"], _ = tune_null_threshold(data.examples, scores.found)
         return Answers(data.examples, scores.found, head["null_threshold"])
@@ -325,8 +331,12 @@ class QaTask:
 
         out = squad_metrics(scores, data)
         found = getattr(scores, "found", None)
-        if found is not None and any(ex.is_impossible for ex in data.examples):
+        if found is None:
+            return out
+        impossible = any(ex.is_impossible for ex in data.examples)
+        if impossible or head.get("version") == "2.0":
             out["null_threshold"] = scores.null_threshold
+        if impossible:
             for name, metric in (("exact", "exact_match"), ("f1", "f1")):
                 thresh, best = tune_null_threshold(data.examples, found, metric)
                 out[f"best_{name}"], out[f"best_{name}_thresh"] = best, thresh
@@ -347,8 +357,20 @@ class QaTask:
         return rows
 
     def describe(self, train, validation, head):
-        return (f"data: {len(train)} training, {len(validation)} validation questions "
+        text = (f"data: {len(train)} training, {len(validation)} validation questions "
                 f"(SQuAD v{head['version']})")
+        source = head.get("null_threshold_from")
+        if source == "validation" and _both_kinds(validation):
+            text += "; null threshold: the best on the validation set, after every epoch"
+        elif source == "validation":
+            kind = "answerable" if any(ex.is_impossible for ex in validation.examples) else \
+                "unanswerable"
+            text += (f"; null threshold {head['null_threshold']:g}: the validation set has no "
+                     f"{kind} questions to tune it on (give --null-threshold, or a validation "
+                     "set with both kinds)")
+        elif source == "given":
+            text += f"; null threshold {head['null_threshold']:g} (given)"
+        return text
 
 
 class Answers(dict):
@@ -365,18 +387,23 @@ class Answers(dict):
 
 
 def _given_threshold(config):
-    """`--null-threshold`: "auto" (tuned on the validation set, 0.0 until
-    then) or a number."""
+    """`--null-threshold` as a number, or None for "auto" (tuned on the
+    validation set)."""
     value = getattr(config, "null_threshold", "auto")
-    if str(value) == "auto":
-        return 0.0
+    if isinstance(value, str) and value == "auto":
+        return None
     try:
-        value = float(value)
+        number = None if isinstance(value, (str, bool)) else float(value)
     except (TypeError, ValueError):
-        raise DataError(f"--null-threshold: expected auto or a number, got {value!r}") from None
-    if not np.isfinite(value):
-        raise DataError(f"--null-threshold: expected a finite number, got {value!r}")
-    return value
+        number = None
+    if number is None or not np.isfinite(number):
+        raise DataError(f"--null-threshold: expected auto or a finite number, got {value!r}")
+    return number
+
+
+def _both_kinds(data):
+    """Whether `data` holds answerable and unanswerable questions."""
+    return {ex.is_impossible for ex in data.examples} == {True, False}
 
 
 TASKS = {"classify": ClassifyTask(), "ner": NerTask(), "qa": QaTask()}

@@ -24,7 +24,8 @@ SCALARS = {  # metric key -> shown name, in display order
     "pearson": "Pearson", "spearman": "Spearman", "mse": "MSE",
     "support": "support", "total": "questions", "null_threshold": "null threshold"}
 COUNTS = {"support", "total"}
-LOGITS = {"null_threshold"}  # a logit margin, not a score
+# QA null thresholds: logit differences, not scores (never in %, never on a score curve)
+LOGITS = {"null_threshold", "best_exact_thresh", "best_f1_thresh"}
 
 
 def read_results(run):

@@ -19,7 +19,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QFileDialog, QGridLayout, QLabel, QPushButton, QVBoxLayout,
                                QWidget)
 
-from bertdesk_gui.pages.evaluate_page import (COUNTS, SCALARS, breakdown, format_value,
+from bertdesk_gui.pages.evaluate_page import (COUNTS, LOGITS, SCALARS, breakdown, format_value,
                                               no_results_message, read_results, run_labels)
 from bertdesk_gui.pages.inspect_page import read_predictions
 
@@ -217,7 +217,7 @@ def report_html(run, curves=True):
         keys = [k for k in history[-1] if k not in COUNTS
                 and isinstance(history[-1][k], (int, float))]
         losses = [k for k in keys if "loss" in k]
-        others = [k for k in keys if "loss" not in k]
+        others = [k for k in keys if "loss" not in k and k not in LOGITS]
         out.append("<h2>Per epoch</h2>")
         for group, title in ((losses, "loss"), (others, "validation metrics")):
             if group and curves:

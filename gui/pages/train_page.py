@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox
                                QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from bertdesk_gui.pages.evaluate_page import LOGITS
 from bertdesk_gui.training_process import TrainingProcess, child_env
 
 HISTORY_COLUMNS = ["Run", "Started", "Task", "Data", "Model", "Backend", "Status", "Result",
@@ -243,7 +244,7 @@ class TrainPage(QWidget):
             self.epochs_seen.append(event["epoch"])
             colors = ["#d95f02", "#1b9e77", "#7570b3", "#e7298a"]
             for name, value in event.get("validation", {}).items():
-                if not isinstance(value, (int, float)):
+                if not isinstance(value, (int, float)) or name in LOGITS:
                     continue
                 values = self.metric_values.setdefault(name, [])
                 values.append(value)
