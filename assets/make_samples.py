@@ -157,6 +157,27 @@ def squad_sample(n_articles, rng):
     return {"version": "1.1", "data": articles}
 
 
+def squad_v2_sample(n_articles, rng):
+    """A SQuAD v2.0 file in the same style: each context with its four
+    answerable questions and two it does not answer (is_impossible): about
+    things the text never says, or about another person."""
+    data = squad_sample(n_articles, rng)
+    for a, article in enumerate(data["data"]):
+        para = article["paragraphs"][0]
+        first = para["qas"][0]["question"][len("Where was "):-len(" born?")]
+        name = first.split()[0]
+        other = first
+        while other.split()[0] in para["context"] or other.split()[1] in para["context"]:
+            other = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        unanswerable = [f"Who is {first} married to?", f"What is the name of {name}'s dog?",
+                        f"Where was {other} born?", f"When did {name} retire?"]
+        for k, question in enumerate(rng.sample(unanswerable, 2), start=4):
+            para["qas"].append({"id": f"q{a}_{k}", "question": question, "answers": [],
+                                "is_impossible": True})
+    data["version"] = "v2.0"
+    return data
+
+
 def write_columns(sentences, name):
     with open(HERE / name, "w", encoding="utf-8") as f:
         for words, tags in sentences:
@@ -182,6 +203,8 @@ def main():
 
     with open(HERE / "qa_en.json", "w", encoding="utf-8") as f:
         json.dump(squad_sample(60, rng), f, indent=1)
+    with open(HERE / "qa_en_v2.json", "w", encoding="utf-8") as f:
+        json.dump(squad_v2_sample(60, rng), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -180,9 +180,10 @@ def _null_threshold_option(p):
 
 
 def _print_metrics(metrics):
-    for key, value in metrics.items():
-        if isinstance(value, float):
-            print(f"  {key:<10} {value:.4f}")
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    width = max(map(len, shown), default=0)
+    for key, value in shown.items():
+        print(f"  {key:<{width}} {value:.4f}")
 
 
 def _cmd_finetune(args):
