@@ -87,6 +87,10 @@ def display_frame(frame, task):
     for c in ("confidence", "f1"):
         if c in out:
             out[c] = pd.to_numeric(out[c], errors="coerce").map(lambda v: f"{v:.3f}")
+    if task == "qa":  # SQuAD 2.0: an empty answer is the answer "none", not a blank
+        for c in ("prediction", "gold"):
+            if c in out:
+                out[c] = out[c].map(lambda v: "(no answer)" if pd.isna(v) or v == "" else v)
     return out.reset_index(drop=True)
 
 

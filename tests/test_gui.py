@@ -377,3 +377,17 @@ def test_qa_summary_shows_the_null_threshold_in_logits():
     assert "null threshold" not in summary_text(dict(metrics, null_threshold=None), "qa")
     assert [format_value(k, -0.25, "qa") for k in ("best_f1_thresh", "best_f1")] == [
         "-0.25", "-0.25 %"]
+
+
+def test_qa_rows_show_no_answer_in_words():
+    import pandas as pd
+
+    from bertdesk_gui.inspect_views import display_frame
+
+    frame = pd.DataFrame({"id": ["a", "b"], "correct": [True, False], "f1": [1.0, 0.0],
+                          "question": ["Who?", "Where?"], "prediction": ["", "Ana"],
+                          "gold": ["", "Oslo"]})
+    shown = display_frame(frame, "qa")
+    assert shown["prediction"].tolist() == ["(no answer)", "Ana"]
+    assert shown["gold"].tolist() == ["(no answer)", "Oslo"]
+    assert frame["prediction"].tolist() == ["", "Ana"]  # the data itself is left as it is
