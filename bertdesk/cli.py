@@ -130,7 +130,8 @@ def _finetune_config(args):
         text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, problem_type=args.problem_type,
         label_separator=args.label_separator, model=args.model, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+        learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
         max_length=args.max_length, seed=args.seed,
         validation_fraction=args.validation_fraction,
@@ -502,6 +503,10 @@ def build_parser():
     p.add_argument("--output", required=True, help="run folder (model, predictions, metrics)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--gradient-accumulation", type=_positive_int, default=1, metavar="K",
+                   help="update once every K batches, from their mean gradient: the update "
+                        "batch of K x --batch-size examples in the memory of one batch; an "
+                        "epoch's last update takes the batches left (default 1)")
     p.add_argument("--learning-rate", type=float, default=5e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-ratio", type=float, default=0.1)

@@ -165,6 +165,7 @@ class TrainSettings:
 
     epochs: int = FinetuneConfig.epochs
     batch_size: int = FinetuneConfig.batch_size
+    gradient_accumulation: int = FinetuneConfig.gradient_accumulation
     learning_rate: float = FinetuneConfig.learning_rate
     max_length: int = FinetuneConfig.max_length
     warmup_ratio: float = FinetuneConfig.warmup_ratio
@@ -181,6 +182,8 @@ class TrainSettings:
             out["epochs"] = "epochs must be between 1 and 1000"
         if not 1 <= self.batch_size <= 4096:
             out["batch_size"] = "batch size must be between 1 and 4096"
+        if not 1 <= self.gradient_accumulation <= 256:
+            out["gradient_accumulation"] = "batches per update must be between 1 and 256"
         if not 0 < self.learning_rate < 1:
             out["learning_rate"] = "learning rate must be between 0 and 1"
         if not 8 <= self.max_length <= 512:
@@ -323,6 +326,8 @@ class AppState:
                 args += ["--text-pair-column", ds.text_pair_column]
         if s.early_stopping_patience:
             args += ["--early-stopping-patience", str(s.early_stopping_patience)]
+        if s.gradient_accumulation > 1:
+            args += ["--gradient-accumulation", str(s.gradient_accumulation)]
         if self.model.precision == "mixed_bfloat16":
             args += ["--mixed-precision"]
         if s.gradient_checkpointing:

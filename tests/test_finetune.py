@@ -381,6 +381,89 @@ def test_fused_adamw_under_torch_compile_trains_as_eager():
     assert losses[0][2] != losses[0][0]  # it trained
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw_fused", "lamb"])
+def test_accumulated_updates_are_the_mean_of_their_batches(optimizer):
+    """Gradient accumulation over k=3 calls: each update is the one a
+    non-accumulating optimizer makes from the mean of the group's gradients,
+    with the schedule at the update's count (Keras' own schedule counted
+    calls, reaching 0 k times too early), clipping and weight decay; a group
+    cut short by `apply_accumulated` (an epoch's end) updates from the mean
+    of the batches it has, and the next group starts after it. On PyTorch
+    the fused update accumulates in place."""
+    from bertdesk.training.optimization import (BertLamb, WarmupLinearDecay,
+                                                apply_accumulated, bert_adamw)
+
+    if optimizer == "adamw_fused" and keras.backend.backend() != "torch":
+        pytest.skip("the fused update is PyTorch's")
+
+    def make(k):
+        if optimizer == "lamb":
+            return BertLamb(WarmupLinearDecay(0.05, 2, 6), weight_decay=0.1,
+                            global_clipnorm=1.0, gradient_accumulation_steps=k if k > 1 else None)
+        return bert_adamw(0.05, total_steps=6, warmup_ratio=0.34, weight_decay=0.1,
+                          max_grad_norm=1.0, epsilon=1e-3, gradient_accumulation=k,
+                          fused=(optimizer == "adamw_fused") if keras.backend.backend() == "torch"
+                          else None)
+
+    rng = np.random.default_rng(3)
+    values = [rng.normal(size=s).astype("float32") for s in [(5, 3), (3,)]]
+    names = ["kernel", "bias"]
+    # norms from 0.03 to 30: the clipping to 1.0 acts on some updates only
+    grads = [[rng.normal(scale=10.0 ** (i % 3 - 1.5), size=v.shape).astype("float32")
+              for v in values] for i in range(13)]
+    groups = [[0, 1, 2], [3, 4], [5, 6, 7], [8, 9, 10], [11, 12]]  # cut after 4 and at the end
+
+    def variables():
+        return [keras.Variable(v, name=n) for v, n in zip(values, names)]
+
+    accumulated, opt = variables(), make(3)
+    for i, g in enumerate(grads):
+        opt.apply([keras.ops.convert_to_tensor(x) for x in g], accumulated)
+        if i in (4, 12):
+            assert apply_accumulated(opt) == 2
+    assert apply_accumulated(opt) == 0  # nothing left waiting
+    assert int(keras.ops.convert_to_numpy(opt.iterations)) == len(groups)
+    direct, ref = variables(), make(1)
+    for group in groups:
+        ref.apply([keras.ops.convert_to_tensor(np.mean([grads[i][j] for i in group], 0))
+                   for j in range(len(values))], direct)
+    for a, b in zip(accumulated, direct):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
+                                   rtol=1e-5, atol=1e-6)
+    assert not np.allclose(keras.ops.convert_to_numpy(accumulated[0]), values[0])
+
+
+def test_fit_with_accumulation_is_fit_with_the_larger_batches():
+    """`fit` on batches of 4 with 2 batches per update, over two epochs of
+    9 batches (each epoch's last update from its one leftover batch), gives
+    the weights of `fit` on batches of 8 (and a last one of 4): the same
+    examples in the same order, no dropout, so the same updates."""
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+    from bertdesk.training.callbacks import ApplyAccumulated
+    from bertdesk.training.optimization import bert_adamw
+
+    rng = np.random.default_rng(0)
+    n = 36
+    x = {"token_ids": rng.integers(5, 100, (n, 12)).astype("int32"),
+         "segment_ids": np.zeros((n, 12), "int32"), "padding_mask": np.ones((n, 12), "int32")}
+    y = rng.integers(0, 2, (n,)).astype("int32")
+    weights = []
+    for batch_size, k in ((8, 1), (4, 2)):
+        keras.utils.set_random_seed(0)
+        backbone = bertdesk.BertBackbone(vocabulary_size=100, num_layers=1, hidden_dim=16,
+                                         num_heads=2, intermediate_dim=32, dropout=0.0,
+                                         attention_dropout=0.0)
+        model = BertTextClassifier(backbone, num_classes=2)
+        model.compile(optimizer=bert_adamw(1e-2, 10, warmup_ratio=0.2, gradient_accumulation=k),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=batch_size, epochs=2, shuffle=False, verbose=0,
+                  callbacks=[ApplyAccumulated()])
+        assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 10
+        weights.append([keras.ops.convert_to_numpy(v) for v in model.trainable_variables])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
+
+
 def test_warmup_then_linear_decay():
     from bertdesk.training.optimization import WarmupLinearDecay
 
@@ -604,3 +687,43 @@ def test_cli_pad_to_multiple_reaches_the_config(capsys):
             build_parser().parse_args(base + ["--pad-to-multiple", bad])
         assert (f"--pad-to-multiple: expected a positive whole number, got '{bad}'"
                 in capsys.readouterr().err)
+
+
+def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):
+    """`gradient_accumulation=3` on 5 batches an epoch (86 examples, batch
+    20): an update from 3 batches, then one from the 2 left, each epoch; the
+    schedule spans those 4 updates, the checkpoint counts them with nothing
+    left waiting, and a resume must keep the setting."""
+    events = []
+    cfg = config(tmp_path, tiny_model, epochs=2, batch_size=20, gradient_accumulation=3)
+    result = run_finetune(cfg, events.append)
+    batches = [e for e in events if e["event"] == "train_begin"][0]["steps_per_epoch"]
+    assert batches == 5 and result["steps"] == 2 * 2  # ceil(5 / 3) updates an epoch
+    assert any("one update every 3 batches of 20 (60 examples; an epoch's last update "
+               "takes the 2 left): 4 updates in all" in e.get("text", "") for e in events)
+    model = keras.saving.load_model(tmp_path / "run" / "checkpoint" / "last.keras",
+                                    safe_mode=True)
+    assert model.optimizer.gradient_accumulation_steps == 3
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4
+    accumulators = model.optimizer._accumulated_gradients
+    assert not any(np.any(keras.ops.convert_to_numpy(a)) for a in accumulators)  # all applied
+    assert model.optimizer._learning_rate.total_steps == 4
+
+    cfg.epochs, cfg.resume, cfg.gradient_accumulation = 3, True, 2
+    with pytest.raises(DataError, match=r"started with --gradient-accumulation 3; resume it "
+                                        r"with the same \(got 2\)"):
+        run_finetune(cfg)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(DataError, match="gradient_accumulation: expected a whole number"):
+            run_finetune(config(tmp_path, tiny_model, output=str(tmp_path / "x"),
+                                gradient_accumulation=bad))
+
+    from bertdesk.cli import _finetune_config, build_parser
+
+    base = ["finetune", "--train", "t.csv", "--model", "tiny", "--output", "out"]
+    args = build_parser().parse_args(base + ["--gradient-accumulation", "4"])
+    assert _finetune_config(args).gradient_accumulation == 4
+    assert _finetune_config(build_parser().parse_args(base)).gradient_accumulation == 1
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--gradient-accumulation", "0"])
+    assert "--gradient-accumulation: expected a positive whole number" in capsys.readouterr().err

@@ -314,8 +314,9 @@ def test_ner_and_qa_files(qtbot, window, tiny_model, source, task, tmp_path, mon
     screenshot(w, f"data_page_{task}")
     choose_tiny(qtbot, w, tiny_model)
     w.go("Train")
-    set_form(w, epochs=1, max_length=64, learning_rate=3e-3)
-    checkpointing = task == "qa"  # the form's check box reaches the child's command line
+    accumulation = 2 if task == "ner" else 1  # the form reaches the child's command line
+    set_form(w, epochs=1, max_length=64, learning_rate=3e-3, gradient_accumulation=accumulation)
+    checkpointing = task == "qa"
     w.train_page.checkpointing_box.setChecked(checkpointing)
     with qtbot.waitSignal(w.train_page.run_finished, timeout=240000) as blocker:
         assert w.train_page.start()
@@ -323,6 +324,11 @@ def test_ner_and_qa_files(qtbot, window, tiny_model, source, task, tmp_path, mon
     assert run["status"] == "finished", run.get("error")
     assert ("--gradient-checkpointing" in run["args"]) == checkpointing
     assert run["settings"]["gradient_checkpointing"] == checkpointing
+    assert ("--gradient-accumulation" in run["args"]) == (accumulation > 1)
+    assert run["settings"]["gradient_accumulation"] == accumulation
+    if accumulation > 1:
+        assert run["args"][run["args"].index("--gradient-accumulation") + 1] == "2"
+        assert "one update every 2 batches" in w.train_page.log_view.toPlainText()
     assert set(run["metrics"]) >= ({"precision", "recall", "f1"} if task == "ner"
                                    else {"exact_match", "f1"})
     screenshot(w, f"train_page_{task}")

@@ -471,13 +471,16 @@ def test_pretraining_learns_and_accumulates(tmp_path, data_folder):
     from bertdesk.io import load_backbone
 
     assert load_backbone(tmp_path / "a").dropout == 0.1
-    acc = run_pretrain(_config(tmp_path / "b", data_folder, max_steps=3, batch_size=4,
-                               gradient_accumulation=2, optimizer="lamb", save_every=100))
     import keras
 
-    model = keras.saving.load_model(tmp_path / "b/checkpoint/last.keras", safe_mode=True)
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
-    assert [h["step"] for h in acc["history"]] == [1, 2, 3]
+    for optimizer in ("lamb", "adamw"):  # adamw: the fused update on PyTorch
+        acc = run_pretrain(_config(tmp_path / optimizer, data_folder, max_steps=3, batch_size=4,
+                                   gradient_accumulation=2, optimizer=optimizer,
+                                   save_every=100))
+        model = keras.saving.load_model(tmp_path / optimizer / "checkpoint/last.keras",
+                                        safe_mode=True)
+        assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
+        assert [h["step"] for h in acc["history"]] == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -187,8 +187,8 @@ def build_model(config, tokenizer, seq_length, total_steps):
                              gradient_accumulation_steps=accumulation)
     else:
         optimizer = bert_adamw(config.learning_rate, total_steps, warmup / max(1, total_steps),
-                               config.weight_decay, config.max_grad_norm, epsilon=1e-6)
-        optimizer.gradient_accumulation_steps = accumulation
+                               config.weight_decay, config.max_grad_norm, epsilon=1e-6,
+                               gradient_accumulation=config.gradient_accumulation)
     model.compile(
         optimizer=optimizer,
         loss={"mlm_logits": masked_lm_loss,

@@ -74,6 +74,18 @@ class ProgressEvents(keras.callbacks.Callback):
         return _float(opt.learning_rate)
 
 
+class ApplyAccumulated(keras.callbacks.Callback):
+    """At each epoch's end, applies the gradients of batches still waiting
+    for an update under gradient accumulation (`apply_accumulated`), so the
+    epoch is evaluated and saved with every batch it trained on. Goes before
+    the callbacks that evaluate or save."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        from bertdesk.training.optimization import apply_accumulated
+
+        apply_accumulated(self.model.optimizer)
+
+
 class ValidationCallback(keras.callbacks.Callback):
     """At each epoch end, runs `evaluate_fn()` -> metrics dict, adds its
     numbers to the logs as `val_<name>` (for early stopping and best-model

@@ -33,6 +33,7 @@ class FinetuneConfig:
     model: str = "bundled"  # "bundled", a preset name, or a checkpoint folder
     epochs: int = 3
     batch_size: int = 32
+    gradient_accumulation: int = 1  # batches per update: update batch = batch_size x this
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
@@ -234,8 +235,8 @@ def run_finetune(config, sink=None):
 
     from bertdesk.data.batching import fit_input
     from bertdesk.tasks.saving import load_model, save_task_model
-    from bertdesk.training.callbacks import (BestModelKeeper, ProgressEvents, ResumeCheckpoint,
-                                             ValidationCallback)
+    from bertdesk.training.callbacks import (ApplyAccumulated, BestModelKeeper, ProgressEvents,
+                                             ResumeCheckpoint, ValidationCallback)
     from bertdesk.training.optimization import bert_adamw
     from bertdesk.training.precision import set_precision
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
@@ -246,6 +247,10 @@ def run_finetune(config, sink=None):
     if task.name != "qa" and str(config.null_threshold) != "auto":
         raise DataError(f"--null-threshold is for extractive QA (--task qa) on SQuAD v2 data; "
                         f"this is a {task.name} run")
+    accumulation = config.gradient_accumulation
+    if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
+        raise DataError(f"gradient_accumulation: expected a whole number >= 1 (batches per "
+                        f"update), got {accumulation!r}")
     out = Path(config.output)
     # an epoch writes model/ (the best so far), then its checkpoint
     resuming = open_run_folder(out, config.resume, own=("checkpoint", "model"))
@@ -270,12 +275,22 @@ def run_finetune(config, sink=None):
     jit = {"on": True, "off": False}.get(config.jit_compile,
                                           keras.backend.backend() == "jax")
     train_ds = task.dataset(tokenizer, train, head, config, train=True)
-    steps_per_epoch = len(train_ds)
-    total_steps = steps_per_epoch * config.epochs
+    steps_per_epoch = len(train_ds)  # batches
+    total_steps = -(-steps_per_epoch // accumulation) * config.epochs  # updates
+    if accumulation > 1:
+        sink({"event": "message", "text": (
+            f"one update every {accumulation} batches of {config.batch_size} "
+            f"({accumulation * config.batch_size} examples; an epoch's last update takes "
+            f"the {steps_per_epoch % accumulation or accumulation} left): "
+            f"{total_steps} updates in all")})
     state = {}
     if resuming:
         state = json.loads((out / "checkpoint" / "state.json").read_text())
         model = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+        started = model.optimizer.gradient_accumulation_steps or 1
+        if started != accumulation:
+            raise DataError(f"{out}: the run was started with --gradient-accumulation "
+                            f"{started}; resume it with the same (got {accumulation})")
         # This run's choice, not the one saved: a checkpoint written on JAX
         # says jit_compile=True, which on PyTorch would mean torch.compile.
         model.jit_compile = jit
@@ -286,7 +301,8 @@ def run_finetune(config, sink=None):
         model = task.build_model(backbone, head)
         model.backbone.gradient_checkpointing = config.gradient_checkpointing
         model.compile(optimizer=bert_adamw(config.learning_rate, total_steps, config.warmup_ratio,
-                                           config.weight_decay, config.max_grad_norm),
+                                           config.weight_decay, config.max_grad_norm,
+                                           gradient_accumulation=accumulation),
                       loss={"logits": task.loss(head)}, jit_compile=jit)
         initial_epoch = 0
     train_ds.set_epoch(initial_epoch)
@@ -314,14 +330,15 @@ def run_finetune(config, sink=None):
     validator = ValidationCallback(evaluate, sink, monitor, "max", defer=True)
     validator.best = state.get("best")
     keeper = BestModelKeeper(keep_best, best_epoch=_best_epoch(state, monitor))
-    callbacks = [ProgressEvents(sink, steps_per_epoch, config.epochs, config.batch_size,
+    callbacks = [ApplyAccumulated(),  # first: the epoch's every batch before it is evaluated
+                 ProgressEvents(sink, steps_per_epoch, config.epochs, config.batch_size,
                                 initial_epoch), validator, keeper,
                  ResumeCheckpoint(out / "checkpoint",
                                   lambda: {"best": validator.best, "best_epoch": keeper.best_epoch,
                                            "history": history}),
                  validator.emit_epoch_event()]
     if config.early_stopping_patience:
-        callbacks.insert(3, keras.callbacks.EarlyStopping(
+        callbacks.insert(4, keras.callbacks.EarlyStopping(
             monitor=f"val_{monitor}", mode="max", patience=config.early_stopping_patience))
     start = time.perf_counter()
     if initial_epoch < config.epochs:

@@ -40,8 +40,21 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": self.total_steps}
 
 
+class _SchedulesByUpdate:
+    """Mixin for Keras optimizers: a learning-rate schedule evaluated at
+    `iterations`, the count of updates. Keras' own evaluates it at
+    `_iterations`, its count of batches, which with gradient accumulation
+    over k batches is k times the count of updates: a schedule of N updates
+    (warmup, then decay to 0 at N) reached 0 after N / k of them."""
+
+    def _get_current_learning_rate(self):
+        if isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
+
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertAdamW(keras.optimizers.AdamW):
+class BertAdamW(_SchedulesByUpdate, keras.optimizers.AdamW):
     """Keras' AdamW with BERT's weight-decay exclusions kept in its config
     (so a resumed run still skips LayerNorm and biases), and a fused update
     on the PyTorch backend.
@@ -70,7 +83,6 @@ class BertAdamW(keras.optimizers.AdamW):
         if fused is None:
             fused = keras.backend.backend() == "torch" and not self.amsgrad
         self.fused = bool(fused)
-        self._clip_divisor = None  # set by _clip_gradients, used by the next update
         if self.fused and self.amsgrad:
             raise ValueError("BertAdamW(fused=True) does not do amsgrad")
         if self.fused and keras.backend.backend() != "torch":
@@ -86,50 +98,67 @@ class BertAdamW(keras.optimizers.AdamW):
 
         return not torch.compiler.is_compiling()
 
-    def _clip_gradients(self, grads):
-        if (not (self.global_clipnorm and self._fused_now())
-                or self.gradient_accumulation_steps):
-            return super()._clip_gradients(grads)
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        """Keras' sequence (clip, decay, update) as one fused kernel call,
+        without Keras' evaluation of the learning-rate schedule on the
+        device, which the fused update does not read (`_host_learning_rate`);
+        Keras' own code with a moving average."""
+        if not self._fused_now() or self.use_ema:
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        count = self._host_count()
+        steps = self.gradient_accumulation_steps
+        if steps:
+            return self._fused_accumulate(grads, trainable_variables, count, steps)
+        # the kernel decays (p *= 1 - lr * wd) and divides each gradient by
+        # the clipping divisor as it reads it: no pass over the gradients here
+        self._fused_update(grads, trainable_variables, count + 1, self._divisor(grads, 1))
+
+    def _fused_accumulate(self, grads, trainable_variables, count, steps):
+        """Keras' gradient accumulation, fused: each call adds its gradients
+        to the accumulators in place (one foreach pass); every `steps`-th
+        call updates from the accumulators themselves, their mean's 1/steps
+        and the clipping factor both in the kernel's `grad_scale`, then
+        zeroes them. (Keras' own code runs its for-loop update here.)"""
         import torch
 
-        norm = _global_norm(torch, [g for g in grads if g is not None])
+        accumulators = [self._accumulated_gradients[self._get_variable_index(v)].value
+                        for v in trainable_variables]
+        with torch.no_grad():
+            torch._foreach_add_(accumulators, [
+                g if g.dtype == a.dtype else g.to(a.dtype) for g, a in zip(grads, accumulators)])
+            if (count + 1) % steps:
+                return
+            self._fused_update(accumulators, trainable_variables, (count + 1) // steps,
+                               self._divisor(accumulators, steps))
+            torch._foreach_zero_(accumulators)
+
+    def _divisor(self, grads, steps):
+        """What the kernel divides `grads` by to get Keras' update gradients:
+        their mean over `steps` calls (`grads` are the sum), clipped to
+        `global_clipnorm`; None when that is 1."""
+        import torch
+
+        if not self.global_clipnorm:
+            return None if steps == 1 else torch.tensor(float(steps), dtype=torch.float32,
+                                                        device=grads[0].device)
+        norm = _global_norm(torch, [g for g in grads if g is not None]) / steps
         # Keras' formula: scale = clip * min(1 / norm, 1 / clip)
         scale = self.global_clipnorm * torch.clamp_max(1.0 / norm, 1.0 / self.global_clipnorm)
-        # Not multiplied here (a pass over every gradient): the fused kernel
-        # divides each gradient by its grad_scale argument as it reads it.
-        self._clip_divisor = (1.0 / scale).to(torch.float32)
-        return grads
+        return (steps / scale).to(torch.float32)
 
-    def _apply_weight_decay(self, variables):
-        if not self._fused_now():
-            super()._apply_weight_decay(variables)
-        # the fused kernel decays (p *= 1 - lr * wd) before its update
-
-    def _backend_apply_gradients(self, grads, trainable_variables):
-        """Keras' sequence (clip, decay, update) without its evaluation of
-        the learning-rate schedule on the device, which the fused update
-        does not read (`_host_learning_rate`); Keras' own with gradient
-        accumulation or a moving average."""
-        if (not self._fused_now() or self.gradient_accumulation_steps or self.use_ema):
-            return super()._backend_apply_gradients(grads, trainable_variables)
-        grads = self._clip_gradients(grads)
-        self._apply_weight_decay(trainable_variables)
-        self._backend_update_step(grads, trainable_variables, None)
-
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if not self._fused_now():
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+    def _fused_update(self, grads, trainable_variables, step, divisor):
+        """Update `step` (1-based: `iterations + 1`) by torch's fused AdamW,
+        each gradient divided by `divisor` (a 0-d tensor, or None)."""
         import torch
         from torch.autograd.graph import increment_version
 
         with torch.no_grad():
-            step = self._host_step()
+            step = float(step)
             lr = self._host_learning_rate(step)
             # torch divides sqrt(v) by sqrt(1 - b2^t) before adding epsilon; scaling
             # epsilon by the same factor gives Keras' (sqrt(v) + eps) instead
             eps = self.epsilon / (1.0 - self.beta_2 ** step) ** 0.5
             groups = self._fused_groups(trainable_variables)
-            divisor, self._clip_divisor = self._clip_divisor, None
             for decays, params, ms, vs, positions, step_t in groups:
                 step_t.fill_(step)  # a kernel argument, not a copy from the host
                 gs = [grads[i] for i in positions]
@@ -145,21 +174,22 @@ class BertAdamW(keras.optimizers.AdamW):
                 # `fused_kernels.weight`, read them)
                 increment_version([*params, *ms, *vs])
 
-    def _host_step(self):
-        """This update's step (`iterations + 1`) as a Python float, read from
-        the device only when it may have changed other than by Keras' own
-        increment after the last update: on a GPU each read waits for the
+    def _host_count(self):
+        """Keras' count of `apply` calls so far (`_iterations`, which is
+        `iterations` unless gradients are accumulated) as a Python int, read
+        from the device only when it may have changed other than by Keras'
+        own increment after the last call: on a GPU each read waits for the
         whole backward pass, with the GPU idle while the update is launched.
         Keras' `assign_add(1)` bumps the counter tensor's version by one;
         any other write (a restore, `assign`) bumps it again."""
-        value = self.iterations.value
+        value = self._iterations.value
         known = getattr(self, "_step_mirror", None)
         if known is not None and known[0] is value and value._version == known[1] + 1:
-            step = known[2] + 1
+            count = known[2] + 1
         else:
-            step = int(keras.ops.convert_to_numpy(value)) + 1
-        object.__setattr__(self, "_step_mirror", (value, value._version, step))
-        return float(step)
+            count = int(keras.ops.convert_to_numpy(value))
+        object.__setattr__(self, "_step_mirror", (value, value._version, count))
+        return count
 
     def _host_learning_rate(self, step):
         """The learning rate of update `step`: `WarmupLinearDecay` evaluated
@@ -238,18 +268,52 @@ def _global_norm(torch, grads):
 
 
 def bert_adamw(learning_rate, total_steps, warmup_ratio=0.1, weight_decay=0.01,
-               max_grad_norm=1.0, epsilon=1e-8, fused=None):
+               max_grad_norm=1.0, epsilon=1e-8, fused=None, gradient_accumulation=1):
     """AdamW as BERT fine-tuning uses it: no decay on LayerNorm and biases,
-    warmup then linear decay, global-norm gradient clipping."""
+    warmup then linear decay, global-norm gradient clipping. `total_steps`
+    counts updates; with `gradient_accumulation` k > 1 each update is the
+    mean gradient of k batches (see `apply_accumulated` for an epoch's
+    leftover batches)."""
     schedule = WarmupLinearDecay(learning_rate, int(round(warmup_ratio * total_steps)),
                                  total_steps)
     return BertAdamW(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9,
                      beta_2=0.999, epsilon=epsilon, global_clipnorm=max_grad_norm,
-                     fused=fused)
+                     fused=fused, gradient_accumulation_steps=(
+                         gradient_accumulation if gradient_accumulation > 1 else None))
+
+
+def apply_accumulated(optimizer):
+    """Apply the gradients `optimizer` has accumulated since its last update
+    as one update of their mean; returns how many batches that was (0: none
+    waiting, or no accumulation).
+
+    With `gradient_accumulation_steps=k`, Keras updates after every k-th
+    batch and keeps the rest waiting, so an epoch of n batches, n not a
+    multiple of k, would end with n % k batches' gradients not yet applied
+    (evaluated without them) and carry them into the next epoch's first
+    update. transformers' Trainer updates from them at the end of the epoch,
+    so every epoch has ceil(n / k) updates; this does the same. Call it
+    between steps (`ApplyAccumulated` does at each epoch's end): the waiting
+    sum is rescaled so that Keras' next update, run from zero gradients,
+    divides it by the batches it holds, not by k.
+    """
+    steps = optimizer.gradient_accumulation_steps
+    if not steps:
+        return 0
+    count = int(ops.convert_to_numpy(optimizer._iterations))
+    waiting = count % steps
+    if not waiting:
+        return 0
+    for accumulator in optimizer._accumulated_gradients:
+        accumulator.assign(accumulator * (steps / waiting))
+    optimizer._iterations.assign(count + steps - waiting - 1)  # the group's last batch
+    variables = optimizer._trainable_variables
+    optimizer.apply([ops.zeros(v.shape, v.dtype) for v in variables], variables)
+    return waiting
 
 
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertLamb(keras.optimizers.Optimizer):
+class BertLamb(_SchedulesByUpdate, keras.optimizers.Optimizer):
     """LAMB (You et al., 2019) as BERT pretraining uses it: the Adam update
     plus weight decay, scaled per tensor by the trust ratio
     ||w|| / ||update||; LayerNorm parameters and biases get neither decay

@@ -66,6 +66,7 @@ class TrainPage(QWidget):
         self.fields = {
             "epochs": _spin(1, 1000, s.epochs),
             "batch_size": _spin(1, 4096, s.batch_size),
+            "gradient_accumulation": _spin(1, 256, s.gradient_accumulation),
             "learning_rate": _dspin(1e-7, 0.99, s.learning_rate, 7, 1e-5),
             "max_length": _spin(8, 512, s.max_length, 8),
             "warmup_ratio": _dspin(0, 0.99, s.warmup_ratio, 3, 0.01),
@@ -74,11 +75,16 @@ class TrainPage(QWidget):
             "validation_fraction": _dspin(0.01, 0.89, s.validation_fraction, 2, 0.05),
             "early_stopping_patience": _spin(0, 100, s.early_stopping_patience),
         }
-        names = {"epochs": "Epochs", "batch_size": "Batch size", "learning_rate": "Learning rate",
+        names = {"epochs": "Epochs", "batch_size": "Batch size",
+                 "gradient_accumulation": "Batches per update",
+                 "learning_rate": "Learning rate",
                  "max_length": "Max length (tokens)", "warmup_ratio": "Warmup ratio",
                  "weight_decay": "Weight decay", "seed": "Seed",
                  "validation_fraction": "Validation fraction",
                  "early_stopping_patience": "Early stopping patience (epochs, 0 = off)"}
+        self.fields["gradient_accumulation"].setToolTip(
+            "Gradient accumulation: update the weights once every K batches, from their "
+            "mean gradient (an update batch of K x batch size in the memory of one batch)")
         form_box = QGroupBox("Settings")
         form = QFormLayout(form_box)
         for key, widget in self.fields.items():
