@@ -129,6 +129,7 @@ def _finetune_config(args):
         max_answer_length=args.max_answer_length,
         text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, problem_type=args.problem_type,
+        class_weight=args.class_weight,
         label_separator=args.label_separator, model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
         learning_rate=args.learning_rate,
@@ -140,6 +141,29 @@ def _finetune_config(args):
         gradient_checkpointing=args.gradient_checkpointing,
         bucket=False if args.no_bucketing else None, pad_to_multiple=args.pad_to_multiple,
         null_threshold=args.null_threshold, resume=args.resume)
+
+
+def _class_weight(text):
+    """argparse type for --class-weight: balanced, none, LABEL=WEIGHT pairs
+    separated by commas, or a JSON object (for labels with commas)."""
+    if text in ("balanced", "none"):
+        return None if text == "none" else text
+    try:
+        if text.lstrip().startswith("{"):
+            weights = json.loads(text)
+            if not isinstance(weights, dict):
+                raise ValueError
+        else:
+            weights = {}
+            for pair in text.split(","):
+                label, sep, weight = pair.rpartition("=")
+                if not sep or not label:
+                    raise ValueError
+                weights[label] = float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected balanced, none, LABEL=WEIGHT,... or a JSON object, got {text!r}")
+    return weights
 
 
 def _threshold_arg(allowed):
@@ -498,6 +522,10 @@ def build_parser():
     p.add_argument("--problem-type", choices=("single_label", "multi_label", "regression"),
                    default="single_label")
     p.add_argument("--label-separator", default=",", help="separates labels (multi_label)")
+    p.add_argument("--class-weight", type=_class_weight, metavar="balanced|LABEL=W,...",
+                   help="single_label: weigh each example's loss by its label's weight; "
+                        "balanced: n / (labels x the label's count), so each label counts "
+                        "the same (unnamed labels weigh 1)")
     p.add_argument("--model", default="bundled",
                    help="'bundled' (pretrained MiniLM), a preset (tiny, mini, ..., base) or a folder")
     p.add_argument("--output", required=True, help="run folder (model, predictions, metrics)")

@@ -727,3 +727,107 @@ def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--gradient-accumulation", "0"])
     assert "--gradient-accumulation: expected a positive whole number" in capsys.readouterr().err
+
+
+def test_class_weighted_crossentropy_weighs_each_example_by_its_label():
+    from bertdesk.tasks.class_weighted_crossentropy import (ClassWeightedCrossentropy,
+                                                            balanced_class_weights)
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 3)).astype("float32")
+    y = np.array([0, 2, 1, 1, 0, 2], "int32")
+    weights = np.array([0.5, 2.0, 3.0])
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    per_example = -log_p[np.arange(6), y] * weights[y]
+    loss = ClassWeightedCrossentropy(weights.tolist())
+    assert float(keras.ops.convert_to_numpy(loss(y, logits))) == pytest.approx(
+        per_example.mean(), rel=1e-5)
+    mask = np.array([1, 1, 0, 1, 1, 0], "float32")  # padding rows: sample weight 0
+    assert float(keras.ops.convert_to_numpy(loss(y[:, None], logits, sample_weight=mask))) == (
+        pytest.approx((per_example * mask).sum() / 6, rel=1e-5))
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(again, ClassWeightedCrossentropy) and again.class_weights == [0.5, 2, 3]
+    for bad in ([], [1.0, 0.0], [1.0, float("nan")], [-1.0, 1.0]):
+        with pytest.raises(ValueError, match="class_weights must be positive numbers"):
+            ClassWeightedCrossentropy(bad)
+    # scikit-learn's "balanced": n / (classes x count), averaging 1 over the examples
+    assert balanced_class_weights([0, 0, 0, 1, 2, 2], 3) == pytest.approx([2 / 3, 2, 1])
+    with pytest.raises(ValueError, match=r"no example of classes \[1\]"):
+        balanced_class_weights([0, 2], 3)
+
+
+def test_class_weights_shift_training_toward_the_weighted_label(tmp_path, tiny_model):
+    """On 80 negative and 16 positive sentences, balanced weights (0.6 and
+    3.0, from the counts) make the model predict positive more often on a
+    balanced validation set than the same run without them; the weights
+    are saved with the model and said at the start, and a resumed run
+    trains with the same loss."""
+    with open(ASSETS / "sentiment_en.csv", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    negative = [r for r in rows if r[1] == "negative"]
+    positive = [r for r in rows if r[1] == "positive"]
+    for name, part in (("imbalanced.csv", negative[:80] + positive[:16]),
+                       ("held.csv", negative[100:140] + positive[100:140])):
+        with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([["text", "label"]] + part)
+    positive_rate = {}
+    for weighting in (None, "balanced"):
+        events = []
+        out = tmp_path / f"run_{weighting}"
+        run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "imbalanced.csv"),
+                            validation=str(tmp_path / "held.csv"), output=str(out), epochs=3,
+                            learning_rate=1e-2,
+                            class_weight=weighting), events.append)
+        preds = list(csv.DictReader(open(out / "validation_predictions.csv", encoding="utf-8")))
+        positive_rate[weighting] = np.mean([float(r["p(positive)"]) for r in preds])
+        head = json.loads((out / "model" / "bertdesk.json").read_text())["head"]
+        said = " ".join(e.get("text", "") for e in events if e["event"] == "message")
+        if weighting:
+            assert head["class_weights"] == pytest.approx([96 / 160, 96 / 32])
+            assert "class weights: negative 0.6, positive 3" in said
+            resumed = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+            losses = resumed.loss if isinstance(resumed.loss, dict) else {"logits": resumed.loss}
+            assert type(losses["logits"]).__name__ == "ClassWeightedCrossentropy"
+            assert losses["logits"].class_weights == head["class_weights"]
+        else:
+            assert "class_weights" not in head and "class weights" not in said
+    assert positive_rate["balanced"] > positive_rate[None] + 0.05, positive_rate
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(problem_type="multi_label"), "for single-label classification; this run's problem "
+                                       "type is multi_label"),
+    (dict(class_weight={"neutral": 2}), r"'neutral' not among the training data's labels "
+                                        r"\(negative, positive\)"),
+    (dict(class_weight={"positive": 0}), "the weight of 'positive' must be a positive number"),
+    (dict(class_weight="equal"), "expected 'balanced' or label=weight pairs"),
+])
+def test_class_weight_errors(tmp_path, tiny_model, overrides, message):
+    cfg = config(tmp_path, tiny_model, **{"class_weight": "balanced", **overrides})
+    with pytest.raises(DataError, match=message):
+        run_finetune(cfg)
+
+
+def test_class_weight_options(tmp_path, tiny_model, capsys):
+    from bertdesk.cli import _finetune_config, build_parser
+
+    base = ["finetune", "--train", "t.csv", "--model", "tiny", "--output", "out"]
+
+    def parsed(value):
+        return _finetune_config(build_parser().parse_args(base + ["--class-weight", value]))
+
+    assert parsed("balanced").class_weight == "balanced"
+    assert parsed("none").class_weight is None
+    assert parsed("negative=1,positive=2.5").class_weight == {"negative": 1.0, "positive": 2.5}
+    assert parsed('{"a,b": 2, "c": 1}').class_weight == {"a,b": 2, "c": 1}
+    assert parsed("x=y=3").class_weight == {"x=y": 3.0}  # the last '=' splits
+    for bad in ("positive", "positive=high", "[1, 2]", "=2"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(base + ["--class-weight", bad])
+        assert "expected balanced, none, LABEL=WEIGHT,... or a JSON object" in (
+            capsys.readouterr().err)
+    ner = tmp_path / "t.conll"
+    ner.write_text("Alice B-PER\nruns O\n\n")
+    with pytest.raises(DataError, match="--class-weight is for text classification"):
+        run_finetune(config(tmp_path, tiny_model, task="ner", train=str(ner),
+                            class_weight="balanced"))

@@ -172,6 +172,8 @@ def test_train_with_live_progress_then_results(qtbot, window, tiny_model, tmp_pa
     screenshot(w, "model_page")
     w.go("Train")
     set_form(w, epochs=2, batch_size=32, learning_rate=3e-3, max_length=32)
+    assert w.train_page.balance_box.isEnabled()  # single-label classification
+    w.train_page.balance_box.setChecked(True)
     steps = []
     w.train_page.process.event.connect(lambda e: e["event"] == "step" and steps.append(e))
     assert w.train_page.start()
@@ -187,6 +189,8 @@ def test_train_with_live_progress_then_results(qtbot, window, tiny_model, tmp_pa
     assert steps[-1]["total_steps"] == 2 * 34  # 1,080 training rows / 32, two epochs
     assert len(w.train_page.metric_curves["accuracy"].getData()[0]) == 2
     assert 0 <= run["metrics"]["accuracy"] <= 1
+    assert run["args"][run["args"].index("--class-weight") + 1] == "balanced"
+    assert "class weights: negative " in w.train_page.log_view.toPlainText()
     assert Path(run["output"], "model", "bertdesk.json").is_file()
     # the history is on disk and reopens in a new state object (an app restart)
     from bertdesk_gui.state import RunHistory
@@ -314,6 +318,7 @@ def test_ner_and_qa_files(qtbot, window, tiny_model, source, task, tmp_path, mon
     screenshot(w, f"data_page_{task}")
     choose_tiny(qtbot, w, tiny_model)
     w.go("Train")
+    assert not w.train_page.balance_box.isEnabled()  # class weights: classification only
     accumulation = 2 if task == "ner" else 1  # the form reaches the child's command line
     set_form(w, epochs=1, max_length=64, learning_rate=3e-3, gradient_accumulation=accumulation)
     checkpointing = task == "qa"

@@ -29,6 +29,8 @@ class FinetuneConfig:
     text_pair_column: str | None = None
     label_column: str = "label"
     problem_type: str = "single_label"  # single_label | multi_label | regression
+    # single_label: None, "balanced" (n / (classes x count)) or {label: weight}
+    class_weight: str | dict | None = None
     label_separator: str = ","
     model: str = "bundled"  # "bundled", a preset name, or a checkpoint folder
     epochs: int = 3
@@ -112,6 +114,38 @@ def targets_for(data, head):
                             f"model knows ({', '.join(head['labels'])})")
         y[row] = index[label]
     return y
+
+
+def class_weights_for(train, labels, config):
+    """`config.class_weight` as one weight per label (in `labels`' order),
+    or None: "balanced" from the training examples' label counts, a
+    {label: weight} mapping (labels it leaves out weigh 1)."""
+    spec = config.class_weight
+    if spec is None or spec == "none":
+        return None
+    if config.problem_type != "single_label":
+        raise DataError(f"--class-weight is for single-label classification; this run's "
+                        f"problem type is {config.problem_type}")
+    if spec == "balanced":
+        from bertdesk.tasks.class_weighted_crossentropy import balanced_class_weights
+
+        index = {label: i for i, label in enumerate(labels)}
+        return balanced_class_weights([index[label] for label in train.labels], len(labels))
+    if not isinstance(spec, dict):
+        raise DataError(f"--class-weight {spec!r}: expected 'balanced' or label=weight pairs")
+    given = {str(k): v for k, v in spec.items()}
+    unknown = sorted(set(given) - set(labels))
+    if unknown:
+        raise DataError(f"--class-weight: {', '.join(map(repr, unknown))} not among the "
+                        f"training data's labels ({', '.join(labels)})")
+    weights = []
+    for label in labels:
+        w = given.get(label, 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf"):
+            raise DataError(f"--class-weight: the weight of {label!r} must be a positive "
+                            f"number, got {w!r}")
+        weights.append(float(w))
+    return weights
 
 
 def scores_from_logits(logits, head):
@@ -244,6 +278,9 @@ def run_finetune(config, sink=None):
 
     sink = sink or (lambda event: None)
     task = get_task(config.task)
+    if task.name != "classify" and config.class_weight not in (None, "none"):
+        raise DataError(f"--class-weight is for text classification (--task classify); this "
+                        f"is a {task.name} run")
     if task.name != "qa" and str(config.null_threshold) != "auto":
         raise DataError(f"--null-threshold is for extractive QA (--task qa) on SQuAD v2 data; "
                         f"this is a {task.name} run")

@@ -31,16 +31,21 @@ class ClassifyTask:
         return subset(data, tr), subset(data, va)
 
     def make_head(self, train, config):
-        from bertdesk.training.finetune import _natural_key
+        from bertdesk.training.finetune import _natural_key, class_weights_for
 
         if config.problem_type == "regression":
+            class_weights_for(train, None, config)  # refuses a class weight
             return {"problem_type": "regression", "num_classes": 1, "labels": None}
         seen = (set(train.labels) if config.problem_type == "single_label"
                 else {label for labels in train.labels for label in labels})
         labels = sorted(seen, key=_natural_key)
         if config.problem_type == "single_label" and len(labels) < 2:
             raise DataError(f"{config.train}: only one label ({labels}) in the training data")
-        return {"problem_type": config.problem_type, "num_classes": len(labels), "labels": labels}
+        head = {"problem_type": config.problem_type, "num_classes": len(labels), "labels": labels}
+        weights = class_weights_for(train, labels, config)
+        if weights is not None:
+            head["class_weights"] = weights
+        return head
 
     def targets(self, data, head):
         from bertdesk.training.finetune import targets_for
@@ -66,6 +71,10 @@ class ClassifyTask:
     def loss(self, head):
         import keras
 
+        if head.get("class_weights"):
+            from bertdesk.tasks.class_weighted_crossentropy import ClassWeightedCrossentropy
+
+            return ClassWeightedCrossentropy(head["class_weights"])
         return {"single_label": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 "multi_label": keras.losses.BinaryCrossentropy(from_logits=True),
                 "regression": keras.losses.MeanSquaredError()}[head["problem_type"]]
@@ -95,8 +104,12 @@ class ClassifyTask:
         return prediction_rows(scores, data, head)
 
     def describe(self, train, validation, head):
-        return (f"data: {len(train)} training, {len(validation)} validation examples; "
+        text = (f"data: {len(train)} training, {len(validation)} validation examples; "
                 f"labels: {head['labels']}")
+        if head.get("class_weights"):
+            text += "; class weights: " + ", ".join(
+                f"{label} {w:.3g}" for label, w in zip(head["labels"], head["class_weights"]))
+        return text
 
 
 class NerTask:

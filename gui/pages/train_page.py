@@ -98,6 +98,15 @@ class TrainPage(QWidget):
         self.checkpointing_box.setChecked(s.gradient_checkpointing)
         self.checkpointing_box.toggled.connect(self._settings_changed)
         form.addRow("Gradient checkpointing:", self.checkpointing_box)
+        self.balance_box = QCheckBox("weigh each class's examples by n / (classes x count)")
+        self.balance_box.setToolTip(
+            "Balanced class weights (single-label classification): every class counts the "
+            "same in the loss, however few examples it has")
+        self.balance_box.setChecked(s.balanced_class_weights)
+        self.balance_box.toggled.connect(self._settings_changed)
+        form.addRow("Balance classes:", self.balance_box)
+        state.dataset_changed.connect(self._dataset_changed)
+        self._dataset_changed(state.dataset)
         self.form_error = QLabel()
         self.form_error.setStyleSheet("color: #c0392b;")
         self.form_error.setWordWrap(True)
@@ -176,10 +185,16 @@ class TrainPage(QWidget):
 
     # --- form ---
 
+    def _dataset_changed(self, ds):
+        """Class weights apply to single-label classification only."""
+        self.balance_box.setEnabled(ds is not None and ds.task == "classify"
+                                    and ds.problem_type == "single_label")
+
     def _settings_changed(self, *_):
         for key, widget in self.fields.items():
             setattr(self.state.settings, key, widget.value())
         self.state.settings.gradient_checkpointing = self.checkpointing_box.isChecked()
+        self.state.settings.balanced_class_weights = self.balance_box.isChecked()
         problems = self.state.settings.problems()
         self.form_error.setText("\n".join(problems.values()))
 
