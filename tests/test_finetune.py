@@ -789,6 +789,11 @@ def test_class_weights_shift_training_toward_the_weighted_label(tmp_path, tiny_m
             losses = resumed.loss if isinstance(resumed.loss, dict) else {"logits": resumed.loss}
             assert type(losses["logits"]).__name__ == "ClassWeightedCrossentropy"
             assert losses["logits"].class_weights == head["class_weights"]
+            with pytest.raises(DataError, match=r"started with class weights \[0\.6, 3\.0\]; "
+                                                r"resume it with the same --class-weight"):
+                run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "imbalanced.csv"),
+                                    validation=str(tmp_path / "held.csv"), output=str(out),
+                                    epochs=4, resume=True))
         else:
             assert "class_weights" not in head and "class weights" not in said
     assert positive_rate["balanced"] > positive_rate[None] + 0.05, positive_rate

@@ -328,6 +328,12 @@ def run_finetune(config, sink=None):
         if started != accumulation:
             raise DataError(f"{out}: the run was started with --gradient-accumulation "
                             f"{started}; resume it with the same (got {accumulation})")
+        loss = model.loss.get("logits") if isinstance(model.loss, dict) else model.loss
+        weighted = getattr(loss, "class_weights", None)
+        if weighted != head.get("class_weights"):
+            raise DataError(f"{out}: the run was started with class weights {weighted}; "
+                            f"resume it with the same --class-weight (this one gives "
+                            f"{head.get('class_weights')})")
         # This run's choice, not the one saved: a checkpoint written on JAX
         # says jit_compile=True, which on PyTorch would mean torch.compile.
         model.jit_compile = jit
