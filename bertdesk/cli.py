@@ -523,9 +523,10 @@ def build_parser():
                    default="single_label")
     p.add_argument("--label-separator", default=",", help="separates labels (multi_label)")
     p.add_argument("--class-weight", type=_class_weight, metavar="balanced|LABEL=W,...",
-                   help="single_label: weigh each example's loss by its label's weight; "
-                        "balanced: n / (labels x the label's count), so each label counts "
-                        "the same (unnamed labels weigh 1)")
+                   help="single_label: weigh each example's loss by its label's weight "
+                        "(balanced: n / (labels x the label's count), so each label counts "
+                        "the same); multi_label: weigh each label's positive examples "
+                        "(balanced: its negatives / its positives); unnamed labels weigh 1")
     p.add_argument("--model", default="bundled",
                    help="'bundled' (pretrained MiniLM), a preset (tiny, mini, ..., base) or a folder")
     p.add_argument("--output", required=True, help="run folder (model, predictions, metrics)")

@@ -174,7 +174,7 @@ class TrainSettings:
     validation_fraction: float = FinetuneConfig.validation_fraction
     early_stopping_patience: int = FinetuneConfig.early_stopping_patience or 0  # 0 = off
     gradient_checkpointing: bool = FinetuneConfig.gradient_checkpointing
-    balanced_class_weights: bool = False  # single-label classification: --class-weight balanced
+    balanced_class_weights: bool = False  # classification: --class-weight balanced
 
     def problems(self):
         """What is wrong with the form, as {field: message}."""
@@ -325,7 +325,7 @@ class AppState:
                      "--problem-type", ds.problem_type]
             if ds.text_pair_column:
                 args += ["--text-pair-column", ds.text_pair_column]
-            if ds.problem_type == "single_label" and s.balanced_class_weights:
+            if ds.problem_type != "regression" and s.balanced_class_weights:
                 args += ["--class-weight", "balanced"]
         if s.early_stopping_patience:
             args += ["--early-stopping-patience", str(s.early_stopping_patience)]

@@ -141,9 +141,24 @@ def test_multi_label_and_regression(tmp_path, tiny_model):
             chosen = [c for c in words if rng.random() < 0.5] or ["red"]
             w.writerow([" and ".join(chosen) + " things", ",".join(chosen), len(chosen) / 3])
     ml = run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"),
-                             output=str(tmp_path / "ml"), problem_type="multi_label"))
+                             output=str(tmp_path / "ml"), problem_type="multi_label",
+                             class_weight={"blue": 2}))
     assert set(ml["metrics"]) >= {"accuracy", "macro_f1", "micro_f1"}
     assert load_model(Path(ml["model"])).labels == ["blue", "green", "red"]
+    # a class weight on multi-label data weighs each label's positive examples
+    head = json.loads((tmp_path / "ml" / "model" / "bertdesk.json").read_text())["head"]
+    assert head["positive_weights"] == [2.0, 1.0, 1.0] and "class_weights" not in head
+    trained = keras.saving.load_model(tmp_path / "ml" / "checkpoint" / "last.keras",
+                                      safe_mode=True)
+    loss = trained.loss["logits"] if isinstance(trained.loss, dict) else trained.loss
+    assert type(loss).__name__ == "PositiveWeightedBinaryCrossentropy"
+    assert loss.positive_weights == [2.0, 1.0, 1.0]
+    with pytest.raises(DataError, match="--class-weight is for classification "
+                                        r"\(single- or multi-label\); this run's problem "
+                                        "type is regression"):
+        run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"),
+                            output=str(tmp_path / "reg_weighted"), problem_type="regression",
+                            label_column="score", class_weight="balanced"))
     reg = run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"),
                               output=str(tmp_path / "reg"), problem_type="regression",
                               label_column="score"))
@@ -756,6 +771,40 @@ def test_class_weighted_crossentropy_weighs_each_example_by_its_label():
         balanced_class_weights([0, 2], 3)
 
 
+def test_positive_weighted_binary_crossentropy_is_pytorchs_pos_weight():
+    """Against the formula -(w y log s + (1 - y) log(1 - s)) averaged over
+    labels, Keras' binary cross-entropy where every weight is 1, and large
+    logits (the stable form); the balanced weights are each label's
+    negatives over its positives."""
+    from bertdesk.tasks.class_weighted_crossentropy import (PositiveWeightedBinaryCrossentropy,
+                                                            balanced_positive_weights)
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=3, size=(5, 3)).astype("float32")
+    logits[0, 0], logits[1, 1] = 60.0, -60.0  # log(sigmoid) would underflow to -inf
+    y = (rng.random((5, 3)) < 0.4).astype("float32")
+    y[0, 0], y[1, 1] = 0.0, 1.0
+    w = np.array([3.0, 0.5, 1.0])
+    log_s = -np.logaddexp(0, -logits.astype(np.float64))
+    log_not_s = -np.logaddexp(0, logits.astype(np.float64))
+    expected = -(w * y * log_s + (1 - y) * log_not_s).mean(1).mean()
+    loss = PositiveWeightedBinaryCrossentropy(w.tolist())
+    assert float(keras.ops.convert_to_numpy(loss(y, logits))) == pytest.approx(expected, rel=1e-5)
+    ones = PositiveWeightedBinaryCrossentropy([1.0, 1.0, 1.0])
+    small = logits.clip(-10, 10)
+    assert float(keras.ops.convert_to_numpy(ones(y, small))) == pytest.approx(float(
+        keras.ops.convert_to_numpy(keras.losses.BinaryCrossentropy(from_logits=True)(y, small))),
+        rel=1e-5)
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert again.positive_weights == [3.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match="positive_weights must be positive numbers"):
+        PositiveWeightedBinaryCrossentropy([1.0, 0.0])
+    targets = [[1, 0, 1], [0, 0, 1], [0, 1, 1], [0, 0, 1]]
+    assert balanced_positive_weights(targets) == pytest.approx([3.0, 3.0, 1.0])  # c: always on
+    with pytest.raises(ValueError, match=r"no example of labels \[1\]"):
+        balanced_positive_weights([[1, 0], [1, 0]])
+
+
 def test_class_weights_shift_training_toward_the_weighted_label(tmp_path, tiny_model):
     """On 80 negative and 16 positive sentences, balanced weights (0.6 and
     3.0, from the counts) make the model predict positive more often on a
@@ -800,8 +849,6 @@ def test_class_weights_shift_training_toward_the_weighted_label(tmp_path, tiny_m
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (dict(problem_type="multi_label"), "for single-label classification; this run's problem "
-                                       "type is multi_label"),
     (dict(class_weight={"neutral": 2}), r"'neutral' not among the training data's labels "
                                         r"\(negative, positive\)"),
     (dict(class_weight={"positive": 0}), "the weight of 'positive' must be a positive number"),

@@ -128,8 +128,13 @@ def test_mapping_changes_are_checked(qtbot, window, tmp_path):
     assert (ds.text_column, ds.text_pair_column, ds.label_column) == \
         ("sentence1", "sentence2", "score")
     page = w.data_page
+    assert w.train_page.balance_box.isEnabled()  # guessed: classification
     page.problem_combo.setCurrentIndex(page.problem_combo.findData("regression"))
     assert ds.problem_type == "regression"
+    assert not w.train_page.balance_box.isEnabled()  # no class weights for a number
+    page.problem_combo.setCurrentIndex(page.problem_combo.findData("multi_label"))
+    assert w.train_page.balance_box.isEnabled()
+    page.problem_combo.setCurrentIndex(page.problem_combo.findData("regression"))
     assert ds.bad_rows == [(2, "label 'x' in column 'score' is not a finite number")]
     page.fix_radio.setChecked(True)
     assert "bad rows" in w.state.ready()
@@ -172,7 +177,7 @@ def test_train_with_live_progress_then_results(qtbot, window, tiny_model, tmp_pa
     screenshot(w, "model_page")
     w.go("Train")
     set_form(w, epochs=2, batch_size=32, learning_rate=3e-3, max_length=32)
-    assert w.train_page.balance_box.isEnabled()  # single-label classification
+    assert w.train_page.balance_box.isEnabled()  # classification
     w.train_page.balance_box.setChecked(True)
     steps = []
     w.train_page.process.event.connect(lambda e: e["event"] == "step" and steps.append(e))

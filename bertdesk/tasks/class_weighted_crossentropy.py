@@ -1,4 +1,6 @@
-"""Cross-entropy with a weight per class, for imbalanced classification."""
+"""Cross-entropies with a weight per class, for imbalanced classification:
+single-label (a weight per class) and multi-label (a weight on each label's
+positive examples)."""
 
 import math
 
@@ -38,6 +40,53 @@ class ClassWeightedCrossentropy(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights}
+
+
+@keras.saving.register_keras_serializable(package="bertdesk")
+class PositiveWeightedBinaryCrossentropy(keras.losses.Loss):
+    """Multi-label sigmoid cross-entropy from logits with each label's
+    positive term times its weight, averaged over the labels: PyTorch's
+    `BCEWithLogitsLoss(pos_weight=...)` (a weight above 1 trades precision
+    for recall on that label), here per example, then Keras' mean over the
+    batch.
+
+    Args:
+        positive_weights: one positive number per label, in the logits' order.
+    """
+
+    def __init__(self, positive_weights, name="positive_weighted_binary_crossentropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.positive_weights = [float(w) for w in positive_weights]
+        if not self.positive_weights or not all(
+                math.isfinite(w) and w > 0 for w in self.positive_weights):
+            raise ValueError(
+                f"positive_weights must be positive numbers, got {positive_weights!r}")
+
+    def call(self, y_true, y_pred):
+        y = ops.cast(y_true, "float32")  # (batch, labels)
+        x = ops.cast(y_pred, "float32")
+        weight = ops.convert_to_tensor(self.positive_weights, "float32")
+        # -(w y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), written stably as
+        # (1 - y) x + (1 + (w - 1) y) softplus(-x)
+        loss = (1.0 - y) * x + (1.0 + (weight - 1.0) * y) * ops.softplus(-x)
+        return ops.mean(loss, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "positive_weights": self.positive_weights}
+
+
+def balanced_positive_weights(targets):
+    """Each label's negatives over its positives in `targets` (examples x
+    labels, 0/1), PyTorch's suggested `pos_weight`, so a label's positive and
+    negative examples weigh the same in total; 1 for a label that every
+    example has. Every label must occur."""
+    targets = np.asarray(targets, np.float64)
+    positives = targets.sum(0)
+    if (positives == 0).any():
+        raise ValueError(f"no example of labels {np.flatnonzero(positives == 0).tolist()}")
+    negatives = len(targets) - positives
+    return np.where(negatives > 0, negatives / positives, 1.0).tolist()
 
 
 def balanced_class_weights(label_ids, num_classes):

@@ -118,18 +118,27 @@ def targets_for(data, head):
 
 def class_weights_for(train, labels, config):
     """`config.class_weight` as one weight per label (in `labels`' order),
-    or None: "balanced" from the training examples' label counts, a
-    {label: weight} mapping (labels it leaves out weigh 1)."""
+    or None. Single-label: each class's weight; multi-label: the weight of
+    each label's positive examples. "balanced" comes from the training
+    examples (n / (classes x count); a label's negatives over its
+    positives); a {label: weight} mapping gives them (labels it leaves out
+    weigh 1)."""
     spec = config.class_weight
     if spec is None or spec == "none":
         return None
-    if config.problem_type != "single_label":
-        raise DataError(f"--class-weight is for single-label classification; this run's "
-                        f"problem type is {config.problem_type}")
+    if config.problem_type not in ("single_label", "multi_label"):
+        raise DataError(f"--class-weight is for classification (single- or multi-label); this "
+                        f"run's problem type is {config.problem_type}")
     if spec == "balanced":
-        from bertdesk.tasks.class_weighted_crossentropy import balanced_class_weights
+        from bertdesk.tasks.class_weighted_crossentropy import (balanced_class_weights,
+                                                                balanced_positive_weights)
 
         index = {label: i for i, label in enumerate(labels)}
+        if config.problem_type == "multi_label":
+            targets = np.zeros((len(train), len(labels)))
+            for row, example in enumerate(train.labels):
+                targets[row, [index[label] for label in example]] = 1
+            return balanced_positive_weights(targets)
         return balanced_class_weights([index[label] for label in train.labels], len(labels))
     if not isinstance(spec, dict):
         raise DataError(f"--class-weight {spec!r}: expected 'balanced' or label=weight pairs")
@@ -329,11 +338,12 @@ def run_finetune(config, sink=None):
             raise DataError(f"{out}: the run was started with --gradient-accumulation "
                             f"{started}; resume it with the same (got {accumulation})")
         loss = model.loss.get("logits") if isinstance(model.loss, dict) else model.loss
-        weighted = getattr(loss, "class_weights", None)
-        if weighted != head.get("class_weights"):
-            raise DataError(f"{out}: the run was started with class weights {weighted}; "
-                            f"resume it with the same --class-weight (this one gives "
-                            f"{head.get('class_weights')})")
+        for key in ("class_weights", "positive_weights"):
+            weighted = getattr(loss, key, None)
+            if weighted != head.get(key):
+                raise DataError(f"{out}: the run was started with {key.replace('_', ' ')} "
+                                f"{weighted}; resume it with the same --class-weight (this "
+                                f"one gives {head.get(key)})")
         # This run's choice, not the one saved: a checkpoint written on JAX
         # says jit_compile=True, which on PyTorch would mean torch.compile.
         model.jit_compile = jit

@@ -44,7 +44,7 @@ class ClassifyTask:
         head = {"problem_type": config.problem_type, "num_classes": len(labels), "labels": labels}
         weights = class_weights_for(train, labels, config)
         if weights is not None:
-            head["class_weights"] = weights
+            head[WEIGHTS_KEY[config.problem_type]] = weights
         return head
 
     def targets(self, data, head):
@@ -71,10 +71,12 @@ class ClassifyTask:
     def loss(self, head):
         import keras
 
-        if head.get("class_weights"):
-            from bertdesk.tasks.class_weighted_crossentropy import ClassWeightedCrossentropy
+        from bertdesk.tasks import class_weighted_crossentropy as weighted
 
-            return ClassWeightedCrossentropy(head["class_weights"])
+        if head.get("class_weights"):
+            return weighted.ClassWeightedCrossentropy(head["class_weights"])
+        if head.get("positive_weights"):
+            return weighted.PositiveWeightedBinaryCrossentropy(head["positive_weights"])
         return {"single_label": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 "multi_label": keras.losses.BinaryCrossentropy(from_logits=True),
                 "regression": keras.losses.MeanSquaredError()}[head["problem_type"]]
@@ -106,10 +108,16 @@ class ClassifyTask:
     def describe(self, train, validation, head):
         text = (f"data: {len(train)} training, {len(validation)} validation examples; "
                 f"labels: {head['labels']}")
-        if head.get("class_weights"):
-            text += "; class weights: " + ", ".join(
-                f"{label} {w:.3g}" for label, w in zip(head["labels"], head["class_weights"]))
+        for key, name in (("class_weights", "class weights"),
+                          ("positive_weights", "weights of positive examples")):
+            if head.get(key):
+                text += f"; {name}: " + ", ".join(
+                    f"{label} {w:.3g}" for label, w in zip(head["labels"], head[key]))
         return text
+
+
+# where a classifier's head keeps the weights of `--class-weight`
+WEIGHTS_KEY = {"single_label": "class_weights", "multi_label": "positive_weights"}
 
 
 class NerTask:

@@ -98,10 +98,11 @@ class TrainPage(QWidget):
         self.checkpointing_box.setChecked(s.gradient_checkpointing)
         self.checkpointing_box.toggled.connect(self._settings_changed)
         form.addRow("Gradient checkpointing:", self.checkpointing_box)
-        self.balance_box = QCheckBox("weigh each class's examples by n / (classes x count)")
+        self.balance_box = QCheckBox("rare labels weigh more (balanced class weights)")
         self.balance_box.setToolTip(
-            "Balanced class weights (single-label classification): every class counts the "
-            "same in the loss, however few examples it has")
+            "One label per row: each example's loss times n / (labels x its label's count), "
+            "so every label counts the same. Several labels per row: each label's positive "
+            "examples weigh its negatives / its positives.")
         self.balance_box.setChecked(s.balanced_class_weights)
         self.balance_box.toggled.connect(self._settings_changed)
         form.addRow("Balance classes:", self.balance_box)
@@ -186,9 +187,9 @@ class TrainPage(QWidget):
     # --- form ---
 
     def _dataset_changed(self, ds):
-        """Class weights apply to single-label classification only."""
+        """Class weights apply to classification with one or several labels."""
         self.balance_box.setEnabled(ds is not None and ds.task == "classify"
-                                    and ds.problem_type == "single_label")
+                                    and ds.problem_type in ("single_label", "multi_label"))
 
     def _settings_changed(self, *_):
         for key, widget in self.fields.items():
