@@ -13,7 +13,9 @@ after warm-up updates, examples/s and peak memory:
   gradient_accumulation=K)`: the fused update adds each batch's gradients to
   the accumulators in place and updates from them every K-th batch;
 - keras: the same model and optimizer with `fused=False`, so Keras' own
-  accumulation and update (its for-each passes) run;
+  accumulation and AdamW update run (its generic per-variable update:
+  Keras' PyTorch for-each AdamW replaces `keras.optimizers.AdamW` itself,
+  not a subclass);
 - transformers: `BertForSequenceClassification` with transformers' Trainer's
   loop for K > 1 (each batch's loss / K, backward into the same `.grad`,
   clip, the fused AdamW step, `zero_grad`).

@@ -157,9 +157,9 @@ def _class_weight(text):
             weights = {}
             for pair in text.split(","):
                 label, sep, weight = pair.rpartition("=")
-                if not sep or not label:
+                if not sep or not label.strip():
                     raise ValueError
-                weights[label] = float(weight)
+                weights[label.strip()] = float(weight)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected balanced, none, LABEL=WEIGHT,... or a JSON object, got {text!r}")

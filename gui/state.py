@@ -338,7 +338,8 @@ class AppState:
         run = {"id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "running",
                "task": ds.task, "data": ds.path, "dropped_rows": dropped,
                "model": self.model.source, "backend": self.model.backend,
-               "precision": self.model.precision, "settings": asdict(s),
+               "precision": self.model.precision,
+               "settings": {**asdict(s), "balanced_class_weights": "--class-weight" in args},
                "output": str(out), "metrics": None, "args": args}
         self.history.add(run)
         self.current_run = run_id

@@ -3,6 +3,7 @@ save, load, evaluate, predict; every problem type; resume; bad input."""
 
 import csv
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -432,11 +433,15 @@ def test_accumulated_updates_are_the_mean_of_their_batches(optimizer):
         return [keras.Variable(v, name=n) for v, n in zip(values, names)]
 
     accumulated, opt = variables(), make(3)
+    unused = keras.Variable(np.ones((2, 2), "float32"), name="kernel")  # never gets a gradient
+    opt.build(accumulated + [unused])
     for i, g in enumerate(grads):
         opt.apply([keras.ops.convert_to_tensor(x) for x in g], accumulated)
         if i in (4, 12):
             assert apply_accumulated(opt) == 2
     assert apply_accumulated(opt) == 0  # nothing left waiting
+    # left alone, as Keras leaves a variable without gradients (no decay, no moments)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(unused), np.ones((2, 2)))
     assert int(keras.ops.convert_to_numpy(opt.iterations)) == len(groups)
     direct, ref = variables(), make(1)
     for group in groups:
@@ -714,6 +719,10 @@ def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):
     result = run_finetune(cfg, events.append)
     batches = [e for e in events if e["event"] == "train_begin"][0]["steps_per_epoch"]
     assert batches == 5 and result["steps"] == 2 * 2  # ceil(5 / 3) updates an epoch
+    rates = [e["learning_rate"] for e in events if e["event"] == "step"]
+    # each batch reports the latest update's rate (4 updates, no warmup: 1e-3 / 4 less
+    # each), the first update's before it is made (not the schedule at -1: 1.25e-3)
+    assert rates == pytest.approx([1e-3] * 5 + [7.5e-4] * 2 + [5e-4] * 3)
     assert any("one update every 3 batches of 20 (60 examples; an epoch's last update "
                "takes the 2 left): 4 updates in all" in e.get("text", "") for e in events)
     model = keras.saving.load_model(tmp_path / "run" / "checkpoint" / "last.keras",
@@ -873,6 +882,7 @@ def test_class_weight_options(tmp_path, tiny_model, capsys):
     assert parsed("negative=1,positive=2.5").class_weight == {"negative": 1.0, "positive": 2.5}
     assert parsed('{"a,b": 2, "c": 1}').class_weight == {"a,b": 2, "c": 1}
     assert parsed("x=y=3").class_weight == {"x=y": 3.0}  # the last '=' splits
+    assert parsed("negative=1, positive=2").class_weight == {"negative": 1.0, "positive": 2.0}
     for bad in ("positive", "positive=high", "[1, 2]", "=2"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(base + ["--class-weight", bad])
@@ -883,3 +893,29 @@ def test_class_weight_options(tmp_path, tiny_model, capsys):
     with pytest.raises(DataError, match="--class-weight is for text classification"):
         run_finetune(config(tmp_path, tiny_model, task="ner", train=str(ner),
                             class_weight="balanced"))
+
+
+@pytest.mark.parametrize("problem_type", ["single_label", "multi_label"])
+def test_a_class_weighted_run_resumes_in_a_new_process(tmp_path, tiny_model, problem_type):
+    """The checkpoint's compiled loss is one of bertdesk's: a new process
+    that resumes the run (the command line's `--resume`) must find it."""
+    import subprocess
+    import sys
+
+    weights = {"negative": 1, "positive": 2}
+    if problem_type == "multi_label":
+        weights = {"positive": 2}
+    cfg = config(tmp_path, tiny_model, epochs=1, problem_type=problem_type,
+                 class_weight=weights)
+    run_finetune(cfg)
+    script = (
+        "import json, sys\n"
+        "from bertdesk.training.finetune import FinetuneConfig, run_finetune\n"
+        "cfg = FinetuneConfig.from_dict(json.loads(sys.argv[1]))\n"
+        "print(json.dumps({'epochs': len(run_finetune(cfg)['history'])}))\n")
+    resumed = {**asdict(cfg), "epochs": 2, "resume": True}
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(resumed)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ASSETS.parent)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"epochs": 2}

@@ -324,6 +324,7 @@ def test_ner_and_qa_files(qtbot, window, tiny_model, source, task, tmp_path, mon
     choose_tiny(qtbot, w, tiny_model)
     w.go("Train")
     assert not w.train_page.balance_box.isEnabled()  # class weights: classification only
+    w.train_page.balance_box.setChecked(True)  # left checked from a classification run
     accumulation = 2 if task == "ner" else 1  # the form reaches the child's command line
     set_form(w, epochs=1, max_length=64, learning_rate=3e-3, gradient_accumulation=accumulation)
     checkpointing = task == "qa"
@@ -336,6 +337,8 @@ def test_ner_and_qa_files(qtbot, window, tiny_model, source, task, tmp_path, mon
     assert run["settings"]["gradient_checkpointing"] == checkpointing
     assert ("--gradient-accumulation" in run["args"]) == (accumulation > 1)
     assert run["settings"]["gradient_accumulation"] == accumulation
+    assert "--class-weight" not in run["args"]
+    assert run["settings"]["balanced_class_weights"] is False  # as the run was made
     if accumulation > 1:
         assert run["args"][run["args"].index("--gradient-accumulation") + 1] == "2"
         assert "one update every 2 batches" in w.train_page.log_view.toPlainText()

@@ -65,12 +65,13 @@ class ProgressEvents(keras.callbacks.Callback):
 
 
     def _step_learning_rate(self):
-        """The learning rate the step just taken used (the optimizer's
-        `learning_rate` already gives the next step's)."""
+        """The learning rate of the latest update (the optimizer's
+        `learning_rate` already gives the next one's); under gradient
+        accumulation, before the first update, the first's."""
         opt = self.model.optimizer
         schedule = getattr(opt, "_learning_rate", None)
         if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            return _float(schedule(_float(opt.iterations) - 1))
+            return _float(schedule(max(0.0, _float(opt.iterations) - 1)))
         return _float(opt.learning_rate)
 
 

@@ -304,11 +304,15 @@ def apply_accumulated(optimizer):
     waiting = count % steps
     if not waiting:
         return 0
-    for accumulator in optimizer._accumulated_gradients:
+    # only the variables that got gradients: Keras leaves out those that get
+    # none (a task model's unused pooler), and so their decay and moments
+    used = [(v, a) for v, a in zip(optimizer._trainable_variables,
+                                   optimizer._accumulated_gradients)
+            if a is not None and bool(ops.convert_to_numpy(ops.any(ops.not_equal(a, 0))))]
+    for _, accumulator in used:
         accumulator.assign(accumulator * (steps / waiting))
     optimizer._iterations.assign(count + steps - waiting - 1)  # the group's last batch
-    variables = optimizer._trainable_variables
-    optimizer.apply([ops.zeros(v.shape, v.dtype) for v in variables], variables)
+    optimizer.apply([ops.zeros(v.shape, v.dtype) for v, _ in used], [v for v, _ in used])
     return waiting
 
 
