@@ -26,6 +26,13 @@ def _spin(lo, hi, value, step=1):
     return box
 
 
+def _check(text, checked, tip):
+    box = QCheckBox(text)
+    box.setChecked(checked)
+    box.setToolTip(tip)
+    return box
+
+
 def _dspin(lo, hi, value, decimals, step):
     box = QDoubleSpinBox()
     box.setDecimals(decimals)
@@ -90,22 +97,20 @@ class TrainPage(QWidget):
         for key, widget in self.fields.items():
             form.addRow(names[key] + ":", widget)
             widget.valueChanged.connect(self._settings_changed)
-        self.checkpointing_box = QCheckBox("less memory, about 1.4x the time per step")
-        self.checkpointing_box.setToolTip(
+        self.checkpointing_box = _check(
+            "less memory, about 1.4x the time per step", s.gradient_checkpointing,
             "Recompute each layer's activations in the backward pass instead of keeping "
             "them (the same numbers; saves memory on PyTorch and TensorFlow, not on JAX "
             "on a CPU)")
-        self.checkpointing_box.setChecked(s.gradient_checkpointing)
-        self.checkpointing_box.toggled.connect(self._settings_changed)
-        form.addRow("Gradient checkpointing:", self.checkpointing_box)
-        self.balance_box = QCheckBox("rare labels weigh more (balanced class weights)")
-        self.balance_box.setToolTip(
+        self.balance_box = _check(
+            "rare labels weigh more (balanced class weights)", s.balanced_class_weights,
             "One label per row: each example's loss times n / (labels x its label's count), "
             "so every label counts the same. Several labels per row: each label's positive "
             "examples weigh its negatives / its positives.")
-        self.balance_box.setChecked(s.balanced_class_weights)
-        self.balance_box.toggled.connect(self._settings_changed)
-        form.addRow("Balance classes:", self.balance_box)
+        for label, box in (("Gradient checkpointing:", self.checkpointing_box),
+                           ("Balance classes:", self.balance_box)):
+            box.toggled.connect(self._settings_changed)
+            form.addRow(label, box)
         state.dataset_changed.connect(self._dataset_changed)
         self._dataset_changed(state.dataset)
         self.form_error = QLabel()
