@@ -29,7 +29,8 @@ class FinetuneConfig:
     text_pair_column: str | None = None
     label_column: str = "label"
     problem_type: str = "single_label"  # single_label | multi_label | regression
-    # single_label: None, "balanced" (n / (classes x count)) or {label: weight}
+    # None, "balanced" or {label: weight}: single-label, each class's weight;
+    # multi-label, the weight of each label's positive examples
     class_weight: str | dict | None = None
     label_separator: str = ","
     model: str = "bundled"  # "bundled", a preset name, or a checkpoint folder
@@ -324,11 +325,12 @@ def run_finetune(config, sink=None):
     steps_per_epoch = len(train_ds)  # batches
     total_steps = -(-steps_per_epoch // accumulation) * config.epochs  # updates
     if accumulation > 1:
+        left = steps_per_epoch % accumulation
         sink({"event": "message", "text": (
             f"one update every {accumulation} batches of {config.batch_size} "
-            f"({accumulation * config.batch_size} examples; an epoch's last update takes "
-            f"the {steps_per_epoch % accumulation or accumulation} left): "
-            f"{total_steps} updates in all")})
+            f"({accumulation * config.batch_size} examples"
+            + (f"; an epoch's last update takes the {left} left" if left else "")
+            + f"): {total_steps} updates in all")})
     state = {}
     if resuming:
         state = json.loads((out / "checkpoint" / "state.json").read_text())
