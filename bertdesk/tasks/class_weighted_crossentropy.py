@@ -9,6 +9,13 @@ import numpy as np
 from keras import ops
 
 
+def _positive_numbers(values, name):
+    numbers = [float(w) for w in values]
+    if not numbers or not all(math.isfinite(w) and w > 0 for w in numbers):
+        raise ValueError(f"{name} must be positive numbers, got {values!r}")
+    return numbers
+
+
 @keras.saving.register_keras_serializable(package="bertdesk")
 class ClassWeightedCrossentropy(keras.losses.Loss):
     """Softmax cross-entropy of integer labels from logits, each example's
@@ -26,10 +33,7 @@ class ClassWeightedCrossentropy(keras.losses.Loss):
 
     def __init__(self, class_weights, name="class_weighted_crossentropy", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.class_weights = [float(w) for w in class_weights]
-        if not self.class_weights or not all(
-                math.isfinite(w) and w > 0 for w in self.class_weights):
-            raise ValueError(f"class_weights must be positive numbers, got {class_weights!r}")
+        self.class_weights = _positive_numbers(class_weights, "class_weights")
 
     def call(self, y_true, y_pred):
         labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")  # (batch,)
@@ -57,11 +61,7 @@ class PositiveWeightedBinaryCrossentropy(keras.losses.Loss):
     def __init__(self, positive_weights, name="positive_weighted_binary_crossentropy",
                  **kwargs):
         super().__init__(name=name, **kwargs)
-        self.positive_weights = [float(w) for w in positive_weights]
-        if not self.positive_weights or not all(
-                math.isfinite(w) and w > 0 for w in self.positive_weights):
-            raise ValueError(
-                f"positive_weights must be positive numbers, got {positive_weights!r}")
+        self.positive_weights = _positive_numbers(positive_weights, "positive_weights")
 
     def call(self, y_true, y_pred):
         y = ops.cast(y_true, "float32")  # (batch, labels)
