@@ -22,6 +22,7 @@ _EXPORTS = {
     "preset_names": "bertdesk.models",
     "BertTokenizer": "bertdesk.tokenizer",
     "Predictor": "bertdesk.predictor",
+    "quantize_int8": "bertdesk.quantization",
     "CheckpointError": "bertdesk.io",
     "load_backbone": "bertdesk.io",
     "load_tokenizer": "bertdesk.io",

@@ -17,6 +17,8 @@ import numpy as np
 
 from bertdesk.data.tables import DataError
 
+QUANTIZE_CHOICES = (None, "int8")
+
 
 class Predictor:
     """A fine-tuned model with its tokenizer, ready for raw text.
@@ -25,13 +27,18 @@ class Predictor:
         model: a `FineTunedModel` (`bertdesk.tasks.saving.load_model`), or
             the path of a model folder.
         batch_size: examples per forward pass.
+        quantize: None, or "int8": the model's weights quantized for
+            inference first (`bertdesk.quantize_int8`, in place: a
+            `FineTunedModel` given here is quantized too).
 
     Calling it runs the model's task: `classify(texts, text_pairs=None)`,
     `entities(texts)` or `answer(questions, contexts)`. Each takes one
     example (strings) or a list, and answers in kind.
     """
 
-    def __init__(self, model, batch_size=64):
+    def __init__(self, model, batch_size=64, quantize=None):
+        if quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"quantize={quantize!r}: expected one of {QUANTIZE_CHOICES}")
         if isinstance(model, (str, os.PathLike)):
             from bertdesk.tasks.saving import load_model
 
@@ -39,15 +46,19 @@ class Predictor:
         if not hasattr(model, "task") or not hasattr(model, "head"):
             raise TypeError(f"Predictor takes a model folder or a FineTunedModel "
                             f"(bertdesk.tasks.saving.load_model), got {type(model).__name__}")
+        if quantize == "int8":
+            from bertdesk.quantization import quantize_int8
+
+            quantize_int8(model.model)
         self.model = model
         self.batch_size = int(batch_size)
 
     @classmethod
-    def load(cls, folder, batch_size=64):
+    def load(cls, folder, batch_size=64, quantize=None):
         """The model folder `bertdesk finetune` wrote (`<output>/model`)."""
         from bertdesk.tasks.saving import load_model
 
-        return cls(load_model(folder), batch_size=batch_size)
+        return cls(load_model(folder), batch_size=batch_size, quantize=quantize)
 
     # === What the model is ===
     @property

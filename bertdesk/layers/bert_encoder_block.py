@@ -192,8 +192,10 @@ class BertEncoderBlock(keras.layers.Layer):
 
     def _feed_forward(self, x, training):
         """output(intermediate(x)); in training through `feed_forward`, whose
-        backward pass keeps the GELU's input and not its output too."""
-        if not training:
+        backward pass keeps the GELU's input and not its output too (not
+        for quantized layers, whose kernels are not the weights)."""
+        if (not training or getattr(self.intermediate, "quantization_mode", None)
+                or getattr(self.output_dense, "quantization_mode", None)):
             return dense(self.output_dense, dense(self.intermediate, x))
         up, down = self.intermediate, self.output_dense
         weights = (weight(w, x.dtype) for w in (up.kernel, up.bias, down.kernel, down.bias))

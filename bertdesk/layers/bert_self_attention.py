@@ -191,12 +191,20 @@ class BertSelfAttention(keras.layers.Layer):
 
     def _project_query_and_kv(self, query, x, batch, seq, q_len):
         """q from `query`, k and v from `x`, through the two column blocks of
-        the fused kernel (its columns are [q | k | v])."""
+        the fused kernel (its columns are [q | k | v]). A quantized kernel
+        (int8 values and scales, not the weights) goes through the layer:
+        q from `query`'s rows, k and v from `x`'s (the inputs are quantized
+        row by row, so each row's numbers are those of the whole-sequence
+        call)."""
         width = self.num_heads * self.head_dim
-        kernel = weight(self.qkv.kernel, x.dtype)
-        bias = weight(self.qkv.bias, x.dtype)
-        q = project(query, kernel[:, :width], bias[:width])
-        kv = project(x, kernel[:, width:], bias[width:])
+        if getattr(self.qkv, "quantization_mode", None):
+            q = dense(self.qkv, query)[..., :width]
+            kv = dense(self.qkv, x)[..., width:]
+        else:
+            kernel = weight(self.qkv.kernel, x.dtype)
+            bias = weight(self.qkv.bias, x.dtype)
+            q = project(query, kernel[:, :width], bias[:width])
+            kv = project(x, kernel[:, width:], bias[width:])
         q = reshape(q, (batch, q_len, self.num_heads, self.head_dim))
         kv = reshape(kv, (batch, seq, 2, self.num_heads, self.head_dim))
         k, v = ops.unstack(kv, 2, axis=2)

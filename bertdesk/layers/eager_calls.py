@@ -24,7 +24,7 @@ import inspect
 import keras
 from keras import ops
 
-from bertdesk.layers import fused_kernels
+from bertdesk.layers import fused_kernels, int8_kernels
 from bertdesk.layers.lean_backward import gelu
 
 
@@ -42,13 +42,19 @@ def project(x, kernel, bias, activation=None):
 def dense(layer, x):
     """`layer(x)` for a built `keras.layers.Dense` with a bias, through
     `project`: the same numbers to rounding (in bf16 the product and the bias
-    are rounded once, not twice). A layer Keras has quantized, or one without
-    a bias, is simply called."""
-    if (keras.backend.backend() != "torch" or not layer.use_bias
-            or getattr(layer, "quantization_mode", None)):
+    are rounded once, not twice). A layer Keras has quantized to int8 runs
+    its integer product through oneDNN where `int8_kernels.applies` (Keras'
+    numbers to rounding); other quantized layers, and layers without a
+    bias, are simply called."""
+    if keras.backend.backend() != "torch" or not layer.use_bias:
         return layer(x)
-    dtype = layer.compute_dtype
     activation = None if layer.activation is keras.activations.linear else layer.activation
+    if getattr(layer, "quantization_mode", None):
+        if not int8_kernels.applies(layer, x):
+            return layer(x)
+        out = int8_kernels.int8_dense(layer, x, gelu=activation is gelu)
+        return out if activation in (None, gelu) else activation(out)
+    dtype = layer.compute_dtype
     as_dtype, weight = fused_kernels.as_dtype, fused_kernels.weight
     return project(as_dtype(x, dtype), weight(layer.kernel, dtype),
                    weight(layer.bias, dtype), activation=activation)
