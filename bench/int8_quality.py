@@ -19,6 +19,7 @@ alternating, medians.
 
     KERAS_BACKEND=torch .venv/bin/python bench/int8_quality.py
     KERAS_BACKEND=torch .venv/bin/python bench/int8_quality.py --run /tmp/int8_run  # reuse
+    KERAS_BACKEND=torch .venv/bin/python bench/int8_quality.py --run /tmp/int8_run --allocator keep
 """
 
 import argparse
@@ -146,7 +147,14 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", default="float32,int8,keras-int8,hf-float32,hf-int8")
+    p.add_argument("--allocator", choices=("default", "keep"), default="default",
+                   help="keep: freed memory kept by the process for every variant, as "
+                        "bertdesk's command line runs (bertdesk.training.allocator)")
     args = p.parse_args()
+    if args.allocator == "keep":
+        from bertdesk.training import allocator
+
+        allocator.keep_freed_memory()
 
     import keras
     import torch
@@ -159,7 +167,8 @@ def main():
     hf_dir = run / "hf"
     if not hf_dir.is_dir():
         convert(run / "out" / "model", hf_dir, to="hf")
-    print(f"backend {keras.backend.backend()}, torch {torch.__version__} "
+    print(f"backend {keras.backend.backend()}, allocator {args.allocator}, "
+          f"torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), {len(texts)} test sentences, "
           f"batch {args.batch_size}; {args.rounds} rounds after one untimed, medians")
 

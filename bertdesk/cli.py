@@ -300,8 +300,8 @@ def _load_for_inference(args):
 def _quantize_option(p):
     p.add_argument("--quantize", choices=("int8",),
                    help="int8 weights, inputs quantized per token (bertdesk.quantize_int8): a "
-                        "quarter of the weights' memory; on PyTorch's CPU the products run as "
-                        "integer GEMMs")
+                        "quarter of the weights' memory; faster on the PyTorch backend's CPU "
+                        "(integer GEMMs), slower on JAX and TensorFlow")
 
 
 def _cmd_evaluate(args):

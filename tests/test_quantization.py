@@ -202,6 +202,22 @@ def test_a_tied_table_stays_float_and_quantizing_twice_is_refused():
         quantize_int8(model)
 
 
+def test_a_quantized_model_is_not_saved_as_weights(tmp_path):
+    """Its int8 values and scales written as weights would be a checkpoint
+    of garbage: saving is refused and nothing is written."""
+    keras.utils.set_random_seed(10)
+    model = BertTextClassifier(_backbone(), num_classes=2)
+    quantize_int8(model)
+    tokenizer = bertdesk.BertTokenizer.from_pretrained(bertdesk.bundled_checkpoint())
+    with pytest.raises(ValueError, match="is quantized .*save the float model"):
+        save_task_model(model, tmp_path / "task", tokenizer, "classify",
+                        {"problem_type": "single_label", "num_classes": 2,
+                         "labels": ["a", "b"]})
+    with pytest.raises(ValueError, match="is quantized"):
+        bertdesk.save_pretrained(model.backbone, tmp_path / "backbone")
+    assert list(tmp_path.iterdir()) == []  # (nor anything assembled beside)
+
+
 @torch_only
 def test_a_quantized_model_runs_every_dense_layer_through_onednn(monkeypatch):
     """On PyTorch's CPU each encoder product goes through oneDNN, and the

@@ -118,8 +118,20 @@ def _np(variable):
     return np.asarray(ops.convert_to_numpy(variable))
 
 
+def refuse_quantized(model):
+    """A quantized layer holds int8 values and scales, not its weights:
+    written as weights they would make a checkpoint of garbage."""
+    quantized = [layer.path for layer in model._flatten_layers()
+                 if getattr(layer, "quantization_mode", None)]
+    if quantized:
+        raise ValueError(f"{model.name} is quantized ({quantized[0]} and "
+                         f"{len(quantized) - 1} more layers): save the float model, and "
+                         "quantize it after loading")
+
+
 def backbone_tensors(backbone):
     """The backbone's weights as canonical numpy arrays (float32)."""
+    refuse_quantized(backbone)
     e = backbone.embeddings
     out = {
         "embeddings.word_embeddings.weight": _np(e.token_embedding.embeddings),

@@ -45,8 +45,9 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
     in (or, with `overwrite`, each file replaced atomically)."""
     from safetensors.numpy import save
 
-    from bertdesk.io.mapping import backbone_tensors
+    from bertdesk.io.mapping import backbone_tensors, refuse_quantized
 
+    refuse_quantized(model)
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder}: folder exists and is not empty")
