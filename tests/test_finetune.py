@@ -701,12 +701,23 @@ def test_cli_pad_to_multiple_reaches_the_config(capsys):
     base = ["finetune", "--train", "t.csv", "--model", "tiny", "--output", "out"]
     args = build_parser().parse_args(base + ["--pad-to-multiple", "32"])
     assert _finetune_config(args).pad_to_multiple == 32
-    assert _finetune_config(build_parser().parse_args(base)).pad_to_multiple == 8
+    assert _finetune_config(build_parser().parse_args(base)).pad_to_multiple is None
     for bad in ("0", "-8", "eight"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(base + ["--pad-to-multiple", bad])
         assert (f"--pad-to-multiple: expected a positive whole number, got '{bad}'"
                 in capsys.readouterr().err)
+
+
+def test_lengths_are_rounded_where_a_step_compiles_per_shape():
+    """8 on JAX and TensorFlow, and on PyTorch under torch.compile; 1 for
+    PyTorch's eager steps, which would only compute the padding."""
+    from bertdesk.training.finetune import default_pad_multiple
+
+    eager = keras.backend.backend() == "torch"
+    assert default_pad_multiple("auto") == (1 if eager else 8)
+    assert default_pad_multiple("off") == (1 if eager else 8)
+    assert default_pad_multiple("on") == 8
 
 
 def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):

@@ -21,6 +21,9 @@ def encodings(n, seed=0):
 
 
 def both(targets, **kw):
+    # (lengths rounded as on the backends that compile: the short batch's
+    # length is then a full batch's, whatever its own longest)
+    kw.setdefault("pad_to_multiple", 8)
     enc = encodings(10)
     return (PaddedBatches(enc, targets, batch_size=4, full_batches=False, **kw),
             PaddedBatches(enc, targets, batch_size=4, full_batches=True, **kw))
@@ -28,6 +31,18 @@ def both(targets, **kw):
 
 def test_default_pads_only_where_a_step_is_compiled_per_shape():
     assert PaddedBatches(encodings(3)).full_batches == (keras.backend.backend() != "torch")
+
+
+def test_lengths_are_rounded_only_where_a_step_is_compiled_per_shape():
+    """PyTorch runs eagerly: a batch is as long as its longest sequence;
+    JAX and TensorFlow round up to a multiple of 8 (fewer shapes to
+    compile); a multiple given is kept."""
+    enc = [(np.arange(5, 5 + n, dtype=np.int32), np.zeros(n, np.int32)) for n in (9, 3, 11)]
+    ds = PaddedBatches(enc, None, batch_size=3)
+    expected = 11 if keras.backend.backend() == "torch" else 16
+    assert ds[0][0]["token_ids"].shape == (3, expected)
+    assert PaddedBatches(enc, None, batch_size=3, pad_to_multiple=4)[0][0]["token_ids"].shape \
+        == (3, 12)
 
 
 def test_short_batch_gets_padding_rows_without_weight():
@@ -114,13 +129,14 @@ def test_short_batch_takes_the_nearest_longer_full_batch_length():
     # lengths 24 x4, 16 x4, 8 x2 sorted into batches of 4: the short batch
     # (length 8) is padded to 16, a shape the full batches already have
     enc = [(np.ones(n, np.int32), np.zeros(n, np.int32)) for n in [20] * 4 + [14] * 4 + [5] * 2]
-    short = PaddedBatches(enc, None, batch_size=4, full_batches=False)
-    full = PaddedBatches(enc, None, batch_size=4, full_batches=True)
+    short = PaddedBatches(enc, None, batch_size=4, full_batches=False, pad_to_multiple=8)
+    full = PaddedBatches(enc, None, batch_size=4, full_batches=True, pad_to_multiple=8)
     assert [short[i][0]["token_ids"].shape for i in range(3)] == [(4, 24), (4, 16), (2, 8)]
     assert [full[i][0]["token_ids"].shape for i in range(3)] == [(4, 24), (4, 16), (4, 16)]
     x = full[2][0]
     assert x["padding_mask"].sum() == 10 and x["padding_mask"][:2, :5].all()
     # a short batch longer than every full one keeps its own length
     enc = [(np.ones(n, np.int32), np.zeros(n, np.int32)) for n in [5] * 4 + [20] * 2]
-    full = PaddedBatches(enc, None, batch_size=4, full_batches=True, bucket=False)
+    full = PaddedBatches(enc, None, batch_size=4, full_batches=True, bucket=False,
+                         pad_to_multiple=8)
     assert [full[i][0]["token_ids"].shape for i in range(2)] == [(4, 8), (4, 24)]

@@ -11,7 +11,10 @@ class PaddedBatches(keras.utils.PyDataset):
 
     Each batch is padded only to its own longest sequence (rounded up to a
     multiple of `pad_to_multiple`, which bounds how many shapes a compiled
-    step sees). With `bucket=True`, examples are sorted by length inside
+    step sees; by default 8 on JAX and TensorFlow and 1 on PyTorch, which
+    compiles nothing and would only compute the padding: 2,000 SST-2
+    sentences of a dozen tokens through a fine-tuned MiniLM, 4.56 against
+    3.82 s, int8 3.50 against 3.02 s). With `bucket=True`, examples are sorted by length inside
     windows of `bucket_batches` batches, so a batch holds similar lengths;
     the order of batches is shuffled each epoch (seeded per epoch, so a
     resumed run sees the same order).
@@ -32,12 +35,14 @@ class PaddedBatches(keras.utils.PyDataset):
         targets: array `(n, ...)` or None (prediction).
         fixed_length: pad every batch to this length instead (the
             "pad to max_length" baseline).
+        pad_to_multiple: round batch lengths up to a multiple of this;
+            None: the backend's default (above).
         full_batches: pad the short batch to the shape of a full one;
             None: on JAX and TensorFlow.
     """
 
     def __init__(self, encodings, targets=None, batch_size=32, shuffle=False, bucket=True,
-                 seed=0, pad_to_multiple=8, fixed_length=None, bucket_batches=50,
+                 seed=0, pad_to_multiple=None, fixed_length=None, bucket_batches=50,
                  target_pad_value=None, full_batches=None):
         super().__init__(workers=1, use_multiprocessing=False)
         self.encodings = encodings
@@ -50,7 +55,8 @@ class PaddedBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.bucket = bucket
         self.seed = seed
-        self.pad_to_multiple = pad_to_multiple
+        self.pad_to_multiple = (pad_to_multiple if pad_to_multiple is not None
+                                else 1 if keras.backend.backend() == "torch" else 8)
         self.fixed_length = fixed_length
         self.bucket_batches = bucket_batches
         self.target_pad_value = target_pad_value
