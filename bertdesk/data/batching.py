@@ -14,10 +14,10 @@ class PaddedBatches(keras.utils.PyDataset):
     step sees; by default 8 on JAX and TensorFlow and 1 on PyTorch, which
     compiles nothing and would only compute the padding: 2,000 SST-2
     sentences of a dozen tokens through a fine-tuned MiniLM, 4.56 against
-    3.82 s, int8 3.50 against 3.02 s). With `bucket=True`, examples are sorted by length inside
-    windows of `bucket_batches` batches, so a batch holds similar lengths;
-    the order of batches is shuffled each epoch (seeded per epoch, so a
-    resumed run sees the same order).
+    3.82 s, int8 3.50 against 3.02 s). With `bucket=True`, examples are
+    sorted by length inside windows of `bucket_batches` batches, so a batch
+    holds similar lengths; the order of batches is shuffled each epoch
+    (seeded per epoch, so a resumed run sees the same order).
 
     With `full_batches`, the short batch (at most one per epoch) gets rows
     of padding up to `batch_size` when there are several batches, and the

@@ -64,8 +64,9 @@ def int8_dense(layer, x, gelu=False):
         return out.view(*x.shape[:-1], out.shape[-1])
     # Keras' AbsMaxQuantizer, op for op (the same integers): scale =
     # r / (max|x| + epsilon) per row, round(x * scale) clipped to [-r, r],
-    # where |x * scale| <= r already (the clip changes nothing, and took
-    # 14 ms of a (2048, 1536) row set's 16). `abs().amax` rather than the
+    # where |x * scale| <= r already: the clip changes nothing (in place
+    # and without it, a (2048, 1536) row set took 1.6 ms, against 14.4
+    # with it and an out-of-place round). `abs().amax` rather than the
     # infinity norm or `aminmax`: 0.4 against 5.3 and 4.5 ms there.
     epsilon = layer.inputs_quantizer.epsilon
     largest = rows.abs().amax(dim=1, keepdim=True)
