@@ -101,7 +101,7 @@ def test_gradient_checkpointing_trains_the_same_model(tmp_path, tiny_model, monk
     train = sample(tmp_path, "train.csv", 96)
     assert cli_main(["finetune", "--train", str(train), "--model", tiny_model,
                      "--output", str(tmp_path / "ckpt"), "--epochs", "1", "--batch-size", "16",
-                     "--max-length", "32", "--learning-rate", "1e-3",
+                     "--max-length", "32", "--learning-rate", "1e-3", "--pad-to-multiple", "8",
                      "--gradient-checkpointing"]) == 0
     assert len(set(calls)) == 2  # both blocks of the tiny model
     meta = json.loads((tmp_path / "ckpt" / "model" / "bertdesk.json").read_text())
