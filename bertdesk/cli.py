@@ -568,10 +568,10 @@ def build_parser():
     p.add_argument("--no-bucketing", action="store_true",
                    help="do not group similar lengths (classification buckets by default, NER not)")
     p.add_argument("--pad-to-multiple", type=_positive_int, metavar="N",
-                   help="round each batch's length up to a multiple of N (default 8; 1 on "
-                        "PyTorch unless --jit-compile on). On JAX, and TensorFlow with "
-                        "--jit-compile on, every length is one more compile: a larger N "
-                        "compiles fewer shapes and pads more")
+                   help="round each batch's length up to a multiple of N (default 8 where "
+                        "the step is compiled: JAX, or --jit-compile on; else 1). On JAX, and "
+                        "TensorFlow with --jit-compile on, every length is one more compile: "
+                        "a larger N compiles fewer shapes and pads more")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--metrics-out", help="also write validation metrics as JSON here")
     p.add_argument("--events", choices=("bar", "jsonl"), default="bar",

@@ -212,7 +212,7 @@ class Predictor:
         by more than that: the reference's `null_score_diff_threshold`, 0.0
         its default) or None (always a span)."""
         from bertdesk.data.squad import QAData, QAExample
-        from bertdesk.data.batching import PaddedBatches, predict_batches
+        from bertdesk.data.batching import predict_encodings
         from bertdesk.data.qa import best_spans, make_windows
 
         self._expect("qa", "answer")
@@ -238,8 +238,8 @@ class Predictor:
         data = QAData(examples, "questions", head.get("version", "1.1"))
         windows = make_windows(self.model.tokenizer, data.examples, max_length=self.max_length,
                                doc_stride=min(head["doc_stride"], self.max_length // 2))
-        logits = predict_batches(self.model.model, PaddedBatches(
-            [(w.token_ids, w.segment_ids) for w in windows], None, batch_size=self.batch_size))
+        logits = predict_encodings(self.model.model, [(w.token_ids, w.segment_ids)
+                                                      for w in windows], self.batch_size)
         found = best_spans(examples, windows, [lg[:, 0] for lg in logits],
                            [lg[:, 1] for lg in logits],
                            max_answer_length=head["max_answer_length"],

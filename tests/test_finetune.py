@@ -709,15 +709,13 @@ def test_cli_pad_to_multiple_reaches_the_config(capsys):
                 in capsys.readouterr().err)
 
 
-def test_lengths_are_rounded_where_a_step_compiles_per_shape():
-    """8 on JAX and TensorFlow, and on PyTorch under torch.compile; 1 for
-    PyTorch's eager steps, which would only compute the padding."""
-    from bertdesk.training.finetune import default_pad_multiple
+def test_fine_tuning_compiles_its_steps_on_jax_unless_told():
+    """--jit-compile auto compiles on JAX only; on and off are kept (the
+    step's choice sets the batch rounding: 8 compiled, 1 eager)."""
+    from bertdesk.training.finetune import compile_steps
 
-    eager = keras.backend.backend() == "torch"
-    assert default_pad_multiple("auto") == (1 if eager else 8)
-    assert default_pad_multiple("off") == (1 if eager else 8)
-    assert default_pad_multiple("on") == 8
+    assert compile_steps("auto") == (keras.backend.backend() == "jax")
+    assert compile_steps("on") is True and compile_steps("off") is False
 
 
 def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from bertdesk.data.batching import PaddedBatches
+from bertdesk.data.batching import PaddedBatches, default_pad_multiple, predict_encodings
 from bertdesk.tasks.bert_token_classifier import IGNORE_INDEX
 from bertdesk.training.tasks import ClassifyTask, NerTask, QaTask
 
@@ -33,16 +33,50 @@ def test_default_pads_only_where_a_step_is_compiled_per_shape():
     assert PaddedBatches(encodings(3)).full_batches == (keras.backend.backend() != "torch")
 
 
+def keras_compiles_by_default():
+    """What Keras' jit_compile="auto" picks on this backend and machine."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return keras.backend.backend() == "jax"
+
+
 def test_lengths_are_rounded_only_where_a_step_is_compiled_per_shape():
-    """PyTorch runs eagerly: a batch is as long as its longest sequence;
-    JAX and TensorFlow round up to a multiple of 8 (fewer shapes to
-    compile); a multiple given is kept."""
+    """Where Keras runs a model's steps as they come (PyTorch; TensorFlow
+    without XLA, its default on a CPU) a batch is as long as its longest
+    sequence; where it compiles a step per shape (JAX) lengths round up to
+    a multiple of 8; a multiple given is kept."""
     enc = [(np.arange(5, 5 + n, dtype=np.int32), np.zeros(n, np.int32)) for n in (9, 3, 11)]
     ds = PaddedBatches(enc, None, batch_size=3)
-    expected = 11 if keras.backend.backend() == "torch" else 16
-    assert ds[0][0]["token_ids"].shape == (3, expected)
+    assert ds[0][0]["token_ids"].shape == (3, 16 if keras_compiles_by_default() else 11)
     assert PaddedBatches(enc, None, batch_size=3, pad_to_multiple=4)[0][0]["token_ids"].shape \
         == (3, 12)
+    assert default_pad_multiple(True) == 8 and default_pad_multiple(False) == 1
+
+
+class RecordingModel:
+    """Takes predict_on_batch's inputs; answers one logit per position."""
+
+    def __init__(self, jit_compile):
+        self.jit_compile = jit_compile
+        self.shapes = []
+
+    def predict_on_batch(self, x):
+        self.shapes.append(x["token_ids"].shape)
+        return {"logits": x["token_ids"].astype(np.float32)}
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_prediction_rounds_lengths_as_the_model_compiles(jit_compile):
+    """A compiled model's prediction batches round to 8, an eager one's do
+    not; outputs come back per example, in order."""
+    enc = [(np.arange(5, 5 + n, dtype=np.int32), np.zeros(n, np.int32)) for n in (9, 3, 11, 2)]
+    model = RecordingModel(jit_compile)
+    out = predict_encodings(model, enc, batch_size=2)
+    assert sorted(model.shapes) == ([(2, 8), (2, 16)] if jit_compile else [(2, 3), (2, 11)])
+    for (ids, _), row in zip(enc, out):
+        np.testing.assert_array_equal(row[:len(ids)], ids)
 
 
 def test_short_batch_gets_padding_rows_without_weight():

@@ -254,12 +254,11 @@ def tag_words(model, tokenizer, sentences, labels, max_length, batch_size=64):
     `[(tags, probs)]`."""
     import numpy as np
 
-    from bertdesk.data.batching import PaddedBatches, predict_batches
+    from bertdesk.data.batching import predict_encodings
 
     encodings = tokenizer.encode_words(sentences, max_length=None)
     windows, origins = word_windows(encodings, max_length)
-    logits = predict_batches(model, PaddedBatches([w[:2] for w in windows], None,
-                                                  batch_size=batch_size))
+    logits = predict_encodings(model, [w[:2] for w in windows], batch_size)
     out = [(["O"] * len(words), [None] * len(words)) for words in sentences]
     margin = [[-1] * len(words) for words in sentences]  # pieces to the nearer window edge
     for (_, _, word_ids), window_logits, (sentence, first) in zip(windows, logits, origins):

@@ -191,10 +191,10 @@ def make_dataset(tokenizer, data, max_length, batch_size, targets=None, shuffle=
 
 
 def predict_scores(model, tokenizer, data, max_length, head, batch_size=64):
-    from bertdesk.data.batching import predict_batches
+    from bertdesk.data.batching import predict_encodings
 
-    ds = make_dataset(tokenizer, data, max_length, batch_size)
-    logits = np.stack(predict_batches(model, ds)) if len(data) else np.zeros((0, 1))
+    enc = tokenizer.encode_ragged(data.texts, data.pairs, max_length=max_length)
+    logits = np.stack(predict_encodings(model, enc, batch_size)) if len(data) else np.zeros((0, 1))
     return scores_from_logits(logits, head)
 
 
@@ -272,19 +272,14 @@ def _best_epoch(state, monitor):
                  if metrics.get(monitor) == best), None)
 
 
-def default_pad_multiple(jit_compile):
-    """Batch lengths are rounded up to a multiple of 8 where a step is
-    compiled per input shape (JAX; TensorFlow and PyTorch with
-    `jit_compile="on"`): fewer shapes to compile. PyTorch otherwise runs
-    eagerly, where the rounding is only padding to compute: one epoch of
-    MiniLM on 4,000 SST-2 sentences, 38.5-39.8 s with 8, 33.7-35.6 s
-    with 1 (2 AMD EPYC cores, two runs each). TensorFlow keeps 8 without
-    XLA too for now, though 1 measured faster there as well: the same epoch
-    124.4-127.1 against 115.3-118.9 s."""
+def compile_steps(jit_compile):
+    """Whether fine-tuning compiles its steps, from `--jit-compile`
+    auto|on|off. "auto" compiles on JAX only: TensorFlow's graph without
+    XLA and PyTorch's eager steps take every batch length as it comes,
+    where XLA and `torch.compile` compile anew (`default_pad_multiple`)."""
     import keras
 
-    eager = keras.backend.backend() == "torch" and jit_compile != "on"
-    return 1 if eager else 8
+    return {"on": True, "off": False}.get(jit_compile, keras.backend.backend() == "jax")
 
 
 def run_finetune(config, sink=None):
@@ -292,7 +287,7 @@ def run_finetune(config, sink=None):
     paths, timings). Progress events go to `sink` (a callable)."""
     import keras
 
-    from bertdesk.data.batching import fit_input
+    from bertdesk.data.batching import default_pad_multiple, fit_input
     from bertdesk.tasks.saving import load_model, save_task_model
     from bertdesk.training.callbacks import (ApplyAccumulated, BestModelKeeper, ProgressEvents,
                                              ResumeCheckpoint, ValidationCallback)
@@ -309,8 +304,9 @@ def run_finetune(config, sink=None):
     if task.name != "qa" and str(config.null_threshold) != "auto":
         raise DataError(f"--null-threshold is for extractive QA (--task qa) on SQuAD v2 data; "
                         f"this is a {task.name} run")
+    jit = compile_steps(config.jit_compile)
     if config.pad_to_multiple is None:
-        config = replace(config, pad_to_multiple=default_pad_multiple(config.jit_compile))
+        config = replace(config, pad_to_multiple=default_pad_multiple(jit))
     accumulation = config.gradient_accumulation
     if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
         raise DataError(f"gradient_accumulation: expected a whole number >= 1 (batches per "
@@ -336,8 +332,6 @@ def run_finetune(config, sink=None):
 
     # === Model ===
     backbone, tokenizer = resolve_model(config.model)
-    jit = {"on": True, "off": False}.get(config.jit_compile,
-                                          keras.backend.backend() == "jax")
     train_ds = task.dataset(tokenizer, train, head, config, train=True)
     steps_per_epoch = len(train_ds)  # batches
     total_steps = -(-steps_per_epoch // accumulation) * config.epochs  # updates

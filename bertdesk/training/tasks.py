@@ -329,12 +329,11 @@ class QaTask:
 
     def scores(self, model, tokenizer, data, head, max_length):
         """{question id: answer text} (`Answers`, at the head's threshold)."""
-        from bertdesk.data.batching import PaddedBatches, predict_batches
+        from bertdesk.data.batching import predict_encodings
         from bertdesk.data.qa import best_spans
 
         windows = self._windows(tokenizer, data, head, max_length)
-        logits = predict_batches(model, PaddedBatches([(w.token_ids, w.segment_ids)
-                                                       for w in windows], None, batch_size=64))
+        logits = predict_encodings(model, [(w.token_ids, w.segment_ids) for w in windows])
         found = best_spans(data.examples, windows, [lg[:, 0] for lg in logits],
                            [lg[:, 1] for lg in logits],
                            max_answer_length=head["max_answer_length"])
