@@ -694,6 +694,38 @@ def test_null_threshold_options_are_checked(capsys):
         "null_threshold"] is None
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="TensorFlow's traced steps and tf.data")
+def test_tensorflow_traces_the_step_without_creating_variables(tmp_path, tiny_model,
+                                                                monkeypatch):
+    """The optimizer's slots exist before the first step: a variable made
+    while TensorFlow traces a step makes it trace that step twice. The
+    batches' tf.data pipeline has no autotuning thread, whose waking held
+    up the end of an epoch by up to 42 s."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import core
+
+    from bertdesk.data import batching
+
+    made_in_trace = []
+    initialize = core.Variable._initialize
+
+    def recording(variable, value):
+        if tf.inside_function():
+            made_in_trace.append(variable.path)
+        return initialize(variable, value)
+
+    monkeypatch.setattr(core.Variable, "_initialize", recording)
+    pipelines = []
+    fit_input = batching.fit_input
+    monkeypatch.setattr(batching, "fit_input",
+                        lambda ds: pipelines.append(fit_input(ds)) or pipelines[-1])
+    result = run_finetune(config(tmp_path, tiny_model))
+    assert result["steps"] > 0 and len(pipelines) == 1
+    assert made_in_trace == []
+    assert pipelines[0].options().autotune.enabled is False
+
+
 @pytest.mark.backend_neutral
 def test_cli_pad_to_multiple_reaches_the_config(capsys):
     from bertdesk.cli import _finetune_config, build_parser

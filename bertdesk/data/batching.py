@@ -229,4 +229,13 @@ def fit_input(dataset):
             yield dataset[i]
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    return ds.apply(tf.data.experimental.assert_cardinality(len(dataset))).prefetch(2)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(dataset))).prefetch(2)
+    # No autotuning (nothing here to tune): its thread could hold up the end
+    # of each epoch, where Keras drops the epoch's iterator, whose deletion
+    # waits for that thread to wake: 37-42 s at one or both ends of a
+    # two-epoch run in 1 of 2 runs (MiniLM, 4,000 SST-2 sentences, epochs of
+    # 42 s), never without it. Keras turns it off likewise for its own
+    # PyDataset workers.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
