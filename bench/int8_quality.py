@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from finetune_quality import load_sst2, write_csv  # noqa: E402
+from predict_speed import sorted_logits  # noqa: E402
 
 
 def fine_tune(run, args):
@@ -92,7 +93,6 @@ def bertdesk_variant(model_dir, kind, texts, batch_size):
 
 
 def transformers_variant(hf_dir, kind, texts, batch_size):
-    import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -105,18 +105,7 @@ def transformers_variant(hf_dir, kind, texts, batch_size):
     torch.save(model.state_dict(), buffer)
 
     def all_labels():
-        enc = tok(texts, truncation=True, max_length=128)
-        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
-        out = [None] * len(texts)
-        with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                ix = order[s:s + batch_size]
-                feats = [{k: enc[k][i] for k in ("input_ids", "token_type_ids",
-                                                 "attention_mask")} for i in ix]
-                logits = model(**tok.pad(feats, return_tensors="pt")).logits
-                for i, row in zip(ix, logits.numpy()):
-                    out[i] = int(row.argmax())
-        return out
+        return [int(row.argmax()) for row in sorted_logits(model, tok, texts, batch_size, 128)]
 
     fixed = tok(_fixed_texts(texts), truncation=True, max_length=128, padding="max_length",
                 return_tensors="pt")

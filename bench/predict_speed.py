@@ -136,7 +136,6 @@ def runners(task, ours, theirs, inputs, batch_size, max_length, sorted_loop=Fals
 def transformers_sorted(folder, texts, batch_size, max_length):
     """Classification as a plain loop: tokenised at once, batches of similar
     length (sorted), padded to their longest, under `torch.inference_mode`."""
-    import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -145,20 +144,34 @@ def transformers_sorted(folder, texts, batch_size, max_length):
     labels = model.config.id2label
 
     def run():
-        enc = tok(texts, truncation=True, max_length=max_length)
-        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
-        out = [None] * len(texts)
-        with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                ix = order[s:s + batch_size]
-                feats = [{k: enc[k][i] for k in ("input_ids", "token_type_ids",
-                                                 "attention_mask")} for i in ix]
-                probs = model(**tok.pad(feats, return_tensors="pt")).logits.softmax(-1)
-                for i, row in zip(ix, probs.numpy()):
-                    out[i] = {"label": labels[int(row.argmax())], "score": float(row.max())}
+        out = []
+        for logits in sorted_logits(model, tok, texts, batch_size, max_length):
+            probs = torch.from_numpy(logits).softmax(-1).numpy()
+            out.append({"label": labels[int(probs.argmax())], "score": float(probs.max())})
         return out
 
     return run
+
+
+def sorted_logits(model, tok, texts, batch_size, max_length):
+    """A transformers sequence classifier's logits per text, in order:
+    tokenised at once, run in batches of similar length (sorted), each
+    padded to its longest, under `torch.inference_mode`."""
+    import numpy as np
+    import torch
+
+    enc = tok(texts, truncation=True, max_length=max_length)
+    order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+    out = [None] * len(texts)
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            ix = order[s:s + batch_size]
+            feats = [{k: enc[k][i] for k in ("input_ids", "token_type_ids", "attention_mask")}
+                     for i in ix]
+            logits = model(**tok.pad(feats, return_tensors="pt")).logits
+            for i, row in zip(ix, logits.numpy()):
+                out[i] = row
+    return out
 
 
 def transformers_qa(folder, questions, contexts, batch_size, max_length, doc_stride=128,
@@ -234,7 +247,7 @@ def main():
             max_length = 384 if task == "qa" else 128
             inputs = {"classify": sst2, "ner": conll, "qa": squad}[task](
                 args.n_qa if task == "qa" else args.n)
-            ours, theirs = build(task, Path(tmp), max_length)
+            ours, theirs = build(task, Path(tmp) / name, max_length)  # a folder per row
             mine, other, agree = runners(task, ours, theirs, inputs, args.batch_size,
                                          max_length, sorted_loop=name.endswith("-sorted"))
             times = {"bertdesk": [], "transformers": []}
