@@ -230,12 +230,12 @@ def fit_input(dataset):
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(dataset))).prefetch(2)
-    # No autotuning (nothing here to tune): its thread could hold up the end
-    # of each epoch, where Keras drops the epoch's iterator, whose deletion
-    # waits for that thread to wake: 37-42 s at one or both ends of a
-    # two-epoch run in 1 of 2 runs (MiniLM, 4,000 SST-2 sentences, epochs of
-    # 42 s), never without it. Keras turns it off likewise for its own
-    # PyDataset workers.
+    # No autotuning (nothing here to tune): at an epoch's end Keras drops the
+    # epoch's iterator, whose deletion waits for the autotuning thread to
+    # wake, which took 31-42 s in many runs (MiniLM, 4,000 SST-2 sentences,
+    # epochs of 42 s: the first epoch's end in 3 of 4 two-epoch runs, the
+    # last epoch's in about a third of the runs), never without it. Keras
+    # turns it off likewise for its own PyDataset workers.
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
