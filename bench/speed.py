@@ -85,7 +85,8 @@ def _best_seconds(fn, repeats=5):
 
 
 def gemm_peak(n=2048, device="cpu"):
-    """GFLOP/s of n x n matmuls: fp32 is the best of numpy, PyTorch and
+    """GFLOP/s of n x n matmuls: fp32 is the best of numpy, PyTorch (its
+    BLAS, and oneDNN's product, `bertdesk/layers/cpu_products.py`) and
     TensorFlow (each links its own BLAS); bf16 through PyTorch (oneDNN).
     On a GPU: PyTorch's bf16 and fp32 products (random data) there."""
     import numpy as np
@@ -112,6 +113,9 @@ def gemm_peak(n=2048, device="cpu"):
 
         t = torch.from_numpy(a)
         fp32["torch"] = flops / _best_seconds(lambda: t @ t) / 1e9
+        if torch.backends.mkldnn.is_available():  # the product bertdesk may take instead
+            fp32["torch onednn"] = flops / _best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(
+                t, t, None, "none", [], "")) / 1e9
         b = t.to(torch.bfloat16)
         # Without bfloat16 instructions (AVX2-only CPUs) PyTorch multiplies
         # bf16 at about 1 GFLOP/s: a small product first, the big one only
@@ -330,11 +334,29 @@ def _run_config(impl, jit, config, warmup, repeats):
     return {"seconds": statistics.median(times), "first_call": first,
             "peak_mb": peak_resident_mb(), "device_peak_mb": memory.peak_mb(),
             "tensorflow_loaded": "tensorflow" in sys.modules,
+            "products": _products(impl),
             # The kernel's share of the CPU time, and the page faults behind
             # most of it: memory the allocator hands back to the system and
             # faults in again on every call.
             "faults_per_call": (after.ru_minflt - before.ru_minflt) / repeats,
             "sys_share": (after.ru_stime - before.ru_stime) / cpu if cpu else 0.0}
+
+
+def _products(impl):
+    """Where bertdesk's float32 products ran on PyTorch's CPU, for the row
+    (`bertdesk/layers/cpu_products.py`); None elsewhere."""
+    if not impl.startswith("bertdesk") or "torch" not in sys.modules:
+        return None
+    import keras
+    import torch
+
+    if keras.backend.backend() != "torch" or torch.cuda.is_available():
+        return None
+    from bertdesk.layers import cpu_products
+
+    ratio = cpu_products.probe_ratio()
+    measured = f", measured {ratio:.2f}x ATen's" if ratio is not None else ""
+    return f"fp32 products: {'oneDNN' if cpu_products.products_use_onednn() else 'ATen'}{measured}"
 
 
 def worker(args):
@@ -517,7 +539,8 @@ def main():
                       f"{r['first_call']:>9.1f}s {mem:>8.0f} {r['faults_per_call']:>11.0f} "
                       f"{100 * r['sys_share']:>4.0f}%"
                       + ("  (TensorFlow loaded)" if r["tensorflow_loaded"]
-                         and backend != "tensorflow" else ""), flush=True)
+                         and backend != "tensorflow" else "")
+                      + (f"  ({r['products']})" if r.get("products") else ""), flush=True)
             else:
                 print(f"{head} {'' if r['error'].startswith('skipped') else 'failed: '}"
                       f"{r['error']}", flush=True)

@@ -20,10 +20,14 @@ used without PyTorch's bool paths, which the CPU runs one element at a
 time; `linear`, a projection with its bias inside the GEMM
 (`eager_calls.py`); `linear_transposed`, the masked-LM head's tied logits;
 `embedding`, the lookups (`eager_calls.embed`); and `weight`, a variable
-in the compute dtype, its cast kept between inference calls.
+in the compute dtype, its cast kept between inference calls. Their float32
+products go through `cpu_products.py` (oneDNN where PyTorch's own GEMM is
+slow on the CPU).
 """
 
 import functools
+
+from bertdesk.layers import cpu_products
 
 
 def gelu_backward(upstream, x):
@@ -368,14 +372,15 @@ def _stored_tensor(value):
 
 
 def linear(x, kernel, bias, gelu=False):
-    """`x @ kernel + bias` over the last axis as one `addmm` (the bias in the
-    GEMM), then the exact GELU if asked: in place (`gelu_`, no second
-    output buffer) where autograd does not record the result."""
+    """`x @ kernel + bias` over the last axis as one product with the bias
+    in the GEMM (`addmm`, or oneDNN's where `cpu_products` takes float32
+    products there), then the exact GELU if asked: in place (`gelu_`, no
+    second output buffer) where autograd does not record the result."""
     import torch
     from torch.nn import functional
 
     rows = x.reshape(-1, x.shape[-1])  # (tokens, in)
-    out = torch.addmm(bias, rows, kernel)  # (tokens, out)
+    out = cpu_products.linear(rows, kernel, bias)  # (tokens, out)
     if gelu:
         out = functional.gelu(out) if out.requires_grad else torch.ops.aten.gelu_(out)
     return out.view(*x.shape[:-1], out.shape[-1])
@@ -394,7 +399,9 @@ def linear_transposed(x, weight, bias):
     from torch.nn import functional
 
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return functional.linear(x, weight, bias)
+        rows = x.reshape(-1, x.shape[-1])
+        out = cpu_products.linear(rows, weight, bias, weight_is_kernel=False)
+        return out.view(*x.shape[:-1], out.shape[-1])
     return functional.linear(x, weight).float().add_(bias)
 
 
@@ -497,7 +504,8 @@ def _dropout_attention_function():
 def feed_forward(x, up_kernel, up_bias, down_kernel, down_bias):
     """`lean_backward.feed_forward` on PyTorch tensors: both biases added
     inside their GEMMs (`addmm`), the backward pass written out (it keeps
-    `x`, the GELU's input and the kernels, and recomputes the GELU)."""
+    `x`, the GELU's input and the kernels, and recomputes the GELU); its
+    six products through `cpu_products`."""
     return _feed_forward_function().apply(x, up_kernel, up_bias, down_kernel, down_bias)
 
 
@@ -510,8 +518,8 @@ def _feed_forward_function():
         @staticmethod
         def forward(ctx, x, up_kernel, up_bias, down_kernel, down_bias):
             rows = x.reshape(-1, x.shape[-1])  # (tokens, hidden)
-            z = torch.addmm(up_bias, rows, up_kernel)  # (tokens, intermediate)
-            out = torch.addmm(down_bias, functional.gelu(z), down_kernel)
+            z = cpu_products.addmm(up_bias, rows, up_kernel)  # (tokens, intermediate)
+            out = cpu_products.addmm(down_bias, functional.gelu(z), down_kernel)
             ctx.save_for_backward(rows, up_kernel, z, down_kernel)
             ctx.x_shape = x.shape
             return out.view(*x.shape[:-1], out.shape[-1])
@@ -520,10 +528,11 @@ def _feed_forward_function():
         def backward(ctx, g):
             rows, up_kernel, z, down_kernel = ctx.saved_tensors
             g = g.reshape(-1, g.shape[-1])  # (tokens, hidden)
-            g_down = torch.mm(functional.gelu(z).t(), g)
-            g_z = gelu_backward(torch.mm(g, down_kernel.t()), z)
-            g_up = torch.mm(rows.t(), g_z)
-            g_x = torch.mm(g_z, up_kernel.t())
+            mm = cpu_products.mm
+            g_down = mm(functional.gelu(z).t(), g)
+            g_z = gelu_backward(mm(g, down_kernel.t()), z)
+            g_up = mm(rows.t(), g_z)
+            g_x = mm(g_z, up_kernel.t())
             return g_x.view(ctx.x_shape), g_up, g_z.sum(0), g_down, g.sum(0)
 
     return FeedForward

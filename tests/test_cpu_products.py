@@ -1,0 +1,210 @@
+"""Float32 products through oneDNN on PyTorch's CPU (`layers/cpu_products.py`):
+the same numbers and gradients as ATen's `addmm`/`mm`/`linear`, for the
+layouts the model hands them (strided rows, kernel slices, broadcast
+gradients, empty batches), inside the feed-forward block and a whole
+training step; the choice between the two from `BERTDESK_TORCH_GEMM` or
+the measurement."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY, random_batch
+
+from bertdesk.layers import cpu_products, fused_kernels
+
+IS_TORCH = keras.backend.backend() == "torch"
+pytestmark = pytest.mark.skipif(not IS_TORCH, reason="PyTorch's CPU products")
+ONEDNN_AVAILABLE = IS_TORCH and cpu_products._has_linear_pointwise()
+needs_onednn = pytest.mark.skipif(not ONEDNN_AVAILABLE, reason="this PyTorch has no oneDNN")
+
+
+def _use(monkeypatch, onednn):
+    monkeypatch.setattr(cpu_products, "_decision", lambda: (onednn, None))
+
+
+def _tensor(shape, seed, grad=False):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator).requires_grad_(grad)
+
+
+def _run_linear(monkeypatch, onednn, rows, weight, bias, weight_is_kernel, upstream):
+    import torch
+
+    _use(monkeypatch, onednn)
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None
+              for t in (rows, weight, bias)]
+    out = cpu_products.linear(*leaves, weight_is_kernel=weight_is_kernel)
+    out.backward(upstream)
+    grads = [t.grad for t in leaves if t is not None]
+    with torch.no_grad():  # and the inference path
+        plain = cpu_products.linear(rows, weight, bias, weight_is_kernel=weight_is_kernel)
+    return out.detach(), grads, plain
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", ["kernel", "kernel slice", "out-in", "no bias", "empty"])
+@pytest.mark.parametrize("upstream_kind", ["dense", "broadcast", "transposed"])
+def test_linear_matches_aten(monkeypatch, case, upstream_kind):
+    import torch
+
+    rows = _tensor((4, 9, 40), 0)[:, 2:, :].reshape(-1, 40)  # 28 rows
+    if case == "empty":
+        rows = rows[:0]
+    weight_is_kernel = case != "out-in"
+    weight = {"kernel slice": _tensor((40, 96), 1)[:, 10:70],  # strided columns
+              "out-in": _tensor((60, 40), 1)}.get(case, _tensor((40, 60), 1))
+    bias = None if case == "no bias" else _tensor((60,), 2)
+    upstream = {"dense": _tensor((len(rows), 60), 3),
+                "broadcast": _tensor((1, 60), 3).expand(len(rows), 60),  # a sum's gradient
+                "transposed": _tensor((60, len(rows)), 3).t()}[upstream_kind]
+    fast = _run_linear(monkeypatch, True, rows, weight, bias, weight_is_kernel, upstream)
+    aten = _run_linear(monkeypatch, False, rows, weight, bias, weight_is_kernel, upstream)
+    assert fast[0].shape == (len(rows), 60)
+    np.testing.assert_allclose(fast[0], aten[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast[2], aten[0], rtol=1e-5, atol=1e-5)
+    assert len(fast[1]) == (2 if bias is None else 3)
+    for g_fast, g_aten in zip(fast[1], aten[1]):
+        assert g_fast.shape == g_aten.shape
+        np.testing.assert_allclose(g_fast, g_aten, rtol=1e-5, atol=1e-4)
+    if len(rows):
+        assert float(fast[1][1].abs().max()) > 0.1  # the weight's gradient is not empty
+        assert fast[1][1].is_contiguous()  # as ATen gives it, for the optimizer's passes
+    assert bool(torch.isfinite(fast[0]).all())
+
+
+@needs_onednn
+def test_addmm_and_mm_match_aten(monkeypatch):
+    import torch
+
+    a, b, bias = _tensor((30, 20), 0), _tensor((20, 50), 1), _tensor((50,), 2)
+    c = _tensor((40, 50), 3)
+    _use(monkeypatch, True)
+    fast = (cpu_products.addmm(bias, a, b), cpu_products.mm(a.t()[:, :25], c[:25]),
+            cpu_products.mm(a, b[:, ::2]), cpu_products.mm(a[:0], b))
+    _use(monkeypatch, False)
+    expected = (torch.addmm(bias, a, b), torch.mm(a.t()[:, :25], c[:25]),
+                torch.mm(a, b[:, ::2]), torch.mm(a[:0], b))
+    for f, e in zip(fast, expected):
+        np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_other_dtypes_keep_atens_product(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(cpu_products, "_linear_pointwise", lambda *a: calls.append(a))
+    _use(monkeypatch, True)
+    a, b = _tensor((8, 4), 0).bfloat16(), _tensor((4, 6), 1).bfloat16()
+    bias = _tensor((6,), 2).bfloat16()
+    out = cpu_products.linear(a, b, bias)
+    assert out.dtype == torch.bfloat16 and not calls
+    cpu_products.mm(a.float(), b.float())
+    assert len(calls) == 1  # float32 goes through it
+
+
+@needs_onednn
+def test_feed_forward_gradients_match_aten(monkeypatch):
+    import torch
+
+    x, up = _tensor((2, 7, 16), 0), _tensor((16, 32), 1)
+    up_bias, down, down_bias = _tensor((32,), 2), _tensor((32, 16), 3), _tensor((16,), 4)
+    upstream = _tensor((2, 7, 16), 5)
+    results = []
+    for onednn in (True, False):
+        _use(monkeypatch, onednn)
+        leaves = [t.detach().clone().requires_grad_(True)
+                  for t in (x, up, up_bias, down, down_bias)]
+        out = fused_kernels.feed_forward(*leaves)
+        out.backward(upstream)
+        results.append((out.detach(), [t.grad for t in leaves]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for g_fast, g_aten in zip(results[0][1], results[1][1]):
+        assert float(torch.abs(g_fast).max()) > 0.01
+        np.testing.assert_allclose(g_fast, g_aten, rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("head", ["classifier", "pretraining"])
+def test_training_step_matches_aten(monkeypatch, head):
+    """Two SGD steps of a model through oneDNN's products and through ATen's:
+    the same weights (the masked-LM head's tied logits included)."""
+    from bertdesk import BertBackbone
+    from bertdesk.models.bert_pretraining_model import BertPretrainingModel
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+
+    x = random_batch(seq=10)
+    if head == "classifier":
+        def build():
+            return BertTextClassifier(BertBackbone(**TINY), num_classes=3)
+        y = np.array([0, 2, 1], "int32")
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        def build():
+            return BertPretrainingModel(BertBackbone(**TINY))
+        x["mask_positions"] = np.array([[1, 3], [2, 4], [0, 1]], "int32")
+        y = {"mlm_logits": np.array([[7, 9], [11, 13], [15, 17]], "int32"),
+             "nsp_logits": np.array([0, 1, 1], "int32")}
+        loss = {"mlm_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                "nsp_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+    weights = None
+    results = []
+    for onednn in (True, False):
+        _use(monkeypatch, onednn)
+        keras.utils.set_random_seed(5)
+        model = build()
+        model(x)
+        if weights is None:
+            weights = model.get_weights()
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+        for _ in range(2):
+            model.train_on_batch(x, y)
+        results.append(model.get_weights())
+    changed = sum(not np.allclose(a, b) for a, b in zip(weights, results[0]))
+    assert changed > 10
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# === The choice ===
+
+@pytest.fixture
+def fresh_decision():
+    cpu_products._decision.cache_clear()
+    yield
+    cpu_products._decision.cache_clear()
+
+
+@pytest.mark.parametrize("setting, expected", [("aten", False), ("ATEN", False),
+                                               ("onednn", ONEDNN_AVAILABLE)])
+def test_the_environment_variable_forces_the_choice(monkeypatch, fresh_decision,
+                                                    setting, expected):
+    monkeypatch.setattr(cpu_products, "_measure", lambda: pytest.fail("measured"))
+    monkeypatch.setenv(cpu_products.ENV, setting)
+    assert cpu_products.products_use_onednn() is expected
+    assert cpu_products.probe_ratio() is None
+
+
+def test_an_unknown_setting_is_refused(monkeypatch, fresh_decision):
+    monkeypatch.setenv(cpu_products.ENV, "mkl")
+    with pytest.raises(ValueError, match="BERTDESK_TORCH_GEMM='mkl'.*auto, onednn, aten"):
+        cpu_products.products_use_onednn()
+
+
+@needs_onednn
+@pytest.mark.parametrize("ratio, expected", [(2.2, True), (1.3, True), (1.1, False), (0.6, False)])
+def test_auto_takes_onednn_where_it_measures_faster(monkeypatch, fresh_decision,
+                                                   ratio, expected):
+    monkeypatch.delenv(cpu_products.ENV, raising=False)
+    monkeypatch.setattr(cpu_products, "_measure", lambda: ratio)
+    assert cpu_products.products_use_onednn() is expected
+    assert cpu_products.probe_ratio() == ratio
+
+
+@needs_onednn
+def test_the_measurement_times_both_products():
+    ratio = cpu_products._measure(rows=64, width=32, repeats=2)
+    assert np.isfinite(ratio) and ratio > 0
