@@ -208,3 +208,15 @@ def test_auto_takes_onednn_where_it_measures_faster(monkeypatch, fresh_decision,
 def test_the_measurement_times_both_products():
     ratio = cpu_products._measure(rows=64, width=32, repeats=2)
     assert np.isfinite(ratio) and ratio > 0
+
+
+def test_the_command_line_refuses_an_unknown_setting_before_any_work(monkeypatch, capsys,
+                                                                     tmp_path):
+    from bertdesk.cli import main as cli_main
+
+    monkeypatch.setenv(cpu_products.ENV, "fast")
+    assert cli_main(["predict", "--model", str(tmp_path / "none"), "--data",
+                     str(tmp_path / "none.csv"), "--output", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "BERTDESK_TORCH_GEMM='fast'" in err and "auto, onednn, aten" in err
+    assert "none.csv" not in err  # stopped before opening the files

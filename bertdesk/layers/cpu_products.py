@@ -51,14 +51,21 @@ def probe_ratio():
     return _decision()[1]
 
 
+def setting():
+    """`BERTDESK_TORCH_GEMM` as given (`auto` when unset); ValueError
+    naming the variable for anything else than `auto`, `onednn`, `aten`."""
+    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(CHOICES)}")
+    return value
+
+
 @functools.cache
 def _decision():
-    setting = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if setting not in CHOICES:
-        raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(CHOICES)}")
-    if setting == "aten" or not _has_linear_pointwise():
+    chosen = setting()
+    if chosen == "aten" or not _has_linear_pointwise():
         return False, None
-    if setting == "onednn":
+    if chosen == "onednn":
         return True, None
     ratio = _measure()
     return ratio >= _FASTER, ratio
