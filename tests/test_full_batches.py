@@ -174,3 +174,73 @@ def test_short_batch_takes_the_nearest_longer_full_batch_length():
     full = PaddedBatches(enc, None, batch_size=4, full_batches=True, bucket=False,
                          pad_to_multiple=8)
     assert [full[i][0]["token_ids"].shape for i in range(2)] == [(4, 8), (4, 24)]
+
+
+# === At most so many batch lengths ===
+
+def _padded_tokens(lengths, rows, boundaries):
+    return sum(r * min(b for b in boundaries if b >= n) for n, r in zip(lengths, rows))
+
+
+@pytest.mark.backend_neutral
+@pytest.mark.parametrize("seed", range(6))
+def test_length_boundaries_pad_the_fewest_tokens(seed):
+    """Against every choice of boundaries (the longest length always one)."""
+    import itertools
+
+    from bertdesk.data.batching import length_boundaries
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 40, 25)
+    rows = rng.integers(1, 33, 25)
+    values = sorted(set(lengths.tolist()))
+    for k in (1, 2, 3, 4):
+        chosen = length_boundaries(lengths, rows, k)
+        assert len(chosen) <= k and chosen[-1] == max(values)
+        assert set(chosen) <= set(values)
+        best = min(_padded_tokens(lengths, rows, list(c) + [values[-1]])
+                   for c in itertools.combinations(values[:-1], k - 1))
+        assert _padded_tokens(lengths, rows, chosen) == best
+    assert length_boundaries(lengths, rows, len(values)) == values  # no limit reached
+
+
+@pytest.mark.backend_neutral
+def test_batches_keep_to_the_boundaries_in_every_epoch():
+    rng = np.random.default_rng(0)
+    enc = [(np.ones(n, np.int32), np.zeros(n, np.int32)) for n in rng.integers(2, 120, 400)]
+    ds = PaddedBatches(enc, np.zeros(400), batch_size=16, shuffle=True, pad_to_multiple=1,
+                       max_shapes=5, full_batches=False)
+    assert len(ds.boundaries) == 5 and ds.boundaries[-1] == max(len(e[0]) for e in enc)
+    seen = set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            x, _ = ds[i]
+            longest = max(len(enc[j][0]) for j in ds.batches[i])
+            length = x["token_ids"].shape[1]
+            assert length == min(b for b in ds.boundaries if b >= longest)
+            seen.add(length)
+    assert seen <= set(ds.boundaries)
+    unlimited = PaddedBatches(enc, np.zeros(400), batch_size=16, shuffle=True,
+                              pad_to_multiple=1, full_batches=False)
+    assert unlimited.boundaries is None and unlimited.max_shapes is None
+    assert len(set(unlimited._lengths)) > 5
+    assert ds.padded_tokens() > unlimited.padded_tokens()  # what fewer shapes cost
+
+
+@pytest.mark.backend_neutral
+def test_rounded_lengths_are_limited_by_default():
+    """Rounding to 8 alone gave a length per multiple of 8; by default the
+    compiled step meets at most COMPILED_SHAPES of them."""
+    from bertdesk.data.batching import COMPILED_SHAPES
+
+    rng = np.random.default_rng(1)
+    enc = [(np.ones(n, np.int32), np.zeros(n, np.int32)) for n in rng.integers(2, 250, 600)]
+    ds = PaddedBatches(enc, None, batch_size=16, pad_to_multiple=8)
+    assert ds.max_shapes == COMPILED_SHAPES
+    assert len(set(ds._lengths)) <= COMPILED_SHAPES
+    assert all(n % 8 == 0 for n in ds._lengths)
+    assert len(set(PaddedBatches(enc, None, batch_size=16, pad_to_multiple=8,
+                                 max_shapes=100)._lengths)) > COMPILED_SHAPES
+    with pytest.raises(ValueError, match="max_shapes=0"):
+        PaddedBatches(enc, None, max_shapes=0)
