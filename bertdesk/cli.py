@@ -120,6 +120,16 @@ def _positive_int(text):
     return value
 
 
+def _count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _finetune_config(args):
     from bertdesk.training.finetune import FinetuneConfig
 
@@ -140,6 +150,7 @@ def _finetune_config(args):
         mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
         gradient_checkpointing=args.gradient_checkpointing,
         bucket=False if args.no_bucketing else None, pad_to_multiple=args.pad_to_multiple,
+        max_shapes=args.max_shapes,
         null_threshold=args.null_threshold, resume=args.resume)
 
 
@@ -569,9 +580,11 @@ def build_parser():
                    help="do not group similar lengths (classification buckets by default, NER not)")
     p.add_argument("--pad-to-multiple", type=_positive_int, metavar="N",
                    help="round each batch's length up to a multiple of N (default 8 where "
-                        "the step is compiled: JAX, or --jit-compile on; else 1). On JAX, and "
-                        "TensorFlow with --jit-compile on, every length is one more compile: "
-                        "a larger N compiles fewer shapes and pads more")
+                        "the step is compiled: JAX, or --jit-compile on; else 1)")
+    p.add_argument("--max-shapes", type=_count, metavar="N",
+                   help="use at most N batch lengths, chosen from the data for the least "
+                        "padding (default 8 where the step is compiled, else no limit; 0: no "
+                        "limit): each length is one more compile of a compiled step")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
     p.add_argument("--metrics-out", help="also write validation metrics as JSON here")
     p.add_argument("--events", choices=("bar", "jsonl"), default="bar",

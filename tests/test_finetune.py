@@ -741,9 +741,31 @@ def test_cli_pad_to_multiple_reaches_the_config(capsys):
                 in capsys.readouterr().err)
 
 
+@pytest.mark.backend_neutral
+def test_cli_max_shapes_reaches_the_config(capsys):
+    from bertdesk.cli import _finetune_config, build_parser
+
+    base = ["finetune", "--train", "t.csv", "--model", "tiny", "--output", "out"]
+    assert _finetune_config(build_parser().parse_args(base)).max_shapes is None
+    for given in ("0", "5"):
+        args = build_parser().parse_args(base + ["--max-shapes", given])
+        assert _finetune_config(args).max_shapes == int(given)
+    for bad in ("-1", "many"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(base + ["--max-shapes", bad])
+        assert (f"--max-shapes: expected a whole number >= 0, got '{bad}'"
+                in capsys.readouterr().err)
+
+
+def test_finetune_refuses_a_negative_shape_count(tmp_path, tiny_model):
+    with pytest.raises(DataError, match="max_shapes: expected a whole number >= 1, or 0"):
+        run_finetune(config(tmp_path, tiny_model, max_shapes=-2))
+
+
 def test_fine_tuning_compiles_its_steps_on_jax_unless_told():
     """--jit-compile auto compiles on JAX only; on and off are kept (the
-    step's choice sets the batch rounding: 8 compiled, 1 eager)."""
+    step's choice sets the batches' lengths: multiples of 8, at most 8 of
+    them, compiled; as they come eager)."""
     from bertdesk.training.finetune import compile_steps
 
     assert compile_steps("auto") == (keras.backend.backend() == "jax")

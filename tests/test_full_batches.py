@@ -46,13 +46,19 @@ def test_lengths_are_rounded_only_where_a_step_is_compiled_per_shape():
     """Where Keras runs a model's steps as they come (PyTorch; TensorFlow
     without XLA, its default on a CPU) a batch is as long as its longest
     sequence; where it compiles a step per shape (JAX) lengths round up to
-    a multiple of 8; a multiple given is kept."""
+    a multiple of 8, and at most `COMPILED_SHAPES` of them; a multiple
+    given is kept."""
+    from bertdesk.data import batching
+
     enc = [(np.arange(5, 5 + n, dtype=np.int32), np.zeros(n, np.int32)) for n in (9, 3, 11)]
     ds = PaddedBatches(enc, None, batch_size=3)
     assert ds[0][0]["token_ids"].shape == (3, 16 if keras_compiles_by_default() else 11)
     assert PaddedBatches(enc, None, batch_size=3, pad_to_multiple=4)[0][0]["token_ids"].shape \
         == (3, 12)
     assert default_pad_multiple(True) == 8 and default_pad_multiple(False) == 1
+    assert batching.default_max_shapes(True) == batching.COMPILED_SHAPES
+    assert batching.default_max_shapes(False) == 0
+    assert ds.max_shapes == (batching.COMPILED_SHAPES if keras_compiles_by_default() else 0)
 
 
 class RecordingModel:
@@ -68,13 +74,22 @@ class RecordingModel:
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_prediction_rounds_lengths_as_the_model_compiles(jit_compile):
-    """A compiled model's prediction batches round to 8, an eager one's do
-    not; outputs come back per example, in order."""
-    enc = [(np.arange(5, 5 + n, dtype=np.int32), np.zeros(n, np.int32)) for n in (9, 3, 11, 2)]
+def test_prediction_pads_lengths_as_the_model_compiles(jit_compile):
+    """A compiled model's prediction batches round to 8, at most
+    `COMPILED_SHAPES` lengths of them; an eager one's are as they come;
+    outputs come back per example, in order."""
+    from bertdesk.data import batching
+
+    lengths = (9, 3, 11, 2) + tuple(range(20, 130, 5))
+    enc = [(np.arange(5, 5 + n, dtype=np.int32), np.zeros(n, np.int32)) for n in lengths]
     model = RecordingModel(jit_compile)
     out = predict_encodings(model, enc, batch_size=2)
-    assert sorted(model.shapes) == ([(2, 8), (2, 16)] if jit_compile else [(2, 3), (2, 11)])
+    widths = {shape[1] for shape in model.shapes}
+    if jit_compile:
+        assert len(widths) == batching.COMPILED_SHAPES  # 14 multiples of 8 without the limit
+        assert all(w % 8 == 0 for w in widths)
+    else:
+        assert len(widths) == 13  # each pair's own longest
     for (ids, _), row in zip(enc, out):
         np.testing.assert_array_equal(row[:len(ids)], ids)
 
@@ -222,18 +237,20 @@ def test_batches_keep_to_the_boundaries_in_every_epoch():
             seen.add(length)
     assert seen <= set(ds.boundaries)
     unlimited = PaddedBatches(enc, np.zeros(400), batch_size=16, shuffle=True,
-                              pad_to_multiple=1, full_batches=False)
-    assert unlimited.boundaries is None and unlimited.max_shapes is None
+                              pad_to_multiple=1, full_batches=False, max_shapes=0)
+    assert unlimited.boundaries is None
     assert len(set(unlimited._lengths)) > 5
     assert ds.padded_tokens() > unlimited.padded_tokens()  # what fewer shapes cost
 
 
 @pytest.mark.backend_neutral
-def test_rounded_lengths_are_limited_by_default():
-    """Rounding to 8 alone gave a length per multiple of 8; by default the
+def test_rounded_lengths_are_limited_by_default(monkeypatch):
+    """Rounding to 8 alone gave a length per multiple of 8; by default a
     compiled step meets at most COMPILED_SHAPES of them."""
+    from bertdesk.data import batching
     from bertdesk.data.batching import COMPILED_SHAPES
 
+    monkeypatch.setattr(batching, "_compiles", lambda jit_compile: True)
     rng = np.random.default_rng(1)
     enc = [(np.ones(n, np.int32), np.zeros(n, np.int32)) for n in rng.integers(2, 250, 600)]
     ds = PaddedBatches(enc, None, batch_size=16, pad_to_multiple=8)
@@ -242,5 +259,7 @@ def test_rounded_lengths_are_limited_by_default():
     assert all(n % 8 == 0 for n in ds._lengths)
     assert len(set(PaddedBatches(enc, None, batch_size=16, pad_to_multiple=8,
                                  max_shapes=100)._lengths)) > COMPILED_SHAPES
-    with pytest.raises(ValueError, match="max_shapes=0"):
-        PaddedBatches(enc, None, max_shapes=0)
+    assert PaddedBatches(enc, None, batch_size=16, pad_to_multiple=8,
+                         max_shapes=0).boundaries is None  # no limit
+    with pytest.raises(ValueError, match="max_shapes=-1"):
+        PaddedBatches(enc, None, max_shapes=-1)

@@ -7,12 +7,11 @@ import numpy as np
 
 
 def default_pad_multiple(jit_compile=None):
-    """What batch lengths are rounded up to: 8 where a step is compiled
-    per input shape (`jit_compile` true: XLA, `jax.jit`, `torch.compile`),
-    so there are fewer shapes to compile; 1 where steps run as they come,
-    where rounding would only compute padding. None: what Keras' "auto"
-    picks for a model on this backend: compiled on JAX, on TensorFlow only
-    with a GPU, eager on PyTorch.
+    """What batch lengths are rounded up to: 8 where a step is compiled per
+    input shape (`jit_compile` true: XLA, `jax.jit`, `torch.compile`), 1
+    where steps run as they come, where rounding would only compute
+    padding. None: what Keras' "auto" picks for a model on this backend:
+    compiled on JAX, on TensorFlow only with a GPU, eager on PyTorch.
 
     Measured on 2 AMD EPYC cores, MiniLM: 2,000 SST-2 sentences of a dozen
     tokens predicted in 4.56 s with 8 against 3.82 s with 1 on PyTorch
@@ -20,16 +19,31 @@ def default_pad_multiple(jit_compile=None):
     (first call 7.02 against 6.45); one fine-tuning epoch of 4,000 of them
     38.5-39.8 against 33.7-35.6 s on PyTorch, 124.4-127.1 against
     115.3-118.9 s on TensorFlow. On JAX the first prediction call took
-    11.8 s with 8 and 28.9 s with 1 (a compile per length)."""
-    if jit_compile is None:
-        backend = keras.backend.backend()
-        if backend == "tensorflow":
-            import tensorflow as tf
+    11.8 s with 8 and 28.9 s with 1 (a compile per length), and exact
+    lengths limited to 8 by `default_max_shapes` lost to multiples of 8
+    too: two MiniLM epochs on 3,600 SST-2 sentences (2 Zen 5 cores, no
+    compile cache) 81.0 s against 66.9, its 9 compiles taking 54 s against
+    38, the second epoch 20.3 s against 19.4."""
+    return 8 if _compiles(jit_compile) else 1
 
-            jit_compile = any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
-        else:
-            jit_compile = backend == "jax"
-    return 8 if jit_compile else 1
+
+def default_max_shapes(jit_compile=None):
+    """How many batch lengths a dataset uses at most: `COMPILED_SHAPES`
+    where a step is compiled per input shape (each length is a compile:
+    4-6 s for a MiniLM training step on JAX, 2 Zen 5 cores), else 0 (no
+    limit). `jit_compile` as for `default_pad_multiple`."""
+    return COMPILED_SHAPES if _compiles(jit_compile) else 0
+
+
+def _compiles(jit_compile):
+    if jit_compile is not None:
+        return bool(jit_compile)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
+    return backend == "jax"
 
 
 COMPILED_SHAPES = 8  # batch lengths a compiled step sees at most, by default
@@ -45,13 +59,13 @@ def length_boundaries(lengths, rows, max_shapes):
     with k boundaries, the last at it.
 
     Each length a compiled step meets is a compilation (seconds to tens of
-    seconds on a CPU), each padding token computed for nothing; rounding
-    every length up to a multiple of 8 spends both blindly. Measured on
-    8,000 SST-2 sentences (MiniLM's tokenizer, max length 64, batch 32,
-    bucketed): 8 shapes and 137,472 tokens rounded to 8, 8 shapes and
-    125,888 tokens here (111,008 exact, 41 shapes); 2,490 RTE pairs at
-    max length 256: 21 shapes and 194,560 tokens rounded, 8 and 205,856
-    here, 12 and 196,896."""
+    seconds on a CPU), each padding token computed for nothing. Lengths
+    rounded up to multiples of 8 (`default_pad_multiple`), then limited to
+    8 of them, averaged over three epochs (MiniLM's tokenizer, batch 32,
+    bucketed): 5,000 AG News texts at max length 128, 13 shapes and
+    288,512 tokens an epoch -> 8 shapes and 291,413; 3,668 MRPC pairs at
+    128, 10 and 212,309 -> 8 and 212,736; 2,490 RTE pairs at 256, 22 and
+    194,816 -> 8 and 210,688; 8,000 SST-2 sentences at 64 have 8 anyway."""
     lengths = np.asarray(lengths)
     values, inverse = np.unique(lengths, return_inverse=True)
     if len(values) <= max_shapes:
@@ -83,20 +97,19 @@ class PaddedBatches(keras.utils.PyDataset):
     """A Keras dataset over ragged encodings.
 
     Each batch is padded only to its own longest sequence (rounded up to a
-    multiple of `pad_to_multiple`, which bounds how many shapes a compiled
-    step sees; by default 8 where Keras compiles a step per input shape and
-    1 where it runs the step as it comes, see `default_pad_multiple`). With
+    multiple of `pad_to_multiple`: by default 8 where Keras compiles a step
+    per input shape, else 1, see `default_pad_multiple`). With
     `bucket=True`, examples are sorted by length inside windows of
     `bucket_batches` batches, so a batch holds similar lengths; the order
     of batches is shuffled each epoch (seeded per epoch, so a resumed run
     sees the same order).
 
-    Where lengths are rounded (a compiled step), at most `max_shapes`
-    distinct lengths (`COMPILED_SHAPES` by default) are used: boundaries
-    chosen once from the data's own lengths (`length_boundaries`, over the
-    first epoch's batches), each batch padded to the shortest that holds
-    it; every later epoch uses the same ones, so a compiled step meets no
-    new shape after the first epoch.
+    With `max_shapes`, at most that many distinct lengths are used
+    (by default `COMPILED_SHAPES` where Keras compiles a step per shape,
+    see `default_max_shapes`): boundaries chosen once from the data's own
+    lengths (`length_boundaries`, over the first epoch's batches), each
+    batch padded to the shortest that holds it; every later epoch uses the
+    same ones, so a compiled step meets no new shape after the first epoch.
 
     With `full_batches`, the short batch (at most one per epoch) gets rows
     of padding up to `batch_size` when there are several batches, and the
@@ -115,13 +128,11 @@ class PaddedBatches(keras.utils.PyDataset):
         fixed_length: pad every batch to this length instead (the
             "pad to max_length" baseline).
         pad_to_multiple: round batch lengths up to a multiple of this;
-            None: `default_pad_multiple()`, Keras' own choice of
-            compiling for the backend.
+            None: `default_pad_multiple()`.
         full_batches: pad the short batch to the shape of a full one;
             None: on JAX and TensorFlow.
-        max_shapes: at most this many batch lengths; None:
-            `COMPILED_SHAPES` where lengths are rounded (`pad_to_multiple`
-            above 1), else no limit.
+        max_shapes: at most this many batch lengths; 0: no limit; None:
+            `default_max_shapes()`.
     """
 
     def __init__(self, encodings, targets=None, batch_size=32, shuffle=False, bucket=True,
@@ -145,10 +156,9 @@ class PaddedBatches(keras.utils.PyDataset):
         self.target_pad_value = target_pad_value
         self.full_batches = (keras.backend.backend() != "torch" if full_batches is None
                              else full_batches)
-        if max_shapes is not None and max_shapes < 1:
-            raise ValueError(f"max_shapes={max_shapes}: expected at least 1")
-        self.max_shapes = (max_shapes if max_shapes is not None
-                           else COMPILED_SHAPES if self.pad_to_multiple > 1 else None)
+        if max_shapes is not None and max_shapes < 0:
+            raise ValueError(f"max_shapes={max_shapes}: expected a count >= 1, or 0 (no limit)")
+        self.max_shapes = max_shapes if max_shapes is not None else default_max_shapes()
         self.lengths = np.array([len(enc[0]) for enc in encodings])
         self.boundaries = None
         self.epoch = 0
@@ -254,10 +264,12 @@ class PaddedBatches(keras.utils.PyDataset):
 
 def predict_encodings(model, encodings, batch_size=64):
     """`predict_batches` over `(token_ids, segment_ids)` encodings, batched
-    by length and rounded as `model` compiles (`default_pad_multiple`)."""
+    by length, rounded and limited to so many lengths as `model` compiles
+    (`default_pad_multiple`, `default_max_shapes`)."""
     return predict_batches(model, PaddedBatches(
         encodings, None, batch_size=batch_size,
-        pad_to_multiple=default_pad_multiple(model.jit_compile)))
+        pad_to_multiple=default_pad_multiple(model.jit_compile),
+        max_shapes=default_max_shapes(model.jit_compile)))
 
 
 def predict_batches(model, dataset):

@@ -51,6 +51,7 @@ class FinetuneConfig:
     bucket: bool | None = None  # group similar lengths; None: on for classify, off for ner
     dynamic_padding: bool = True
     pad_to_multiple: int | None = None  # None: 8 where steps compile per shape, else 1
+    max_shapes: int | None = None  # batch lengths at most; 0: no limit; None: 8 where compiled
     bucket_batches: int = 50  # bucketing window, in batches
     doc_stride: int = 128  # qa: tokens shared by consecutive windows of a long context
     max_answer_length: int = 30  # qa: longest answer, in tokens
@@ -181,13 +182,15 @@ def compute_metrics(scores, data, head):
 
 
 def make_dataset(tokenizer, data, max_length, batch_size, targets=None, shuffle=False, seed=0,
-                 bucket=True, dynamic_padding=True, pad_to_multiple=None, bucket_batches=50):
+                 bucket=True, dynamic_padding=True, pad_to_multiple=None, bucket_batches=50,
+                 max_shapes=None):
     from bertdesk.data.batching import PaddedBatches
 
     enc = tokenizer.encode_ragged(data.texts, data.pairs, max_length=max_length)
     return PaddedBatches(enc, targets, batch_size=batch_size, shuffle=shuffle, bucket=bucket,
                          seed=seed, fixed_length=None if dynamic_padding else max_length,
-                         pad_to_multiple=pad_to_multiple, bucket_batches=bucket_batches)
+                         pad_to_multiple=pad_to_multiple, bucket_batches=bucket_batches,
+                         max_shapes=max_shapes)
 
 
 def predict_scores(model, tokenizer, data, max_length, head, batch_size=64):
@@ -276,7 +279,8 @@ def compile_steps(jit_compile):
     """Whether fine-tuning compiles its steps, from `--jit-compile`
     auto|on|off. "auto" compiles on JAX only: TensorFlow's graph without
     XLA and PyTorch's eager steps take every batch length as it comes,
-    where XLA and `torch.compile` compile anew (`default_pad_multiple`)."""
+    where XLA and `torch.compile` compile anew (`default_pad_multiple`,
+    `default_max_shapes`)."""
     import keras
 
     return {"on": True, "off": False}.get(jit_compile, keras.backend.backend() == "jax")
@@ -287,7 +291,7 @@ def run_finetune(config, sink=None):
     paths, timings). Progress events go to `sink` (a callable)."""
     import keras
 
-    from bertdesk.data.batching import default_pad_multiple, fit_input
+    from bertdesk.data.batching import default_max_shapes, default_pad_multiple, fit_input
     from bertdesk.tasks.saving import load_model, save_task_model
     from bertdesk.training.callbacks import (ApplyAccumulated, BestModelKeeper, ProgressEvents,
                                              ResumeCheckpoint, ValidationCallback)
@@ -307,6 +311,11 @@ def run_finetune(config, sink=None):
     jit = compile_steps(config.jit_compile)
     if config.pad_to_multiple is None:
         config = replace(config, pad_to_multiple=default_pad_multiple(jit))
+    if config.max_shapes is None:
+        config = replace(config, max_shapes=default_max_shapes(jit))
+    if not isinstance(config.max_shapes, int) or config.max_shapes < 0:
+        raise DataError(f"max_shapes: expected a whole number >= 1, or 0 for no limit, got "
+                        f"{config.max_shapes!r}")
     accumulation = config.gradient_accumulation
     if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
         raise DataError(f"gradient_accumulation: expected a whole number >= 1 (batches per "

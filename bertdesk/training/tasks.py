@@ -60,6 +60,7 @@ class ClassifyTask:
                             seed=config.seed, bucket=config.bucket is not False,
                             dynamic_padding=config.dynamic_padding or not train,
                             pad_to_multiple=config.pad_to_multiple,
+                            max_shapes=config.max_shapes,
                             bucket_batches=config.bucket_batches)
 
     def build_model(self, backbone, head):
@@ -181,6 +182,7 @@ class NerTask:
                              fixed_length=None if (config.dynamic_padding or not train)
                              else config.max_length,
                              pad_to_multiple=config.pad_to_multiple,
+                             max_shapes=config.max_shapes,
                              bucket_batches=config.bucket_batches,
                              target_pad_value=IGNORE_INDEX if train else None)
 
@@ -311,6 +313,7 @@ class QaTask:
                              fixed_length=None if (config.dynamic_padding or not train)
                              else config.max_length,
                              pad_to_multiple=config.pad_to_multiple,
+                             max_shapes=config.max_shapes,
                              bucket_batches=config.bucket_batches)
 
     def build_model(self, backbone, head):
