@@ -18,6 +18,7 @@ so this module imports nothing heavy at the top.
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -64,9 +65,9 @@ def _cmd_info(args):
     from bertdesk.io import read_checkpoint
 
     ckpt = read_checkpoint(args.folder)
-    from bertdesk.io.mapping import IGNORED
+    from bertdesk.io.mapping import IGNORED, tensor_shape
 
-    n = sum(int(v.size) for k, v in ckpt.tensors.items()
+    n = sum(math.prod(tensor_shape(ckpt.tensors, k)) for k in ckpt.tensors
             if not k.startswith(("cls.", "classifier.", "qa_outputs.")) and k not in IGNORED)
     c = ckpt.config
     print(f"folder:  {ckpt.folder}\nformat:  {ckpt.format}\nweights: {ckpt.weights_file.name}")

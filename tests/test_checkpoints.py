@@ -228,6 +228,132 @@ def copy_folder(src, dst):
     return dst
 
 
+def test_sharded_and_bfloat16_safetensors(hf_tiny, tmp_path):
+    """Checkpoints published in shards (`model.safetensors.index.json`) and
+    in bfloat16 load as the float32 file does (bf16 to its rounding)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    hf_model, folder, _ = hf_tiny
+    tensors = load_file(str(folder / "model.safetensors"))
+    sharded = copy_folder(folder, tmp_path / "sharded")
+    (sharded / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, shard_names in shards.items():
+        save_file({n: tensors[n] for n in shard_names}, str(sharded / shard))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {n: shard for shard, ns in shards.items() for n in ns}}))
+    assert read_checkpoint(sharded).weights_file.name == "model.safetensors.index.json"
+    assert_same_as_hf(BertPretrainingModel.from_pretrained(sharded), hf_model)
+
+    half = copy_folder(folder, tmp_path / "bf16")
+    save_file({n: t.to(torch.bfloat16) if t.is_floating_point() else t
+               for n, t in tensors.items()}, str(half / "model.safetensors"))
+    word = "embeddings.word_embeddings.weight"
+    backbone = bertdesk.load_backbone(half)
+    expected = tensors["bert." + word].to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(to_np(backbone.embeddings.token_embedding.embeddings),
+                                  expected)
+
+
+def test_safetensors_are_read_one_tensor_at_a_time(hf_tiny, tmp_path, monkeypatch):
+    """Checking a safetensors checkpoint reads headers only; loading it reads
+    each tensor once, when it is assigned (never every tensor first: a
+    fresh model plus the whole file in memory is twice the weights)."""
+    from bertdesk.io import formats
+
+    reads = []
+    read = formats._read_safetensor
+
+    def counting(path, name):
+        reads.append(name)
+        return read(path, name)
+
+    monkeypatch.setattr(formats, "_read_safetensor", counting)
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    ckpt = read_checkpoint(folder)
+    assert reads == []
+    assert ckpt.tensors.shape("embeddings.word_embeddings.weight") == (120, 16)
+    backbone = bertdesk.load_backbone(folder)
+    backbone_names = [n for n in ckpt.tensors if not n.startswith("cls.")
+                      and not n.endswith("position_ids")]
+    assert sorted(reads) == sorted("bert." + n for n in backbone_names)
+    np.testing.assert_array_equal(to_np(backbone.pooler.dense.kernel),
+                                  ckpt.tensors["pooler.dense.weight"].T)
+
+
+def test_a_file_changed_after_reading_is_refused(hf_tiny, tmp_path):
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    ckpt = read_checkpoint(folder)
+    other = copy_folder(hf_tiny[1], tmp_path / "other")
+    data = (other / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data + b" ")
+    with pytest.raises(CheckpointError,
+                       match="model.safetensors: the file changed after the checkpoint was read"):
+        ckpt.tensors["pooler.dense.weight"]
+
+
+def _pending_variables():
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute("uninitialized_variables") or []
+
+
+def test_loading_draws_no_random_weights_and_leaves_nothing_pending(hf_tiny, tmp_path,
+                                                                     monkeypatch):
+    """Checkpoint loading builds the model without drawing the weights it is
+    about to overwrite; a weight the checkpoint lacks (here the pooler) still
+    gets its initializer's value; and nothing is left for Keras to
+    initialise later, after a load that finished or one that failed."""
+    import keras
+    from safetensors.numpy import load_file, save_file
+
+    draws = []
+    normal = keras.initializers.RandomNormal.__call__
+
+    def counting(self, shape, dtype=None):
+        draws.append(tuple(shape))
+        return normal(self, shape, dtype=dtype)
+
+    monkeypatch.setattr(keras.initializers.RandomNormal, "__call__", counting)
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    backbone = bertdesk.load_backbone(folder)
+    # (Keras' shape inference reads placeholders of the dense kernels; no
+    # value is drawn for a variable: the embeddings, never read there, show it)
+    assert not any(shape in draws for shape in ((120, 16), (2, 16)))
+    assert _pending_variables() == []
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "pooler" not in k},
+              str(folder / "model.safetensors"))
+    with pytest.warns(UserWarning, match="no pooler weights"):
+        no_pooler = bertdesk.load_backbone(folder, initializer_range=0.5)
+    kernel = to_np(no_pooler.pooler.dense.kernel)
+    assert 0.3 < kernel.std() < 0.7  # drawn with the given initializer_range
+    np.testing.assert_array_equal(to_np(no_pooler.pooler.dense.bias), np.zeros(16))
+    np.testing.assert_array_equal(to_np(no_pooler.embeddings.token_embedding.embeddings),
+                                  to_np(backbone.embeddings.token_embedding.embeddings))
+    assert _pending_variables() == []
+
+    from bertdesk.io import formats
+
+    read = formats._read_safetensor
+
+    def failing(path, name):
+        if "layer.1" in name:
+            raise CheckpointError(f"{path}: cannot read tensor {name!r} (disk error)")
+        return read(path, name)
+
+    monkeypatch.setattr(formats, "_read_safetensor", failing)
+    with pytest.raises(CheckpointError, match="layer.1.*disk error"):
+        bertdesk.load_backbone(copy_folder(hf_tiny[1], tmp_path / "failing"))
+    assert _pending_variables() == []
+    with keras.StatelessScope():  # would initialise anything left pending
+        pass
+
+
 def test_missing_folder_and_missing_weights(tmp_path, hf_tiny):
     with pytest.raises(CheckpointError, match="nowhere: no such folder"):
         bertdesk.load_backbone(tmp_path / "nowhere")

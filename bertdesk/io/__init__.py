@@ -18,14 +18,16 @@ from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
                                  detect_format)
 from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, POOLER_NAMES, TASK_HEAD_PREFIXES,
-                                 assign_backbone, backbone_tensors, validate)
+                                 assign_backbone, backbone_tensors, build_without_values,
+                                 initialized_at_the_end, validate)
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
            "load_tokenizer", "read_checkpoint", "save_pretrained"]
 
 
 def read_checkpoint(folder, format=None):
-    """Read a checkpoint folder into memory, validated against its config.
+    """Read a checkpoint folder, validated against its config (safetensors
+    files: their headers; each tensor is read when it is used).
 
     Raises `CheckpointError` naming the file and tensor on any mismatch;
     nothing is assigned to any model here.
@@ -72,8 +74,9 @@ def load_backbone(folder, format=None, **overrides):
                 f"{ckpt.folder}: the checkpoint has {key}={config[key]}, cannot load it as {value}"
             )
         config[key] = value
-    backbone = BertBackbone(**config)
-    assign_backbone(backbone, ckpt.tensors)
+    backbone = build_without_values(lambda: BertBackbone(**config))
+    with initialized_at_the_end(backbone):
+        assign_backbone(backbone, ckpt.tensors)
     backbone.checkpoint = ckpt.folder
     return backbone
 
@@ -179,13 +182,15 @@ def convert(src, dst, to="bertdesk", overwrite=False):
 
     ckpt = read_checkpoint(src)
     backbone = load_backbone(src)
-    extra = {k: v for k, v in ckpt.tensors.items() if k in MLM_NAMES + NSP_NAMES}
+    # (by name first: a lazily read checkpoint reads only these)
+    extra = {k: ckpt.tensors[k] for k in ckpt.tensors if k in MLM_NAMES + NSP_NAMES}
     architecture = hf_config = None
     if to == "hf" and ckpt.format == "bertdesk" and ckpt.metadata.get("task"):
         from bertdesk.tasks.saving import hf_task_config
 
         architecture, hf_config = hf_task_config(ckpt.metadata, ckpt.folder / "bertdesk.json")
-        extra.update({k: v for k, v in ckpt.tensors.items() if k.startswith(TASK_HEAD_PREFIXES)})
+        extra.update({k: ckpt.tensors[k] for k in ckpt.tensors
+                      if k.startswith(TASK_HEAD_PREFIXES)})
     tokenizer = load_tokenizer(src) if ckpt.vocab_file is not None else None
     return save_pretrained(backbone, dst, tokenizer=tokenizer, format=to,
                            extra_tensors=extra, overwrite=overwrite,

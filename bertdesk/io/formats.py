@@ -8,6 +8,7 @@ keras-hub presets are rebuilt from their JSON config by keras-hub itself.
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +38,14 @@ FORMATS = ("bertdesk", "hf", "google", "keras_hub")
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read into memory, not yet assigned to any model."""
+    """A checkpoint read and checked, not yet assigned to any model."""
 
     format: str
     folder: Path
     config: dict  # BertBackbone architecture kwargs
-    tensors: dict  # canonical name -> float32 numpy array
+    # canonical name -> numpy array (floats as float32): a dict, or for
+    # safetensors files a `SafetensorsTensors` that reads each on demand
+    tensors: Mapping
     weights_file: Path
     vocab_file: Path | None = None
     lowercase: bool | None = None
@@ -126,23 +129,94 @@ def config_to_hf(config, architectures=("BertModel",)):
 
 
 # === Weight files ===
-def _load_safetensors(path):
+def _as_float32(value):
+    """Floating arrays as float32 (no copy when they are already), others
+    (integer counters) unchanged."""
+    value = np.asarray(value)
+    return value.astype(np.float32, copy=False) if value.dtype.kind == "f" else value
+
+
+def _safetensors_names(path):
+    """{stored name: shape} of a safetensors file, from its header alone."""
     from safetensors import safe_open
 
-    out = {}
     try:
         with safe_open(str(path), framework="np") as f:
-            for name in f.keys():
-                out[name] = f.get_tensor(name)
-    except TypeError:
-        # numpy has no bfloat16: read through torch, then upcast.
-        import torch  # noqa: F401  (only for bf16 files)
-
-        with safe_open(str(path), framework="pt") as f:
-            out = {name: f.get_tensor(name).float().numpy() for name in f.keys()}
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
-    return out
+
+
+def _read_safetensor(path, name):
+    """One tensor of a safetensors file, floats as float32."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            try:
+                return _as_float32(f.get_tensor(name))
+            except TypeError:
+                pass  # numpy has no bfloat16: read through torch, then upcast
+        import torch  # noqa: F401  (only for bf16 tensors)
+
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(name).float().numpy()
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read tensor {name!r} ({e})") from None
+
+
+class SafetensorsTensors(Mapping):
+    """Canonical name -> numpy array (floats as float32) of one or more
+    safetensors files, each tensor read from its file when asked for.
+
+    `read_checkpoint` checks names and shapes from the files' headers, and
+    assigning a checkpoint to a model reads one tensor at a time and lets it
+    go: loading BERT-base (0.44 GB of weights) into a freshly built model
+    peaked at twice the weights when every tensor was read first. Each
+    lookup reads the file again (nothing is cached, no file is held open);
+    a file replaced or rewritten since the checkpoint was read is refused
+    rather than mixed with what was checked.
+    """
+
+    def __init__(self, files):
+        self._where = {}  # canonical name -> (file, stored name, shape)
+        self._stamps = {}
+        for path in files:
+            path = Path(path)
+            self._stamps[path] = _stamp(path)
+            for name, shape in _safetensors_names(path).items():
+                key = canonical_name(name)
+                if key in self._where:
+                    raise CheckpointError(f"{path}: tensor {name!r} appears twice (as {key!r})")
+                self._where[key] = (path, name, shape)
+
+    def __getitem__(self, key):
+        path, name, _ = self._where[key]
+        if _stamp(path) != self._stamps[path]:
+            raise CheckpointError(f"{path}: the file changed after the checkpoint was read; "
+                                  "read the checkpoint again")
+        return _read_safetensor(path, name)
+
+    def __contains__(self, key):  # (Mapping's would read the tensor)
+        return key in self._where
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self):
+        return len(self._where)
+
+    def shape(self, key):
+        """The tensor's shape, without reading it."""
+        return self._where[key][2]
+
+
+def _stamp(path):
+    try:
+        st = Path(path).stat()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _load_torch_bin(path):
@@ -171,8 +245,7 @@ def _canonical(raw, source):
         key = canonical_name(name)
         if key in out:
             raise CheckpointError(f"{source}: tensor {name!r} appears twice (as {key!r})")
-        value = np.asarray(value)
-        out[key] = value.astype(np.float32) if value.dtype.kind == "f" else value
+        out[key] = _as_float32(value)
     return out
 
 
@@ -182,21 +255,20 @@ def read_hf(folder):
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").is_file():
         weights_file = folder / "model.safetensors"
-        raw = _load_safetensors(weights_file)
+        tensors = SafetensorsTensors([weights_file])
     elif index.is_file():
         weights_file = index
-        raw = {}
-        for shard in sorted(set(read_json(index).get("weight_map", {}).values())):
-            raw.update(_load_safetensors(folder / shard))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        tensors = SafetensorsTensors([folder / shard for shard in shards])
     elif (folder / "pytorch_model.bin").is_file():
         weights_file = folder / "pytorch_model.bin"
-        raw = _load_torch_bin(weights_file)
+        tensors = _canonical(_load_torch_bin(weights_file), weights_file)
     else:
         raise CheckpointError(
             f"{folder}: config.json found but no weights: expected model.safetensors "
             "or pytorch_model.bin"
         )
-    return Checkpoint("hf", folder, config, _canonical(raw, weights_file), weights_file,
+    return Checkpoint("hf", folder, config, tensors, weights_file,
                       vocab_file=_vocab_file(folder))
 
 
@@ -337,7 +409,7 @@ def read_bertdesk(folder):
     weights_file = folder / "model.safetensors"
     if not weights_file.is_file():
         raise CheckpointError(f"{weights_file}: file not found")
-    tensors = _canonical(_load_safetensors(weights_file), weights_file)
+    tensors = SafetensorsTensors([weights_file])
     tok = meta.get("tokenizer", {})
     return Checkpoint("bertdesk", folder, dict(meta["backbone"]), tensors, weights_file,
                       vocab_file=_vocab_file(folder), lowercase=tok.get("lowercase"),

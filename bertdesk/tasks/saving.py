@@ -24,6 +24,7 @@ from bertdesk.io import read_checkpoint
 from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import read_json
+from bertdesk.io.mapping import tensor_shape
 
 TASKS = ("classify", "ner", "qa")
 # what each task reads from bertdesk.json's "head" (training/tasks.py's make_head)
@@ -82,9 +83,9 @@ def assign_classifier(model, tensors, source):
     for name, shape in expected.items():
         if name not in tensors:
             raise CheckpointError(f"{source}: missing tensor {name!r}")
-        if tuple(tensors[name].shape) != shape:
+        if tensor_shape(tensors, name) != shape:
             raise CheckpointError(f"{source}: tensor {name!r} has shape "
-                                  f"{tuple(tensors[name].shape)}, expected {shape}")
+                                  f"{tensor_shape(tensors, name)}, expected {shape}")
     model.classifier.kernel.assign(tensors[f"{prefix}.weight"].T)
     model.classifier.bias.assign(tensors[f"{prefix}.bias"])
 
