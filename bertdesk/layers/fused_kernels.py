@@ -528,10 +528,10 @@ def _feed_forward_function():
         def backward(ctx, g):
             rows, up_kernel, z, down_kernel = ctx.saved_tensors
             g = g.reshape(-1, g.shape[-1])  # (tokens, hidden)
-            mm = cpu_products.mm
-            g_down = mm(functional.gelu(z).t(), g)
+            mm, kernel_gradient = cpu_products.mm, cpu_products.kernel_gradient
+            g_down = kernel_gradient(functional.gelu(z), g)
             g_z = gelu_backward(mm(g, down_kernel.t()), z)
-            g_up = mm(rows.t(), g_z)
+            g_up = kernel_gradient(rows, g_z)
             g_x = mm(g_z, up_kernel.t())
             return g_x.view(ctx.x_shape), g_up, g_z.sum(0), g_down, g.sum(0)
 
