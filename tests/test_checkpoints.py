@@ -78,10 +78,19 @@ def test_hf_safetensors_with_heads(hf_tiny):
     assert_same_as_hf(BertPretrainingModel.from_pretrained(folder), hf_model)
 
 
-def test_hf_pytorch_bin(hf_tiny):
+def test_hf_pytorch_bin(hf_tiny, tmp_path):
+    import torch
+
     hf_model, _, binfolder = hf_tiny
     assert read_checkpoint(binfolder).weights_file.name == "pytorch_model.bin"
     assert_same_as_hf(BertPretrainingModel.from_pretrained(binfolder), hf_model)
+    # the format before PyTorch 1.6 (not a zip: its storages cannot be
+    # mapped, so it is read whole)
+    legacy = copy_folder(binfolder, tmp_path / "legacy")
+    torch.save(hf_model.state_dict(), legacy / "pytorch_model.bin",
+               _use_new_zipfile_serialization=False)
+    assert isinstance(read_checkpoint(legacy).tensors, dict)
+    assert_same_as_hf(BertPretrainingModel.from_pretrained(legacy), hf_model)
 
 
 def test_pickled_code_in_bin_is_refused(tmp_path, hf_tiny):
@@ -258,21 +267,33 @@ def test_sharded_and_bfloat16_safetensors(hf_tiny, tmp_path):
                                   expected)
 
 
-def test_safetensors_are_read_one_tensor_at_a_time(hf_tiny, tmp_path, monkeypatch):
-    """Checking a safetensors checkpoint reads headers only; loading it reads
-    each tensor once, when it is assigned (never every tensor first: a
-    fresh model plus the whole file in memory is twice the weights)."""
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+def test_weight_files_are_read_one_tensor_at_a_time(hf_tiny, tmp_path, monkeypatch, weights):
+    """Checking a safetensors or PyTorch zip checkpoint reads what the files
+    say of their tensors only; loading it reads each tensor once, when it is
+    assigned (never every tensor first: a fresh model plus the whole file in
+    memory is twice the weights)."""
     from bertdesk.io import formats
 
-    reads = []
-    read = formats._read_safetensor
+    reads, openings = [], []
+    if weights == "safetensors":
+        read = formats._read_safetensor
 
-    def counting(path, name):
-        reads.append(name)
-        return read(path, name)
+        def counting(path, name):
+            reads.append(name)
+            return read(path, name)
 
-    monkeypatch.setattr(formats, "_read_safetensor", counting)
-    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+        monkeypatch.setattr(formats, "_read_safetensor", counting)
+    else:  # a mapping of the file, reused for 64 MB of reads while loading
+        open_file = formats._open_torch_bin
+
+        def counting_opener(path):
+            openings.append(path)
+            read_one = open_file(path)
+            return lambda name: reads.append(name) or read_one(name)
+
+        monkeypatch.setattr(formats, "_open_torch_bin", counting_opener)
+    folder = copy_folder(hf_tiny[1 if weights == "safetensors" else 2], tmp_path / "m")
     ckpt = read_checkpoint(folder)
     assert reads == []
     assert ckpt.tensors.shape("embeddings.word_embeddings.weight") == (120, 16)
@@ -280,8 +301,17 @@ def test_safetensors_are_read_one_tensor_at_a_time(hf_tiny, tmp_path, monkeypatc
     backbone_names = [n for n in ckpt.tensors if not n.startswith("cls.")
                       and not n.endswith("position_ids")]
     assert sorted(reads) == sorted("bert." + n for n in backbone_names)
+    assert len(openings) == (0 if weights == "safetensors" else 1)
     np.testing.assert_array_equal(to_np(backbone.pooler.dense.kernel),
                                   ckpt.tensors["pooler.dense.weight"].T)
+    if weights == "bin":  # reopened once the budget of bytes is read
+        names = backbone_names[:3]
+        for budget, expected in ((1, 3), (1 << 30, 1)):
+            openings.clear()
+            with ckpt.tensors.kept_open(budget=budget):
+                for name in names:
+                    ckpt.tensors[name]
+            assert len(openings) == expected
 
 
 def test_a_file_changed_after_reading_is_refused(hf_tiny, tmp_path):

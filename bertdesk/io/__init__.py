@@ -19,7 +19,7 @@ from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
                                  detect_format)
 from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, POOLER_NAMES, TASK_HEAD_PREFIXES,
                                  assign_backbone, backbone_tensors, build_without_values,
-                                 initialized_at_the_end, validate)
+                                 initialized_at_the_end, kept_open, validate)
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
            "load_tokenizer", "read_checkpoint", "save_pretrained"]
@@ -75,7 +75,7 @@ def load_backbone(folder, format=None, **overrides):
             )
         config[key] = value
     backbone = build_without_values(lambda: BertBackbone(**config))
-    with initialized_at_the_end(backbone):
+    with initialized_at_the_end(backbone), kept_open(ckpt.tensors):
         assign_backbone(backbone, ckpt.tensors)
     backbone.checkpoint = ckpt.folder
     return backbone

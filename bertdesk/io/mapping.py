@@ -78,9 +78,16 @@ def expected_shapes(config):
     return shapes
 
 
+def kept_open(tensors):
+    """`tensors.kept_open()` where `tensors` reads lazily from files that are
+    worth keeping open while a model is filled; a no-op otherwise."""
+    keep = getattr(tensors, "kept_open", None)
+    return keep() if callable(keep) else contextlib.nullcontext(tensors)
+
+
 def tensor_shape(tensors, name):
     """The shape of `tensors[name]`, without reading it where `tensors` reads
-    lazily (`SafetensorsTensors`)."""
+    lazily (`formats.LazyTensors`)."""
     shape = getattr(tensors, "shape", None)
     return tuple(shape(name)) if callable(shape) else tuple(np.shape(tensors[name]))
 
