@@ -1,7 +1,8 @@
 """Loading a checkpoint and predicting with it: peak resident memory and time.
 
 A random BERT checkpoint in the Hugging Face layout (config.json +
-model.safetensors, written by transformers) is loaded in a fresh process
+model.safetensors, or pytorch_model.bin with `--weights bin`, written by
+transformers) is loaded in a fresh process
 per job, then one forward pass runs on a batch (no gradients):
 
 - bertdesk: `bertdesk.load_backbone(folder)` on each Keras backend (JAX and
@@ -49,13 +50,18 @@ def memory_mb():
     return values["VmRSS"], values["VmHWM"]
 
 
-def write_checkpoint(folder, shape):
-    """A randomly initialised transformers BertModel, saved as safetensors."""
+def write_checkpoint(folder, shape, weights="safetensors"):
+    """A randomly initialised transformers BertModel, saved as safetensors
+    (or `pytorch_model.bin`)."""
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    BertModel(BertConfig(**SHAPES[shape])).save_pretrained(folder)
+    model = BertModel(BertConfig(**SHAPES[shape]))
+    model.save_pretrained(folder)
+    if weights == "bin":  # (transformers 5 writes safetensors only)
+        torch.save(model.state_dict(), Path(folder) / "pytorch_model.bin")
+        (Path(folder) / "model.safetensors").unlink()
 
 
 # === One job, in its own process ===
@@ -115,6 +121,8 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--rounds", type=int, default=1, help="run every job this many times")
+    p.add_argument("--weights", choices=("safetensors", "bin"), default="safetensors",
+                   help="the checkpoint's weight file: model.safetensors or pytorch_model.bin")
     p.add_argument("--jobs", default=",".join(f"{i}:{b}" for i, b in JOBS),
                    help="implementation:backend pairs")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -126,9 +134,10 @@ def main():
     jobs = [tuple(j.split(":")) for j in args.jobs.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / f"bert-{args.shape}"
-        write_checkpoint(folder, args.shape)
-        size = (folder / "model.safetensors").stat().st_size / 2 ** 20
-        print(f"BERT-{args.shape} checkpoint, model.safetensors {size:.0f} MB; forward at "
+        write_checkpoint(folder, args.shape, args.weights)
+        weights = next(folder.glob("*.safetensors" if args.weights == "safetensors" else "*.bin"))
+        size = weights.stat().st_size / 2 ** 20
+        print(f"BERT-{args.shape} checkpoint, {weights.name} {size:.0f} MB; forward at "
               f"batch {args.batch} x {args.seq}; {os.cpu_count()} CPUs; {args.rounds} round(s)")
         results = {job: [] for job in jobs}
         for _ in range(args.rounds):
