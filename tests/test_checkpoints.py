@@ -161,11 +161,24 @@ def google_tiny(hf_tiny, tmp_path_factory):
     return hf_model, folder
 
 
-def test_google_tf_checkpoint(google_tiny):
+def test_google_tf_checkpoint(google_tiny, monkeypatch):
+    from bertdesk.io import formats
+
     hf_model, folder = google_tiny
     ckpt = read_checkpoint(folder)
     assert ckpt.format == "google"
     assert not any("adam" in k or "global_step" in k for k in ckpt.tensors)
+    # read lazily too: shapes from the index, in the canonical (out, in) layout
+    assert ckpt.tensors.shape("encoder.layer.0.intermediate.dense.weight") == (32, 16)
+    openings = []
+    open_reader = formats._open_google
+    monkeypatch.setattr(formats, "_open_google",
+                        lambda index: openings.append(index) or open_reader(index))
+    backbone = bertdesk.load_backbone(folder)
+    assert len(openings) == 1  # one reader for the whole (small) checkpoint
+    np.testing.assert_allclose(to_np(backbone.encoder_layers[0].intermediate.kernel),
+                               hf_model.bert.encoder.layer[0].intermediate.dense.weight
+                               .detach().numpy().T, atol=0)
     assert_same_as_hf(BertPretrainingModel.from_pretrained(folder), hf_model)
     assert bertdesk.load_tokenizer(folder).lowercase is True  # "uncased" in the folder name
 

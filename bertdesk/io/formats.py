@@ -188,9 +188,11 @@ class LazyTensors(Mapping):
         opener: for files whose opening costs more than their reading:
             `opener(path)` -> `read_one(stored name)`, reused within
             `kept_open()`.
+        key: stored name -> canonical name.
     """
 
-    def __init__(self, files, names, read, opener=None):
+    def __init__(self, files, names, read, opener=None, key=canonical_name):
+        canonical = key
         self._read, self._opener = read, opener
         self._handles = None  # {path: [read_one, bytes read]} within kept_open()
         self._where = {}  # canonical name -> (file, stored name, shape)
@@ -199,7 +201,7 @@ class LazyTensors(Mapping):
             path = Path(path)
             self._stamps[path] = _stamp(path)
             for name, shape in names(path).items():
-                key = canonical_name(name)
+                key = canonical(name)
                 if key in self._where:
                     raise CheckpointError(f"{path}: tensor {name!r} appears twice (as {key!r})")
                 self._where[key] = (path, name, shape)
@@ -391,26 +393,52 @@ def read_google(folder):
         # Several saves: take the newest step, as tf.train.latest_checkpoint would.
         indexes.sort(key=lambda p: int(m.group(1)) if (m := re.search(r"-(\d+)\.index$", p.name)) else -1)
     prefix = str(indexes[-1])[: -len(".index")]
+    index = Path(prefix + ".index")
+    tensors = LazyTensors([index], _google_names, _read_google_tensor, opener=_open_google,
+                          key=lambda name: canonical_name(google_to_canonical(name)[0]))
+    return Checkpoint("google", folder, config, tensors, index, vocab_file=_vocab_file(folder))
+
+
+def _google_reader(index):
     import tensorflow as tf  # the checkpoint format is TensorFlow's own
 
+    prefix = str(index)[: -len(".index")]
     try:
-        reader = tf.train.load_checkpoint(prefix)
-        names = reader.get_variable_to_shape_map()
-        raw = {}
-        for name in names:
-            mapped = google_to_canonical(name)
-            if mapped is not None:
-                key, transpose = mapped
-                key = canonical_name(key)
-                if key in raw:
-                    raise CheckpointError(f"{prefix}: variable {name!r} maps to {key!r} twice")
-                value = reader.get_tensor(name)
-                raw[key] = value.T if transpose else value
+        return tf.train.load_checkpoint(prefix)
     except tf.errors.OpError as e:
         raise CheckpointError(f"{prefix}: cannot read TF checkpoint ({e.message})") from None
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw.items()}
-    return Checkpoint("google", folder, config, tensors, Path(prefix + ".index"),
-                      vocab_file=_vocab_file(folder))
+
+
+def _google_names(index):
+    """{variable: shape as bertdesk stores it} of the weights in a Google
+    checkpoint (optimizer slots and counters left out)."""
+    names = {}
+    for name, shape in _google_reader(index).get_variable_to_shape_map().items():
+        mapped = google_to_canonical(name)
+        if mapped is not None:
+            names[name] = tuple(shape[::-1] if mapped[1] else shape)
+    return names
+
+
+def _read_google_tensor(index, name):
+    return _open_google(index)(name)
+
+
+def _open_google(index):
+    """`read_one(variable)` over one reader of the checkpoint."""
+    import tensorflow as tf
+
+    reader = _google_reader(index)
+
+    def read_one(name):
+        try:
+            value = reader.get_tensor(name)
+        except tf.errors.OpError as e:
+            raise CheckpointError(f"{index}: cannot read variable {name!r} ({e.message})") from None
+        value = _as_float32(value)
+        return np.ascontiguousarray(value.T if google_to_canonical(name)[1] else value)
+
+    return read_one
 
 
 def read_keras_hub(folder):
