@@ -155,7 +155,10 @@ def kernel_gradient(rows, g):
     """`rows.T @ g` as a row-major matrix, outside autograd: the gradient of
     a kernel `(in, out)` from its layer's input rows `(tokens, in)` and
     upstream gradient `(tokens, out)` (or, arguments swapped, of an
-    `(out, in)` weight).
+    `(out, in)` weight). `rows` may be a function that makes them, for rows
+    computed only for this product: then only oneDNN's copy of them is
+    kept while it runs (the feed-forward block's GELU output, 25 MB at
+    base, at the top of the backward pass where its memory peaks).
 
     Large gradients go through oneDNN's backward-weights primitive, which
     reduces over the tokens itself; it takes oneDNN's own tensors, so both
@@ -169,14 +172,29 @@ def kernel_gradient(rows, g):
     `torch.mm` (MKL's path, about 220 GFLOP/s) where oneDNN is not used."""
     import torch
 
-    if not _applies(rows, g):
+    if callable(rows):
+        rows = _onednn_copy_if_taken(rows(), g)
+    if rows.is_mkldnn:
+        onednn_rows = rows
+    elif not _applies(rows, g):
         return torch.mm(rows.t(), g)
-    if rows.shape[1] * g.shape[1] < BACKWARD_WEIGHTS_MIN:
+    elif rows.shape[1] * g.shape[1] < BACKWARD_WEIGHTS_MIN:
         return _linear_pointwise(rows.t(), g.t(), None)
+    else:
+        onednn_rows = rows.contiguous().to_mkldnn()
     # (grad_output, input): the result is (grad_output's columns, input's)
     out, _ = torch.ops.aten.mkldnn_linear_backward_weights(
-        rows.contiguous().to_mkldnn(), g.contiguous().to_mkldnn(), _float32_marker(), False)
+        onednn_rows, g.contiguous().to_mkldnn(), _float32_marker(), False)
     return out.to_dense()
+
+
+def _onednn_copy_if_taken(rows, g):
+    """`rows` as oneDNN's tensor where `kernel_gradient` takes the
+    backward-weights primitive for them (the dense one then goes when the
+    caller lets it), else `rows` themselves."""
+    if _applies(rows, g) and rows.shape[1] * g.shape[1] >= BACKWARD_WEIGHTS_MIN:
+        return rows.contiguous().to_mkldnn()
+    return rows
 
 
 # Gradients of at least this many elements use oneDNN's backward-weights
