@@ -43,42 +43,40 @@ def _run_linear(monkeypatch, onednn, rows, weight, bias, weight_is_kernel, upstr
     return out.detach(), grads, plain
 
 
-def _weight_gradients_through(monkeypatch, primitive):
-    """Send every weight gradient through oneDNN's backward-weights primitive
-    ("backward weights"; at the model's sizes only the large ones go) or
-    through the inner product of transposed matrices ("inner product")."""
-    monkeypatch.setattr(cpu_products, "BACKWARD_WEIGHTS_MIN",
-                        0 if primitive == "backward weights" else 1 << 62)
+def _weight_gradients_in(monkeypatch, blocks):
+    """Reduce weight gradients over all tokens in one product ("one") or in
+    blocks of 8 tokens, the last one short ("blocks": the model's 1,024-token
+    blocks, at the tests' sizes)."""
+    monkeypatch.setattr(cpu_products, "TOKENS_PER_PRODUCT", 8 if blocks == "blocks" else 1 << 62)
 
 
 @needs_onednn
-@pytest.mark.parametrize("primitive", ["inner product", "backward weights"])
-def test_kernel_gradient_matches_aten(monkeypatch, primitive):
+@pytest.mark.parametrize("blocks", ["one", "blocks"])
+def test_kernel_gradient_matches_aten(monkeypatch, blocks):
     import torch
 
     _use(monkeypatch, True)
-    _weight_gradients_through(monkeypatch, primitive)
+    _weight_gradients_in(monkeypatch, blocks)
     inner_products = []
     monkeypatch.setattr(cpu_products, "_linear_pointwise",
                         lambda *a, f=cpu_products._linear_pointwise: inner_products.append(1)
                         or f(*a))
     rows, g = _tensor((4, 9, 40), 0)[:, 2:, :].reshape(-1, 40), _tensor((28, 60), 1)
-    for a, b in ((rows, g), (g, rows), (rows, g[:, ::2]), (rows[:, :7], g.t().t())):
-        for given in (a, lambda a=a: a):  # the rows, or a function making them
-            got = cpu_products.kernel_gradient(given, b)
-            assert got.shape == (a.shape[1], b.shape[1]) and got.is_contiguous()
-            np.testing.assert_allclose(got, torch.mm(a.t(), b), rtol=1e-5, atol=1e-4)
-    assert len(inner_products) == (8 if primitive == "inner product" else 0)
+    for a, b in ((rows, g), (g, rows), (rows, g[:, ::2]), (rows[:, :7], _tensor((60, 28), 2).t())):
+        got = cpu_products.kernel_gradient(a, b)
+        assert got.shape == (a.shape[1], b.shape[1]) and got.is_contiguous()
+        np.testing.assert_allclose(got, torch.mm(a.t(), b), rtol=1e-5, atol=1e-4)
+    assert len(inner_products) == (4 if blocks == "one" else 4 * 4)  # 28 tokens: 8+8+8+4
 
 
 @needs_onednn
-@pytest.mark.parametrize("primitive", ["inner product", "backward weights"])
+@pytest.mark.parametrize("blocks", ["one", "blocks"])
 @pytest.mark.parametrize("case", ["kernel", "kernel slice", "out-in", "no bias", "empty"])
 @pytest.mark.parametrize("upstream_kind", ["dense", "broadcast", "transposed"])
-def test_linear_matches_aten(monkeypatch, case, upstream_kind, primitive):
+def test_linear_matches_aten(monkeypatch, case, upstream_kind, blocks):
     import torch
 
-    _weight_gradients_through(monkeypatch, primitive)
+    _weight_gradients_in(monkeypatch, blocks)
 
     rows = _tensor((4, 9, 40), 0)[:, 2:, :].reshape(-1, 40)  # 28 rows
     if case == "empty":
@@ -137,11 +135,11 @@ def test_other_dtypes_keep_atens_product(monkeypatch):
 
 
 @needs_onednn
-@pytest.mark.parametrize("primitive", ["inner product", "backward weights"])
-def test_feed_forward_gradients_match_aten(monkeypatch, primitive):
+@pytest.mark.parametrize("blocks", ["one", "blocks"])
+def test_feed_forward_gradients_match_aten(monkeypatch, blocks):
     import torch
 
-    _weight_gradients_through(monkeypatch, primitive)
+    _weight_gradients_in(monkeypatch, blocks)
 
     x, up = _tensor((2, 7, 16), 0), _tensor((16, 32), 1)
     up_bias, down, down_bias = _tensor((32,), 2), _tensor((32, 16), 3), _tensor((16,), 4)

@@ -152,63 +152,34 @@ def mm(a, b):
 
 
 def kernel_gradient(rows, g):
-    """`rows.T @ g` as a row-major matrix, outside autograd: the gradient of
-    a kernel `(in, out)` from its layer's input rows `(tokens, in)` and
-    upstream gradient `(tokens, out)` (or, arguments swapped, of an
-    `(out, in)` weight). `rows` may be a function that makes them, for rows
-    computed only for this product: then only oneDNN's copy of them is
-    kept while it runs (the feed-forward block's GELU output, 25 MB at
-    base, at the top of the backward pass where its memory peaks).
+    """`rows.T @ g`, outside autograd: the gradient of a kernel `(in, out)`
+    from its layer's input rows `(tokens, in)` and upstream gradient
+    `(tokens, out)` (or, arguments swapped, of an `(out, in)` weight), as
+    a row-major matrix.
 
-    Large gradients go through oneDNN's backward-weights primitive, which
-    reduces over the tokens itself; it takes oneDNN's own tensors, so both
-    inputs are copied into them and the result back. On the Zen 5 host at
-    2,048 tokens: (768, 3072) 25.0 against 27.5 ms as an inner product of
-    transposed matrices (`_linear_pointwise`), (3072, 768) 22.3 against
-    27.7, (768, 2304) 16.7 against 18.6, but (768, 768) 8.2 against 6.8
-    (the copies weigh more there), and BERT-mini's shapes about even: below
-    `BACKWARD_WEIGHTS_MIN` elements the inner product stays. A BERT-base
-    training step: 2,735 against 2,897 ms, alternating in one process.
-    `torch.mm` (MKL's path, about 220 GFLOP/s) where oneDNN is not used."""
+    Through oneDNN's inner product of the transposed matrices, summed over
+    blocks of `TOKENS_PER_PRODUCT` tokens: a reduction over more tokens ran
+    slower per FLOP (on the Zen 5 host at 2,048 tokens, (768, 3072) 26.3 ms
+    in one product against 23.4 in two; (3072, 768) 26.1 against 23.7; at
+    4,096 tokens 56.6 and 74.7 against 47.3 and 49.4). oneDNN's own
+    backward-weights primitive was no faster than the blocks (22-36 ms at
+    2,048 tokens, varying from run to run, and 36.9 against 17.0 ms for the
+    masked-LM head's tied logits at 320 positions) and needs copies of both
+    inputs. `torch.mm` (MKL's path) where oneDNN is not used."""
     import torch
 
-    if callable(rows):
-        rows = _onednn_copy_if_taken(rows(), g)
-    if rows.is_mkldnn:
-        onednn_rows = rows
-    elif not _applies(rows, g):
+    if not _applies(rows, g):
         return torch.mm(rows.t(), g)
-    elif rows.shape[1] * g.shape[1] < BACKWARD_WEIGHTS_MIN:
-        return _linear_pointwise(rows.t(), g.t(), None)
-    else:
-        onednn_rows = rows.contiguous().to_mkldnn()
-    # (grad_output, input): the result is (grad_output's columns, input's)
-    out, _ = torch.ops.aten.mkldnn_linear_backward_weights(
-        onednn_rows, g.contiguous().to_mkldnn(), _float32_marker(), False)
-    return out.to_dense()
+    out = None
+    for start in range(0, rows.shape[0], TOKENS_PER_PRODUCT):
+        stop = start + TOKENS_PER_PRODUCT
+        part = _linear_pointwise(rows[start:stop].t(), g[start:stop].t(), None)
+        out = part if out is None else out.add_(part)
+    return out
 
 
-def _onednn_copy_if_taken(rows, g):
-    """`rows` as oneDNN's tensor where `kernel_gradient` takes the
-    backward-weights primitive for them (the dense one then goes when the
-    caller lets it), else `rows` themselves."""
-    if _applies(rows, g) and rows.shape[1] * g.shape[1] >= BACKWARD_WEIGHTS_MIN:
-        return rows.contiguous().to_mkldnn()
-    return rows
-
-
-# Gradients of at least this many elements use oneDNN's backward-weights
-# primitive (`kernel_gradient`): BERT-base's (768, 2304) and larger.
-BACKWARD_WEIGHTS_MIN = 1 << 20
-
-
-@functools.cache
-def _float32_marker():
-    """The weight argument of `mkldnn_linear_backward_weights`, read for its
-    dtype only."""
-    import torch
-
-    return torch.empty(0, dtype=torch.float32)
+# Tokens reduced over in one product of `kernel_gradient`.
+TOKENS_PER_PRODUCT = 1024
 
 
 def linear(rows, weight, bias, weight_is_kernel=True):

@@ -529,7 +529,7 @@ def _feed_forward_function():
             rows, up_kernel, z, down_kernel = ctx.saved_tensors
             g = g.reshape(-1, g.shape[-1])  # (tokens, hidden)
             mm, kernel_gradient = cpu_products.mm, cpu_products.kernel_gradient
-            g_down = kernel_gradient(lambda: functional.gelu(z), g)
+            g_down = kernel_gradient(functional.gelu(z), g)
             g_z = gelu_backward(mm(g, down_kernel.t()), z)
             g_up = kernel_gradient(rows, g_z)
             g_x = mm(g_z, up_kernel.t())
