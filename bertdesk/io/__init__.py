@@ -26,8 +26,9 @@ __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_ba
 
 
 def read_checkpoint(folder, format=None):
-    """Read a checkpoint folder, validated against its config (safetensors
-    files: their headers; each tensor is read when it is used).
+    """Read a checkpoint folder, validated against its config (safetensors,
+    PyTorch zip and Google TF files from what they say of their tensors:
+    each tensor is read when it is used, see `formats.LazyTensors`).
 
     Raises `CheckpointError` naming the file and tensor on any mismatch;
     nothing is assigned to any model here.

@@ -176,10 +176,10 @@ class LazyTensors(Mapping):
     data mapped but not read), and assigning a checkpoint to a model reads
     one tensor at a time and lets it go: loading BERT-base (0.44 GB of
     weights) into a freshly built model peaked at twice the weights when
-    every tensor was read first. Each lookup reads the file again (nothing
-    is cached, no file is held open); a file replaced or rewritten since
-    the checkpoint was read is refused rather than mixed with what was
-    checked.
+    every tensor was read first. Nothing is cached: each lookup opens the
+    file again (within `kept_open()`, once per 64 MB read), so no file is
+    held open between loads; a file replaced or rewritten since the
+    checkpoint was read is refused rather than mixed with what was checked.
 
     Args:
         files: the weight files, in order.
@@ -192,7 +192,6 @@ class LazyTensors(Mapping):
     """
 
     def __init__(self, files, names, read, opener=None, key=canonical_name):
-        canonical = key
         self._read, self._opener = read, opener
         self._handles = None  # {path: [read_one, bytes read]} within kept_open()
         self._where = {}  # canonical name -> (file, stored name, shape)
@@ -201,10 +200,11 @@ class LazyTensors(Mapping):
             path = Path(path)
             self._stamps[path] = _stamp(path)
             for name, shape in names(path).items():
-                key = canonical(name)
-                if key in self._where:
-                    raise CheckpointError(f"{path}: tensor {name!r} appears twice (as {key!r})")
-                self._where[key] = (path, name, shape)
+                canonical = key(name)
+                if canonical in self._where:
+                    raise CheckpointError(
+                        f"{path}: tensor {name!r} appears twice (as {canonical!r})")
+                self._where[canonical] = (path, name, shape)
 
     def __getitem__(self, key):
         path, name, _ = self._where[key]
