@@ -184,15 +184,17 @@ class LazyTensors(Mapping):
     Args:
         files: the weight files, in order.
         names: `names(path)` -> {stored name: shape} of one file.
-        read: `read(path, stored name)` -> that tensor, floats as float32.
+        read: `read(path, stored name)` -> that tensor, floats as float32;
+            None: `opener(path)(stored name)`.
         opener: for files whose opening costs more than their reading:
             `opener(path)` -> `read_one(stored name)`, reused within
             `kept_open()`.
         key: stored name -> canonical name.
     """
 
-    def __init__(self, files, names, read, opener=None, key=canonical_name):
-        self._read, self._opener = read, opener
+    def __init__(self, files, names, read=None, opener=None, key=canonical_name):
+        self._read = read or (lambda path, name: opener(path)(name))
+        self._opener = opener
         self._handles = None  # {path: [read_one, bytes read]} within kept_open()
         self._where = {}  # canonical name -> (file, stored name, shape)
         self._stamps = {}
@@ -293,10 +295,6 @@ def _torch_bin_names(path):
     return {name: tuple(value.shape) for name, value in _torch_bin_state(path, mmap=True).items()}
 
 
-def _read_torch_bin_tensor(path, name):
-    return _open_torch_bin(path)(name)
-
-
 def _open_torch_bin(path):
     """`read_one(stored name)` over one mapping of the file."""
     state = _torch_bin_state(path, mmap=True)
@@ -317,8 +315,7 @@ def torch_bin_tensors(path):
     format PyTorch has written since 1.6 (its storages can be mapped); an
     older file is read whole."""
     if zipfile.is_zipfile(path):
-        return LazyTensors([path], _torch_bin_names, _read_torch_bin_tensor,
-                           opener=_open_torch_bin)
+        return LazyTensors([path], _torch_bin_names, opener=_open_torch_bin)
     state = _torch_bin_state(path)
     return _canonical({k: v.float().numpy() if v.is_floating_point() else v.numpy()
                        for k, v in state.items()}, path)
@@ -394,7 +391,7 @@ def read_google(folder):
         indexes.sort(key=lambda p: int(m.group(1)) if (m := re.search(r"-(\d+)\.index$", p.name)) else -1)
     prefix = str(indexes[-1])[: -len(".index")]
     index = Path(prefix + ".index")
-    tensors = LazyTensors([index], _google_names, _read_google_tensor, opener=_open_google,
+    tensors = LazyTensors([index], _google_names, opener=_open_google,
                           key=lambda name: canonical_name(google_to_canonical(name)[0]))
     return Checkpoint("google", folder, config, tensors, index, vocab_file=_vocab_file(folder))
 
@@ -418,10 +415,6 @@ def _google_names(index):
         if mapped is not None:
             names[name] = tuple(shape[::-1] if mapped[1] else shape)
     return names
-
-
-def _read_google_tensor(index, name):
-    return _open_google(index)(name)
 
 
 def _open_google(index):
