@@ -121,6 +121,98 @@ def test_mask_is_dropped_only_when_it_keeps_every_key():
     assert np.abs(to_np(masked[1]) - to_np(unmasked[1])).max() > 1e-3  # padding mattered
 
 
+def _attention_reference(q, k, v, mask, scale):
+    """softmax(q k^T scale, masked) v in float64 numpy, `(batch, q_len,
+    heads, head_dim)` inputs."""
+    q, k, v = (to_np(t).astype("float64") for t in (q, k, v))
+    scores = np.einsum("bqnd,bknd->bnqk", q, k) * scale
+    if mask is not None:
+        scores = np.where(to_np(mask), scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return np.einsum("bnqk,bknd->bqnd", probs, v)
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
+@pytest.mark.parametrize("group_bytes", [1, 2 * 3 * 4 * 6 * 2, 1 << 20])  # 1, 2, all sequences
+@pytest.mark.parametrize("q_len", [4, 1])
+@pytest.mark.parametrize("masking", ["none", "every key", "padding"])
+def test_bf16_attention_on_the_cpu_is_the_formula(monkeypatch, group_bytes, q_len, masking):
+    """bfloat16 on the CPU: batched products a few sequences at a time (groups
+    of 1, of 2 with a shorter last one, and all 5), each sequence with its
+    own padding; within bfloat16's rounding of the fused kernel's result."""
+    import torch
+
+    monkeypatch.setattr(fused_kernels, "SCORES_PER_GROUP", group_bytes)
+    gen = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(5, 6, 3, 4, generator=gen).bfloat16() for _ in range(2))
+    q = (2 * torch.randn(5, q_len, 3, 4, generator=gen)).bfloat16()
+    v[1, 4:] = 1e3  # padded keys' values: any weight on them would show
+    mask = None if masking == "none" else torch.ones(5, 1, 1, 6, dtype=torch.bool)
+    if masking == "padding":
+        mask[1, ..., 4:] = False
+        mask[4, ..., 2:] = False
+    out = fused_kernels.attention(q, k, v, mask, 0.5)
+    assert out.dtype == torch.bfloat16 and tuple(out.shape) == (5, q_len, 3, 4)
+    assert out.is_contiguous()
+    expected = _attention_reference(q, k, v, mask, 0.5)
+    if masking == "padding":
+        assert np.abs(expected[1]).max() < 50  # the reference keeps padding out too
+    np.testing.assert_allclose(to_np(out.float()), expected, rtol=3e-2, atol=3e-2)
+    fused = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        scale=0.5).transpose(1, 2)
+    np.testing.assert_allclose(to_np(out.float()), to_np(fused.float()), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
+def test_only_bf16_on_the_cpu_leaves_the_fused_kernel(monkeypatch):
+    import torch
+
+    calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        calls.append(q.dtype)
+        return fused(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    q = torch.randn(2, 5, 3, 4)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        fused_kernels.attention(*(q.to(dtype) for _ in range(3)), None, 0.5)
+    assert calls == [torch.float32, torch.float16]
+    # with autograd recording (a gradient through attention without dropout)
+    leaf = q.bfloat16().requires_grad_()
+    fused_kernels.attention(leaf, leaf, leaf, None, 0.5).float().sum().backward()
+    assert calls[2:] == [torch.bfloat16] and leaf.grad is not None
+    with torch.no_grad():
+        fused_kernels.attention(leaf, leaf, leaf, None, 0.5)
+    assert len(calls) == 3
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="the bfloat16 attention path is PyTorch's")
+@pytest.mark.parametrize("model", [attention_model, encoder_model])
+def test_bf16_inference_matches_the_explicit_path(model, monkeypatch):
+    """The mixed-precision layer through `bf16_attention_on_cpu` against
+    the explicit attention path (einsums and Keras' softmax in bfloat16)."""
+    import torch
+
+    calls = []
+    grouped = fused_kernels.bf16_attention_on_cpu
+    monkeypatch.setattr(fused_kernels, "bf16_attention_on_cpu",
+                        lambda *args: calls.append(1) or grouped(*args))
+    x = hidden_inputs(seq=12)
+    fast = model(use_fused_attention=True, dtype="mixed_bfloat16")
+    explicit = model(use_fused_attention=False, dtype="mixed_bfloat16")
+    explicit.set_weights(fast.get_weights())
+    with torch.no_grad():  # as in predict
+        a, b = to_np(fast(x)).astype("float32"), to_np(explicit(x)).astype("float32")
+    assert calls == [1]
+    mask = x["padding_mask"].astype(bool)
+    np.testing.assert_allclose(a[mask], b[mask], rtol=5e-2, atol=5e-2)
+    assert np.abs(a[mask] - b[mask]).mean() < 1e-2
+
+
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
 def test_attention_with_dropout_drops_inside_the_fused_kernel():
     import torch
