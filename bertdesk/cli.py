@@ -296,10 +296,14 @@ def _load_data_for(model, args, require_labels):
 
 
 def _load_for_inference(args):
-    """The `--model` folder for evaluate and predict, with `--null-threshold`
-    and `--quantize` applied."""
+    """The `--model` folder for evaluate and predict, with `--null-threshold`,
+    `--quantize` and `--mixed-precision` applied."""
     from bertdesk.tasks.saving import load_model
+    from bertdesk.training.precision import set_precision
 
+    # before the model is built: its layers take the global dtype policy
+    set_precision(args.mixed_precision, lambda text: print(text, file=sys.stderr),
+                  job="prediction")
     model = load_model(args.model)
     _apply_null_threshold(model, args)
     if args.quantize == "int8":
@@ -309,11 +313,15 @@ def _load_for_inference(args):
     return model
 
 
-def _quantize_option(p):
+def _precision_options(p):
     p.add_argument("--quantize", choices=("int8",),
                    help="int8 weights, inputs quantized per token (bertdesk.quantize_int8): a "
                         "quarter of the weights' memory; faster on the PyTorch backend's CPU "
                         "(integer GEMMs), slower on JAX and TensorFlow")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="compute in bfloat16 (mixed_bfloat16; the weights stay float32): "
+                        "faster where the CPU has bfloat16 instructions (AVX512_BF16, AMX) or "
+                        "on a GPU, with a warning where it is slower")
 
 
 def _cmd_evaluate(args):
@@ -599,7 +607,7 @@ def build_parser():
     p.add_argument("--metrics-out", help="write metrics as JSON")
     p.add_argument("--format", choices=("conll", "bmes", "squad"), help="ner/qa data format")
     _null_threshold_option(p)
-    _quantize_option(p)
+    _precision_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict with a fine-tuned model")
@@ -611,7 +619,7 @@ def build_parser():
                         "(classification and NER)")
     _column_options(p, defaults=False)
     _null_threshold_option(p)
-    _quantize_option(p)
+    _precision_options(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("encode", help="sentence similarities with the bundled pretrained BERT")

@@ -35,13 +35,16 @@ def test_warning_only_when_bfloat16_is_slower(bf16, warns, monkeypatch):
         return
     assert f"{bf16:.1f} GFLOP/s against 100.0 for float32 ({bf16 / 100:.2f}x)" in warning
     assert keras.backend.backend() in warning and "without --mixed-precision" in warning
+    assert warning.startswith("mixed precision will slow training down here")
+    assert precision.slow_bfloat16_warning(job="prediction").startswith(
+        "mixed precision will slow prediction down here")
 
 
 @pytest.mark.parametrize("mixed", [True, False])
 def test_finetuning_passes_the_warning_on_before_reading_data(tmp_path, mixed, monkeypatch):
     calls = []
     monkeypatch.setattr(precision, "slow_bfloat16_warning",
-                        lambda: calls.append(1) or "bfloat16 is slow here")
+                        lambda job: calls.append(job) or "bfloat16 is slow here")
     events = []
     config = FinetuneConfig(train=str(tmp_path / "missing.csv"), output=str(tmp_path / "run"),
                             mixed_precision=mixed)
@@ -49,13 +52,16 @@ def test_finetuning_passes_the_warning_on_before_reading_data(tmp_path, mixed, m
         run_finetune(config, events.append)
     warnings = [e["text"] for e in events if e["event"] == "message" and "warning" in e["text"]]
     assert warnings == (["warning: bfloat16 is slow here"] if mixed else [])
-    assert len(calls) == int(mixed)  # float32 runs pay no probe
+    assert calls == (["training"] if mixed else [])  # float32 runs pay no probe
 
 
 @pytest.mark.parametrize("mixed,policy", [(True, "mixed_bfloat16"), (False, "float32")])
 def test_set_precision_sets_the_policy_and_reports_once(mixed, policy, monkeypatch):
-    monkeypatch.setattr(precision, "slow_bfloat16_warning", lambda: "bfloat16 is slow here")
+    monkeypatch.setattr(precision, "slow_bfloat16_warning",
+                        lambda job: f"bfloat16 is slow for {job}")
     reported = []
     precision.set_precision(mixed, reported.append)
     assert keras.config.dtype_policy().name == policy
-    assert reported == (["warning: bfloat16 is slow here"] if mixed else [])
+    assert reported == (["warning: bfloat16 is slow for training"] if mixed else [])
+    precision.set_precision(mixed, reported.append, job="prediction")
+    assert reported[1:] == (["warning: bfloat16 is slow for prediction"] if mixed else [])

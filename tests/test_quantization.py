@@ -308,3 +308,45 @@ def test_evaluate_and_predict_quantize_on_request(classifier_folder, tmp_path, c
                   "--quantize", "int4"])
     assert exit_.value.code == 2
     assert "--quantize" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_evaluate_and_predict_compute_in_bfloat16_on_request(classifier_folder, tmp_path,
+                                                             capsys, monkeypatch, mixed):
+    """`--mixed-precision` builds the model under `mixed_bfloat16` (its
+    predictions are those of a model loaded under that policy), and passes
+    the slow-bfloat16 warning on to stderr, worded for prediction."""
+    import bertdesk.tasks.saving
+    from bertdesk.training import precision
+
+    data = tmp_path / "data.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"]] + [[t, "pos"] for t in TEXTS])
+    float_answers = Predictor.load(classifier_folder).classify(TEXTS)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    bf16_answers = Predictor.load(classifier_folder).classify(TEXTS)
+    keras.config.set_dtype_policy("float32")
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(bf16_answers, float_answers)) > 1e-4
+
+    monkeypatch.setattr(precision, "slow_bfloat16_warning",
+                        lambda job: f"bfloat16 is slow for {job}")
+    policies = []
+    load = bertdesk.tasks.saving.load_model
+    monkeypatch.setattr(bertdesk.tasks.saving, "load_model",
+                        lambda folder: policies.append(keras.config.dtype_policy().name)
+                        or load(folder))
+    flag = ["--mixed-precision"] if mixed else []
+    capsys.readouterr()
+    predictions = tmp_path / "predictions.jsonl"
+    assert cli_main(["predict", "--model", str(classifier_folder), "--data", str(data),
+                     "--output", str(predictions)] + flag) == 0
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    expected = bf16_answers if mixed else float_answers
+    np.testing.assert_allclose([r["confidence"] for r in rows],
+                               [a["score"] for a in expected], atol=1e-6)
+    assert cli_main(["evaluate", "--model", str(classifier_folder), "--data", str(data)]
+                    + flag) == 0
+    policy = "mixed_bfloat16" if mixed else "float32"
+    assert policies == [policy, policy]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == (["warning: bfloat16 is slow for prediction"] * 2 if mixed else [])

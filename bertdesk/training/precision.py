@@ -38,29 +38,30 @@ def matmul_gflops(dtype, size=_SIZE, repeats=3):
     return 2 * size ** 3 / best / 1e9
 
 
-def slow_bfloat16_warning(threshold=0.9):
+def slow_bfloat16_warning(threshold=0.9, job="training"):
     """A warning to show the user when bfloat16 products run below
     `threshold` times float32's speed here (mixed precision would slow
-    training down), else None."""
+    the `job` down), else None."""
     import keras
 
     fp32 = matmul_gflops("float32")
     bf16 = matmul_gflops("bfloat16")
     if bf16 >= threshold * fp32:
         return None
-    return (f"mixed precision will slow training down here: bfloat16 matrix products run at "
+    return (f"mixed precision will slow {job} down here: bfloat16 matrix products run at "
             f"{bf16:.1f} GFLOP/s against {fp32:.1f} for float32 ({bf16 / fp32:.2f}x) on the "
             f"{keras.backend.backend()} backend, as on CPUs without bfloat16 instructions "
-            f"(AVX512_BF16 or AMX); train in float32 (without --mixed-precision) instead")
+            f"(AVX512_BF16 or AMX); run in float32 (without --mixed-precision) instead")
 
 
-def set_precision(mixed, report):
-    """Keras' global dtype policy for a training run: `mixed_bfloat16` when
-    `mixed`, else `float32`. Under mixed precision, `report(text)` receives
-    the warning when bfloat16 is slower than float32 here."""
+def set_precision(mixed, report, job="training"):
+    """Keras' global dtype policy for a run (`job`: "training", "prediction"):
+    `mixed_bfloat16` when `mixed`, else `float32`. Under mixed precision,
+    `report(text)` receives the warning when bfloat16 is slower than float32
+    here."""
     import keras
 
     keras.config.set_dtype_policy("mixed_bfloat16" if mixed else "float32")
-    warning = slow_bfloat16_warning() if mixed else None
+    warning = slow_bfloat16_warning(job=job) if mixed else None
     if warning:
         report(f"warning: {warning}")
