@@ -166,6 +166,17 @@ def test_bf16_attention_on_the_cpu_is_the_formula(monkeypatch, group_bytes, q_le
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
+@pytest.mark.parametrize("batch,q_len", [(0, 4), (2, 0)])
+def test_bf16_attention_on_the_cpu_takes_empty_inputs(batch, q_len):
+    import torch
+
+    q = torch.randn(batch, q_len, 3, 4).bfloat16()
+    k = torch.randn(batch, 6, 3, 4).bfloat16()
+    out = fused_kernels.bf16_attention_on_cpu(q, k, k, torch.ones(batch, 1, 1, 6).bool(), 0.5)
+    assert tuple(out.shape) == (batch, q_len, 3, 4) and out.dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
 def test_only_bf16_on_the_cpu_leaves_the_fused_kernel(monkeypatch):
     import torch
 

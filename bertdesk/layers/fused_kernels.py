@@ -163,7 +163,7 @@ def bf16_attention_on_cpu(q, k, v, mask, scale):
         mask = None
     elif mask is not None:
         mask = mask.bool()
-    per_sequence = heads * q_len * seq * q.element_size()
+    per_sequence = max(1, heads * q_len * seq * q.element_size())  # (0 for an empty query)
     group = max(1, min(batch, SCORES_PER_GROUP // per_sequence))
     out = q.new_empty((batch, q_len, heads, head_dim))
     for start in range(0, batch, group):
