@@ -136,7 +136,7 @@ def _attention_reference(q, k, v, mask, scale):
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
 @pytest.mark.parametrize("group_bytes", [1, 2 * 3 * 4 * 6 * 2, 1 << 20])  # 1, 2, all sequences
 @pytest.mark.parametrize("q_len", [4, 1])
-@pytest.mark.parametrize("masking", ["none", "every key", "padding"])
+@pytest.mark.parametrize("masking", ["none", "every key", "padding", "shared"])
 def test_bf16_attention_on_the_cpu_is_the_formula(monkeypatch, group_bytes, q_len, masking):
     """bfloat16 on the CPU: batched products a few sequences at a time (groups
     of 1, of 2 with a shorter last one, and all 5), each sequence with its
@@ -152,6 +152,9 @@ def test_bf16_attention_on_the_cpu_is_the_formula(monkeypatch, group_bytes, q_le
     if masking == "padding":
         mask[1, ..., 4:] = False
         mask[4, ..., 2:] = False
+    elif masking == "shared":  # one (1, 1, 1, seq) mask for every sequence
+        mask = mask[:1].clone()
+        mask[..., 5:] = False
     out = fused_kernels.attention(q, k, v, mask, 0.5)
     assert out.dtype == torch.bfloat16 and tuple(out.shape) == (5, q_len, 3, 4)
     assert out.is_contiguous()

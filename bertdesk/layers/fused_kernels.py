@@ -150,9 +150,9 @@ def bf16_attention_on_cpu(q, k, v, mask, scale):
     shape (16 x 128, 12 heads of 64) 3.9-4.1 ms against 7.8, at mini's (4
     heads) 1.3-1.4 against 2.6, at 4 x 512 with 12 heads 11.2 against 21.0
     (2 Zen 5 cores). Larger groups than 8 MB of scores lost at 512 tokens
-    (23.7 ms with 32 MB). The scores are rounded to bfloat16, as in the
-    training path (`dropout_attention`) and in keras-hub's; the fused kernel
-    keeps them in float32. In float32 this path gained nothing (PyTorch's
+    (23.7 ms with 32 MB). The scores are rounded to bfloat16, as in
+    bertdesk's training path (`dropout_attention`) and its explicit einsum
+    path; the fused kernel keeps them in float32. In float32 this path gained nothing (PyTorch's
     float32 batched product is MKL's, at about half oneDNN's rate on AMD
     CPUs), so float32 stays with the fused kernel."""
     import torch
@@ -172,8 +172,9 @@ def bf16_attention_on_cpu(q, k, v, mask, scale):
         q_heads = torch.mul(q[start:stop].transpose(1, 2), scale,
                             out=q.new_empty((stop - start, heads, q_len, head_dim)))
         scores = torch.matmul(q_heads, k[start:stop].permute(0, 2, 3, 1))  # (group, heads, q_len, seq)
-        if mask is not None:  # (batch, 1, 1, seq) or (batch, 1, q_len, seq)
-            scores.masked_fill_(~mask[start:stop], torch.finfo(scores.dtype).min)
+        if mask is not None:  # (batch or 1, 1, 1 or q_len, seq)
+            group_mask = mask if mask.shape[0] == 1 else mask[start:stop]
+            scores.masked_fill_(~group_mask, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, -1)  # accumulated in float32 by ATen, rounded on output
         out[start:stop] = torch.matmul(probs, v[start:stop].transpose(1, 2)).transpose(1, 2)
     return out
