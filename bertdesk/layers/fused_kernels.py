@@ -159,10 +159,7 @@ def bf16_attention_on_cpu(q, k, v, mask, scale):
 
     batch, q_len, heads, head_dim = q.shape
     seq = k.shape[1]
-    if mask is not None and keeps_every_key(mask):
-        mask = None
-    elif mask is not None:
-        mask = mask.bool()
+    mask = None if keeps_every_key(mask) else mask.bool()
     per_sequence = max(1, heads * q_len * seq * q.element_size())  # (0 for an empty query)
     group = max(1, min(batch, SCORES_PER_GROUP // per_sequence))
     out = q.new_empty((batch, q_len, heads, head_dim))
