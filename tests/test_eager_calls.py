@@ -180,28 +180,73 @@ def test_bf16_attention_on_the_cpu_takes_empty_inputs(batch, q_len):
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
-def test_only_bf16_on_the_cpu_leaves_the_fused_kernel(monkeypatch):
+def test_on_the_cpu_bf16_leaves_the_fused_kernel(monkeypatch):
+    """PyTorch's fused kernel for float32 and float16, with autograd or
+    without; bfloat16 inference through `bf16_attention_on_cpu`, and with
+    autograd recording through `dropout_attention` without a mask."""
     import torch
 
     calls = []
     fused = torch.nn.functional.scaled_dot_product_attention
+    hand_written = fused_kernels.dropout_attention
 
     def spy(q, *args, **kwargs):
-        calls.append(q.dtype)
+        calls.append(("fused", q.dtype))
         return fused(q, *args, **kwargs)
 
+    def spy_hand_written(q, k, v, keep, *args):
+        calls.append(("hand-written", q.dtype, keep))
+        return hand_written(q, k, v, keep, *args)
+
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(fused_kernels, "dropout_attention", spy_hand_written)
     q = torch.randn(2, 5, 3, 4)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         fused_kernels.attention(*(q.to(dtype) for _ in range(3)), None, 0.5)
-    assert calls == [torch.float32, torch.float16]
-    # with autograd recording (a gradient through attention without dropout)
-    leaf = q.bfloat16().requires_grad_()
-    fused_kernels.attention(leaf, leaf, leaf, None, 0.5).float().sum().backward()
-    assert calls[2:] == [torch.bfloat16] and leaf.grad is not None
-    with torch.no_grad():
-        fused_kernels.attention(leaf, leaf, leaf, None, 0.5)
-    assert len(calls) == 3
+    assert calls == [("fused", torch.float32), ("fused", torch.float16)]
+    for dtype in (torch.float32, torch.bfloat16):
+        leaf = q.to(dtype).detach().clone().requires_grad_()
+        fused_kernels.attention(leaf, leaf, leaf, None, 0.5).float().sum().backward()
+        assert leaf.grad is not None
+        with torch.no_grad():
+            fused_kernels.attention(leaf, leaf, leaf, None, 0.5)
+    assert calls[2:] == [("fused", torch.float32), ("fused", torch.float32),
+                         ("hand-written", torch.bfloat16, None)]
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
+@pytest.mark.parametrize("q_len", [6, 2])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("path", ["attention", "dropout_attention without a mask"])
+def test_attention_with_gradients_on_the_cpu_is_the_formula(q_len, dtype, path):
+    """With autograd recording: the fused kernel (float32) and the
+    hand-written forward and backward passes without dropout (bfloat16) give
+    the formula's values and gradients (float64 autograd), padding included."""
+    import torch
+
+    gen = torch.Generator().manual_seed(3)
+    q64 = torch.randn(2, q_len, 3, 4, generator=gen, dtype=torch.float64)
+    k64, v64 = (torch.randn(2, 6, 3, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    upstream = torch.randn(2, q_len, 3, 4, generator=gen, dtype=torch.float64)
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    ours = [t.to(getattr(torch, dtype)).requires_grad_() for t in (q64, k64, v64)]
+    if path == "attention":
+        out = fused_kernels.attention(*ours, mask, 0.5)
+    else:
+        out = fused_kernels.dropout_attention(*ours, None, mask, 0.5, 1.0)
+    (out.double() * upstream).sum().backward()
+    ref = [t.clone().requires_grad_() for t in (q64, k64, v64)]
+    scores = torch.einsum("bqnd,bknd->bnqk", ref[0], ref[1]) * 0.5
+    probs = torch.softmax(scores.masked_fill(~mask, -torch.inf), -1)
+    expected = torch.einsum("bnqk,bknd->bqnd", probs, ref[2])
+    (expected * upstream).sum().backward()
+    tol = 1e-5 if dtype == "float32" else 5e-2
+    np.testing.assert_allclose(to_np(out.double().detach()), to_np(expected.detach()),
+                               rtol=tol, atol=tol)
+    for got, want in zip(ours, ref):
+        np.testing.assert_allclose(to_np(got.grad.double()), to_np(want.grad), rtol=tol, atol=tol)
+    assert to_np(ours[1].grad)[1, 4:].max() == 0  # padded keys get no gradient
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="the bfloat16 attention path is PyTorch's")
