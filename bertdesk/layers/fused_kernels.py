@@ -11,6 +11,8 @@ kernel, the one autograd itself uses for `gelu`; likewise the softmax's
 gradient (four ops as a formula). Each function here gives
 the same numbers as the formula it replaces (tests/test_lean_backward.py).
 Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch;
+`attention`, PyTorch's fused attention kernel without Keras' copies, and
+`bf16_attention_on_cpu`, bfloat16 attention on the CPU without it;
 `dropout_attention` and `feed_forward`, `lean_backward`'s functions of
 those names as ATen calls; `attention_with_dropout`, the probabilities'
 dropout inside PyTorch's fused attention kernel on a GPU; `dropout_add`,
@@ -159,9 +161,9 @@ def bf16_attention_on_cpu(q, k, v, mask, scale):
     (2 Zen 5 cores). Larger groups than 8 MB of scores lost at 512 tokens
     (23.7 ms with 32 MB). The scores are rounded to bfloat16, as in
     bertdesk's training path (`dropout_attention`) and its explicit einsum
-    path; the fused kernel keeps them in float32. In float32 this path gained nothing (PyTorch's
-    float32 batched product is MKL's, at about half oneDNN's rate on AMD
-    CPUs), so float32 stays with the fused kernel."""
+    path; the fused kernel keeps them in float32. In float32 this path
+    gained nothing (PyTorch's float32 batched product is MKL's, at about
+    half oneDNN's rate on AMD CPUs)."""
     import torch
 
     batch, q_len, heads, head_dim = q.shape
