@@ -201,6 +201,108 @@ def test_training_step_matches_aten(monkeypatch, head):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+# === Inference projections with the bias and the GELU in oneDNN's epilogue ===
+
+needs_bf16_onednn = pytest.mark.skipif(
+    not (IS_TORCH and cpu_products._has_bf16_kernels()), reason="no oneDNN bf16 kernels here")
+
+
+def _projection_case(layout, dtype):
+    """(rows, kernel, bias) in `dtype` for a layout the model hands over."""
+    rows = _tensor((4, 9, 40), 0)[:, 2:, :].reshape(-1, 40)  # 28 rows
+    kernel, bias = _tensor((40, 60), 1) / 6, _tensor((60,), 2)
+    if layout == "strided rows":
+        rows = _tensor((28, 80), 0)[:, ::2]
+    elif layout == "kernel slice":
+        kernel = _tensor((40, 96), 1)[:, 10:70] / 6
+    elif layout == "no bias":
+        bias = None
+    return [t if t is None else t.to(dtype) for t in (rows, kernel, bias)]
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "strided rows", "kernel slice", "no bias"])
+def test_inference_linear_matches_the_formula(monkeypatch, dtype, gelu, layout):
+    """The product, bias and GELU in one oneDNN call against float64 from the
+    same (rounded) inputs: within one rounding of the output's dtype (bf16:
+    the result is rounded once, where ATen's addmm and gelu_ round twice)."""
+    import torch
+    from torch.nn import functional
+
+    if dtype == "bfloat16" and not cpu_products._has_bf16_kernels():
+        pytest.skip("no oneDNN bf16 kernels here")
+    _use(monkeypatch, True)
+    rows, kernel, bias = _projection_case(layout, getattr(torch, dtype))
+    with torch.no_grad():
+        out = cpu_products.inference_linear(rows, kernel, bias, gelu=gelu)
+    assert out is not None and out.dtype == rows.dtype and out.shape == (28, 60)
+    expected = rows.double() @ kernel.double() + (0 if bias is None else bias.double())
+    if gelu:
+        expected = functional.gelu(expected)
+        assert float((expected < 0).double().mean()) > 0.2  # the GELU's negative side is hit
+    step = 2.0 ** -8 if dtype == "bfloat16" else 1e-6
+    np.testing.assert_allclose(out.double(), expected, rtol=step, atol=step * 4)
+    # and what the model computed before, within its own second rounding
+    with torch.no_grad():
+        aten = functional.linear(rows, kernel.t(), bias)
+        aten = functional.gelu(aten) if gelu else aten
+    np.testing.assert_allclose(out.double(), aten.double(), rtol=3 * step, atol=step * 8)
+
+
+@needs_bf16_onednn
+def test_inference_linear_leaves_autograd_and_other_cases_to_the_caller(monkeypatch):
+    import torch
+
+    _use(monkeypatch, True)
+    rows, kernel, bias = _projection_case("contiguous", torch.bfloat16)
+    assert cpu_products.inference_linear(rows, kernel, bias) is not None  # nothing needs grads
+    kernel.requires_grad_(True)
+    assert cpu_products.inference_linear(rows, kernel, bias) is None  # training: recorded
+    with torch.no_grad():
+        assert cpu_products.inference_linear(rows, kernel, bias) is not None
+    kernel.requires_grad_(False)
+    assert cpu_products.inference_linear(rows.half(), kernel.half(), bias.half()) is None
+    assert cpu_products.inference_linear(rows, kernel.float(), bias) is None  # mixed dtypes
+    assert cpu_products.inference_linear(rows[:0], kernel, bias) is None  # empty
+    monkeypatch.setattr(cpu_products, "_has_bf16_kernels", lambda: False)
+    assert cpu_products.inference_linear(rows, kernel, bias) is None  # CPU without bf16
+    float_case = _projection_case("contiguous", torch.float32)
+    assert cpu_products.inference_linear(*float_case) is not None
+    _use(monkeypatch, False)  # float32 products left to ATen (MKL) on this CPU
+    assert cpu_products.inference_linear(*float_case) is None
+
+
+@needs_bf16_onednn
+@pytest.mark.parametrize("gelu", [False, True])
+def test_the_layers_projection_takes_the_fused_call_only_outside_autograd(monkeypatch, gelu):
+    """`fused_kernels.linear` (every Dense of the backbone on PyTorch) goes
+    through `inference_linear` where nothing is recorded, and gives the
+    numbers of its own ATen path within bf16's rounding; with a gradient
+    recorded it keeps ATen's product and autograd."""
+    import torch
+
+    calls = []
+    original = cpu_products.inference_linear
+    monkeypatch.setattr(cpu_products, "inference_linear",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = _tensor((2, 14, 40), 0).bfloat16()
+    kernel, bias = (_tensor((40, 60), 1) / 6).bfloat16(), _tensor((60,), 2).bfloat16()
+    with torch.no_grad():
+        fast = fused_kernels.linear(x, kernel, bias, gelu=gelu)
+        monkeypatch.setattr(cpu_products, "_has_bf16_kernels", lambda: False)
+        plain = fused_kernels.linear(x, kernel, bias, gelu=gelu)
+    assert fast.shape == plain.shape == (2, 14, 60) and len(calls) == 2
+    np.testing.assert_allclose(fast.double(), plain.double(), rtol=2 ** -6, atol=2 ** -6)
+    assert float((fast.double() - plain.double()).abs().max()) < 0.1
+    monkeypatch.undo()
+    leaf = kernel.clone().requires_grad_(True)
+    out = fused_kernels.linear(x, leaf, bias, gelu=gelu)
+    out.float().sum().backward()
+    assert out.requires_grad and leaf.grad is not None and float(leaf.grad.abs().max()) > 0.1
+
+
 # === The choice ===
 
 @pytest.fixture

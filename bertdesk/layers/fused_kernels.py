@@ -434,14 +434,19 @@ def linear(x, kernel, bias, gelu=False):
     """`x @ kernel + bias` over the last axis as one product with the bias
     in the GEMM (`addmm`, or oneDNN's where `cpu_products` takes float32
     products there), then the exact GELU if asked: in place (`gelu_`, no
-    second output buffer) where autograd does not record the result."""
+    second output buffer) where autograd does not record the result. Where
+    autograd records nothing and oneDNN takes the product (bf16, and
+    float32 where `cpu_products` chose it), the bias and the GELU are in
+    its epilogue (`cpu_products.inference_linear`)."""
     import torch
     from torch.nn import functional
 
     rows = x.reshape(-1, x.shape[-1])  # (tokens, in)
-    out = cpu_products.linear(rows, kernel, bias)  # (tokens, out)
-    if gelu:
-        out = functional.gelu(out) if out.requires_grad else torch.ops.aten.gelu_(out)
+    out = cpu_products.inference_linear(rows, kernel, bias, gelu=gelu)
+    if out is None:
+        out = cpu_products.linear(rows, kernel, bias)  # (tokens, out)
+        if gelu:
+            out = functional.gelu(out) if out.requires_grad else torch.ops.aten.gelu_(out)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
