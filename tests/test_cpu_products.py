@@ -303,6 +303,62 @@ def test_the_layers_projection_takes_the_fused_call_only_outside_autograd(monkey
     assert out.requires_grad and leaf.grad is not None and float(leaf.grad.abs().max()) > 0.1
 
 
+@needs_bf16_onednn
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_a_packed_kernel_gives_the_plain_kernels_numbers(monkeypatch, dtype, gelu):
+    """`pack` only changes the layout oneDNN reads: bit for bit the plain
+    kernel's outputs, for any number of rows (the pack is made without
+    knowing them), strided rows, and none."""
+    import torch
+
+    _use(monkeypatch, True)
+    rows, kernel, bias = _projection_case("contiguous", getattr(torch, dtype))
+    packed = cpu_products.pack(kernel)
+    assert packed.is_mkldnn and tuple(packed.shape) == (60, 40)
+    with torch.no_grad():
+        for x in (rows, rows[:1], rows[:5], torch.cat([rows] * 9), _tensor((28, 80), 3)[:, ::2]):
+            x = x.to(rows.dtype)
+            plain = cpu_products.inference_linear(x, kernel, bias, gelu=gelu)
+            ours = cpu_products.inference_linear(x, packed, bias, gelu=gelu)
+            assert ours.dtype == plain.dtype and ours.shape == plain.shape
+            assert torch.equal(ours, plain)
+        empty = cpu_products.inference_linear(rows[:0], packed, bias, gelu=gelu)
+    assert empty.shape == (0, 60) and empty.dtype == rows.dtype
+
+
+@needs_bf16_onednn
+def test_kernels_are_packed_for_bf16_inference_only(monkeypatch):
+    """bf16 kernels are kept packed where nothing is recorded, in place of
+    the kept cast (one copy per kernel); float32 and float16 are not packed,
+    nor any kernel while autograd records (frozen weights too: an
+    attribution's gradient flows through the product)."""
+    import torch
+
+    layer = keras.layers.Dense(6, dtype="mixed_bfloat16")
+    layer.build((None, 4))
+    stored = layer.kernel.value
+    assert cpu_products.packs(stored, torch.bfloat16)
+    assert not cpu_products.packs(stored, torch.float32)
+    assert not cpu_products.packs(stored, torch.float16)
+    with torch.no_grad():
+        plain = fused_kernels.weight(layer.kernel, "bfloat16")
+        packed = fused_kernels.product_kernel(layer.kernel, "bfloat16")
+        assert not plain.is_mkldnn and packed.is_mkldnn
+        assert packed is fused_kernels.product_kernel(layer.kernel, "bfloat16")
+        assert list(fused_kernels._CASTS._kept[stored]) == [(torch.bfloat16, True)]
+        assert not fused_kernels.product_kernel(layer.kernel, "float32").is_mkldnn
+    layer.trainable = False
+    assert not stored.requires_grad  # frozen, yet with autograd recording:
+    x = torch.ones(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    kernel = fused_kernels.product_kernel(layer.kernel, "bfloat16")
+    assert not kernel.is_mkldnn
+    fused_kernels.linear(x, kernel, fused_kernels.weight(layer.bias, "bfloat16")).sum().backward()
+    assert x.grad is not None
+    monkeypatch.setattr(cpu_products, "_has_bf16_kernels", lambda: False)
+    assert not cpu_products.packs(stored, torch.bfloat16)
+
+
 # === The choice ===
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from keras import ops
 from test_layers import attention_model, encoder_model, hidden_inputs
 from test_lean_backward import value_and_grads
 
-from bertdesk.layers import fused_kernels
+from bertdesk.layers import cpu_products, fused_kernels
 from bertdesk.layers.lean_backward import gelu
 from bertdesk.layers.eager_calls import dense, embed, layer_norm, project, weight
 
@@ -497,7 +497,11 @@ def test_weight_is_the_variable_cast():
 
 def _fresh_casts(monkeypatch):
     """Every kept cast made anew (what the model computed before the cache)."""
-    monkeypatch.setattr(fused_kernels._CASTS, "get", lambda tensor, target: tensor.to(target))
+    def fresh(tensor, target, packed=False):
+        cast = tensor.to(target)
+        return cpu_products.pack(cast) if packed else cast
+
+    monkeypatch.setattr(fused_kernels._CASTS, "get", fresh)
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's kept casts")
@@ -540,6 +544,9 @@ def test_kept_casts_follow_every_change_of_the_weights(monkeypatch):
     kernel = model.backbone.encoder_layers[0].intermediate.kernel
     with torch.no_grad():
         assert fused_kernels.weight(kernel, "bfloat16") is fused_kernels.weight(kernel, "bfloat16")
+        packed = fused_kernels.product_kernel(kernel, "bfloat16")
+        assert packed is fused_kernels.product_kernel(kernel, "bfloat16")
+        assert packed.is_mkldnn == cpu_products.packs(kernel.value, torch.bfloat16)
     kernel.assign(to_np(kernel) * 2.0)
     table = model.backbone.token_embedding.embeddings
     table.assign(to_np(table) + 1.0)

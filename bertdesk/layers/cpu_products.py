@@ -195,17 +195,23 @@ def inference_linear(rows, kernel, bias, gelu=False):
     matrices): the caller runs its own product.
 
     bfloat16 is the case that gains: ATen's bf16 `addmm` also multiplies in
-    oneDNN, but first copies the bias into every row of the output (a pass
-    over fresh memory, 0.4 ms for BERT-mini's (2048, 1024) intermediate in
-    the model's forward pass), and the GELU is another pass. Alternating in
-    one process on 2 AMD Zen 5 cores, the bf16 forward pass at batch 16 x
-    128: BERT-mini 31.5 -> 29.6 and 28.6 -> 28.1 ms (medians of two runs),
-    BERT-base 517 -> 478 ms. In float32 the fused GELU gave the same
-    numbers in the same time (BERT-mini 39.8 against 39.5 ms). With autograd
-    recording the bf16 step lost 1-2% through oneDNN's products, so training
-    keeps ATen's there (`linear`)."""
+    oneDNN, but first copies the bias into every row of the output, and the
+    GELU is another pass. Alternating in one process on 2 AMD Zen 5 cores
+    with freed memory kept (`training.allocator`), the bf16 forward pass at
+    batch 16 x 128: BERT-mini 22.7 -> 22.2 ms, BERT-base 450 -> 437 ms
+    ((2048, 768) x (768, 3072) alone 10.5 -> 9.7 ms with the bias, 10.8 ->
+    10.0 with the GELU too); with glibc's defaults the page faults of fresh
+    output buffers vary more than that from run to run. In float32 the
+    fused GELU gave the same numbers in the same time (BERT-mini 39.8
+    against 39.5 ms). With autograd recording the bf16 step lost 1-2%
+    through oneDNN's products, so training keeps ATen's there (`linear`)."""
     import torch
 
+    if kernel.is_mkldnn:  # packed (`pack`): made only where this path applies
+        if not rows.numel():  # (oneDNN makes no primitive for an empty matrix)
+            return rows.new_zeros((rows.shape[0], kernel.shape[0]))
+        return torch.ops.mkldnn._linear_pointwise(
+            _plain(rows), kernel, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (rows, kernel, bias)):
         return None
@@ -217,6 +223,26 @@ def inference_linear(rows, kernel, bias, gelu=False):
     return torch.ops.mkldnn._linear_pointwise(
         _plain(rows), _plain(kernel.t()), bias,
         "gelu" if gelu else "none", [], "none" if gelu else "")
+
+
+def packs(kernel, dtype):
+    """Whether `kernel`'s inference products in `dtype` (a torch dtype) go
+    through `inference_linear` with the kernel kept packed (`pack`): bfloat16
+    on a CPU with oneDNN's bf16 kernels. Not float32, where the packed copy
+    would be a second copy of every kernel beside the variable (340 MB for
+    BERT-base), not a replacement for a kept cast."""
+    import torch
+
+    return kernel.device.type == "cpu" and dtype == torch.bfloat16 and _has_bf16_kernels()
+
+
+def pack(kernel):
+    """A kernel `(in, out)` reordered into the blocked layout oneDNN's inner
+    product takes (it reorders a plain weight so at every call), as an
+    opaque oneDNN tensor `(out, in)` that only `inference_linear` reads."""
+    import torch
+
+    return torch.ops.mkldnn._reorder_linear_weight(_plain(kernel.t()))
 
 
 def _bf16_applies(*tensors):

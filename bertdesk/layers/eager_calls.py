@@ -55,9 +55,9 @@ def dense(layer, x):
         out = int8_kernels.int8_dense(layer, x, gelu=activation is gelu)
         return out if activation in (None, gelu) else activation(out)
     dtype = layer.compute_dtype
-    as_dtype, weight = fused_kernels.as_dtype, fused_kernels.weight
-    return project(as_dtype(x, dtype), weight(layer.kernel, dtype),
-                   weight(layer.bias, dtype), activation=activation)
+    kernel = fused_kernels.product_kernel(layer.kernel, dtype)  # kept packed where it pays
+    return project(fused_kernels.as_dtype(x, dtype), kernel,
+                   fused_kernels.weight(layer.bias, dtype), activation=activation)
 
 
 def weight(variable, dtype):
