@@ -256,8 +256,11 @@ def _bf16_applies(*tensors):
 
 @functools.cache
 def _has_bf16_kernels():
-    """Whether oneDNN runs bf16 products natively on this CPU (AVX-512 with
-    bf16, or AMX); elsewhere ATen keeps them (its own loops)."""
+    """Whether PyTorch sends bf16 products to oneDNN on this CPU itself
+    (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`: AVX-512 with BW, VL
+    and DQ, where oneDNN converts to and from float32 if the CPU has no
+    bf16 instructions; Arm with bf16); elsewhere ATen keeps them (its own
+    loops), and so does `inference_linear`."""
     import torch
 
     try:
