@@ -329,8 +329,9 @@ def test_a_packed_kernel_gives_the_plain_kernels_numbers(monkeypatch, dtype, gel
 
 @needs_bf16_onednn
 def test_kernels_are_packed_for_bf16_inference_only(monkeypatch):
-    """bf16 kernels are kept packed where nothing is recorded, in place of
-    the kept cast (one copy per kernel); float32 and float16 are not packed,
+    """Mixed precision's bf16 kernels are kept packed where nothing is
+    recorded, in place of the kept cast (one copy per kernel); float32,
+    float16 and a bfloat16 variable's own kernel are not packed,
     nor any kernel while autograd records (frozen weights too: an
     attribution's gradient flows through the product)."""
     import torch
@@ -341,6 +342,7 @@ def test_kernels_are_packed_for_bf16_inference_only(monkeypatch):
     assert cpu_products.packs(stored, torch.bfloat16)
     assert not cpu_products.packs(stored, torch.float32)
     assert not cpu_products.packs(stored, torch.float16)
+    assert not cpu_products.packs(stored.bfloat16(), torch.bfloat16)  # a bf16 model's own kernel
     with torch.no_grad():
         plain = fused_kernels.weight(layer.kernel, "bfloat16")
         packed = fused_kernels.product_kernel(layer.kernel, "bfloat16")

@@ -226,14 +226,18 @@ def inference_linear(rows, kernel, bias, gelu=False):
 
 
 def packs(kernel, dtype):
-    """Whether `kernel`'s inference products in `dtype` (a torch dtype) go
-    through `inference_linear` with the kernel kept packed (`pack`): bfloat16
-    on a CPU with oneDNN's bf16 kernels. Not float32, where the packed copy
-    would be a second copy of every kernel beside the variable (340 MB for
-    BERT-base), not a replacement for a kept cast."""
+    """Whether a stored `kernel`'s inference products in `dtype` (a torch
+    dtype) go through `inference_linear` with the kernel kept packed
+    (`pack`): a float32 kernel read in bfloat16 (mixed precision) on a CPU
+    with oneDNN's bf16 kernels, where the pack takes the place of the kept
+    bf16 cast. Not where the kernel is already in `dtype` (float32, or a
+    bfloat16 model): there the pack would be a second copy of every kernel
+    beside the variable (340 MB for BERT-base in float32)."""
     import torch
 
-    return kernel.device.type == "cpu" and dtype == torch.bfloat16 and _has_bf16_kernels()
+    if kernel.device.type != "cpu" or dtype != torch.bfloat16 or kernel.dtype == dtype:
+        return False
+    return _has_bf16_kernels()
 
 
 def pack(kernel):
