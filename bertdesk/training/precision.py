@@ -50,8 +50,9 @@ def slow_bfloat16_warning(threshold=0.9, job="training"):
         return None
     return (f"mixed precision will slow {job} down here: bfloat16 matrix products run at "
             f"{bf16:.1f} GFLOP/s against {fp32:.1f} for float32 ({bf16 / fp32:.2f}x) on the "
-            f"{keras.backend.backend()} backend, as on CPUs without bfloat16 instructions "
-            f"(AVX512_BF16 or AMX); run in float32 (without --mixed-precision) instead")
+            f"{keras.backend.backend()} backend (CPUs without bfloat16 instructions, AVX512_BF16 "
+            f"or AMX, and JAX's CPU kernels even with them); run in float32 (without "
+            f"--mixed-precision) instead")
 
 
 def set_precision(mixed, report, job="training"):
