@@ -3,7 +3,9 @@ the same numbers and gradients as ATen's `addmm`/`mm`/`linear`, for the
 layouts the model hands them (strided rows, kernel slices, broadcast
 gradients, empty batches), inside the feed-forward block and a whole
 training step; the choice between the two from `BERTDESK_TORCH_GEMM` or
-the measurement."""
+the measurement. Inference projections (`inference_linear`, bf16 and
+float32) with the bias and the GELU in oneDNN's epilogue against float64,
+and bf16 kernels kept packed against plain ones, and where each applies."""
 
 import keras
 import numpy as np
