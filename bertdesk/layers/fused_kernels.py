@@ -392,12 +392,13 @@ def product_kernel(value, dtype):
     and no more memory than the kept bf16 cast it replaces."""
     import torch
 
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return weight(value, dtype)
     tensor = _stored_tensor(value)
     target = getattr(torch, dtype)
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or not cpu_products.packs(tensor, target)):
-        return weight(value, dtype)
-    return _CASTS.get(tensor, target, packed=True)
+    if tensor.dtype == target:
+        return tensor
+    return _CASTS.get(tensor, target, packed=cpu_products.packs(tensor, target))
 
 
 class _KeptCasts:
