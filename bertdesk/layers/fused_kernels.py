@@ -379,10 +379,11 @@ def weight(value, dtype):
 def product_kernel(value, dtype):
     """`weight(value, dtype)` for a Dense kernel `(in, out)` that `linear`
     multiplies; where autograd records nothing at all (`torch.no_grad`,
-    prediction and evaluation) and `cpu_products.packs` says so (bfloat16
-    on a CPU with oneDNN's bf16 kernels), the kernel in `dtype` reordered
-    into oneDNN's blocked layout (`cpu_products.pack`), made once and kept
-    in place of the plain cast until the variable changes.
+    prediction and evaluation) and `cpu_products.packs` says so (a float32
+    kernel read in bfloat16 on a CPU with oneDNN's bf16 kernels), the
+    kernel in `dtype` reordered into oneDNN's blocked layout
+    (`cpu_products.pack`), made once and kept in place of the plain cast
+    until the variable changes.
 
     oneDNN's inner product reorders a plain weight into that layout at
     every call: a pass over the kernel each time. Kept packed, BERT-base's
