@@ -109,15 +109,18 @@ def _measure(rows=1024, width=768, repeats=5):
     return best[aten] / best[onednn]
 
 
-def _linear_pointwise(x, weight, bias):
-    """`x @ weight.T + bias` (`weight` `(out, in)`; `bias` or None) through
-    oneDNN's inner product. Both matrices row- or column-major: other
-    strides are copied first (oneDNN takes a reference loop for them, and a
-    broadcast gradient, stride 0, took 5.1 s for a (1024, 2048) x (2048,
-    256) product)."""
+def _linear_pointwise(x, weight, bias, gelu=False):
+    """`x @ weight.T + bias` (`weight` `(out, in)`, or packed by `pack`;
+    `bias` or None), then the exact GELU if `gelu`, through oneDNN's inner
+    product. Both matrices row- or column-major: other strides are copied
+    first (oneDNN takes a reference loop for them, and a broadcast
+    gradient, stride 0, took 5.1 s for a (1024, 2048) x (2048, 256)
+    product)."""
     import torch
 
-    return torch.ops.mkldnn._linear_pointwise(_plain(x), _plain(weight), bias, "none", [], "")
+    weight = weight if weight.is_mkldnn else _plain(weight)
+    return torch.ops.mkldnn._linear_pointwise(
+        _plain(x), weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
 
 
 def _plain(matrix):
@@ -126,15 +129,19 @@ def _plain(matrix):
     return matrix.contiguous()
 
 
-def _applies(*tensors):
+def _applies(*tensors, bf16=False):
+    """Whether oneDNN takes this product: float32 tensors where
+    `products_use_onednn()`, or (`bf16`) bfloat16 ones where
+    `_has_bf16_kernels()`; all on the CPU, none empty."""
     import torch
 
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.numel()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    if not all(t.dtype == dtype and t.device.type == "cpu" and t.numel()
                for t in tensors if t is not None):
         return False  # oneDNN makes no primitive for an empty matrix
     if torch.compiler.is_compiling():  # leave `torch.compile` its own lowering
         return False
-    return products_use_onednn()
+    return _has_bf16_kernels() if bf16 else products_use_onednn()
 
 
 def addmm(bias, a, b):
@@ -210,19 +217,13 @@ def inference_linear(rows, kernel, bias, gelu=False):
     if kernel.is_mkldnn:  # packed (`pack`): made only where this path applies
         if not rows.numel():  # (oneDNN makes no primitive for an empty matrix)
             return rows.new_zeros((rows.shape[0], kernel.shape[0]))
-        return torch.ops.mkldnn._linear_pointwise(
-            _plain(rows), kernel, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        return _linear_pointwise(rows, kernel, bias, gelu)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (rows, kernel, bias)):
         return None
-    if rows.dtype == torch.bfloat16:
-        if not _bf16_applies(rows, kernel, bias):
-            return None
-    elif not _applies(rows, kernel, bias):
+    if not _applies(rows, kernel, bias, bf16=rows.dtype == torch.bfloat16):
         return None
-    return torch.ops.mkldnn._linear_pointwise(
-        _plain(rows), _plain(kernel.t()), bias,
-        "gelu" if gelu else "none", [], "none" if gelu else "")
+    return _linear_pointwise(rows, kernel.t(), bias, gelu)
 
 
 def packs(kernel, dtype):
@@ -247,15 +248,6 @@ def pack(kernel):
     import torch
 
     return torch.ops.mkldnn._reorder_linear_weight(_plain(kernel.t()))
-
-
-def _bf16_applies(*tensors):
-    import torch
-
-    if not all(t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.numel()
-               for t in tensors if t is not None):
-        return False
-    return not torch.compiler.is_compiling() and _has_bf16_kernels()
 
 
 @functools.cache

@@ -342,10 +342,11 @@ class _GradientStorage:
         return use_count(self.storage._cdata) == 1
 
 
-def weight(value, dtype):
+def weight(value, dtype, packable=False):
     """A Keras variable's value in `dtype` (a Keras dtype name) for a
     product; where autograd records nothing, the cast made once and kept
-    until the variable changes.
+    until the variable changes (packed for oneDNN where `packable`: see
+    `product_kernel`).
 
     Under mixed precision every product reads its float32 kernel cast to
     bf16, and Keras (like transformers under autocast) casts it again at
@@ -373,7 +374,8 @@ def weight(value, dtype):
     if torch.is_grad_enabled() and tensor.requires_grad:
         _CASTS.drop(tensor)
         return tensor.to(target)
-    return _CASTS.get(tensor, target)
+    packed = packable and not torch.is_grad_enabled() and cpu_products.packs(tensor, target)
+    return _CASTS.get(tensor, target, packed=packed)
 
 
 def product_kernel(value, dtype):
@@ -391,15 +393,7 @@ def product_kernel(value, dtype):
     Zen 5 cores, kept memory, alternating in one process; (2048, 768) x
     (768, 3072) alone 10.3 against 9.4 ms), the same numbers bit for bit,
     and no more memory than the kept bf16 cast it replaces."""
-    import torch
-
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return weight(value, dtype)
-    tensor = _stored_tensor(value)
-    target = getattr(torch, dtype)
-    if tensor.dtype == target:
-        return tensor
-    return _CASTS.get(tensor, target, packed=cpu_products.packs(tensor, target))
+    return weight(value, dtype, packable=True)
 
 
 class _KeptCasts:
