@@ -141,11 +141,10 @@ def test_multi_label_and_regression(tmp_path, tiny_model):
         for _ in range(80):
             chosen = [c for c in words if rng.random() < 0.5] or ["red"]
             w.writerow([" and ".join(chosen) + " things", ",".join(chosen), len(chosen) / 3])
-    ml = run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"),
-                             output=str(tmp_path / "ml"), problem_type="multi_label",
-                             class_weight={"blue": 2}))
-    assert set(ml["metrics"]) >= {"accuracy", "macro_f1", "micro_f1"}
-    assert load_model(Path(ml["model"])).labels == ["blue", "green", "red"]
+    ml_config = config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"), epochs=2,
+                       output=str(tmp_path / "ml"), problem_type="multi_label",
+                       class_weight={"blue": 2})
+    stop_in_epoch_2(ml_config)
     # a class weight on multi-label data weighs each label's positive examples
     head = json.loads((tmp_path / "ml" / "model" / "bertdesk.json").read_text())["head"]
     assert head["positive_weights"] == [2.0, 1.0, 1.0] and "class_weights" not in head
@@ -154,6 +153,10 @@ def test_multi_label_and_regression(tmp_path, tiny_model):
     loss = trained.loss["logits"] if isinstance(trained.loss, dict) else trained.loss
     assert type(loss).__name__ == "PositiveWeightedBinaryCrossentropy"
     assert loss.positive_weights == [2.0, 1.0, 1.0]
+    ml_config.resume = True  # the resumed run checks the checkpoint's weights against its own
+    ml = run_finetune(ml_config)
+    assert set(ml["metrics"]) >= {"accuracy", "macro_f1", "micro_f1"}
+    assert load_model(Path(ml["model"])).labels == ["blue", "green", "red"]
     with pytest.raises(DataError, match="--class-weight is for classification "
                                         r"\(single- or multi-label\); this run's problem "
                                         "type is regression"):
@@ -170,10 +173,9 @@ class Interrupt(Exception):
     pass
 
 
-def interrupted_in_epoch_2(tmp_path, model):
-    """A two-epoch run stopped at the first step of its second epoch; its config."""
-    cfg = config(tmp_path, model, epochs=2)
-
+def stop_in_epoch_2(cfg):
+    """Run `cfg` (two epochs or more) and stop it at the first step of its
+    second epoch, as a kill would; returns `cfg`."""
     def killer(event):
         if event["event"] == "step" and event["epoch"] == 2:
             raise Interrupt()
@@ -181,6 +183,11 @@ def interrupted_in_epoch_2(tmp_path, model):
     with pytest.raises(Interrupt):
         run_finetune(cfg, killer)
     return cfg
+
+
+def interrupted_in_epoch_2(tmp_path, model):
+    """A two-epoch run stopped at the first step of its second epoch; its config."""
+    return stop_in_epoch_2(config(tmp_path, model, epochs=2))
 
 
 def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
@@ -196,6 +203,58 @@ def test_resume_continues_after_an_interruption(tmp_path, tiny_model):
     assert steps[0] == steps[-1] // 2 + 1  # continues at the first step of epoch 2
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
     assert len(result["history"]) == 2
+
+
+def test_a_finished_run_keeps_no_checkpoint(tmp_path, tiny_model, monkeypatch):
+    """After its last epoch a run writes no checkpoint (nothing is left to
+    resume): `state.json` says it finished, the epochs before wrote theirs,
+    and `--resume` on it scores the best model again without training."""
+    saved = []
+    save = keras.Model.save
+    monkeypatch.setattr(keras.Model, "save", lambda self, path, *a, **k: saved.append(
+        Path(path).parent.name) or save(self, path, *a, **k))
+    cfg = config(tmp_path, tiny_model, epochs=2)
+    result = run_finetune(cfg)
+    assert saved == ["checkpoint"]  # epoch 1's; not epoch 2's
+    checkpoint = tmp_path / "run" / "checkpoint"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["state.json"]
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["finished"] is True and state["epochs_done"] == state["epochs"] == 2
+    assert state["history"] == result["history"] and state["best_epoch"] == result["best_epoch"]
+
+    events = []
+    cfg.resume = True
+    again = run_finetune(cfg, events.append)
+    assert not [e for e in events if e["event"] in ("step", "epoch")]
+    assert any("the run finished after epoch 2: nothing to resume" in e.get("text", "")
+               for e in events)
+    for key in ("accuracy", "macro_f1"):  # the saved model scored again
+        assert again["metrics"][key] == pytest.approx(result["metrics"][key])
+    assert again["best_epoch"] == result["best_epoch"] and again["history"] == result["history"]
+    cfg.epochs = 3
+    with pytest.raises(DataError, match=r"run finished \(2 of its 2 epochs\); --resume continues "
+                                        r"an interrupted run with the same --epochs \(got 3\)"):
+        run_finetune(cfg)
+
+
+def test_early_stopping_finishes_the_run(tmp_path, tiny_model, monkeypatch):
+    scores = iter([0.9, 0.8, 0.7, 0.6])  # worse every epoch: patience 1 stops after epoch 2
+    monkeypatch.setattr(TASKS["classify"], "metrics",
+                        lambda *a: {"accuracy": next(scores, 0.0)})
+    cfg = config(tmp_path, tiny_model, epochs=4, early_stopping_patience=1)
+    result = run_finetune(cfg)
+    assert len(result["history"]) == 2 and result["best_epoch"] == 1
+    checkpoint = tmp_path / "run" / "checkpoint"
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert (state["finished"], state["epochs_done"], state["epochs"]) == (True, 2, 4)
+    assert not (checkpoint / "last.keras").exists()
+    cfg.resume = True
+    events = []
+    run_finetune(cfg, events.append)  # the same --epochs: finished, nothing trains
+    assert not [e for e in events if e["event"] == "step"]
+    cfg.epochs = 5
+    with pytest.raises(DataError, match=r"\(2 of its 4 epochs, early stopping\)"):
+        run_finetune(cfg)
 
 
 @pytest.mark.parametrize("older_checkpoint", [False, True])
@@ -788,15 +847,18 @@ def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):
     assert rates == pytest.approx([1e-3] * 5 + [7.5e-4] * 2 + [5e-4] * 3)
     assert any("one update every 3 batches of 20 (60 examples; an epoch's last update "
                "takes the 2 left): 4 updates in all" in e.get("text", "") for e in events)
-    model = keras.saving.load_model(tmp_path / "run" / "checkpoint" / "last.keras",
+    # the checkpoint after epoch 1 (a finished run keeps none)
+    cfg.output = str(tmp_path / "stopped")
+    stop_in_epoch_2(cfg)
+    model = keras.saving.load_model(tmp_path / "stopped" / "checkpoint" / "last.keras",
                                     safe_mode=True)
     assert model.optimizer.gradient_accumulation_steps == 3
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
     accumulators = model.optimizer._accumulated_gradients
     assert not any(np.any(keras.ops.convert_to_numpy(a)) for a in accumulators)  # all applied
     assert model.optimizer._learning_rate.total_steps == 4
 
-    cfg.epochs, cfg.resume, cfg.gradient_accumulation = 3, True, 2
+    cfg.resume, cfg.gradient_accumulation = True, 2
     with pytest.raises(DataError, match=r"started with --gradient-accumulation 3; resume it "
                                         r"with the same \(got 2\)"):
         run_finetune(cfg)
@@ -906,15 +968,20 @@ def test_class_weights_shift_training_toward_the_weighted_label(tmp_path, tiny_m
         if weighting:
             assert head["class_weights"] == pytest.approx([96 / 160, 96 / 32])
             assert "class weights: negative 0.6, positive 3" in said
-            resumed = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+            # a run stopped in epoch 2 (a finished run keeps no checkpoint)
+            stopped = stop_in_epoch_2(config(
+                tmp_path, tiny_model, train=str(tmp_path / "imbalanced.csv"), epochs=2,
+                validation=str(tmp_path / "held.csv"), output=str(tmp_path / "stopped"),
+                class_weight=weighting))
+            resumed = keras.saving.load_model(tmp_path / "stopped" / "checkpoint" / "last.keras",
+                                              safe_mode=True)
             losses = resumed.loss if isinstance(resumed.loss, dict) else {"logits": resumed.loss}
             assert type(losses["logits"]).__name__ == "ClassWeightedCrossentropy"
             assert losses["logits"].class_weights == head["class_weights"]
+            stopped.class_weight, stopped.resume = None, True
             with pytest.raises(DataError, match=r"started with class weights \[0\.6, 3\.0\]; "
                                                 r"resume it with the same --class-weight"):
-                run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "imbalanced.csv"),
-                                    validation=str(tmp_path / "held.csv"), output=str(out),
-                                    epochs=4, resume=True))
+                run_finetune(stopped)
         else:
             assert "class_weights" not in head and "class weights" not in said
     assert positive_rate["balanced"] > positive_rate[None] + 0.05, positive_rate
@@ -968,15 +1035,14 @@ def test_a_class_weighted_run_resumes_in_a_new_process(tmp_path, tiny_model, pro
     weights = {"negative": 1, "positive": 2}
     if problem_type == "multi_label":
         weights = {"positive": 2}
-    cfg = config(tmp_path, tiny_model, epochs=1, problem_type=problem_type,
-                 class_weight=weights)
-    run_finetune(cfg)
+    cfg = stop_in_epoch_2(config(tmp_path, tiny_model, epochs=2, problem_type=problem_type,
+                                 class_weight=weights))
     script = (
         "import json, sys\n"
         "from bertdesk.training.finetune import FinetuneConfig, run_finetune\n"
         "cfg = FinetuneConfig.from_dict(json.loads(sys.argv[1]))\n"
         "print(json.dumps({'epochs': len(run_finetune(cfg)['history'])}))\n")
-    resumed = {**asdict(cfg), "epochs": 2, "resume": True}
+    resumed = {**asdict(cfg), "resume": True}
     done = subprocess.run([sys.executable, "-c", script, json.dumps(resumed)],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ASSETS.parent)})

@@ -354,6 +354,22 @@ def run_finetune(config, sink=None):
     state = {}
     if resuming:
         state = json.loads((out / "checkpoint" / "state.json").read_text())
+    finished = bool(state.get("finished"))
+    if finished:
+        # No checkpoint is kept after the last epoch: nothing to resume; the
+        # best model is scored again below. More epochs would be a new run
+        # (the learning rate schedule has ended).
+        done, planned = int(state["epochs_done"]), int(state.get("epochs", state["epochs_done"]))
+        if config.epochs != planned:
+            raise DataError(f"{out}: the run finished ({done} of its {planned} epochs"
+                            f"{', early stopping' if done < planned else ''}); --resume "
+                            f"continues an interrupted run with the same --epochs (got "
+                            f"{config.epochs}). To train further, fine-tune its model "
+                            f"(--model {out / 'model'}) into a new --output")
+        model, initial_epoch = None, done
+        sink({"event": "message", "text": f"the run finished after epoch {done}: nothing to "
+                                          "resume; scoring its best model"})
+    elif resuming:
         model = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
         started = model.optimizer.gradient_accumulation_steps or 1
         if started != accumulation:
@@ -420,7 +436,7 @@ def run_finetune(config, sink=None):
         callbacks.insert(4, keras.callbacks.EarlyStopping(
             monitor=f"val_{monitor}", mode="max", patience=config.early_stopping_patience))
     start = time.perf_counter()
-    if initial_epoch < config.epochs:
+    if not finished and initial_epoch < config.epochs:
         model.fit(fit_input(train_ds), epochs=config.epochs, initial_epoch=initial_epoch,
                   callbacks=callbacks, shuffle=False, verbose=0)  # batches shuffle themselves
     train_seconds = time.perf_counter() - start
