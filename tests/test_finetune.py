@@ -257,6 +257,36 @@ def test_early_stopping_finishes_the_run(tmp_path, tiny_model, monkeypatch):
         run_finetune(cfg)
 
 
+@pytest.mark.parametrize("improved,best,copied", [
+    ((True, True, False), 2, [1, 2]),  # the best weights put back at the end
+    ((True, False, True), 3, [1]),  # the last epoch is the best: no copy of it
+])
+def test_best_model_keeper(improved, best, copied):
+    from bertdesk.training.callbacks import BestModelKeeper
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(8, 2)).astype("float32")
+    flags, weights, copies, saved = iter(improved), [], [], []
+    get_weights = model.get_weights
+
+    def copy():
+        copies.append(len(weights))
+        return get_weights()
+
+    model.get_weights = copy
+    marker = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (
+        logs.update(_improved=next(flags)), weights.append(get_weights())))
+    keeper = BestModelKeeper(saved.append)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[marker, keeper])
+    assert keeper.best_epoch == best and saved == [e for e, i in enumerate(improved, 1) if i]
+    assert copies == copied  # get_weights at the end of these epochs (1-based)
+    for now, kept in zip(get_weights(), weights[best - 1], strict=True):
+        np.testing.assert_array_equal(now, kept)
+    assert not all(np.array_equal(a, b) for a, b in zip(weights[0], weights[2]))  # it trained
+
+
 @pytest.mark.parametrize("older_checkpoint", [False, True])
 def test_a_resumed_epoch_that_does_not_improve_keeps_the_earlier_best(tmp_path, tiny_model,
                                                                       monkeypatch,
