@@ -148,8 +148,7 @@ def test_multi_label_and_regression(tmp_path, tiny_model):
     # a class weight on multi-label data weighs each label's positive examples
     head = json.loads((tmp_path / "ml" / "model" / "bertdesk.json").read_text())["head"]
     assert head["positive_weights"] == [2.0, 1.0, 1.0] and "class_weights" not in head
-    trained = keras.saving.load_model(tmp_path / "ml" / "checkpoint" / "last.keras",
-                                      safe_mode=True)
+    trained = checkpoint_model(tmp_path / "ml")
     loss = trained.loss["logits"] if isinstance(trained.loss, dict) else trained.loss
     assert type(loss).__name__ == "PositiveWeightedBinaryCrossentropy"
     assert loss.positive_weights == [2.0, 1.0, 1.0]
@@ -171,6 +170,14 @@ def test_multi_label_and_regression(tmp_path, tiny_model):
 
 class Interrupt(Exception):
     pass
+
+
+def checkpoint_model(run):
+    """The model of the checkpoint `run/checkpoint/state.json` names."""
+    from bertdesk.training import resume_checkpoints
+
+    return resume_checkpoints.load(run / "checkpoint",
+                                   resume_checkpoints.read_state(run / "checkpoint"))
 
 
 def stop_in_epoch_2(cfg):
@@ -247,7 +254,7 @@ def test_early_stopping_finishes_the_run(tmp_path, tiny_model, monkeypatch):
     checkpoint = tmp_path / "run" / "checkpoint"
     state = json.loads((checkpoint / "state.json").read_text())
     assert (state["finished"], state["epochs_done"], state["epochs"]) == (True, 2, 4)
-    assert not (checkpoint / "last.keras").exists()
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["state.json"]
     cfg.resume = True
     events = []
     run_finetune(cfg, events.append)  # the same --epochs: finished, nothing trains
@@ -255,6 +262,57 @@ def test_early_stopping_finishes_the_run(tmp_path, tiny_model, monkeypatch):
     cfg.epochs = 5
     with pytest.raises(DataError, match=r"\(2 of its 4 epochs, early stopping\)"):
         run_finetune(cfg)
+
+
+def test_resume_checkpoints_swap_in_whole(tmp_path, monkeypatch):
+    """A checkpoint is a Keras folder renamed in, then named by state.json;
+    the one it replaces, a `last.keras` of earlier versions and leftovers of
+    interrupted writes go; a write that fails changes nothing."""
+    from bertdesk.training import resume_checkpoints as rc
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    folder = tmp_path / "checkpoint"
+
+    def trained_state(m):
+        return ([np.asarray(w) for w in m.get_weights()],
+                int(keras.ops.convert_to_numpy(m.optimizer.iterations)))
+
+    model.fit(x, y, epochs=1, verbose=0)
+    # an earlier version's checkpoint, and an interrupted write's leftovers
+    folder.mkdir()
+    model.save(folder / "last.keras")
+    (folder / ".epoch-9.abc.partial").mkdir()
+    (folder / ".last.abc.keras").write_bytes(b"partial")
+    assert rc.load(folder, {"epochs_done": 1}).get_weights()[0].shape == (3, 2)  # legacy
+    rc.write(model, folder, "epoch-1", {"epochs_done": 1})
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-1", "state.json"]
+    assert (folder / "epoch-1" / "model.weights.h5").is_file()
+    assert rc.read_state(folder) == {"epochs_done": 1, "checkpoint": "epoch-1"}
+    weights, steps = trained_state(rc.load(folder, rc.read_state(folder)))
+    assert steps == 1
+    for a, b in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    model.fit(x, y, epochs=1, verbose=0)
+    (folder / "epoch-2").mkdir()  # a run stopped after renaming it in, before state.json
+    (folder / "epoch-2" / "model.weights.h5").write_bytes(b"stale")
+    rc.write(model, folder, "epoch-2", {"epochs_done": 2})
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-2", "state.json"]
+    assert trained_state(rc.load(folder, rc.read_state(folder)))[1] == 2
+    with pytest.raises(ValueError, match="state.json names this checkpoint"):
+        rc.write(model, folder, "epoch-2", {"epochs_done": 2})
+
+    def fails(self, path, **kwargs):
+        (Path(path) / "config.json").write_text("{")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", fails)
+    with pytest.raises(OSError, match="disk full"):
+        rc.write(model, folder, "epoch-3", {"epochs_done": 3})
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-2", "state.json"]
+    assert rc.read_state(folder)["checkpoint"] == "epoch-2"
 
 
 @pytest.mark.parametrize("improved,best,copied", [
@@ -880,8 +938,7 @@ def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):
     # the checkpoint after epoch 1 (a finished run keeps none)
     cfg.output = str(tmp_path / "stopped")
     stop_in_epoch_2(cfg)
-    model = keras.saving.load_model(tmp_path / "stopped" / "checkpoint" / "last.keras",
-                                    safe_mode=True)
+    model = checkpoint_model(tmp_path / "stopped")
     assert model.optimizer.gradient_accumulation_steps == 3
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
     accumulators = model.optimizer._accumulated_gradients
@@ -1003,8 +1060,7 @@ def test_class_weights_shift_training_toward_the_weighted_label(tmp_path, tiny_m
                 tmp_path, tiny_model, train=str(tmp_path / "imbalanced.csv"), epochs=2,
                 validation=str(tmp_path / "held.csv"), output=str(tmp_path / "stopped"),
                 class_weight=weighting))
-            resumed = keras.saving.load_model(tmp_path / "stopped" / "checkpoint" / "last.keras",
-                                              safe_mode=True)
+            resumed = checkpoint_model(tmp_path / "stopped")
             losses = resumed.loss if isinstance(resumed.loss, dict) else {"logits": resumed.loss}
             assert type(losses["logits"]).__name__ == "ClassWeightedCrossentropy"
             assert losses["logits"].class_weights == head["class_weights"]

@@ -477,8 +477,11 @@ def test_pretraining_learns_and_accumulates(tmp_path, data_folder):
         acc = run_pretrain(_config(tmp_path / optimizer, data_folder, max_steps=3, batch_size=4,
                                    gradient_accumulation=2, optimizer=optimizer,
                                    save_every=100))
-        model = keras.saving.load_model(tmp_path / optimizer / "checkpoint/last.keras",
-                                        safe_mode=True)
+        from bertdesk.training import resume_checkpoints
+
+        folder = tmp_path / optimizer / "checkpoint"
+        assert sorted(p.name for p in folder.iterdir()) == ["state.json", "step-3"]
+        model = resume_checkpoints.load(folder, resume_checkpoints.read_state(folder))
         assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
         assert [h["step"] for h in acc["history"]] == [1, 2, 3]
 

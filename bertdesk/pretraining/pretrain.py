@@ -9,8 +9,9 @@ Keras' distribution (data or model parallel on JAX, MirroredStrategy on
 TensorFlow; see `distribution.py`).
 
 Every `save_every` optimizer steps the whole model with its optimizer state
-is written atomically (`checkpoint/last.keras`, then `checkpoint/state.json`
-with the step and the data position), and the output folder is refreshed
+is written atomically (`checkpoint/step-N/`, Keras' folder format, then
+`checkpoint/state.json` naming it, with the step and the data position;
+see `bertdesk.training.resume_checkpoints`), and the output folder is refreshed
 as a checkpoint folder (`bertdesk.json`, `model.safetensors` with the MLM
 and NSP heads, `vocab.txt`) that `bertdesk finetune --model` accepts.
 `resume=True` reloads the last checkpoint and asks the data stream for the
@@ -20,7 +21,6 @@ optimizer state, dropout generator state and data.
 
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -264,11 +264,12 @@ def run_pretrain(config, sink=None):
     from bertdesk.io import save_pretrained
     from bertdesk.pretraining.distribution import (configure_distribution, describe_placement,
                                                    initialize_processes, tensorflow_cpu_devices)
-    # registered classes a resumed run's `last.keras` names
+    # registered classes a resumed run's checkpoint names
     from bertdesk import models  # noqa: F401
     from bertdesk.pretraining import objectives  # noqa: F401
     from bertdesk.pretraining.pretraining_data import PretrainingData
     from bertdesk.training import optimization  # noqa: F401
+    from bertdesk.training import resume_checkpoints
     from bertdesk.training.precision import set_precision
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
 
@@ -309,8 +310,8 @@ def run_pretrain(config, sink=None):
     state = {"step": 0, "batches": 0, "history": []}
     with scope():
         if resuming:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-            model = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+            state = resume_checkpoints.read_state(out / "checkpoint")
+            model = resume_checkpoints.load(out / "checkpoint", state)
             # This run's choice, not the saved one (JAX's True would mean
             # torch.compile when resuming on PyTorch).
             model.jit_compile = _jit_compile(config)
@@ -340,23 +341,17 @@ def run_pretrain(config, sink=None):
         they are collective); only process 0 keeps what it wrote."""
         primary = process[0] == 0
         folder = out / "checkpoint" if primary else Path(tempfile.mkdtemp(prefix=".export."))
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".keras", dir=folder)
-        os.close(fd)
         try:
-            model.save(tmp)
-            rng_state = random_state(model)
+            state = {"step": step, "batches": step * accumulation, "history": history,
+                     "random": random_state(model)}
             if primary:
-                os.replace(tmp, folder / "last.keras")
-                atomic_write_text(state_path, json.dumps(
-                    {"step": step, "batches": step * accumulation, "history": history,
-                     "random": rng_state}))
+                resume_checkpoints.write(model, folder, f"step-{step}", state)
+            else:
+                model.save(folder / "checkpoint", zipped=False)
             save_pretrained(model.backbone, out if primary else folder / "model", tokenizer,
                             extra_tensors=model.head_tensors(), overwrite=True,
                             config_overrides=finetune_dropout)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             if not primary:
                 import shutil
 

@@ -161,15 +161,16 @@ class BestModelKeeper(keras.callbacks.Callback):
 
 class ResumeCheckpoint(keras.callbacks.Callback):
     """After every epoch but the run's last, writes the whole model with its
-    optimizer state (`last.keras`) and `state.json` atomically, so `--resume`
-    continues from the last finished epoch.
+    optimizer state (`checkpoint/epoch-N/`, see `resume_checkpoints`) and
+    `state.json` naming it, so `--resume` continues from the last finished
+    epoch.
 
     After the last epoch (or the one early stopping ends the run at) there
     is nothing left to resume: when training ends, `state.json` records the
-    run as finished (`"finished": true` and the planned `epochs`) and
-    `last.keras` goes. That checkpoint is the model and AdamW's two moments,
-    three times the model's size (MiniLM's 273 MB, BERT-base's 1.3 GB);
-    writing it took 0.3-2.6 s an epoch on the bundled MiniLM. A run killed
+    run as finished (`"finished": true` and the planned `epochs`) and the
+    previous epoch's checkpoint goes. A checkpoint is the model and AdamW's
+    two moments, three times the model's size (MiniLM's 273 MB, BERT-base's
+    1.3 GB); writing one took 0.3-2.7 s on the bundled MiniLM. A run killed
     during its last epoch resumes from the epoch before, as any other.
     """
 
@@ -180,35 +181,28 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.epochs_done = None
 
     def _state(self, **fields):
-        return json.dumps({"epochs_done": self.epochs_done, **fields,
-                           **(self.extra_state_fn() if self.extra_state_fn else {})}, indent=2)
+        return {"epochs_done": self.epochs_done, **fields,
+                **(self.extra_state_fn() if self.extra_state_fn else {})}
 
     def on_epoch_end(self, epoch, logs=None):
-        import os
-        import tempfile
+        from bertdesk.training import resume_checkpoints
 
         self.epochs_done = epoch + 1
         if self._last_epoch():
             return  # on_train_end records the finished run
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".last.", suffix=".keras", dir=self.folder)
-        os.close(fd)
-        try:
-            self.model.save(tmp)
-            os.replace(tmp, self.folder / "last.keras")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        atomic_write_text(self.folder / "state.json", self._state())
+        resume_checkpoints.write(self.model, self.folder, f"epoch-{self.epochs_done}",
+                                 self._state())
 
     def on_train_end(self, logs=None):
+        from bertdesk.training import resume_checkpoints
+
         if self.epochs_done is None or not self._last_epoch():
             return  # no epoch ran (a resumed run that had none left)
         self.folder.mkdir(parents=True, exist_ok=True)
         # state.json first: a run stopped between the two still reads as finished
-        atomic_write_text(self.folder / "state.json",
-                          self._state(epochs=self.params["epochs"], finished=True))
-        (self.folder / "last.keras").unlink(missing_ok=True)
+        atomic_write_text(self.folder / resume_checkpoints.STATE, json.dumps(
+            self._state(epochs=self.params["epochs"], finished=True), indent=2))
+        resume_checkpoints.remove(self.folder)
 
     def _last_epoch(self):
         return self.epochs_done >= self.params["epochs"] or bool(self.model.stop_training)

@@ -296,6 +296,7 @@ def run_finetune(config, sink=None):
     from bertdesk.training.callbacks import (ApplyAccumulated, BestModelKeeper, ProgressEvents,
                                              ResumeCheckpoint, ValidationCallback)
     from bertdesk.training.optimization import bert_adamw
+    from bertdesk.training import resume_checkpoints
     from bertdesk.training.precision import set_precision
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
     from bertdesk.training.tasks import get_task
@@ -353,7 +354,7 @@ def run_finetune(config, sink=None):
             + f"): {total_steps} updates in all")})
     state = {}
     if resuming:
-        state = json.loads((out / "checkpoint" / "state.json").read_text())
+        state = resume_checkpoints.read_state(out / "checkpoint")
     finished = bool(state.get("finished"))
     if finished:
         # No checkpoint is kept after the last epoch: nothing to resume; the
@@ -370,7 +371,7 @@ def run_finetune(config, sink=None):
         sink({"event": "message", "text": f"the run finished after epoch {done}: nothing to "
                                           "resume; scoring its best model"})
     elif resuming:
-        model = keras.saving.load_model(out / "checkpoint" / "last.keras", safe_mode=True)
+        model = resume_checkpoints.load(out / "checkpoint", state)
         started = model.optimizer.gradient_accumulation_steps or 1
         if started != accumulation:
             raise DataError(f"{out}: the run was started with --gradient-accumulation "
