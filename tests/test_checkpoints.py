@@ -466,6 +466,84 @@ def test_unsupported_architecture_fields(tmp_path, hf_tiny):
         bertdesk.load_backbone(folder)
 
 
+def test_safetensors_writer_matches_the_library(tmp_path):
+    """bertdesk writes model files from the arrays themselves (no copy of the
+    whole file in memory); the library reads back every dtype, shape, value
+    and the metadata, and a float32 file is the library's byte for byte."""
+    import ml_dtypes
+    import torch
+    from safetensors import safe_open
+    from safetensors.numpy import load, save
+
+    from bertdesk.io.safetensors_writer import write_safetensors
+
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(5, 3)).astype("float32")
+    wide = rng.normal(size=(400, 700)).astype("float32")
+    tensors = {"b.weight": matrix.T,  # transposed views: written a block of rows at a time
+               "wide": wide.T,  # (700 rows of 1,600 bytes: two blocks)
+               "a.bias": rng.normal(size=7).astype("float32"),
+               "scalar": np.float32(2.5), "empty": np.zeros((0, 4), "float32"),
+               "half": rng.normal(size=(2, 3)).astype("float16"),
+               "ids": np.arange(6, dtype="int64").reshape(2, 3),
+               "mask": np.array([True, False, True]),
+               "big_endian": np.arange(4, dtype=">i4")}
+    path = tmp_path / "mine.safetensors"
+    with open(path, "wb") as f:
+        write_safetensors(f, tensors, metadata={"format": "pt"})
+    raw = path.read_bytes()
+    header = int.from_bytes(raw[:8], "little")
+    assert header % 8 == 0 and len(raw) == 8 + header + sum(
+        np.asarray(v).nbytes for v in tensors.values())
+    with safe_open(str(path), framework="np") as f:
+        assert f.metadata() == {"format": "pt"}
+    read = load(raw)
+    assert set(read) == set(tensors)
+    for name, value in tensors.items():
+        got, value = read[name], np.asarray(value)
+        assert got.shape == value.shape and got.dtype == value.dtype.newbyteorder("=")
+        np.testing.assert_array_equal(got, value)
+
+    floats = {"b.weight": np.ascontiguousarray(matrix.T), "a.bias": tensors["a.bias"]}
+    with open(path, "wb") as f:
+        write_safetensors(f, floats, metadata={"format": "pt"})
+    assert path.read_bytes() == save(floats, metadata={"format": "pt"})
+
+    bf16 = rng.normal(size=(3, 4)).astype(ml_dtypes.bfloat16)
+    with open(path, "wb") as f:
+        write_safetensors(f, {"w": bf16})
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() is None
+        got = f.get_tensor("w")
+    assert got.dtype == torch.bfloat16
+    np.testing.assert_array_equal(got.float().numpy(), bf16.astype("float32"))
+    with open(path, "wb") as f, pytest.raises(
+            ValueError, match="c: dtype complex64 has no safetensors equivalent"):
+        write_safetensors(f, {"c": np.zeros(2, "complex64")})
+
+
+def test_weights_are_written_from_views_of_the_variables():
+    """On PyTorch and JAX the arrays a model folder is written from are
+    read-only views of the variables (no copy of the model), transposed
+    where the file stores (out, in); on TensorFlow, Keras' copies."""
+    import keras
+
+    from bertdesk.io.mapping import _np, backbone_tensors
+
+    backbone = bertdesk.BertBackbone(vocabulary_size=30, num_layers=1, hidden_dim=8,
+                                     num_heads=2, intermediate_dim=16)
+    kernel = backbone.encoder_layers[0].intermediate.kernel
+    view = _np(kernel)
+    np.testing.assert_array_equal(view, keras.ops.convert_to_numpy(kernel))
+    viewed = keras.backend.backend() != "tensorflow"
+    assert np.shares_memory(view, _np(kernel)) == viewed
+    assert view.flags.writeable == (not viewed)  # nothing writes into the variable
+    tensors = backbone_tensors(backbone)
+    written = tensors["encoder.layer.0.intermediate.dense.weight"]
+    np.testing.assert_array_equal(written, keras.ops.convert_to_numpy(kernel).T)
+    assert written.dtype == np.float32 and written.shape == (16, 8)
+
+
 def test_export_never_clobbers_or_leaves_partial_folders(tmp_path, hf_tiny):
     backbone = bertdesk.load_backbone(hf_tiny[1])
     dst = tmp_path / "dst"

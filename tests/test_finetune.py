@@ -216,13 +216,16 @@ def test_a_finished_run_keeps_no_checkpoint(tmp_path, tiny_model, monkeypatch):
     """After its last epoch a run writes no checkpoint (nothing is left to
     resume): `state.json` says it finished, the epochs before wrote theirs,
     and `--resume` on it scores the best model again without training."""
-    saved = []
+    saved, copies = [], []
     save = keras.Model.save
     monkeypatch.setattr(keras.Model, "save", lambda self, path, *a, **k: saved.append(
         Path(path).parent.name) or save(self, path, *a, **k))
+    monkeypatch.setattr(keras.Model, "get_weights", lambda self: copies.append(self.name) or
+                        keras.layers.Layer.get_weights(self))
     cfg = config(tmp_path, tiny_model, epochs=2)
     result = run_finetune(cfg)
     assert saved == ["checkpoint"]  # epoch 1's; not epoch 2's
+    assert copies == []  # no copy of the best epoch's weights either (they are on disk)
     checkpoint = tmp_path / "run" / "checkpoint"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["state.json"]
     state = json.loads((checkpoint / "state.json").read_text())
@@ -315,11 +318,12 @@ def test_resume_checkpoints_swap_in_whole(tmp_path, monkeypatch):
     assert rc.read_state(folder)["checkpoint"] == "epoch-2"
 
 
-@pytest.mark.parametrize("improved,best,copied", [
-    ((True, True, False), 2, [1, 2]),  # the best weights put back at the end
-    ((True, False, True), 3, [1]),  # the last epoch is the best: no copy of it
+@pytest.mark.parametrize("improved,best,copied,restore", [
+    ((True, True, False), 2, [1, 2], True),  # the best weights put back at the end
+    ((True, False, True), 3, [1], True),  # the last epoch is the best: no copy of it
+    ((True, True, False), 2, [], False),  # fine-tuning's: no copy, the last weights stay
 ])
-def test_best_model_keeper(improved, best, copied):
+def test_best_model_keeper(improved, best, copied, restore):
     from bertdesk.training.callbacks import BestModelKeeper
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -336,11 +340,11 @@ def test_best_model_keeper(improved, best, copied):
     model.get_weights = copy
     marker = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (
         logs.update(_improved=next(flags)), weights.append(get_weights())))
-    keeper = BestModelKeeper(saved.append)
+    keeper = BestModelKeeper(saved.append, restore_best_weights=restore)
     model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[marker, keeper])
     assert keeper.best_epoch == best and saved == [e for e, i in enumerate(improved, 1) if i]
     assert copies == copied  # get_weights at the end of these epochs (1-based)
-    for now, kept in zip(get_weights(), weights[best - 1], strict=True):
+    for now, kept in zip(get_weights(), weights[best - 1 if restore else 2], strict=True):
         np.testing.assert_array_equal(now, kept)
     assert not all(np.array_equal(a, b) for a, b in zip(weights[0], weights[2]))  # it trained
 

@@ -11,15 +11,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
+from bertdesk.io.atomic import atomic_write, atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
                                  detect_format)
 from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, POOLER_NAMES, TASK_HEAD_PREFIXES,
                                  assign_backbone, backbone_tensors, build_without_values,
                                  initialized_at_the_end, kept_open, validate)
+from bertdesk.io.safetensors_writer import write_safetensors
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
            "load_tokenizer", "read_checkpoint", "save_pretrained"]
@@ -89,14 +88,6 @@ def load_tokenizer(folder):
     return BertTokenizer.from_pretrained(folder)
 
 
-def _safetensors_bytes(tensors):
-    from safetensors.numpy import save
-
-    # safetensors writes raw buffers: transposed views must be made contiguous.
-    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    return save(tensors, metadata={"format": "pt"})
-
-
 def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_tensors=None,
                     overwrite=False, config_overrides=None, hf_architecture=None,
                     hf_config=None):
@@ -142,13 +133,14 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
         tensors = {(k if k.startswith(keep) else "bert." + k): v for k, v in tensors.items()}
     if format == "hf" and heads:
         # and BertForPreTraining's explicit copies of the tied decoder weights
-        tensors["cls.predictions.decoder.weight"] = tensors[
-            "bert.embeddings.word_embeddings.weight"].copy()
-        tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"].copy()
+        # (written from the same arrays: no copy needed)
+        tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
+        tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"]
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
-        atomic_write_bytes(staging / "model.safetensors", _safetensors_bytes(tensors))
+        atomic_write(staging / "model.safetensors",
+                     lambda f: write_safetensors(f, tensors, metadata={"format": "pt"}))
         if tokenizer is not None:
             tokenizer.save(staging)
         if format == "hf":

@@ -132,7 +132,38 @@ def validate(tensors, config, source):
 
 
 def _np(variable):
-    return np.asarray(ops.convert_to_numpy(variable))
+    """The variable's value as a numpy array: a read-only view of its memory
+    where the backend keeps it on the host (PyTorch's and JAX's CPU
+    tensors), else Keras' copy. For writing at once (a view follows the
+    variable's later updates): a BERT-base model folder took 996 MB beside
+    the model to write with the copies, and a fresh copy per epoch."""
+    value = getattr(variable, "value", variable)
+    view = _host_view(value)
+    return view if view is not None else np.asarray(ops.convert_to_numpy(variable))
+
+
+def _host_view(value):
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "torch":
+            import torch
+
+            if value.device.type != "cpu" or value.dtype == torch.bfloat16:
+                return None  # (numpy has no bfloat16 view of a torch tensor)
+            view = value.detach().numpy()
+        elif backend == "jax":
+            if any(d.platform != "cpu" for d in value.devices()):
+                return None
+            view = np.asarray(value)  # no copy on the CPU
+        else:
+            return None
+    except (AttributeError, TypeError, RuntimeError):
+        return None
+    view = view.view()
+    view.flags.writeable = False
+    return view
 
 
 def _transposed(matrix, rows=16):
@@ -160,7 +191,10 @@ def refuse_quantized(model):
 
 
 def backbone_tensors(backbone):
-    """The backbone's weights as canonical numpy arrays (float32)."""
+    """The backbone's weights as canonical numpy arrays (float32): views of
+    the variables where the backend allows (dense weights as transposed
+    views), to be written at once (`safetensors_writer` copies a transposed
+    view a block at a time)."""
     refuse_quantized(backbone)
     e = backbone.embeddings
     out = {
@@ -176,20 +210,20 @@ def backbone_tensors(backbone):
         qkv_kernel = _np(block.attention.qkv.kernel)  # (H, 3H) = [q | k | v]
         qkv_bias = _np(block.attention.qkv.bias)
         for j, proj in enumerate(("query", "key", "value")):
-            out[f"{p}attention.self.{proj}.weight"] = _transposed(qkv_kernel[:, j * H:(j + 1) * H])
+            out[f"{p}attention.self.{proj}.weight"] = qkv_kernel[:, j * H:(j + 1) * H].T
             out[f"{p}attention.self.{proj}.bias"] = qkv_bias[j * H:(j + 1) * H]
         for dense, name in ((block.attention_output, "attention.output.dense"),
                             (block.intermediate, "intermediate.dense"),
                             (block.output_dense, "output.dense")):
-            out[f"{p}{name}.weight"] = _transposed(_np(dense.kernel))
+            out[f"{p}{name}.weight"] = _np(dense.kernel).T
             out[f"{p}{name}.bias"] = _np(dense.bias)
         for norm, name in ((block.attention_layer_norm, "attention.output.LayerNorm"),
                            (block.output_layer_norm, "output.LayerNorm")):
             out[f"{p}{name}.weight"] = _np(norm.gamma)
             out[f"{p}{name}.bias"] = _np(norm.beta)
-    out["pooler.dense.weight"] = _transposed(_np(backbone.pooler.dense.kernel))
+    out["pooler.dense.weight"] = _np(backbone.pooler.dense.kernel).T
     out["pooler.dense.bias"] = _np(backbone.pooler.dense.bias)
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
 def _assign(variable, value):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bertdesk.io import read_checkpoint
-from bertdesk.io.atomic import atomic_write_bytes, atomic_write_text
+from bertdesk.io.atomic import atomic_write, atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import read_json
 from bertdesk.io.mapping import tensor_shape
@@ -44,16 +44,15 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
                     overwrite=False):
     """Write a fine-tuned model folder; assembled beside `folder`, then moved
     in (or, with `overwrite`, each file replaced atomically)."""
-    from safetensors.numpy import save
-
     from bertdesk.io.mapping import backbone_tensors, refuse_quantized
+    from bertdesk.io.safetensors_writer import write_safetensors
 
     refuse_quantized(model)
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder}: folder exists and is not empty")
     tensors = {**backbone_tensors(model.backbone), **model.head_tensors()}
-    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    tensors = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
     meta = {"format": "bertdesk", "version": 1, "task": task,
             "backbone": model.backbone.architecture_config(),
             "tokenizer": {"lowercase": tokenizer.lowercase,
@@ -63,7 +62,8 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial",
                                     dir=folder.parent))
     try:
-        atomic_write_bytes(staging / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+        atomic_write(staging / "model.safetensors",
+                     lambda f: write_safetensors(f, tensors, metadata={"format": "pt"}))
         tokenizer.save(staging)
         atomic_write_text(staging / "bertdesk.json", json.dumps(meta, indent=2))
         folder.mkdir(parents=True, exist_ok=True)

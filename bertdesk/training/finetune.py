@@ -425,7 +425,8 @@ def run_finetune(config, sink=None):
     # model and checkpoint are on disk (the app may cancel right after it)
     validator = ValidationCallback(evaluate, sink, monitor, "max", defer=True)
     validator.best = state.get("best")
-    keeper = BestModelKeeper(keep_best, best_epoch=_best_epoch(state, monitor))
+    keeper = BestModelKeeper(keep_best, best_epoch=_best_epoch(state, monitor),
+                             restore_best_weights=False)
     callbacks = [ApplyAccumulated(),  # first: the epoch's every batch before it is evaluated
                  ProgressEvents(sink, steps_per_epoch, config.epochs, config.batch_size,
                                 initial_epoch), validator, keeper,
@@ -447,8 +448,8 @@ def run_finetune(config, sink=None):
         best = load_model(out / "model")
         head = best.head  # with what was tuned on its epoch's scores
         scores = task.scores(best.model, best.tokenizer, validation, head, config.max_length)
-    # else: the model saved is the one these scores came from (the keeper has
-    # put its weights back), so the validation set is not scored again
+    # else: the model saved is the one these scores came from, so the
+    # validation set is not scored again
     metrics = task.metrics(scores, validation, head)
     write_rows(task.rows(scores, validation, head), out / "validation_predictions.csv")
     result = {"metrics": metrics, "best_epoch": keeper.best_epoch, "history": history,
