@@ -6,6 +6,15 @@ and biases, 10% linear warmup then linear decay, clip 1.0), batch size, max
 length and dynamic padding; both score the same held-back slice.
 
     KERAS_BACKEND=jax .venv/bin/python bench/finetune_quality.py --train 4000 --eval 1000
+
+`--whole-job` times what a user waits for, not the training steps alone:
+bertdesk's `run_finetune` (validation, the best model folder and the resume
+checkpoint after every epoch) against the transformers loop doing what its
+`Trainer` does with `eval_strategy="epoch", save_strategy="epoch",
+save_total_limit=1, load_best_model_at_end=True` (a `checkpoint-N` folder
+per epoch: `save_pretrained` weights, `optimizer.pt`, `scheduler.pt`; the
+best one reloaded at the end). With `--only`, each in its own process, the
+peak resident memory is the job's.
 """
 
 import argparse
@@ -64,16 +73,27 @@ def run_bertdesk(train_csv, eval_csv, args, out):
             last_step = t
     return {"accuracy": result["metrics"]["accuracy"], "train_seconds": train_seconds,
             "fit_seconds_with_validation_and_checkpoints": result["train_seconds"],
-            "total_seconds": time.perf_counter() - start}
+            "total_seconds": time.perf_counter() - start, "peak_mb": peak_mb()}
 
 
-def run_transformers(train_rows, eval_rows, args):
+def peak_mb():
+    """This process's peak resident memory (Linux's VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_transformers(train_rows, eval_rows, args, out=None):
+    import shutil
+
     import torch
     from transformers import (BertForSequenceClassification, BertTokenizerFast,
                               get_linear_schedule_with_warmup)
 
     import bertdesk
 
+    job_start = time.perf_counter()  # the whole job: loading the model too, as bertdesk's
     torch.manual_seed(args.seed)
     folder = str(bertdesk.bundled_checkpoint())
     tok = BertTokenizerFast.from_pretrained(folder)
@@ -96,30 +116,53 @@ def run_transformers(train_rows, eval_rows, args):
                   padding="longest", return_tensors="pt")
         return enc
 
-    start = time.perf_counter()
+    eval_texts = [t for t, _ in eval_rows]
+
+    def evaluate():
+        model.eval()
+        preds = []
+        with torch.no_grad():
+            for s in range(0, len(eval_texts), 64):
+                preds += model(**batch(range(s, min(s + 64, len(eval_texts))), eval_texts)
+                               ).logits.argmax(-1).tolist()
+        model.train()
+        return float(np.mean([p == int(l) for p, (_, l) in zip(preds, eval_rows)]))
+
     model.train()
     g = torch.Generator().manual_seed(args.seed)
-    for _ in range(args.epochs):
+    train_seconds, best, kept = 0.0, None, []
+    for epoch in range(args.epochs):
+        epoch_start = time.perf_counter()
         order = torch.randperm(len(texts), generator=g).tolist()
         for s in range(0, len(order), args.batch_size):
             ix = order[s:s + args.batch_size]
-            out = model(**batch(ix, texts), labels=labels[ix])
-            out.loss.backward()
+            loss = model(**batch(ix, texts), labels=labels[ix]).loss
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad()
-    train_seconds = time.perf_counter() - start
-    model.eval()
-    eval_texts = [t for t, _ in eval_rows]
-    preds = []
-    with torch.no_grad():
-        for s in range(0, len(eval_texts), 64):
-            preds += model(**batch(range(s, min(s + 64, len(eval_texts))), eval_texts)
-                           ).logits.argmax(-1).tolist()
-    acc = float(np.mean([p == int(l) for p, (_, l) in zip(preds, eval_rows)]))
+        train_seconds += time.perf_counter() - epoch_start
+        if not args.whole_job:
+            continue
+        # Trainer's epoch end: evaluate, write checkpoint-N, keep the best and the last
+        acc = evaluate()
+        folder = out / f"checkpoint-{(epoch + 1) * steps_per_epoch}"
+        model.save_pretrained(folder)
+        torch.save(opt.state_dict(), folder / "optimizer.pt")
+        torch.save(sched.state_dict(), folder / "scheduler.pt")
+        if best is None or acc > best[0]:
+            best = (acc, folder)
+        kept.append(folder)
+        for old in kept[:-1]:
+            if old != best[1]:
+                shutil.rmtree(old)
+        kept = [k for k in kept if k.exists()]
+    if args.whole_job and best[1] != kept[-1]:  # load_best_model_at_end
+        model = BertForSequenceClassification.from_pretrained(best[1])
+    acc = evaluate()
     return {"accuracy": acc, "train_seconds": train_seconds,
-            "total_seconds": time.perf_counter() - start}
+            "total_seconds": time.perf_counter() - job_start, "peak_mb": peak_mb()}
 
 
 def main():
@@ -135,6 +178,8 @@ def main():
     p.add_argument("--pad-to-max", action="store_true",
                    help="bertdesk pads every batch to --max-length (the baseline)")
     p.add_argument("--only", choices=("bertdesk", "transformers"))
+    p.add_argument("--whole-job", action="store_true",
+                   help="time the whole job: per-epoch validation and checkpoints on both sides")
     p.add_argument("--json-out")
     args = p.parse_args()
     train_rows, eval_rows = load_sst2(args.train, args.eval, args.seed)
@@ -148,12 +193,14 @@ def main():
         results["bertdesk"] = run_bertdesk(tmp / "train.csv", tmp / "eval.csv", args, tmp / "run")
         results["bertdesk"]["backend"] = keras.backend.backend()
     if args.only != "bertdesk":
-        results["transformers"] = run_transformers(train_rows, eval_rows, args)
+        results["transformers"] = run_transformers(train_rows, eval_rows, args, tmp / "hf")
     print(f"SST-2: {args.train} train / {args.eval} held-back eval, {args.epochs} epoch(s), "
           f"batch {args.batch_size}, lr {args.lr}, max_length {args.max_length}, "
           f"{os.cpu_count()} CPUs")
     for name, r in results.items():
-        print(f"{name:<13} accuracy {100 * r['accuracy']:.2f}  train {r['train_seconds']:.0f}s")
+        print(f"{name:<13} accuracy {100 * r['accuracy']:.2f}  train {r['train_seconds']:.1f}s  "
+              f"whole job {r['total_seconds']:.1f}s"
+              + (f"  peak {r['peak_mb']:.0f} MB" if args.only else ""))
     if len(results) == 2:
         b, t = results["bertdesk"], results["transformers"]
         print(f"accuracy difference (bertdesk - transformers): "

@@ -93,5 +93,5 @@ def _flush(folder):
     publishes a checkpoint whose bytes are not yet on disk."""
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file():
-            with open(path, "rb") as f:
+            with open(path, "r+b") as f:  # (Windows flushes only a file open for writing)
                 os.fsync(f.fileno())
