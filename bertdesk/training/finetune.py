@@ -293,10 +293,10 @@ def run_finetune(config, sink=None):
 
     from bertdesk.data.batching import default_max_shapes, default_pad_multiple, fit_input
     from bertdesk.tasks.saving import load_model, save_task_model
+    from bertdesk.training import resume_checkpoints
     from bertdesk.training.callbacks import (ApplyAccumulated, BestModelKeeper, ProgressEvents,
                                              ResumeCheckpoint, ValidationCallback)
     from bertdesk.training.optimization import bert_adamw
-    from bertdesk.training import resume_checkpoints
     from bertdesk.training.precision import set_precision
     from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
     from bertdesk.training.tasks import get_task
