@@ -288,6 +288,7 @@ def test_resume_checkpoints_swap_in_whole(tmp_path, monkeypatch):
     model.save(folder / "last.keras")
     (folder / ".epoch-9.abc.partial").mkdir()
     (folder / ".last.abc.keras").write_bytes(b"partial")
+    (folder / ".state.json.abc.tmp").write_text("{")
     assert rc.load(folder, {"epochs_done": 1}).get_weights()[0].shape == (3, 2)  # legacy
     rc.write(model, folder, "epoch-1", {"epochs_done": 1})
     assert sorted(p.name for p in folder.iterdir()) == ["epoch-1", "state.json"]

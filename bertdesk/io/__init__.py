@@ -11,14 +11,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from bertdesk.io.atomic import atomic_write, atomic_write_text
+from bertdesk.io.atomic import atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
                                  detect_format)
 from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, POOLER_NAMES, TASK_HEAD_PREFIXES,
                                  assign_backbone, backbone_tensors, build_without_values,
                                  initialized_at_the_end, kept_open, validate)
-from bertdesk.io.safetensors_writer import write_safetensors
+from bertdesk.io.safetensors_writer import save_safetensors
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
            "load_tokenizer", "read_checkpoint", "save_pretrained"]
@@ -139,8 +139,7 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
-        atomic_write(staging / "model.safetensors",
-                     lambda f: write_safetensors(f, tensors, metadata={"format": "pt"}))
+        save_safetensors(staging / "model.safetensors", tensors)
         if tokenizer is not None:
             tokenizer.save(staging)
         if format == "hf":

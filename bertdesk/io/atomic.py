@@ -29,6 +29,3 @@ def atomic_write(path, write_fn, mode="wb"):
 def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text), mode="w")
 
-
-def atomic_write_bytes(path, data):
-    atomic_write(path, lambda f: f.write(data), mode="wb")

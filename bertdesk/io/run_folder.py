@@ -28,7 +28,7 @@ def open_run_folder(out, resume, own=("checkpoint",)):
     if not resume and entries:
         raise DataError(f"{out}: output folder is not empty; choose another --output, or "
                         "--resume to continue the run in it")
-    foreign = [name for name in entries if name not in own and not _leftover(name)]
+    foreign = [name for name in entries if name not in own and not is_leftover(name)]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise DataError(f"{out}: --resume found no checkpoint to continue from "
@@ -38,5 +38,6 @@ def open_run_folder(out, resume, own=("checkpoint",)):
     return False
 
 
-def _leftover(name):
+def is_leftover(name):
+    """A hidden `.tmp` or `.partial` entry: what an interrupted atomic write left."""
     return name.startswith(".") and name.endswith(_LEFTOVER_SUFFIXES)

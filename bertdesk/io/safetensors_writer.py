@@ -17,10 +17,18 @@ import struct
 
 import numpy as np
 
+from bertdesk.io.atomic import atomic_write
+
 # numpy dtype name -> safetensors dtype (ml_dtypes' bfloat16 is "bfloat16")
 DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
           "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
           "bool": "BOOL"}
+
+
+def save_safetensors(path, tensors):
+    """Write `tensors` to `path` atomically, with the `{"format": "pt"}`
+    metadata transformers expects of a PyTorch model's file."""
+    atomic_write(path, lambda f: write_safetensors(f, tensors, metadata={"format": "pt"}))
 
 
 def write_safetensors(file, tensors, metadata=None):

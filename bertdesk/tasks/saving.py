@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bertdesk.io import read_checkpoint
-from bertdesk.io.atomic import atomic_write, atomic_write_text
+from bertdesk.io.atomic import atomic_write_text
 from bertdesk.io.errors import CheckpointError
 from bertdesk.io.formats import read_json
 from bertdesk.io.mapping import tensor_shape
@@ -45,7 +45,7 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
     """Write a fine-tuned model folder; assembled beside `folder`, then moved
     in (or, with `overwrite`, each file replaced atomically)."""
     from bertdesk.io.mapping import backbone_tensors, refuse_quantized
-    from bertdesk.io.safetensors_writer import write_safetensors
+    from bertdesk.io.safetensors_writer import save_safetensors
 
     refuse_quantized(model)
     folder = Path(folder)
@@ -62,8 +62,7 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial",
                                     dir=folder.parent))
     try:
-        atomic_write(staging / "model.safetensors",
-                     lambda f: write_safetensors(f, tensors, metadata={"format": "pt"}))
+        save_safetensors(staging / "model.safetensors", tensors)
         tokenizer.save(staging)
         atomic_write_text(staging / "bertdesk.json", json.dumps(meta, indent=2))
         folder.mkdir(parents=True, exist_ok=True)

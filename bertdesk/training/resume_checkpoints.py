@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bertdesk.io.atomic import atomic_write_text
+from bertdesk.io.run_folder import is_leftover
 
 STATE = "state.json"
 LEGACY = "last.keras"  # what runs wrote before the folder format
@@ -70,22 +71,18 @@ def load(folder, state):
 
 def remove(folder, keep=None):
     """Remove every checkpoint in `folder` but `keep`: checkpoint folders,
-    an earlier version's `last.keras`, and what interrupted writes left."""
+    an earlier version's `last.keras` (and its `.last.*.keras` leftovers),
+    and what interrupted writes left."""
     for entry in Path(folder).iterdir():
         if entry.name == keep:
             continue
-        if entry.name == LEGACY or (entry.name.startswith(".") and entry.name.endswith(
-                (_PARTIAL, ".keras"))):
-            _delete(entry)
-        elif entry.is_dir() and (entry / WEIGHTS).is_file():
-            _delete(entry)
-
-
-def _delete(entry):
-    if entry.is_dir():
-        shutil.rmtree(entry, ignore_errors=True)
-    else:
-        entry.unlink(missing_ok=True)
+        if (entry.is_dir() and (entry / WEIGHTS).is_file() or is_leftover(entry.name)
+                or entry.name == LEGACY
+                or entry.name.startswith(".last.") and entry.suffix == ".keras"):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def _flush(folder):
