@@ -7,6 +7,11 @@ the measurement. Inference projections (`inference_linear`, bf16 and
 float32) with the bias and the GELU in oneDNN's epilogue against float64,
 and bf16 kernels kept packed against plain ones, and where each applies."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ IS_TORCH = keras.backend.backend() == "torch"
 pytestmark = pytest.mark.skipif(not IS_TORCH, reason="PyTorch's CPU products")
 ONEDNN_AVAILABLE = IS_TORCH and cpu_products._has_linear_pointwise()
 needs_onednn = pytest.mark.skipif(not ONEDNN_AVAILABLE, reason="this PyTorch has no oneDNN")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _use(monkeypatch, onednn):
@@ -414,3 +420,58 @@ def test_the_command_line_refuses_an_unknown_setting_before_any_work(monkeypatch
     err = capsys.readouterr().err
     assert "BERTDESK_TORCH_GEMM='fast'" in err and "auto, onednn, aten" in err
     assert "none.csv" not in err  # stopped before opening the files
+
+
+# === oneDNN's primitive caches ===
+
+def test_the_cache_limits_leave_the_users_own_settings(monkeypatch):
+    for names in cpu_products.PRIMITIVE_CACHES:
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "500")  # oneDNN's older name
+    assert cpu_products.limit_primitive_caches(7) == {"LRU_CACHE_CAPACITY": "7"}
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    assert os.environ["DNNL_PRIMITIVE_CACHE_CAPACITY"] == "500"
+    monkeypatch.delenv("DNNL_PRIMITIVE_CACHE_CAPACITY")
+    assert cpu_products.limit_primitive_caches() == {
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(cpu_products.CACHED_PRIMITIVES)}
+    assert cpu_products.limit_primitive_caches() == {}  # both set now
+
+
+# Products of `shapes` distinct row counts, twice round; oneDNN logs every
+# primitive it builds (ONEDNN_VERBOSE, read at its first primitive, as the
+# capacities are): prints how many it built.
+PRODUCTS = """
+import sys
+import torch
+from bertdesk.layers import cpu_products
+weight = torch.randn(16, 8)
+for _ in range(2):
+    for rows in range(1, int(sys.argv[1]) + 1):
+        cpu_products.mm(torch.randn(rows, 16), weight)
+"""
+
+
+def built_primitives(shapes, **env_changes):
+    names = {name for names in cpu_products.PRIMITIVE_CACHES for name in names}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(KERAS_BACKEND="torch", BERTDESK_TORCH_GEMM="onednn",
+               ONEDNN_VERBOSE="profile_create", PYTHONPATH=str(ROOT), **env_changes)
+    out = subprocess.run([sys.executable, "-c", PRODUCTS, str(shapes)], env=env,
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return sum("create:cache_miss" in line and f"mb{rows}ic16oc8" in line
+               for line in out.stdout.splitlines() for rows in [line.rsplit("mb", 1)[-1]
+                                                                .split("ic")[0]])
+
+
+@needs_onednn
+def test_onednn_keeps_at_most_the_limits_primitives():
+    limit = cpu_products.CACHED_PRIMITIVES
+    # more shapes than the limit, taken in turn: each is built again in the second round
+    assert built_primitives(limit + 16) == 2 * (limit + 16)
+    # a few: built once (a product of these takes two of oneDNN's entries)
+    assert built_primitives(limit // 4) == limit // 4
+    # the user's own capacities (here oneDNN's default) keep them all
+    assert built_primitives(limit + 16, ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024",
+                            LRU_CACHE_CAPACITY="1024") == limit + 16

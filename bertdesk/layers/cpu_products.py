@@ -79,11 +79,55 @@ def _decision():
 def _has_linear_pointwise():
     import torch
 
+    limit_primitive_caches()  # before oneDNN's first primitive: it reads them once
     try:
         return torch.backends.mkldnn.is_available() and bool(
             torch.ops.mkldnn._linear_pointwise.default)
     except (AttributeError, RuntimeError):
         return False
+
+
+def limit_primitive_caches(capacity=None):
+    """Have oneDNN keep at most `capacity` (default `CACHED_PRIMITIVES`)
+    of the primitives it builds, in each of its two caches, unless the user
+    set them (`ONEDNN_PRIMITIVE_CACHE_CAPACITY` or `DNNL_...`,
+    `LRU_CACHE_CAPACITY`). Returns what was set, by name.
+
+    oneDNN builds a primitive for every product shape (a batch's rows,
+    each weight-gradient block) with its own JIT-compiled kernels, about
+    half a megabyte each, and by default keeps 1,024 of them twice over:
+    in its own cache and in ideep's, PyTorch's wrapper around it. With
+    batches padded to their own length every length is a new set:
+    fine-tuning MiniLM on 2,000 SST-2 sentences (two epochs, 63 batches
+    each) built 671, and the process's heap in use grew from 432 to
+    805 MB; with at most 64 kept it stays at 509. A training step uses
+    fewer than 40 (the same shapes in every layer), so a step of one shape
+    builds nothing after its first; a new length builds its set again
+    (0.1-0.4 ms a primitive). Measured on 2 AMD Zen 5 cores with the
+    command line's allocator (`training.allocator`), fresh processes
+    alternating: that job's peak 1,866-1,878 -> 1,439-1,456 MB, the same
+    18 s (its training steps 6.3-6.8 -> 7.0-7.1 s); one epoch of 2,000
+    AG News texts at length 128, 2,494-2,532 -> 2,022-2,024 MB, 26.5-28.4
+    against 26.5-27.3 s, the same accuracy. 128 kept: 1,549-1,568 and
+    2,243-2,367 MB; 32: the steps slower (1,381 MB).
+
+    The variables are read when oneDNN builds its first primitive, so this
+    acts only if it runs before that: `_has_linear_pointwise` calls it,
+    which every product routed here asks first. Process-wide, like the
+    variables themselves; oneDNN's other users in the process (PyTorch's
+    bf16 products among them) keep as many too."""
+    chosen = {}
+    capacity = str(capacity or CACHED_PRIMITIVES)
+    for names in PRIMITIVE_CACHES:
+        if not any(os.environ.get(name) for name in names):
+            os.environ[names[0]] = chosen[names[0]] = capacity
+    return chosen
+
+
+# oneDNN's primitive cache (either name) and ideep's
+PRIMITIVE_CACHES = (("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"),
+                    ("LRU_CACHE_CAPACITY",))
+CACHED_PRIMITIVES = 64
 
 
 def _measure(rows=1024, width=768, repeats=5):
