@@ -7,13 +7,15 @@ alternating the jobs, the pieces of that import each on its own (numpy,
 ml_dtypes, each backend's framework, PyTorch's torch._dynamo, which Keras'
 torch backend imports) and the whole `import_keras_lean()` per backend,
 and reports medians with their spread. It also times the command line's
-`bertdesk info` on a checkpoint folder (the bundled MiniLM by default).
+`bertdesk info` on a checkpoint folder (the bundled MiniLM by default), and
+the desktop app's window coming up.
 
     .venv/bin/python bench/startup.py                  # 5 samples of each
     .venv/bin/python bench/startup.py --samples 9 --backends torch
 """
 
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -32,6 +34,16 @@ PIECES = {
     "jax": ("import numpy, ml_dtypes", "import jax"),
     "tensorflow": ("import numpy, ml_dtypes", "import tensorflow"),
 }
+# The desktop app's window, built and shown (offscreen, with an empty home
+# folder): it imports no Keras or backend until it first loads a model.
+GUI_WINDOW = ("import os, tempfile\n"
+              "os.environ.update(QT_QPA_PLATFORM='offscreen', BERTDESK_HOME=tempfile.mkdtemp())",
+              "from PySide6.QtWidgets import QApplication\n"
+              "app = QApplication([])\n"
+              "from bertdesk_gui.main_window import MainWindow\n"
+              "window = MainWindow()\n"
+              "window.show()\n"
+              "app.processEvents()")
 BACKEND_PIECES = {"torch": ("torch", "torch._dynamo"), "jax": ("jax",),
                   "tensorflow": ("tensorflow",)}
 
@@ -85,6 +97,8 @@ def main():
                                      "import_keras_lean()", b))
         jobs[f"bertdesk info on {backend}"] = (
             lambda b=backend: _command(["info", str(args.model)], b))
+    if importlib.util.find_spec("PySide6"):
+        jobs["desktop app window"] = lambda: _timed(*GUI_WINDOW, "torch")
     results = {name: [] for name in jobs}
     for _ in range(args.samples):  # alternating, so drift spreads over every job
         for name, job in jobs.items():

@@ -10,7 +10,6 @@ Weights are matched by name, never by position.
 import contextlib
 
 import numpy as np
-from keras import ops
 
 from bertdesk.io.errors import CheckpointError
 
@@ -139,7 +138,11 @@ def _np(variable):
     writing a BERT-base model folder took 1.3 GB beside the model."""
     value = getattr(variable, "value", variable)
     view = _host_view(value)
-    return view if view is not None else np.asarray(ops.convert_to_numpy(variable))
+    if view is not None:
+        return view
+    from keras import ops  # (not at import: reading checkpoints' names needs no Keras)
+
+    return np.asarray(ops.convert_to_numpy(variable))
 
 
 def _host_view(value):

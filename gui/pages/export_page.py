@@ -55,8 +55,10 @@ def export_transformers(run, target):
     transformers task model of its task (`bertdesk convert --to hf`): head,
     labels and tokenizer, for `AutoModelFor...` and `pipeline(...)`."""
     from bertdesk.io import convert
+    from bertdesk.lean_import import import_keras_lean
 
     source, target = _model_and_target(run, target)
+    import_keras_lean()  # the app's first Keras, without JAX and scikit-learn
     return convert(source, target, to="hf")
 
 

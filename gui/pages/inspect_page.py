@@ -374,6 +374,9 @@ class InspectPage(QWidget):
         loaded on first use."""
         model = self.model_cache.get(folder)
         if model is None:
+            from bertdesk.lean_import import import_keras_lean
+
+            import_keras_lean()  # the app's first Keras, without JAX and scikit-learn
             from bertdesk.tasks.saving import load_model
 
             model = self.model_cache[folder] = load_model(folder)
