@@ -429,12 +429,11 @@ def test_the_cache_limits_leave_the_users_own_settings(monkeypatch):
         for name in names:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "500")  # oneDNN's older name
-    assert cpu_products.limit_primitive_caches(7) == {"LRU_CACHE_CAPACITY": "7"}
+    assert cpu_products.limit_primitive_caches() == {"LRU_CACHE_CAPACITY": "64"}
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
     assert os.environ["DNNL_PRIMITIVE_CACHE_CAPACITY"] == "500"
     monkeypatch.delenv("DNNL_PRIMITIVE_CACHE_CAPACITY")
-    assert cpu_products.limit_primitive_caches() == {
-        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(cpu_products.CACHED_PRIMITIVES)}
+    assert cpu_products.limit_primitive_caches() == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128"}
     assert cpu_products.limit_primitive_caches() == {}  # both set now
 
 
@@ -452,26 +451,61 @@ for _ in range(2):
 """
 
 
-def built_primitives(shapes, **env_changes):
+def built_primitives(code, *args, **env_changes):
+    """How many primitives oneDNN built running `code` (ONEDNN_VERBOSE, read
+    at its first primitive, as the capacities are), by their description."""
     names = {name for names in cpu_products.PRIMITIVE_CACHES for name in names}
     env = {k: v for k, v in os.environ.items() if k not in names}
     env.update(KERAS_BACKEND="torch", BERTDESK_TORCH_GEMM="onednn",
                ONEDNN_VERBOSE="profile_create", PYTHONPATH=str(ROOT), **env_changes)
-    out = subprocess.run([sys.executable, "-c", PRODUCTS, str(shapes)], env=env,
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env,
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return sum("create:cache_miss" in line and f"mb{rows}ic16oc8" in line
-               for line in out.stdout.splitlines() for rows in [line.rsplit("mb", 1)[-1]
-                                                                .split("ic")[0]])
+    built = [line.split(",", 5)[5].rsplit(",", 1)[0] for line in out.stdout.splitlines()
+             if line.startswith("onednn_verbose") and "create:cache_miss" in line]
+    return len(built), len(set(built))
+
+
+# oneDNN's entries for products: each of these takes two
+ENTRIES = cpu_products.PRIMITIVE_CACHES[("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                                         "DNNL_PRIMITIVE_CACHE_CAPACITY")]
 
 
 @needs_onednn
 def test_onednn_keeps_at_most_the_limits_primitives():
-    limit = cpu_products.CACHED_PRIMITIVES
-    # more shapes than the limit, taken in turn: each is built again in the second round
-    assert built_primitives(limit + 16) == 2 * (limit + 16)
-    # a few: built once (a product of these takes two of oneDNN's entries)
-    assert built_primitives(limit // 4) == limit // 4
+    # more shapes than the limit holds, taken in turn: each is built again in the second round
+    assert built_primitives(PRODUCTS, ENTRIES // 2 + 16) == (ENTRIES + 32, ENTRIES // 2 + 16)
+    # fewer: built once
+    assert built_primitives(PRODUCTS, 16) == (16, 16)
     # the user's own capacities (here oneDNN's default) keep them all
-    assert built_primitives(limit + 16, ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024",
-                            LRU_CACHE_CAPACITY="1024") == limit + 16
+    assert built_primitives(PRODUCTS, ENTRIES // 2 + 16, ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024",
+                            LRU_CACHE_CAPACITY="1024") == (ENTRIES // 2 + 16,) * 2
+
+
+# Three MLM + NSP pretraining steps of one shape, the largest set of
+# primitives a step uses (a tiny model: the shapes differ, their count not).
+PRETRAINING_STEPS = """
+import keras, numpy as np, bertdesk
+from bertdesk.pretraining.objectives import masked_lm_loss
+from bertdesk.training.optimization import bert_adamw
+model = bertdesk.BertPretrainingModel(bertdesk.BertBackbone(
+    vocabulary_size=300, num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=64))
+model.compile(optimizer=bert_adamw(1e-4, 100), loss={
+    "mlm_logits": masked_lm_loss,
+    "nsp_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+rng = np.random.default_rng(0)
+x = {"token_ids": rng.integers(5, 300, (4, 32)).astype("int32"),
+     "segment_ids": np.zeros((4, 32), "int32"), "padding_mask": np.ones((4, 32), "int32"),
+     "mask_positions": np.tile(np.arange(1, 6, dtype="int32"), (4, 1))}
+y = {"mlm_logits": rng.integers(5, 300, (4, 5)).astype("int32"),
+     "nsp_logits": np.zeros((4,), "int32")}
+for _ in range(3):
+    model.train_on_batch(x, y)
+"""
+
+
+@needs_onednn
+def test_a_pretraining_step_of_one_shape_builds_nothing_after_its_first():
+    built, distinct = built_primitives(PRETRAINING_STEPS)
+    assert distinct > 30  # the products went through oneDNN
+    assert built == distinct

@@ -87,10 +87,10 @@ def _has_linear_pointwise():
         return False
 
 
-def limit_primitive_caches(capacity=None):
-    """Have oneDNN keep at most `capacity` (default `CACHED_PRIMITIVES`)
-    of the primitives it builds, in each of its two caches, unless the user
-    set them (`ONEDNN_PRIMITIVE_CACHE_CAPACITY` or `DNNL_...`,
+def limit_primitive_caches():
+    """Have oneDNN keep at most `PRIMITIVE_CACHES`' number of the primitives
+    it builds, in each of its two caches, unless the user set that cache's
+    capacity (`ONEDNN_PRIMITIVE_CACHE_CAPACITY` or `DNNL_...`,
     `LRU_CACHE_CAPACITY`). Returns what was set, by name.
 
     oneDNN builds a primitive for every product shape (a batch's rows,
@@ -100,16 +100,18 @@ def limit_primitive_caches(capacity=None):
     batches padded to their own length every length is a new set:
     fine-tuning MiniLM on 2,000 SST-2 sentences (two epochs, 63 batches
     each) built 671, and the process's heap in use grew from 432 to
-    805 MB; with at most 64 kept it stays at 509. A training step uses
-    fewer than 40 (the same shapes in every layer), so a step of one shape
-    builds nothing after its first; a new length builds its set again
-    (0.1-0.4 ms a primitive). Measured on 2 AMD Zen 5 cores with the
-    command line's allocator (`training.allocator`), fresh processes
-    alternating: that job's peak 1,866-1,878 -> 1,439-1,456 MB, the same
-    18 s (its training steps 6.3-6.8 -> 7.0-7.1 s); one epoch of 2,000
-    AG News texts at length 128, 2,494-2,532 -> 2,022-2,024 MB, 26.5-28.4
-    against 26.5-27.3 s, the same accuracy. 128 kept: 1,549-1,568 and
-    2,243-2,367 MB; 32: the steps slower (1,381 MB).
+    805 MB; with 64 kept in each it stays at 509. A training step builds
+    30-44 (the same shapes in every layer; a product can take two of
+    oneDNN's entries, and the MLM + NSP pretraining step needs more than
+    64 of them, 80 to build nothing after its first step), so oneDNN keeps
+    128 and ideep 64; a new batch length builds its set again (0.1-0.4 ms
+    a primitive). Measured on 2 AMD Zen 5 cores with the command line's
+    allocator (`training.allocator`), fresh processes alternating, that
+    SST-2 job with validation and checkpoints (`bench/finetune_quality.py
+    --whole-job`): peak 1,685-1,705 -> 1,320-1,331 MB (1,283-1,290 with
+    64 and 64), 17.3-17.5 against 18.2-18.4 s; one epoch of 2,000 AG
+    News texts at length 128: 2,494-2,532 -> 2,130-2,169 MB (1,994-2,030),
+    26.4-28.4 s both ways, the same accuracy.
 
     The variables are read when oneDNN builds its first primitive, so this
     acts only if it runs before that: `_has_linear_pointwise` calls it,
@@ -117,17 +119,15 @@ def limit_primitive_caches(capacity=None):
     variables themselves; oneDNN's other users in the process (PyTorch's
     bf16 products among them) keep as many too."""
     chosen = {}
-    capacity = str(capacity or CACHED_PRIMITIVES)
-    for names in PRIMITIVE_CACHES:
+    for names, capacity in PRIMITIVE_CACHES.items():
         if not any(os.environ.get(name) for name in names):
-            os.environ[names[0]] = chosen[names[0]] = capacity
+            os.environ[names[0]] = chosen[names[0]] = str(capacity)
     return chosen
 
 
-# oneDNN's primitive cache (either name) and ideep's
-PRIMITIVE_CACHES = (("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"),
-                    ("LRU_CACHE_CAPACITY",))
-CACHED_PRIMITIVES = 64
+# Capacities: oneDNN's primitive cache (either name), ideep's.
+PRIMITIVE_CACHES = {("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"): 128,
+                    ("LRU_CACHE_CAPACITY",): 64}
 
 
 def _measure(rows=1024, width=768, repeats=5):
