@@ -167,6 +167,62 @@ def run_transformers(train_rows, eval_rows, args, out=None):
             "total_seconds": time.perf_counter() - job_start, "peak_mb": peak_mb()}
 
 
+def run_keras_hub(train_rows, eval_rows, args, out):
+    """keras-hub's own fine-tuning of the same checkpoint, as its guides do
+    it: `BertTextClassifier.from_preset` on the folder (its preprocessor
+    tokenizes in `tf.data`, the rows shuffled each epoch, and pads every
+    batch to `--max-length`), AdamW
+    with the same schedule, clipping and decay exclusions, `fit` with
+    validation each epoch, the best weights kept (`ModelCheckpoint`,
+    `save_best_only`), a resume backup (`BackupAndRestore`), the best
+    reloaded at the end. Keras' default compile (XLA on JAX)."""
+    import keras
+    import keras_hub
+
+    import bertdesk
+    from bertdesk.training.optimization import WarmupLinearDecay
+
+    job_start = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    model = keras_hub.models.BertTextClassifier.from_preset(str(bertdesk.bundled_checkpoint()),
+                                                            num_classes=2)
+    model.preprocessor.sequence_length = args.max_length
+    total = -(-len(train_rows) // args.batch_size) * args.epochs
+    optimizer = keras.optimizers.AdamW(WarmupLinearDecay(args.lr, int(round(0.1 * total)), total),
+                                       weight_decay=0.01, epsilon=1e-8, global_clipnorm=1.0)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["sparse_categorical_accuracy"])
+    marks = []  # training time only: from each epoch's start to its last step
+
+    class Marks(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            marks.append([time.perf_counter(), None])
+
+        def on_train_batch_end(self, batch, logs=None):
+            marks[-1][1] = time.perf_counter()
+
+    best = str(out / "best.weights.h5")
+    out.mkdir(parents=True, exist_ok=True)
+    import tensorflow as tf  # keras-hub's preprocessing runs in tf.data on every backend
+
+    x, y = [t for t, _ in train_rows], np.array([int(l) for _, l in train_rows])
+    ex, ey = [t for t, _ in eval_rows], np.array([int(l) for _, l in eval_rows])
+    train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        len(x), seed=args.seed, reshuffle_each_iteration=True).batch(args.batch_size)
+    model.fit(train, epochs=args.epochs, validation_data=(ex, ey),
+              verbose=0, callbacks=[Marks(), keras.callbacks.BackupAndRestore(str(out / "backup")),
+                                    keras.callbacks.ModelCheckpoint(
+                                        best, monitor="val_sparse_categorical_accuracy",
+                                        mode="max", save_best_only=True, save_weights_only=True)])
+    model.load_weights(best)
+    predicted = np.argmax(model.predict(ex, batch_size=64, verbose=0), -1)
+    return {"accuracy": float(np.mean(predicted == ey)),
+            "train_seconds": sum(end - begin for begin, end in marks),
+            "total_seconds": time.perf_counter() - job_start, "peak_mb": peak_mb()}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--train", type=int, default=4000)
@@ -179,7 +235,8 @@ def main():
     p.add_argument("--no-bucketing", action="store_true")
     p.add_argument("--pad-to-max", action="store_true",
                    help="bertdesk pads every batch to --max-length (the baseline)")
-    p.add_argument("--only", choices=("bertdesk", "transformers"))
+    p.add_argument("--only", choices=("bertdesk", "transformers", "keras_hub"),
+                   help="one job in this process (keras_hub: only this way, on $KERAS_BACKEND)")
     p.add_argument("--whole-job", action="store_true",
                    help="time the whole job: per-epoch validation and checkpoints on both sides")
     p.add_argument("--json-out")
@@ -193,13 +250,18 @@ def main():
 
         keep_freed_memory()
     results = {}
-    if args.only != "transformers":  # (the transformers job's process loads no Keras)
+    if args.only == "keras_hub":
+        import keras
+
+        results["keras_hub"] = run_keras_hub(train_rows, eval_rows, args, tmp / "keras_hub")
+        results["keras_hub"]["backend"] = keras.backend.backend()
+    elif args.only != "transformers":  # (the transformers job's process loads no Keras)
         from bertdesk.lean_import import import_keras_lean
 
         keras = import_keras_lean()  # without JAX and scikit-learn, as the command line
         results["bertdesk"] = run_bertdesk(tmp / "train.csv", tmp / "eval.csv", args, tmp / "run")
         results["bertdesk"]["backend"] = keras.backend.backend()
-    if args.only != "bertdesk":
+    if args.only in (None, "transformers"):
         results["transformers"] = run_transformers(train_rows, eval_rows, args, tmp / "hf")
     print(f"SST-2: {args.train} train / {args.eval} held-back eval, {args.epochs} epoch(s), "
           f"batch {args.batch_size}, lr {args.lr}, max_length {args.max_length}, "
