@@ -1,4 +1,4 @@
-"""Fine-tuning quality and speed: bertdesk vs transformers on SST-2.
+"""Fine-tuning quality and speed: bertdesk vs transformers (and keras-hub) on SST-2.
 
 Both fine-tune the bundled all-MiniLM-L6-v2 checkpoint with the same data,
 seed, hyperparameters (AdamW lr/eps/weight decay without decay on LayerNorm
@@ -13,7 +13,8 @@ checkpoint after every epoch) against the transformers loop doing what its
 `Trainer` does with `eval_strategy="epoch", save_strategy="epoch",
 save_total_limit=1, load_best_model_at_end=True` (a `checkpoint-N` folder
 per epoch: `save_pretrained` weights, `optimizer.pt`, `scheduler.pt`; the
-best one reloaded at the end). With `--only`, each in its own process, the
+best one reloaded at the end), and with `--only keras_hub` against keras-hub's own
+`fit` of the same checkpoint (`run_keras_hub`). With `--only`, each in its own process, the
 peak resident memory is the job's; bertdesk's process is then set up as its
 command line's (`keep_freed_memory`, Keras imported without its JAX and
 scikit-learn integrations).

@@ -6,6 +6,7 @@ request."""
 
 import csv
 import json
+import os
 
 import keras
 import numpy as np
@@ -350,3 +351,21 @@ def test_evaluate_and_predict_compute_in_bfloat16_on_request(classifier_folder, 
     assert policies == [policy, policy]
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings == (["warning: bfloat16 is slow for prediction"] * 2 if mixed else [])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="oneDNN's int8 product: PyTorch")
+def test_the_int8_path_limits_onednns_primitive_caches_too(monkeypatch):
+    """Prediction in int8 builds a primitive per batch length too: its first
+    product bounds oneDNN's caches as the float32 path does (unless set)."""
+    from bertdesk.layers import cpu_products
+
+    for names in cpu_products.PRIMITIVE_CACHES:
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    int8_kernels._has_onednn.cache_clear()
+    try:
+        int8_kernels._has_onednn()
+    finally:
+        int8_kernels._has_onednn.cache_clear()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "128"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "64"

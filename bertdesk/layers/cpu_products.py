@@ -115,7 +115,8 @@ def limit_primitive_caches():
 
     The variables are read when oneDNN builds its first primitive, so this
     acts only if it runs before that: `_has_linear_pointwise` calls it,
-    which every product routed here asks first. Process-wide, like the
+    which every product routed here asks first, and so does the int8
+    path's first product (`int8_kernels`). Process-wide, like the
     variables themselves; oneDNN's other users in the process (PyTorch's
     bf16 products among them) keep as many too."""
     chosen = {}

@@ -126,6 +126,9 @@ def _zero_points(columns):
 def _has_onednn():
     import torch
 
+    from bertdesk.layers import cpu_products
+
+    cpu_products.limit_primitive_caches()  # before oneDNN's first primitive, as there
     return (torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.onednn, "qlinear_pointwise"))
 
