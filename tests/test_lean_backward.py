@@ -92,6 +92,44 @@ def test_dropout_attention_in_bfloat16():
         np.testing.assert_allclose(g, p, atol=0.05, rtol=0.05)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's hand-written kernels")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("dropout", [True, False])
+@pytest.mark.parametrize("block_rows", [1, 4])
+def test_attention_in_blocks_gives_the_whole_batch_numbers(monkeypatch, dtype, masked, dropout,
+                                                            block_rows):
+    """On the CPU `dropout_attention` goes through the scores a few heads at
+    a time: blocks of one score matrix, and of four (the 6 matrices of a
+    3 x 2-head batch as 4 + 2), give the numbers of one block holding them
+    all, forward and every gradient, with and without the padding mask and
+    the dropout mask."""
+    import torch
+
+    from bertdesk.layers import fused_kernels
+
+    q, k, v, keep, mask, upstream = _attention_case(9)
+
+    def run(block_bytes):
+        monkeypatch.setattr(fused_kernels, "SCORES_PER_BLOCK", block_bytes)
+        ts = [torch.tensor(a).to(getattr(torch, dtype)).requires_grad_() for a in (q, k, v)]
+        out = fused_kernels.dropout_attention(
+            *ts, torch.tensor(keep) if dropout else None,
+            torch.tensor(mask) if masked else None, 0.5, 1 / 0.7 if dropout else 1.0)
+        (out.float() * torch.tensor(upstream)).sum().backward()
+        return [t.detach().float().numpy() for t in (out, *(t.grad for t in ts))]
+
+    whole = run(1 << 30)
+    blocks = run(block_rows * 4 * 9 * 9)
+    assert fused_kernels.attention_block_rows(9, 9, torch.device("cpu")) == block_rows
+    for name, b, w in zip(["output", "q's gradient", "k's gradient", "v's gradient"],
+                          blocks, whole):
+        assert np.abs(w).max() > 0.1, name
+        np.testing.assert_allclose(b, w, atol=1e-6, rtol=1e-6, err_msg=name)
+    if masked:  # padded keys get no gradient
+        assert np.all(blocks[2][1, 6:] == 0) and np.all(blocks[3][2, 3:] == 0)
+
+
 @pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.1)])
 def test_gelu_matmul_matches_autodiff(dtype, atol):
     rng = np.random.default_rng(1)
