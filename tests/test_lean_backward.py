@@ -92,42 +92,59 @@ def test_dropout_attention_in_bfloat16():
         np.testing.assert_allclose(g, p, atol=0.05, rtol=0.05)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's hand-written kernels")
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow",
+                    reason="TensorFlow takes the whole batch at once")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("dropout", [True, False])
-@pytest.mark.parametrize("block_rows", [1, 4])
+@pytest.mark.parametrize("block_matrices", [1, 3, 4])
 def test_attention_in_blocks_gives_the_whole_batch_numbers(monkeypatch, dtype, masked, dropout,
-                                                            block_rows):
-    """On the CPU `dropout_attention` goes through the scores a few heads at
-    a time: blocks of one score matrix, and of four (the 6 matrices of a
-    3 x 2-head batch as 4 + 2), give the numbers of one block holding them
-    all, forward and every gradient, with and without the padding mask and
-    the dropout mask."""
-    import torch
+                                                            block_matrices):
+    """On a CPU `dropout_attention` goes through the scores a block at a
+    time: on PyTorch a few heads (the 8 score matrices of a 4 x 2-head batch
+    in blocks of 1, of 3 + 3 + 2 and of 4), on JAX a few sequences (blocks
+    of 1, 1 and 2). Each gives the numbers of one block holding them all,
+    forward and every gradient, with and without the padding mask and the
+    dropout mask."""
+    from bertdesk.layers import fused_kernels, lean_backward
 
-    from bertdesk.layers import fused_kernels
-
-    q, k, v, keep, mask, upstream = _attention_case(9)
+    q, k, v, keep, mask, upstream = _attention_case(9, batch=4)
+    torch_backend = keras.backend.backend() == "torch"
+    if not dropout:  # PyTorch's kernel takes None; the keras.ops one a mask keeping all
+        keep = None if torch_backend else np.ones_like(keep)
 
     def run(block_bytes):
         monkeypatch.setattr(fused_kernels, "SCORES_PER_BLOCK", block_bytes)
-        ts = [torch.tensor(a).to(getattr(torch, dtype)).requires_grad_() for a in (q, k, v)]
-        out = fused_kernels.dropout_attention(
-            *ts, torch.tensor(keep) if dropout else None,
-            torch.tensor(mask) if masked else None, 0.5, 1 / 0.7 if dropout else 1.0)
-        (out.float() * torch.tensor(upstream)).sum().backward()
-        return [t.detach().float().numpy() for t in (out, *(t.grad for t in ts))]
+        monkeypatch.setattr(lean_backward, "SCORES_PER_BLOCK", block_bytes)
 
-    whole = run(1 << 30)
-    blocks = run(block_rows * 4 * 9 * 9)
-    assert fused_kernels.attention_block_rows(9, 9, torch.device("cpu")) == block_rows
-    for name, b, w in zip(["output", "q's gradient", "k's gradient", "v's gradient"],
-                          blocks, whole):
+        def loss(q, k, v):
+            cast = [ops.cast(t, dtype) for t in (q, k, v)]
+            out = dropout_attention(*cast, None if keep is None else ops.convert_to_tensor(keep),
+                                    ops.convert_to_tensor(mask) if masked else None, scale=0.5,
+                                    rescale=1 / 0.7 if dropout else 1.0)
+            assert ops.dtype(out) == dtype
+            return ops.sum(ops.cast(out, "float32") * ops.convert_to_tensor(upstream))
+
+        value, grads = value_and_grads(loss, q, k, v)
+        if torch_backend:
+            import torch
+
+            block = fused_kernels.attention_block_rows(9, 9, torch.device("cpu"))
+        else:
+            block = lean_backward._sequences_per_block(ops.convert_to_tensor(q),
+                                                      ops.convert_to_tensor(k))
+        return value, grads, block
+
+    whole_value, whole, whole_rows = run(1 << 30)
+    value, blocks, block = run(block_matrices * 4 * 9 * 9)
+    assert whole_rows is None or whole_rows >= 8
+    assert block == (block_matrices if torch_backend else {1: 1, 3: 1, 4: 2}[block_matrices])
+    np.testing.assert_allclose(value, whole_value, rtol=1e-5)
+    for name, b, w in zip("qkv", blocks, whole):
         assert np.abs(w).max() > 0.1, name
-        np.testing.assert_allclose(b, w, atol=1e-6, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(b, w, atol=1e-6, rtol=1e-6, err_msg=f"gradient of {name}")
     if masked:  # padded keys get no gradient
-        assert np.all(blocks[2][1, 6:] == 0) and np.all(blocks[3][2, 3:] == 0)
+        assert np.all(blocks[1][1, 6:] == 0) and np.all(blocks[2][2, 3:] == 0)
 
 
 @pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.1)])

@@ -558,11 +558,14 @@ def attention_block_rows(q_len, seq, device):
     return max(1, SCORES_PER_BLOCK // max(1, 4 * q_len * seq))
 
 
-# The float32 scores of one block of `dropout_attention`, in bytes: at
-# 16 x 256 tokens with 12 heads of 32, forward and backward of a layer took
-# 63.8 ms with 1 MB blocks, 53.4 with 4 MB (the scores of the whole batch,
-# 48 MB, 165.6); 2 and 8 MB measured within 3% of 4 (2 AMD Zen 5 cores,
-# 2 MB of L2 cache each, 32 MB of L3).
+# The float32 scores of one block of `dropout_attention`, in bytes. Forward
+# and backward of one layer at 16 x 256 tokens with 12 heads of 32 (the
+# whole batch's scores 48 MB: 155.6-164.3 ms), in float32 and bf16: blocks of
+# 1 MB 56.8 and 46.6 ms, 2 MB 57.4 and 42.5, 4 MB 52.4-57.7 and 38.8-41.0,
+# 8 MB 62.2 and 26.1, 16 MB 58.6 and 44.8; at 16 x 384 and 4 x 512 (12 heads
+# of 64) 4 MB was within 6% of the best in float32 and bf16, 1 MB up to 1.4x
+# and 16 MB up to 1.8x slower (2 AMD Zen 5 cores, 2 MB of L2 cache each,
+# 32 MB of L3).
 SCORES_PER_BLOCK = 4 << 20
 
 
