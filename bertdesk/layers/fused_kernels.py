@@ -538,10 +538,10 @@ def dropout_attention(q, k, v, keep, mask, scale, rescale):
     only the probabilities (kept for the backward pass) are written whole.
     Written whole, every one of those passes went to memory: at
     MiniLM's shape for question answering (16 x 256 tokens, 12 heads of
-    32) forward and backward of a layer took 165.6 ms, 53.4 in blocks
-    (2 AMD Zen 5 cores; 4 x 512 with 12 heads of 64: 178.1 -> 82.5 ms,
-    BERT-base at 16 x 128: 21.8 -> 18.4), and the step held three
-    score-sized tensors at once where it now holds one."""
+    32) forward and backward of a layer took 155.6-164.3 ms, 52.4-53.0 in
+    blocks (2 AMD Zen 5 cores; 4 x 512 with 12 heads of 64: 170.8-177.5 ->
+    72.2-74.1 ms, BERT-base at 16 x 128: 21.5-22.3 -> 18.9-19.2), and the
+    step held three score-sized tensors at once where it now holds one."""
     bias = None
     if not keeps_every_key(mask):  # (batch, 1, 1, seq) or broadcastable: 0 or -1e9
         bias = (~mask.bool()).float() * -1e9
