@@ -14,7 +14,8 @@ Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch;
 `attention`, PyTorch's fused attention kernel without Keras' copies, and
 `bf16_attention_on_cpu`, bfloat16 attention on the CPU without it;
 `dropout_attention` and `feed_forward`, `lean_backward`'s functions of
-those names as ATen calls; `attention_with_dropout`, the probabilities'
+those names as ATen calls (the attention in cache-sized blocks of heads on
+the CPU); `attention_with_dropout`, the probabilities'
 dropout inside PyTorch's fused attention kernel on a GPU; `dropout_add`,
 a residual connection and dropout in one kernel, and `dropout` without
 it; `keep_mask`, `float_mask` and `mask_factor`, dropout masks made and
