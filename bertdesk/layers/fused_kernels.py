@@ -597,20 +597,24 @@ def _dropout_attention_function():
             step = attention_block_rows(q_len, seq, q.device) or max(rows, 1)
             probs = q.new_empty((rows, q_len, seq), dtype=torch.float32)  # kept for backward
             out = q.new_empty((rows, q_len, head_dim))
-            scores = q.new_empty((min(step, rows), q_len, seq))  # in q's dtype
+            block_shape = (min(step, rows), q_len, seq)
+            scores = q.new_empty(block_shape)  # in q's dtype
+            # PyTorch's CPU softmax stays in its input's dtype: bf16 scores go to float32 first
+            as_float = None if q.dtype == torch.float32 else probs.new_empty(block_shape)
             weights = None if keep is None and v.dtype == torch.float32 else (
-                v.new_empty((min(step, rows), q_len, seq)))
+                v.new_empty(block_shape))
             for block in blocks(rows, step):
                 n = block.stop - block.start
                 s = torch.baddbmm(scores[:n], q[block], k[block].transpose(1, 2),
                                   beta=0, alpha=scale, out=scores[:n])  # scale * q k^T
-                p = probs[block]
-                if bias is not None:  # float32 whatever q's dtype
-                    torch.add(s, bias[block], out=p)
-                    s = p
-                elif s.dtype != torch.float32:  # PyTorch's CPU softmax stays in its dtype
-                    s = p.copy_(s)
-                aten._softmax.out(s, -1, False, out=p)
+                if as_float is not None:
+                    s = (as_float[:n].copy_(s) if bias is None
+                         else torch.add(s, bias[block], out=as_float[:n]))
+                elif bias is not None:
+                    s = s.add_(bias[block])
+                # into another tensor: in place, PyTorch's softmax (forward and
+                # backward) takes a path 2-3x slower
+                p = aten._softmax.out(s, -1, False, out=probs[block])
                 w = p
                 if keep is not None:
                     w = torch.mul(p, keep[block], out=weights[:n])
@@ -635,10 +639,11 @@ def _dropout_attention_function():
             g = torch.mul(g.transpose(1, 2), ctx.rescale,
                           out=g.new_empty((batch, heads, q_len, head_dim))).view(rows, q_len, -1)
             g_q, g_k, g_v = (torch.empty_like(t) for t in (q, k, v))
-            step = min(ctx.step, rows)
-            g_weights = v.new_empty((step, q_len, seq))  # in v's dtype, then float32
-            as_float = None if v.dtype == torch.float32 else probs.new_empty((step, q_len, seq))
-            weights = None if keep is None and as_float is None else v.new_empty((step, q_len, seq))
+            block_shape = (min(ctx.step, rows), q_len, seq)
+            g_weights = v.new_empty(block_shape)  # in v's dtype, then float32
+            g_scores = probs.new_empty(block_shape)  # float32
+            as_float = None if v.dtype == torch.float32 else probs.new_empty(block_shape)
+            weights = None if keep is None and as_float is None else v.new_empty(block_shape)
             for block in blocks(rows, ctx.step):
                 n = block.stop - block.start
                 p = probs[block]
@@ -650,10 +655,11 @@ def _dropout_attention_function():
                 elif weights is not None:
                     w = weights[:n].copy_(p)
                 torch.bmm(w.transpose(1, 2), g[block], out=g_v[block])
-                g_s = g_w if as_float is None else as_float[:n].copy_(g_w)
-                aten._softmax_backward_data.out(g_s, p, -1, torch.float32, grad_input=g_s)
+                g_w = g_w if as_float is None else as_float[:n].copy_(g_w)
+                g_s = aten._softmax_backward_data.out(g_w, p, -1, torch.float32,
+                                                      grad_input=g_scores[:n])
                 if as_float is not None:  # the products in v's dtype
-                    g_s = g_w.copy_(g_s)
+                    g_s = g_weights[:n].copy_(g_s)
                 torch.baddbmm(g_q[block], g_s, k[block], beta=0, alpha=ctx.scale,
                               out=g_q[block])
                 torch.baddbmm(g_k[block], g_s.transpose(1, 2), q[block], beta=0,
