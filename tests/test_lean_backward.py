@@ -147,6 +147,25 @@ def test_attention_in_blocks_gives_the_whole_batch_numbers(monkeypatch, dtype, m
         assert np.all(blocks[1][1, 6:] == 0) and np.all(blocks[2][2, 3:] == 0)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's blocks of sequences")
+def test_blocks_of_sequences_need_the_shapes():
+    """JAX's blocks are whole sequences, a divisor of the batch: one
+    sequence of 16 x 256 tokens with 12 heads has 3 MB of scores (one per
+    4 MB block), at 128 tokens four fit; a batch not known yet (Keras'
+    symbolic shapes) takes the whole batch."""
+    from bertdesk.layers import lean_backward
+
+    def blocks(batch, seq):
+        q = keras.KerasTensor((batch, seq, 12, 32))
+        return lean_backward._sequences_per_block(q, q)
+
+    assert blocks(16, 256) == 1
+    assert blocks(16, 128) == 4
+    assert blocks(14, 128) == 2  # the largest divisor of 14 up to 5
+    assert blocks(4, 128) is None  # one block holds them all
+    assert blocks(None, 256) is None
+
+
 @pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.1)])
 def test_gelu_matmul_matches_autodiff(dtype, atol):
     rng = np.random.default_rng(1)

@@ -158,6 +158,8 @@ def _sequences_per_block(q, k):
     if keras.backend.backend() != "jax" or not _on_cpu():
         return None
     (batch, q_len, heads, _), seq = q.shape, k.shape[1]
+    if not all(isinstance(d, int) for d in (batch, q_len, heads, seq)):
+        return None
     most = max(1, SCORES_PER_BLOCK // max(1, 4 * heads * q_len * seq))
     if most >= batch:
         return None
