@@ -575,8 +575,7 @@ def _dropout_attention_function():
     import torch
     from torch.ops import aten
 
-    def blocks(rows, step):
-        step = step or rows
+    def blocks(rows, step):  # step >= 1
         return (slice(start, min(rows, start + step)) for start in range(0, rows, step))
 
     class DropoutAttention(torch.autograd.Function):
