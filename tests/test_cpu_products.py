@@ -70,11 +70,39 @@ def test_kernel_gradient_matches_aten(monkeypatch, blocks):
                         lambda *a, f=cpu_products._linear_pointwise: inner_products.append(1)
                         or f(*a))
     rows, g = _tensor((4, 9, 40), 0)[:, 2:, :].reshape(-1, 40), _tensor((28, 60), 1)
-    for a, b in ((rows, g), (g, rows), (rows, g[:, ::2]), (rows[:, :7], _tensor((60, 28), 2).t())):
+    narrow = _tensor((28, 3), 3)  # (40 - 3) * 28 > 2 * 40 * 3: copies the upstream's blocks
+    pairs = ((rows, g), (g, rows), (rows, g[:, ::2]), (rows[:, :7], _tensor((60, 28), 2).t()),
+             (rows, narrow), (rows, _tensor((3, 28), 4).t()))
+    for a, b in pairs:
         got = cpu_products.kernel_gradient(a, b)
         assert got.shape == (a.shape[1], b.shape[1]) and got.is_contiguous()
         np.testing.assert_allclose(got, torch.mm(a.t(), b), rtol=1e-5, atol=1e-4)
-    assert len(inner_products) == (4 if blocks == "one" else 4 * 4)  # 28 tokens: 8+8+8+4
+    assert len(inner_products) == (6 if blocks == "one" else 6 * 4)  # 28 tokens: 8+8+8+4
+
+
+@pytest.mark.parametrize("tokens, inputs, outputs, copies_upstream", [
+    (2048, 1024, 256, True),  # BERT-mini's feed-forward output
+    (4096, 1536, 384, True),  # MiniLM's, 16 x 256 tokens
+    (2048, 3072, 768, False),  # BERT-base's: measured no faster
+    (2048, 768, 3072, False),  # a wider output
+    (2048, 768, 768, False),
+    (28, 40, 3, True)])
+def test_kernel_gradient_copies_the_narrower_operand(tokens, inputs, outputs, copies_upstream):
+    assert cpu_products._copies_upstream(tokens, inputs, outputs) is copies_upstream
+
+
+@needs_onednn
+def test_kernel_gradient_copies_the_upstream_where_narrower(monkeypatch):
+    _use(monkeypatch, True)
+    _weight_gradients_in(monkeypatch, "blocks")
+    first_operands = []
+    monkeypatch.setattr(cpu_products, "_linear_pointwise",
+                        lambda x, *a, f=cpu_products._linear_pointwise:
+                        first_operands.append(tuple(x.shape)) or f(x, *a))
+    rows = _tensor((28, 40), 0)
+    cpu_products.kernel_gradient(rows, _tensor((28, 3), 1))  # the upstream's blocks copied
+    cpu_products.kernel_gradient(rows, _tensor((28, 60), 2))  # the inputs'
+    assert first_operands == [(3, 8)] * 3 + [(3, 4)] + [(40, 8)] * 3 + [(40, 4)]
 
 
 @needs_onednn
