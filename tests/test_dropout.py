@@ -242,3 +242,40 @@ def test_torch_masks_are_the_plain_comparison():
         for dtype in (torch.float32, torch.bfloat16):
             floats = float_mask(keep, dtype)
             assert floats.dtype == dtype and torch.equal(floats, (halves >= threshold).to(dtype))
+
+
+JAX_SHARDED_MASK = """
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from bertdesk.layers.random_bits import random_int16
+assert len(jax.devices()) == 2
+shape, key = (8, 4, 16, 16), np.array([3, 7], np.uint32)
+draw = lambda key: random_int16(shape, key)
+one = np.asarray(jax.jit(draw)(key))
+rows = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+halves = jax.jit(draw, out_shardings=rows)(key)
+assert len(halves.addressable_shards) == 2
+np.testing.assert_array_equal(np.asarray(halves), one)
+again = np.asarray(jax.jit(draw)(key))
+np.testing.assert_array_equal(again, one)
+assert len(np.unique(one)) > 0.9 * one.size  # 8,192 draws of 65,536 values: 6% repeat
+print("ok")
+"""
+
+
+def test_jax_bits_split_across_devices_are_the_one_device_bits():
+    """JAX's bits (XLA's threefry generator, `lax.rng_bit_generator`) drawn
+    into an array split over two devices are the one-device bits, so data
+    parallel training drops what one device would."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("JAX only")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="jax",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    done = subprocess.run([sys.executable, "-c", JAX_SHARDED_MASK], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")

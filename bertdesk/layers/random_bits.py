@@ -5,12 +5,13 @@ has no call that returns raw random bits. Its `uniform`, `bernoulli` and
 `dropout` spend one full 32-bit draw per element, and on a CPU those draws are
 most of what a dropout mask costs: one `(16, 12, 256, 256)` attention mask
 takes 132 ms with Keras' dropout on JAX and 115 ms on PyTorch, against 76 and
-53 ms with half as many words (`bench/dropout_cost.py`).
+53 ms with half as many words (`bench/dropout_cost.py`; on JAX, since then,
+XLA's own threefry generator draws them faster again: `_jax_words`).
 `BertDropout` needs only 16 bits per element, so it takes them from here,
 two per 32-bit draw.
 
 Seeds follow Keras' own dropout: a `keras.random.SeedGenerator` state advances
-by one per call (JAX's threefry, TensorFlow's stateless Philox, a seeded
+by one per call (a threefry key on JAX, TensorFlow's stateless Philox, a seeded
 `torch.Generator`); on PyTorch an unseeded generator draws from torch's global
 generator, as Keras' unseeded dropout does there.
 """
@@ -67,7 +68,7 @@ def random_int16(shape, seed, like=None):
     if backend == "jax":
         import jax
 
-        words = jax.random.bits(seed, words_shape, "uint32")
+        words = _jax_words(jax, seed, words_shape)
         halves = jax.lax.bitcast_convert_type(words, "int16")  # (..., words, 2)
         return halves.reshape(shape[:-1] + (-1,))[..., :last]
     if backend == "tensorflow":
@@ -86,6 +87,26 @@ def random_int16(shape, seed, like=None):
 
         return _torch_int16(torch, tuple(int(d) for d in shape), seed, like)
     raise NotImplementedError(f"random_int16: backend {backend!r} is not supported")
+
+
+def _jax_words(jax, key, shape):
+    """uint32 words of `shape` from a raw threefry key `(2,) uint32`: XLA's
+    own threefry generator (`lax.rng_bit_generator`) keyed by it, its
+    counter starting at 0.
+
+    `jax.random.bits` computes the same hash through ops that XLA's CPU
+    backend writes out whole past a few million words: 41.6 ms for 6.3M
+    words (one `(16, 12, 256, 256)` attention mask, MiniLM at 256 tokens)
+    against 8.1 here; at 0.5M and 1.6M words 0.8-1.1 and 2.4-2.8 ms against
+    0.7 and 2.0 (2 AMD Zen 5 cores). The words differ from
+    `jax.random.bits`' for the same key; each key still gives the same
+    words every time."""
+    from jax import lax
+    from jax import numpy as jnp
+
+    key = jnp.asarray(key, jnp.uint32).reshape(2)
+    state = jnp.concatenate([key, jnp.zeros((2,), jnp.uint32)])  # (key, counter)
+    return lax.rng_bit_generator(state, shape, jnp.uint32, lax.RandomAlgorithm.RNG_THREE_FRY)[1]
 
 
 def _torch_int16(torch, shape, seed, like):
