@@ -537,3 +537,157 @@ def test_a_pretraining_step_of_one_shape_builds_nothing_after_its_first():
     built, distinct = built_primitives(PRETRAINING_STEPS)
     assert distinct > 30  # the products went through oneDNN
     assert built == distinct
+
+
+# === Batched products through oneDNN (`onednn_batched_products`) ===
+needs_batched = pytest.mark.skipif(
+    not (IS_TORCH and cpu_products.batched_products_use_onednn()),
+    reason="this CPU keeps PyTorch's float32 batched products (MKL's)")
+
+
+@needs_batched
+@pytest.mark.parametrize("shape", [(64, 128, 64, 128), (16, 256, 32, 256), (4, 512, 64, 512),
+                                   (3, 7, 5, 9), (192, 24, 32, 24)])
+def test_batched_products_in_onednn_match_mkl(shape):
+    """The blocked attention's products (a transposed right operand, one
+    scaled into an `out=` buffer, a transposed left one) inside the context
+    equal float64's to float32 rounding, as MKL's do, and the process-wide
+    setting is back afterwards."""
+    import torch
+
+    groups, rows, depth, cols = shape
+    a, b = _tensor((groups, rows, depth), 0), _tensor((groups, cols, depth), 1)
+    products = {  # name: (the float32 product, its float64 reference)
+        "bmm": (lambda x, y: torch.bmm(x, y.transpose(1, 2))),
+        "baddbmm": (lambda x, y: torch.baddbmm(x.new_empty(groups, rows, cols), x,
+                                               y.transpose(1, 2), beta=0, alpha=0.125,
+                                               out=x.new_empty(groups, rows, cols))),
+        "transposed left": (lambda x, y: torch.bmm(x.transpose(1, 2), x)),
+    }
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    for name, product in products.items():
+        mkl = product(a, b)
+        with cpu_products.onednn_batched_products(a):
+            assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+            onednn = product(a, b)
+        assert torch.backends.mkldnn.matmul.fp32_precision == before
+        if name == "baddbmm":
+            reference = 0.125 * torch.bmm(a.double(), b.double().transpose(1, 2))
+        else:
+            reference = product(a.double(), b.double())
+        tolerance = 2e-6 * float(reference.abs().max())
+        np.testing.assert_allclose(onednn.double(), reference, atol=tolerance, err_msg=name)
+        np.testing.assert_allclose(mkl.double(), reference, atol=tolerance, err_msg=name)
+
+
+def test_batched_products_leave_other_tensors_alone(monkeypatch):
+    """bf16, float64 and meta tensors, `torch.compile` and a process where the
+    probe said no: the setting is not touched (and a setting of the user's
+    own is put back after the context, even after an exception)."""
+    import torch
+
+    matmul = torch.backends.mkldnn.matmul
+    monkeypatch.setattr(cpu_products, "batched_products_use_onednn", lambda: True)
+    for like in (torch.ones(2, dtype=torch.bfloat16), torch.ones(2, dtype=torch.float64),
+                 torch.ones(2, device="meta")):
+        with cpu_products.onednn_batched_products(like):
+            assert matmul.fp32_precision == "none"
+    monkeypatch.setattr(cpu_products, "batched_products_use_onednn", lambda: False)
+    with cpu_products.onednn_batched_products(torch.ones(2)):
+        assert matmul.fp32_precision == "none"
+    monkeypatch.setattr(cpu_products, "batched_products_use_onednn", lambda: True)
+    matmul.fp32_precision = "tf32"  # (a property: monkeypatch cannot put it back)
+    try:
+        with pytest.raises(KeyError):
+            with cpu_products.onednn_batched_products(torch.ones(2)):
+                assert matmul.fp32_precision == "bf16"
+                raise KeyError("inside")
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = "none"
+
+
+def test_batched_probe_refuses_rounded_sums(monkeypatch):
+    """The probe says no when a product rounds its operands (to bfloat16 here,
+    as oneDNN's math mode may on AMX), and the decision says no on a CPU
+    whose flags list AMX."""
+    import torch
+
+    assert cpu_products._batched_sums_stay_float32()
+    real_bmm, real_baddbmm = torch.bmm, torch.baddbmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: real_bmm(a.bfloat16().float(), b))
+    assert not cpu_products._batched_sums_stay_float32()
+    monkeypatch.setattr(torch, "bmm", real_bmm)
+    monkeypatch.setattr(torch, "baddbmm", lambda c, a, b, **kw: real_baddbmm(
+        c, a.bfloat16().float(), b, **kw))
+    assert not cpu_products._batched_sums_stay_float32()
+
+
+def test_amx_flag_is_read_from_cpuinfo(tmp_path):
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\n")
+    assert cpu_products._has_amx(str(amx))
+    assert not cpu_products._has_amx(str(plain))
+    assert not cpu_products._has_amx(str(tmp_path / "missing"))
+
+
+@needs_batched
+def test_batched_products_run_onednn_float32_kernels():
+    """oneDNN's own log (`ONEDNN_VERBOSE`) in a fresh process: the products
+    inside the context run a float32 matmul kernel on float32 memory."""
+    code = ("import os; os.environ['KERAS_BACKEND'] = 'torch'\n"
+            "import torch\n"
+            "from bertdesk.layers import cpu_products\n"
+            "assert cpu_products.batched_products_use_onednn()\n"
+            "a = torch.randn(8, 64, 32)\n"
+            "with cpu_products.onednn_batched_products(a):\n"
+            "    torch.bmm(a, a.transpose(1, 2))\n")
+    env = dict(os.environ, KERAS_BACKEND="torch", ONEDNN_VERBOSE="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = [line for line in done.stdout.splitlines()
+            if line.startswith("onednn_verbose") and ",exec," in line and ",matmul," in line]
+    assert runs, done.stdout[-2000:]
+    for line in runs:
+        assert "src:f32" in line and "wei:f32" in line and "dst:f32" in line, line
+        assert "amx" not in line, line
+
+
+def test_blocked_attention_multiplies_inside_the_context(monkeypatch):
+    """`fused_kernels.dropout_attention` runs its forward and backward
+    products inside `onednn_batched_products` (each pass once), and every
+    batched product it makes happens there."""
+    import contextlib
+
+    import torch
+
+    entered, outside = [], []
+    inside = [False]
+
+    @contextlib.contextmanager
+    def recording(like):
+        entered.append(like.dtype)
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    def watched(name, product):
+        def call(*args, **kwargs):
+            if not inside[0]:
+                outside.append(name)
+            return product(*args, **kwargs)
+        return call
+
+    for name in ("bmm", "baddbmm"):
+        monkeypatch.setattr(torch, name, watched(name, getattr(torch, name)))
+    monkeypatch.setattr(cpu_products, "onednn_batched_products", recording)
+    q, k, v = (_tensor((2, 5, 3, 4), seed, grad=True) for seed in (0, 1, 2))
+    keep = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(3)) > 0.2
+    out = fused_kernels.dropout_attention(q, k, v, keep, torch.ones(2, 1, 1, 5), 0.5, 1.25)
+    out.sum().backward()
+    assert entered == [torch.float32, torch.float32] and outside == []
