@@ -349,7 +349,9 @@ def onednn_batched_products(like):
     CPUs without AMX its matmul has no such kernel and computes in float32
     (`brg_matmul:avx512_core`, the same kernel as for a strict float32
     product): 450-510 GFLOP/s there, with float32's rounding. The setting is
-    process-wide, so it is made for the products inside and put back."""
+    process-wide, so it is made for the products inside and put back (a
+    float32 product of another thread meanwhile goes to oneDNN too, where
+    the probe has shown it stays float32)."""
     import torch
 
     if (like.dtype != torch.float32 or like.device.type != "cpu"
