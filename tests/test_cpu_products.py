@@ -557,12 +557,12 @@ def test_batched_products_in_onednn_match_mkl(shape):
 
     groups, rows, depth, cols = shape
     a, b = _tensor((groups, rows, depth), 0), _tensor((groups, cols, depth), 1)
-    products = {  # name: (the float32 product, its float64 reference)
-        "bmm": (lambda x, y: torch.bmm(x, y.transpose(1, 2))),
-        "baddbmm": (lambda x, y: torch.baddbmm(x.new_empty(groups, rows, cols), x,
-                                               y.transpose(1, 2), beta=0, alpha=0.125,
-                                               out=x.new_empty(groups, rows, cols))),
-        "transposed left": (lambda x, y: torch.bmm(x.transpose(1, 2), x)),
+    products = {  # name: the product, of float32 or (the reference) float64 operands
+        "bmm": lambda x, y: torch.bmm(x, y.transpose(1, 2)),
+        "baddbmm": lambda x, y: torch.baddbmm(x.new_empty(groups, rows, cols), x,
+                                              y.transpose(1, 2), beta=0, alpha=0.125,
+                                              out=x.new_empty(groups, rows, cols)),
+        "transposed left": lambda x, y: torch.bmm(x.transpose(1, 2), x),
     }
     before = torch.backends.mkldnn.matmul.fp32_precision
     for name, product in products.items():

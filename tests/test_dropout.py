@@ -2,6 +2,10 @@
 drop rate and scale, independence of the two halves of a random word,
 determinism, gradients, dtypes, shapes, saving, and a jit-compiled step."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -269,10 +273,6 @@ def test_jax_bits_split_across_devices_are_the_one_device_bits():
     parallel training drops what one device would."""
     if keras.backend.backend() != "jax":
         pytest.skip("JAX only")
-    import os
-    import subprocess
-    import sys
-
     env = dict(os.environ, KERAS_BACKEND="jax",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     done = subprocess.run([sys.executable, "-c", JAX_SHARDED_MASK], env=env,

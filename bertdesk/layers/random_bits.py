@@ -68,7 +68,7 @@ def random_int16(shape, seed, like=None):
     if backend == "jax":
         import jax
 
-        words = _jax_words(jax, seed, words_shape)
+        words = _jax_words(seed, words_shape)
         halves = jax.lax.bitcast_convert_type(words, "int16")  # (..., words, 2)
         return halves.reshape(shape[:-1] + (-1,))[..., :last]
     if backend == "tensorflow":
@@ -89,7 +89,7 @@ def random_int16(shape, seed, like=None):
     raise NotImplementedError(f"random_int16: backend {backend!r} is not supported")
 
 
-def _jax_words(jax, key, shape):
+def _jax_words(key, shape):
     """uint32 words of `shape` from a raw threefry key `(2,) uint32`: XLA's
     own threefry generator (`lax.rng_bit_generator`) keyed by it, its
     counter starting at 0.
