@@ -691,3 +691,41 @@ def test_blocked_attention_multiplies_inside_the_context(monkeypatch):
     out = fused_kernels.dropout_attention(q, k, v, keep, torch.ones(2, 1, 1, 5), 0.5, 1.25)
     out.sum().backward()
     assert entered == [torch.float32, torch.float32] and outside == []
+
+
+def test_inference_attention_multiplies_inside_the_context(monkeypatch):
+    """`fused_kernels.attention_on_cpu` makes every batched product inside
+    one `onednn_batched_products`, with blocks of one head at a time too."""
+    import contextlib
+
+    import torch
+
+    entered, outside, made = [], [], []
+    inside = [False]
+
+    @contextlib.contextmanager
+    def recording(like):
+        entered.append(like.dtype)
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
+
+    def watched(name, product):
+        def call(*args, **kwargs):
+            made.append(name)
+            if not inside[0]:
+                outside.append(name)
+            return product(*args, **kwargs)
+        return call
+
+    for name in ("bmm", "baddbmm"):
+        monkeypatch.setattr(torch, name, watched(name, getattr(torch, name)))
+    monkeypatch.setattr(cpu_products, "onednn_batched_products", recording)
+    monkeypatch.setattr(fused_kernels, "SCORES_PER_GROUP", 5 * 5 * 4)  # one head
+    q, k, v = (_tensor((2, 5, 3, 4), seed) for seed in (0, 1, 2))
+    with torch.no_grad():
+        fused_kernels.attention_on_cpu(q, k, v, torch.ones(2, 1, 1, 5, dtype=torch.bool), 0.5)
+    assert entered == [torch.float32] and outside == []
+    assert made.count("baddbmm") == made.count("bmm") == 6  # 2 sequences x 3 heads

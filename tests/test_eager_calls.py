@@ -134,19 +134,24 @@ def _attention_reference(q, k, v, mask, scale):
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
-@pytest.mark.parametrize("group_bytes", [1, 2 * 3 * 4 * 6 * 2, 1 << 20])  # 1, 2, all sequences
+@pytest.mark.parametrize("rows", [1, 2, 6, 1000])  # score matrices per product
 @pytest.mark.parametrize("q_len", [4, 1])
 @pytest.mark.parametrize("masking", ["none", "every key", "padding", "shared"])
-def test_bf16_attention_on_the_cpu_is_the_formula(monkeypatch, group_bytes, q_len, masking):
-    """bfloat16 on the CPU: batched products a few sequences at a time (groups
-    of 1, of 2 with a shorter last one, and all 5), each sequence with its
-    own padding; within bfloat16's rounding of the fused kernel's result."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attention_on_the_cpu_is_the_formula(monkeypatch, rows, q_len, masking, dtype):
+    """Batched products a few score matrices at a time: one head, two
+    heads (blocks within a sequence, the last one shorter), two sequences
+    (a shorter last group) and all 5 sequences, each sequence with its own
+    padding; float32 to its rounding, bfloat16 within its rounding of the
+    fused kernel's result."""
     import torch
 
-    monkeypatch.setattr(fused_kernels, "SCORES_PER_GROUP", group_bytes)
+    torch_dtype = getattr(torch, dtype)
+    monkeypatch.setattr(fused_kernels, "SCORES_PER_GROUP",
+                        rows * q_len * 6 * torch_dtype.itemsize)
     gen = torch.Generator().manual_seed(0)
-    k, v = (torch.randn(5, 6, 3, 4, generator=gen).bfloat16() for _ in range(2))
-    q = (2 * torch.randn(5, q_len, 3, 4, generator=gen)).bfloat16()
+    k, v = (torch.randn(5, 6, 3, 4, generator=gen).to(torch_dtype) for _ in range(2))
+    q = (2 * torch.randn(5, q_len, 3, 4, generator=gen)).to(torch_dtype)
     v[1, 4:] = 1e3  # padded keys' values: any weight on them would show
     mask = None if masking == "none" else torch.ones(5, 1, 1, 6, dtype=torch.bool)
     if masking == "padding":
@@ -155,40 +160,47 @@ def test_bf16_attention_on_the_cpu_is_the_formula(monkeypatch, group_bytes, q_le
     elif masking == "shared":  # one (1, 1, 1, seq) mask for every sequence
         mask = mask[:1].clone()
         mask[..., 5:] = False
-    out = fused_kernels.attention(q, k, v, mask, 0.5)
-    assert out.dtype == torch.bfloat16 and tuple(out.shape) == (5, q_len, 3, 4)
+    out = fused_kernels.attention_on_cpu(q, k, v, mask, 0.5)
+    assert out.dtype == torch_dtype and tuple(out.shape) == (5, q_len, 3, 4)
     assert out.is_contiguous()
     expected = _attention_reference(q, k, v, mask, 0.5)
     if masking == "padding":
         assert np.abs(expected[1]).max() < 50  # the reference keeps padding out too
-    np.testing.assert_allclose(to_np(out.float()), expected, rtol=3e-2, atol=3e-2)
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    np.testing.assert_allclose(to_np(out.float()), expected, rtol=tol, atol=tol)
     fused = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
         scale=0.5).transpose(1, 2)
-    np.testing.assert_allclose(to_np(out.float()), to_np(fused.float()), rtol=3e-2, atol=3e-2)
+    np.testing.assert_allclose(to_np(out.float()), to_np(fused.float()), rtol=tol, atol=tol)
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
-@pytest.mark.parametrize("batch,q_len", [(0, 4), (2, 0)])
-def test_bf16_attention_on_the_cpu_takes_empty_inputs(batch, q_len):
+@pytest.mark.parametrize("batch,q_len,seq", [(0, 4, 6), (2, 0, 6), (2, 4, 0)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attention_on_the_cpu_takes_empty_inputs(batch, q_len, seq, dtype):
     import torch
 
-    q = torch.randn(batch, q_len, 3, 4).bfloat16()
-    k = torch.randn(batch, 6, 3, 4).bfloat16()
-    out = fused_kernels.bf16_attention_on_cpu(q, k, k, torch.ones(batch, 1, 1, 6).bool(), 0.5)
-    assert tuple(out.shape) == (batch, q_len, 3, 4) and out.dtype == torch.bfloat16
+    q = torch.randn(batch, q_len, 3, 4).to(getattr(torch, dtype))
+    k = torch.randn(batch, seq, 3, 4).to(getattr(torch, dtype))
+    out = fused_kernels.attention_on_cpu(q, k, k, torch.ones(batch, 1, 1, seq).bool(), 0.5)
+    assert tuple(out.shape) == (batch, q_len, 3, 4) and out.dtype == q.dtype
+    if out.numel():  # no keys: nothing to attend to, zeros (not NaN)
+        assert not out.isnan().any()
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
-def test_on_the_cpu_bf16_leaves_the_fused_kernel(monkeypatch):
-    """PyTorch's fused kernel for float32 and float16, with autograd or
-    without; bfloat16 inference through `bf16_attention_on_cpu`, and with
-    autograd recording through `dropout_attention` without a mask."""
+def test_on_the_cpu_inference_leaves_the_fused_kernel(monkeypatch):
+    """PyTorch's fused kernel for float16, and for float32 with autograd
+    recording or below `ONEDNN_ATTENTION_FROM` (query, key) pairs or where
+    the batched products would not go to oneDNN; inference otherwise through
+    `attention_on_cpu`; bfloat16 with autograd recording through
+    `dropout_attention` without a mask."""
     import torch
 
     calls = []
     fused = torch.nn.functional.scaled_dot_product_attention
     hand_written = fused_kernels.dropout_attention
+    grouped = fused_kernels.attention_on_cpu
 
     def spy(q, *args, **kwargs):
         calls.append(("fused", q.dtype))
@@ -198,20 +210,32 @@ def test_on_the_cpu_bf16_leaves_the_fused_kernel(monkeypatch):
         calls.append(("hand-written", q.dtype, keep))
         return hand_written(q, k, v, keep, *args)
 
+    def spy_grouped(q, *args):
+        calls.append(("grouped", q.dtype))
+        return grouped(q, *args)
+
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     monkeypatch.setattr(fused_kernels, "dropout_attention", spy_hand_written)
-    q = torch.randn(2, 5, 3, 4)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        fused_kernels.attention(*(q.to(dtype) for _ in range(3)), None, 0.5)
-    assert calls == [("fused", torch.float32), ("fused", torch.float16)]
+    monkeypatch.setattr(fused_kernels, "attention_on_cpu", spy_grouped)
+    monkeypatch.setattr(fused_kernels, "ONEDNN_ATTENTION_FROM", 5 * 6)
+    q, k = torch.randn(2, 5, 3, 4), torch.randn(2, 6, 3, 4)
+    for onednn in (True, False):
+        monkeypatch.setattr(cpu_products, "batched_products_use_onednn", lambda: onednn)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            fused_kernels.attention(q.to(dtype), k.to(dtype), k.to(dtype), None, 0.5)
+    assert calls == [("grouped", torch.float32), ("grouped", torch.bfloat16),
+                     ("fused", torch.float16), ("fused", torch.float32),
+                     ("grouped", torch.bfloat16), ("fused", torch.float16)]
+    calls.clear()
+    monkeypatch.setattr(cpu_products, "batched_products_use_onednn", lambda: True)
+    fused_kernels.attention(q, k[:, :5], k[:, :5], None, 0.5)  # 25 pairs
+    assert calls == [("fused", torch.float32)]
+    calls.clear()
     for dtype in (torch.float32, torch.bfloat16):
         leaf = q.to(dtype).detach().clone().requires_grad_()
         fused_kernels.attention(leaf, leaf, leaf, None, 0.5).float().sum().backward()
         assert leaf.grad is not None
-        with torch.no_grad():
-            fused_kernels.attention(leaf, leaf, leaf, None, 0.5)
-    assert calls[2:] == [("fused", torch.float32), ("fused", torch.float32),
-                         ("hand-written", torch.bfloat16, None)]
+    assert calls == [("fused", torch.float32), ("hand-written", torch.bfloat16, None)]
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")
@@ -252,13 +276,13 @@ def test_attention_with_gradients_on_the_cpu_is_the_formula(q_len, dtype, path):
 @pytest.mark.skipif(not IS_TORCH, reason="the bfloat16 attention path is PyTorch's")
 @pytest.mark.parametrize("model", [attention_model, encoder_model])
 def test_bf16_inference_matches_the_explicit_path(model, monkeypatch):
-    """The mixed-precision layer through `bf16_attention_on_cpu` against
-    the explicit attention path (einsums and Keras' softmax in bfloat16)."""
+    """The mixed-precision layer through `attention_on_cpu` against the
+    explicit attention path (einsums and Keras' softmax in bfloat16)."""
     import torch
 
     calls = []
-    grouped = fused_kernels.bf16_attention_on_cpu
-    monkeypatch.setattr(fused_kernels, "bf16_attention_on_cpu",
+    grouped = fused_kernels.attention_on_cpu
+    monkeypatch.setattr(fused_kernels, "attention_on_cpu",
                         lambda *args: calls.append(1) or grouped(*args))
     x = hidden_inputs(seq=12)
     fast = model(use_fused_attention=True, dtype="mixed_bfloat16")
@@ -270,6 +294,33 @@ def test_bf16_inference_matches_the_explicit_path(model, monkeypatch):
     mask = x["padding_mask"].astype(bool)
     np.testing.assert_allclose(a[mask], b[mask], rtol=5e-2, atol=5e-2)
     assert np.abs(a[mask] - b[mask]).mean() < 1e-2
+
+
+@pytest.mark.skipif(not IS_TORCH, reason="the grouped attention path is PyTorch's")
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("model", [attention_model, encoder_model])
+def test_float32_inference_through_onednn_matches_the_explicit_path(model, padded, monkeypatch):
+    """The float32 layer through `attention_on_cpu` (where this CPU's
+    batched products go to oneDNN, else the fused kernel) against the
+    explicit attention path, padded or not."""
+    import torch
+
+    calls = []
+    grouped = fused_kernels.attention_on_cpu
+    monkeypatch.setattr(fused_kernels, "attention_on_cpu",
+                        lambda *args: calls.append(1) or grouped(*args))
+    monkeypatch.setattr(fused_kernels, "ONEDNN_ATTENTION_FROM", 1)
+    x = hidden_inputs(seq=12)
+    if not padded:
+        x["padding_mask"] = np.ones_like(x["padding_mask"])
+    fast = model(use_fused_attention=True)
+    explicit = model(use_fused_attention=False)
+    explicit.set_weights(fast.get_weights())
+    with torch.no_grad():  # as in predict
+        a, b = to_np(fast(x)), to_np(explicit(x))
+    assert calls == ([1] if cpu_products.batched_products_use_onednn() else [])
+    mask = x["padding_mask"].astype(bool)
+    np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")

@@ -12,7 +12,7 @@ gradient (four ops as a formula). Each function here gives
 the same numbers as the formula it replaces (tests/test_lean_backward.py).
 Also here: `autograd_apply`, `lean_backward.with_gradient` on PyTorch;
 `attention`, PyTorch's fused attention kernel without Keras' copies, and
-`bf16_attention_on_cpu`, bfloat16 attention on the CPU without it;
+`attention_on_cpu`, inference attention on the CPU without it;
 `dropout_attention` and `feed_forward`, `lean_backward`'s functions of
 those names as ATen calls (the attention in cache-sized blocks of heads on
 the CPU); `attention_with_dropout`, the probabilities'
@@ -131,17 +131,28 @@ def attention(q, k, v, mask, scale):
     mask (forward and backward at BERT-base's shape, 16 x 128 with 12 heads,
     15.7 against 34.9 ms; a BERT-base classifier's bf16 training step
     without attention dropout 1,684 -> 1,429 ms, mini 105.7 -> 81.2), and
-    without (prediction, evaluation) through `bf16_attention_on_cpu`. In
+    without (prediction, evaluation) through `attention_on_cpu`. In
     float32 the same step lost 1-5% (mini 138.5 -> 146.0 ms), so float32
-    keeps the fused kernel."""
+    training keeps the fused kernel; float32 inference goes through
+    `attention_on_cpu` where the batched products go to oneDNN
+    (`cpu_products.batched_products_use_onednn()`) and a head has at least
+    `ONEDNN_ATTENTION_FROM` (query, key) pairs: whole forward passes at 16 x
+    128 (alternating in one process) mini 40.2 -> 36.7 ms, MiniLM 134.3 ->
+    114.1, BERT-base 857 -> 834; MiniLM at 16 x 256 259 -> 236, at 4 x 512
+    175 -> 154."""
     import torch
     from torch.nn import functional
 
-    if (q.dtype == torch.bfloat16 and q.device.type == "cpu"
-            and not torch.compiler.is_compiling()):
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            return dropout_attention(q, k, v, None, mask, scale, 1.0)
-        return bf16_attention_on_cpu(q, k, v, mask, scale)
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if q.dtype == torch.bfloat16:
+            if recording:
+                return dropout_attention(q, k, v, None, mask, scale, 1.0)
+            return attention_on_cpu(q, k, v, mask, scale)
+        if (q.dtype == torch.float32 and not recording
+                and q.shape[1] * k.shape[1] >= ONEDNN_ATTENTION_FROM
+                and cpu_products.batched_products_use_onednn()):
+            return attention_on_cpu(q, k, v, mask, scale)
     out = functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         attn_mask=None if keeps_every_key(mask) else mask.bool(), scale=scale,
@@ -149,46 +160,86 @@ def attention(q, k, v, mask, scale):
     return out.transpose(1, 2)
 
 
-def bf16_attention_on_cpu(q, k, v, mask, scale):
-    """`attention` for bfloat16 tensors on the CPU as two batched products
-    around a softmax, a few sequences at a time (the scores of a group at
-    most `SCORES_PER_GROUP` bytes); `(batch, q_len, heads, head_dim)`,
-    contiguous.
+def attention_on_cpu(q, k, v, mask, scale):
+    """`attention` on the CPU without autograd, as two batched products
+    around a softmax a few score matrices at a time (at most
+    `SCORES_PER_GROUP` bytes of scores: whole sequences, or a sequence's
+    heads in blocks), in buffers made once per call; `(batch, q_len, heads,
+    head_dim)`, contiguous.
 
-    PyTorch's fused CPU kernel multiplies bfloat16 blocks through its own
-    loops, while `torch.matmul` in bfloat16 goes to oneDNN: at BERT-base's
-    shape (16 x 128, 12 heads of 64) 3.9-4.1 ms against 7.8, at mini's (4
-    heads) 1.3-1.4 against 2.6, at 4 x 512 with 12 heads 11.2 against 21.0
-    (2 Zen 5 cores). Larger groups than 8 MB of scores lost at 512 tokens
-    (23.7 ms with 32 MB). The scores are rounded to bfloat16, as in
-    bertdesk's training path (`dropout_attention`) and its explicit einsum
-    path; the fused kernel keeps them in float32. In float32 this path
-    gained nothing (PyTorch's float32 batched product is MKL's, at about
-    half oneDNN's rate on AMD CPUs)."""
+    PyTorch's fused CPU kernel multiplies its blocks through its own loops
+    in bfloat16 and through MKL in float32 (half speed on AMD CPUs); the
+    batched products here go to oneDNN (bfloat16 always, float32 inside
+    `cpu_products.onednn_batched_products`). Per layer, 2 Zen 5 cores,
+    against the fused kernel (float32, bfloat16): 16 x 128 with 12 heads
+    of 64 (BERT-base) 4.3 against 6.5 ms, 2.9 against 7.3; 4 heads of 64
+    (mini) 1.05 against 1.62, 0.96 against 2.48; 12 heads of 32 (MiniLM)
+    2.6 against 4.1, 2.3 against 5.0; 4 x 512 with 12 heads of 64 12.0
+    against 19.4, 8.1 against 20.2. Each group's head-major copies of q, k
+    and v, its scores and probabilities stay in the cache, and the buffers
+    are made once: made per group of 8 MB of scores (this function's bfloat16
+    version before), MiniLM's bfloat16 forward pass at 16 x 128 faulted in
+    18,240 fresh pages per call under glibc's defaults (89.7 ms; 67.4 now).
+    The scores are in q's dtype (bfloat16 rounded, as in bertdesk's training
+    path `dropout_attention` and its explicit einsum path; the fused kernel
+    keeps them in float32), the softmax accumulates in float32."""
     import torch
+    from torch.ops import aten
 
     batch, q_len, heads, head_dim = q.shape
     seq = k.shape[1]
-    mask = None if keeps_every_key(mask) else mask.bool()
-    per_sequence = max(1, heads * q_len * seq * q.element_size())  # (0 for an empty query)
-    group = max(1, min(batch, SCORES_PER_GROUP // per_sequence))
     out = q.new_empty((batch, q_len, heads, head_dim))
-    for start in range(0, batch, group):
-        stop = min(batch, start + group)
-        # scaled, head-major and contiguous in one pass over q
-        q_heads = torch.mul(q[start:stop].transpose(1, 2), scale,
-                            out=q.new_empty((stop - start, heads, q_len, head_dim)))
-        scores = torch.matmul(q_heads, k[start:stop].permute(0, 2, 3, 1))  # (group, heads, q_len, seq)
-        if mask is not None:  # (batch or 1, 1, 1 or q_len, seq)
-            group_mask = mask if mask.shape[0] == 1 else mask[start:stop]
-            scores.masked_fill_(~group_mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, -1)  # accumulated in float32 by ATen, rounded on output
-        out[start:stop] = torch.matmul(probs, v[start:stop].transpose(1, 2)).transpose(1, 2)
+    if out.numel() == 0:
+        return out
+    bias = None
+    if not keeps_every_key(mask):  # (batch or 1, 1, 1 or q_len, seq)
+        bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(
+            ~mask.bool(), torch.finfo(q.dtype).min)
+    # Rows (one head of one sequence each) per product: whole sequences when
+    # one's scores fit in `SCORES_PER_GROUP`, else blocks of one sequence's heads.
+    step = max(1, SCORES_PER_GROUP // max(1, q_len * seq * q.element_size()))
+    group = max(1, min(batch, step // heads))
+    step = min(step, group * heads)
+    q_heads = q.new_empty((group, heads, q_len, head_dim))
+    k_heads, v_heads = (t.new_empty((group, heads, seq, head_dim)) for t in (k, v))
+    scores, probs = (q.new_empty((step, q_len, seq)) for _ in range(2))
+    products = q.new_empty((group * heads, q_len, head_dim))
+    with cpu_products.onednn_batched_products(q):
+        for start in range(0, batch, group):
+            stop = min(batch, start + group)
+            n, rows = stop - start, (stop - start) * heads
+            qh, kh, vh = (buffer[:n].copy_(t[start:stop].transpose(1, 2)).view(rows, -1, head_dim)
+                          for buffer, t in ((q_heads, q), (k_heads, k), (v_heads, v)))
+            sequence_bias = None if bias is None else (
+                bias if bias.shape[0] == 1 else bias[start:stop])
+            for first in range(0, rows, step):
+                block = slice(first, min(rows, first + step))
+                m = block.stop - first
+                s = torch.baddbmm(scores[:m], qh[block], kh[block].transpose(1, 2),
+                                  beta=0, alpha=scale, out=scores[:m])  # scale * q k^T
+                if sequence_bias is not None:  # whole sequences, or part of one
+                    (s.view(n, heads, q_len, seq) if m == rows else s).add_(
+                        sequence_bias if m == rows else sequence_bias[0])
+                # into another tensor: in place, PyTorch's softmax takes a slower path
+                p = aten._softmax.out(s, -1, False, out=probs[:m])
+                torch.bmm(p, vh[block], out=products[block])
+            out[start:stop] = products[:rows].view(n, heads, q_len, head_dim).transpose(1, 2)
     return out
 
 
-# The scores of one group of sequences in `bf16_attention_on_cpu`, in bytes.
-SCORES_PER_GROUP = 8 << 20
+# The scores of one group in `attention_on_cpu`, in bytes. Whole forward
+# passes (16 x 128, alternating in one process, glibc's defaults): 2 MB
+# against 8 MB in bfloat16 MiniLM 67.4 against 89.1 ms (18,240 page faults
+# a call with 8 MB), at 16 x 256 148.3 against 155.5; mini and BERT-base
+# within 1.3%. Per layer in float32, 4 MB and 8 MB faulted in pages at some
+# shapes (mini's heads 5.3-5.5 ms against 2.7).
+SCORES_PER_GROUP = 2 << 20
+
+# The fewest (query, key) pairs per head for which float32 inference
+# attention leaves PyTorch's fused kernel for `attention_on_cpu`: MiniLM's
+# forward pass at 16 x 32 and 16 x 64 tokens took the same time either way
+# (27.3 and 57.0 ms), at 16 x 128 1.18x faster here.
+ONEDNN_ATTENTION_FROM = 64 * 64
 
 
 def attention_with_dropout(q, k, v, mask, scale, rate):
