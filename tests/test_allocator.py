@@ -86,3 +86,80 @@ def test_model_jobs_of_the_command_line_turn_it_on_on_every_backend(tmp_path):
     assert run(predict, KERAS_BACKEND="torch")["faults"] < PAGES * 0.1
     assert run(predict, KERAS_BACKEND="jax")["faults"] < PAGES * 0.1
     assert run(info, KERAS_BACKEND="tensorflow")["faults"] >= 3 * PAGES * 0.9
+
+
+# In a fresh process: optionally lift_dynamic_thresholds() or a float32
+# product through bertdesk's PyTorch CPU path, then a 12 MB block freed (so
+# glibc's thresholds settle at 12 MB: trim above 24 MB, the way a small
+# model's activations set them) and four rounds of three 12 MB buffers
+# written and freed; prints what the call returned and the page faults of
+# the last three rounds.
+HEAP_ROUNDS = r"""
+import ctypes, json, resource, sys
+how = sys.argv[1]
+lifted = None
+if how == "lift":
+    from bertdesk.training.allocator import lift_dynamic_thresholds
+    lifted = lift_dynamic_thresholds()
+elif how == "torch product":
+    import torch
+    from bertdesk.layers import cpu_products
+    x = torch.randn(64, 32)
+    with torch.no_grad():
+        cpu_products.linear(x, torch.randn(32, 16), torch.zeros(16))
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = (ctypes.c_void_p,)
+MB = 1 << 20
+p = libc.malloc(12 * MB)
+ctypes.memset(p, 1, 12 * MB)
+libc.free(p)
+faults = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [libc.malloc(12 * MB) for _ in range(3)]
+    for block in blocks:
+        ctypes.memset(block, 1, 12 * MB)
+    for block in blocks:
+        libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"lifted": lifted, "faults": sum(faults[1:])}))
+"""
+ROUND_PAGES = 3 * 12 * (1 << 20) // 4096
+
+
+def run_heap_rounds(how, **env_changes):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MALLOC_", "BERTDESK_ALLOCATOR", "GLIBC_TUNABLES"))}
+    env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+               KERAS_BACKEND="torch", **env_changes)
+    out = subprocess.run([sys.executable, "-c", HEAP_ROUNDS, how], env=env, capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_lifted_thresholds_keep_a_heap_of_up_to_64_mb():
+    """glibc's own dynamic thresholds, settled at 12 MB, trim 36 MB of freed
+    heap and fault it in again every round; lifted to their ceiling, the heap
+    keeps it (and buffers below 32 MB still come from it)."""
+    plain = run_heap_rounds("plain")
+    assert plain["faults"] >= 3 * ROUND_PAGES * 0.9, plain
+    lifted = run_heap_rounds("lift")
+    assert lifted["lifted"] is True
+    assert lifted["faults"] < ROUND_PAGES * 0.1, lifted
+
+
+def test_the_first_cpu_product_lifts_the_thresholds():
+    assert run_heap_rounds("torch product")["faults"] < ROUND_PAGES * 0.1
+    left = run_heap_rounds("torch product", BERTDESK_ALLOCATOR="default")
+    assert left["faults"] >= 3 * ROUND_PAGES * 0.9, left
+
+
+@pytest.mark.parametrize("env", [{"BERTDESK_ALLOCATOR": "default"},
+                                 {"MALLOC_ARENA_MAX": "4"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}])
+def test_lifting_leaves_the_users_own_settings_alone(env):
+    result = run_heap_rounds("lift", **env)
+    assert result["lifted"] is False
+    assert result["faults"] >= 3 * ROUND_PAGES * 0.9, result

@@ -38,6 +38,8 @@ import functools
 import os
 import time
 
+from bertdesk.training import allocator
+
 ENV = "BERTDESK_TORCH_GEMM"
 CHOICES = ("auto", "onednn", "aten")
 _FASTER = 1.25  # how much faster oneDNN must measure to be used
@@ -81,6 +83,8 @@ def _has_linear_pointwise():
     import torch
 
     limit_primitive_caches()  # before oneDNN's first primitive: it reads them once
+    # eager CPU passes free what they allocate at every call: let glibc's heap keep it
+    allocator.lift_dynamic_thresholds()
     try:
         return torch.backends.mkldnn.is_available() and bool(
             torch.ops.mkldnn._linear_pointwise.default)
