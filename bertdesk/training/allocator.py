@@ -63,6 +63,10 @@ threads; it is process-wide, so the library never calls it on import. A
 script of one's own can call it at its top. It changes nothing where the user chose: `BERTDESK_ALLOCATOR=default`,
 glibc's own `MALLOC_*` variables or `GLIBC_TUNABLES` set, or not glibc
 (macOS, Windows, musl).
+
+Without it, `lift_dynamic_thresholds()` takes a much smaller step, the one
+glibc takes itself after freeing a 32 MiB buffer; bertdesk's PyTorch CPU
+path calls it at its first product.
 """
 
 import ctypes
@@ -118,13 +122,15 @@ def lift_dynamic_thresholds():
     documented dynamic thresholds, `mallopt(3)`). PyTorch's eager CPU
     passes free most of what they allocate at every call, so a small
     model's thresholds settle at its largest activation (BERT-mini's 8 MiB
-    feed-forward buffer, trim 16 MiB) and its heap is trimmed and faulted in
-    again at every call: the float32 forward pass at 16 x 128 took 4,100-4,800
-    fresh pages a call (40.9-41.4 ms), 1-74 after this (35.7-35.9 ms); its
-    training step 16,000-16,800 (138.8-139.1 ms) against 100-3,300
-    (120.3-121.9 ms); its bf16 forward pass 24.7-25.7 -> 21.9-22.1 ms; BERT-base's
-    float32 forward pass 849-850 -> 812-832 ms; peak memory the same to 3%
-    (2 AMD Zen 5 cores, fresh processes alternating). It is what glibc does
+    feed-forward buffer, trim 16 MiB) and, in some processes, its heap is
+    trimmed and faulted in again at every call: BERT-mini's float32 forward
+    pass at 16 x 128 took 4,100-5,500 fresh pages a call (40.9-42.9 ms;
+    1-147 and 35.6-36.3 ms in the processes that escaped), 0-256 after this
+    (34.8-36.4 ms); its training step 16,000-16,800 pages (138.8-139.1 ms)
+    against 100-3,300 (120.3-121.9 ms); its bf16 forward pass 24.7-25.7 ->
+    21.9-22.1 ms; BERT-base's float32 forward pass 849-850 -> 812-832 ms;
+    peak memory the same to 3% (2 AMD Zen 5 cores, fresh processes
+    alternating). It is what glibc does
     itself after freeing any buffer of that size, and much less than
     `keep_freed_memory` (the command line's): buffers above 32 MiB still
     come from `mmap`, and the heap is still trimmed. The first float32 or
