@@ -397,6 +397,48 @@ def test_kernels_are_packed_for_bf16_inference_only(monkeypatch):
     assert not cpu_products.packs(stored, torch.bfloat16)
 
 
+
+@needs_onednn
+def test_large_float32_kernels_are_packed_for_float32_inference(monkeypatch):
+    """A float32 kernel of at least `FLOAT32_PACK_FROM` bytes is kept packed
+    for float32 products where oneDNN takes them and autograd records
+    nothing: the plain kernel's numbers bit for bit, one copy kept, made
+    again after the variable changes, and dropped when a training step reads
+    the kernel; smaller kernels and ATen's products keep the plain kernel."""
+    import torch
+
+    layer = keras.layers.Dense(60, dtype="float32")
+    layer.build((None, 40))
+    stored = layer.kernel.value
+    _use(monkeypatch, True)
+    monkeypatch.setattr(cpu_products, "FLOAT32_PACK_FROM", 40 * 60 * 4)
+    assert cpu_products.packs(stored, torch.float32)
+    assert not cpu_products.packs(stored, torch.float16)
+    assert not cpu_products.packs(stored[:, :59], torch.float32)  # under the size
+    x = _tensor((28, 40), 0)
+    bias = fused_kernels.weight(layer.bias, "float32")
+    with torch.no_grad():
+        packed = fused_kernels.product_kernel(layer.kernel, "float32")
+        assert packed.is_mkldnn and packed is fused_kernels.product_kernel(layer.kernel, "float32")
+        assert fused_kernels.weight(layer.kernel, "float32") is stored  # the plain read
+        assert list(fused_kernels._CASTS._kept[stored]) == [(torch.float32, True)]
+        for gelu in (False, True):
+            assert torch.equal(fused_kernels.linear(x, packed, bias, gelu=gelu),
+                               fused_kernels.linear(x, stored, bias, gelu=gelu))
+        layer.kernel.assign(np.full((40, 60), 0.5, "float32"))
+        again = fused_kernels.product_kernel(layer.kernel, "float32")
+        assert again is not packed
+        np.testing.assert_allclose(fused_kernels.linear(x, again, bias).numpy(),
+                                   (x @ torch.full((40, 60), 0.5) + bias).numpy(), rtol=1e-5)
+    trained = fused_kernels.product_kernel(layer.kernel, "float32")  # autograd recording
+    assert trained is stored and not fused_kernels._CASTS._kept.get(stored)
+    monkeypatch.setattr(cpu_products, "FLOAT32_PACK_FROM", 40 * 60 * 4 + 1)
+    assert not cpu_products.packs(stored, torch.float32)
+    monkeypatch.setattr(cpu_products, "FLOAT32_PACK_FROM", 0)
+    _use(monkeypatch, False)
+    assert not cpu_products.packs(stored, torch.float32)
+
+
 # === The choice ===
 
 @pytest.fixture

@@ -556,11 +556,14 @@ def _fresh_casts(monkeypatch):
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's kept casts")
-def test_kept_casts_follow_every_change_of_the_weights(monkeypatch):
-    """Under mixed precision, predictions with the kept bf16 weights equal
-    predictions with casts made at every call: at first, after `assign`, after
-    a training step's in-place update, and for the masked-LM head's tied
-    table; a second inference read is the kept tensor itself."""
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "float32"])
+def test_kept_casts_follow_every_change_of_the_weights(monkeypatch, policy):
+    """Predictions with the kept weights (bf16 casts under mixed precision,
+    packed float32 kernels, here every one of them, in float32) equal
+    predictions with casts and packs made at every call: at first, after
+    `assign`, after a training step's in-place update, and for the
+    masked-LM head's tied table; a second inference read is the kept tensor
+    itself."""
     import torch
 
     import bertdesk
@@ -568,7 +571,9 @@ def test_kept_casts_follow_every_change_of_the_weights(monkeypatch):
     from bertdesk.training.optimization import bert_adamw
     from conftest import TINY, random_batch
 
-    keras.config.set_dtype_policy("mixed_bfloat16")
+    monkeypatch.setattr(cpu_products, "FLOAT32_PACK_FROM", 0)
+    compute = "bfloat16" if policy == "mixed_bfloat16" else "float32"
+    keras.config.set_dtype_policy(policy)
     model = BertTextClassifier(bertdesk.BertBackbone(**TINY), num_classes=3)
     model.compile(optimizer=bert_adamw(1e-2, 10, warmup_ratio=0.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -594,10 +599,10 @@ def test_kept_casts_follow_every_change_of_the_weights(monkeypatch):
     first = check()
     kernel = model.backbone.encoder_layers[0].intermediate.kernel
     with torch.no_grad():
-        assert fused_kernels.weight(kernel, "bfloat16") is fused_kernels.weight(kernel, "bfloat16")
-        packed = fused_kernels.product_kernel(kernel, "bfloat16")
-        assert packed is fused_kernels.product_kernel(kernel, "bfloat16")
-        assert packed.is_mkldnn == cpu_products.packs(kernel.value, torch.bfloat16)
+        assert fused_kernels.weight(kernel, compute) is fused_kernels.weight(kernel, compute)
+        packed = fused_kernels.product_kernel(kernel, compute)
+        assert packed is fused_kernels.product_kernel(kernel, compute)
+        assert packed.is_mkldnn == cpu_products.packs(kernel.value, getattr(torch, compute))
     kernel.assign(to_np(kernel) * 2.0)
     table = model.backbone.token_embedding.embeddings
     table.assign(to_np(table) + 1.0)

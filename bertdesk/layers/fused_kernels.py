@@ -419,14 +419,14 @@ def weight(value, dtype, packable=False):
 
     tensor = _stored_tensor(value)
     target = getattr(torch, dtype)
-    if tensor.dtype == target:
-        return tensor
     if torch.compiler.is_compiling():
         return tensor.to(target)
     if torch.is_grad_enabled() and tensor.requires_grad:
         _CASTS.drop(tensor)
         return tensor.to(target)
     packed = packable and not torch.is_grad_enabled() and cpu_products.packs(tensor, target)
+    if tensor.dtype == target and not packed:
+        return tensor
     return _CASTS.get(tensor, target, packed=packed)
 
 
@@ -434,10 +434,12 @@ def product_kernel(value, dtype):
     """`weight(value, dtype)` for a Dense kernel `(in, out)` that `linear`
     multiplies; where autograd records nothing at all (`torch.no_grad`,
     prediction and evaluation) and `cpu_products.packs` says so (a float32
-    kernel read in bfloat16 on a CPU with oneDNN's bf16 kernels), the
+    kernel read in bfloat16 on a CPU with oneDNN's bf16 kernels, or a large
+    float32 kernel read in float32 where oneDNN takes those products), the
     kernel in `dtype` reordered into oneDNN's blocked layout
-    (`cpu_products.pack`), made once and kept in place of the plain cast
-    until the variable changes.
+    (`cpu_products.pack`), made once and kept (in place of the plain bf16
+    cast; beside a float32 kernel) until the variable changes or is read
+    with autograd recording (a training step, which drops it).
 
     oneDNN's inner product reorders a plain weight into that layout at
     every call: a pass over the kernel each time. Kept packed, BERT-base's
