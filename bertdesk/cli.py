@@ -740,11 +740,11 @@ def main(argv=None):
         allocator.keep_freed_memory()
     _set_backend(args.backend)
     if args.command in MODEL_JOBS:
-        from bertdesk.layers.cpu_products import setting
+        from bertdesk.layers.cpu_products import check_settings
         from bertdesk.training.compile_cache import enable_compile_cache
 
         try:
-            setting()  # a mistyped BERTDESK_TORCH_GEMM stops here, not at the first product
+            check_settings()  # a mistyped variable stops here, not at the first product
         except ValueError as e:
             print(f"bertdesk {args.command}: error: {e}", file=sys.stderr)
             return 2

@@ -435,6 +435,13 @@ def test_large_float32_kernels_are_packed_for_float32_inference(monkeypatch):
     monkeypatch.setattr(cpu_products, "FLOAT32_PACK_FROM", 40 * 60 * 4 + 1)
     assert not cpu_products.packs(stored, torch.float32)
     monkeypatch.setattr(cpu_products, "FLOAT32_PACK_FROM", 0)
+    for value, packs in (("auto", True), ("off", False), ("0", False), ("", True)):
+        monkeypatch.setenv("BERTDESK_PACK_FLOAT32", value)
+        assert cpu_products.packs(stored, torch.float32) is packs, value
+    monkeypatch.setenv("BERTDESK_PACK_FLOAT32", "always")
+    with pytest.raises(ValueError, match="BERTDESK_PACK_FLOAT32='always'"):
+        cpu_products.packs(stored, torch.float32)
+    monkeypatch.delenv("BERTDESK_PACK_FLOAT32")
     _use(monkeypatch, False)
     assert not cpu_products.packs(stored, torch.float32)
 
@@ -480,15 +487,17 @@ def test_the_measurement_times_both_products():
     assert np.isfinite(ratio) and ratio > 0
 
 
+@pytest.mark.parametrize("variable,expected", [(cpu_products.ENV, "auto, onednn, aten"),
+                                               ("BERTDESK_PACK_FLOAT32", "auto or off")])
 def test_the_command_line_refuses_an_unknown_setting_before_any_work(monkeypatch, capsys,
-                                                                     tmp_path):
+                                                                     tmp_path, variable, expected):
     from bertdesk.cli import main as cli_main
 
-    monkeypatch.setenv(cpu_products.ENV, "fast")
+    monkeypatch.setenv(variable, "fast")
     assert cli_main(["predict", "--model", str(tmp_path / "none"), "--data",
                      str(tmp_path / "none.csv"), "--output", str(tmp_path / "out.csv")]) == 2
     err = capsys.readouterr().err
-    assert "BERTDESK_TORCH_GEMM='fast'" in err and "auto, onednn, aten" in err
+    assert f"{variable}='fast'" in err and expected in err
     assert "none.csv" not in err  # stopped before opening the files
 
 

@@ -67,6 +67,14 @@ def setting():
     return value
 
 
+def check_settings():
+    """ValueError naming the variable for a `BERTDESK_TORCH_GEMM` or
+    `BERTDESK_PACK_FLOAT32` this module does not know (the command line
+    checks them before any work)."""
+    setting()
+    _packs_float32()
+
+
 @functools.cache
 def _decision():
     chosen = setting()
@@ -314,16 +322,19 @@ def packs(kernel, dtype):
     20.1 against 18.0 ms packed and (3072, 768) 21.2 against 18.0, while
     (768, 2304) took 13.4 and 13.3, (768, 768) 4.4 both ways and the
     smaller kernels of MiniLM and mini 1-5% less packed; BERT-base's whole
-    float32 forward pass at 16 x 128 873-890 -> 760-770 ms with its
-    feed-forward kernels packed (745-769 with every kernel), for their
-    copy, 226 MB. A bfloat16 model's own kernels, and smaller float32 ones,
-    are not packed."""
+    float32 forward pass at 16 x 128 832-858 -> 748-759 ms with its
+    feed-forward kernels packed (fresh processes alternating), for their
+    copy, 226 MB (loading BERT-base and predicting, `bench/load_memory.py`:
+    peak 943 -> 1,236 MB). `BERTDESK_PACK_FLOAT32=off` keeps float32
+    kernels plain. A bfloat16 model's own kernels, and smaller float32
+    ones, are not packed."""
     import torch
 
     if kernel.device.type != "cpu":
         return False
     if dtype == torch.float32 and kernel.dtype == torch.float32:
-        return kernel.numel() * 4 >= FLOAT32_PACK_FROM and products_use_onednn()
+        return (kernel.numel() * 4 >= FLOAT32_PACK_FROM and _packs_float32()
+                and products_use_onednn())
     if dtype != torch.bfloat16 or kernel.dtype == dtype:
         return False
     return _has_bf16_kernels()
@@ -333,6 +344,19 @@ def packs(kernel, dtype):
 # bytes: BERT-base's feed-forward kernels (9 MiB each) gain 10-18%, its
 # (768, 2304) attention kernel (7 MiB) nothing.
 FLOAT32_PACK_FROM = 8 << 20
+
+
+def _packs_float32():
+    """False where `BERTDESK_PACK_FLOAT32` is `off` (or 0, false, no): the
+    user keeps the memory of packed float32 kernels; ValueError naming the
+    variable for anything else than those and `auto`."""
+    value = os.environ.get("BERTDESK_PACK_FLOAT32", "auto").strip().lower() or "auto"
+    if value in ("off", "0", "false", "no"):
+        return False
+    if value != "auto":
+        raise ValueError(f"BERTDESK_PACK_FLOAT32={os.environ['BERTDESK_PACK_FLOAT32']!r}: "
+                         "expected auto or off")
+    return True
 
 
 def pack(kernel):
