@@ -49,11 +49,18 @@ pytestmark = [pytest.mark.backend_neutral,
               pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")]
 
 
-def run(how, **env_changes):
+# Settings by which the user chose glibc's behaviour, which bertdesk leaves alone.
+USERS_SETTINGS = [{"BERTDESK_ALLOCATOR": "default"}, {"MALLOC_ARENA_MAX": "4"},
+                  {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}]
+
+
+def run(how, script=FAULTS, **env_changes):
+    """`script` in a fresh process given `how`, with glibc's own settings
+    and bertdesk's cleared from the environment, then `env_changes`."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MALLOC_", "BERTDESK_ALLOCATOR", "GLIBC_TUNABLES"))}
     env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), **env_changes)
-    out = subprocess.run([sys.executable, "-c", FAULTS, how], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", script, how], env=env, capture_output=True,
                          text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -68,9 +75,7 @@ def test_a_freed_buffer_comes_back_without_fresh_pages():
     assert kept["faults"] < PAGES * 0.1, kept
 
 
-@pytest.mark.parametrize("env", [{"BERTDESK_ALLOCATOR": "default"},
-                                 {"MALLOC_ARENA_MAX": "4"},
-                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}])
+@pytest.mark.parametrize("env", USERS_SETTINGS)
 def test_the_users_own_settings_are_left_alone(env):
     result = run("keep", **env)
     assert result["kept"] is False
@@ -129,14 +134,7 @@ ROUND_PAGES = 3 * 12 * (1 << 20) // 4096
 
 
 def run_heap_rounds(how, **env_changes):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MALLOC_", "BERTDESK_ALLOCATOR", "GLIBC_TUNABLES"))}
-    env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-               KERAS_BACKEND="torch", **env_changes)
-    out = subprocess.run([sys.executable, "-c", HEAP_ROUNDS, how], env=env, capture_output=True,
-                         text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run(how, HEAP_ROUNDS, **{"KERAS_BACKEND": "torch", **env_changes})
 
 
 def test_lifted_thresholds_keep_a_heap_of_up_to_64_mb():
@@ -156,9 +154,7 @@ def test_the_first_cpu_product_lifts_the_thresholds():
     assert left["faults"] >= 3 * ROUND_PAGES * 0.9, left
 
 
-@pytest.mark.parametrize("env", [{"BERTDESK_ALLOCATOR": "default"},
-                                 {"MALLOC_ARENA_MAX": "4"},
-                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}])
+@pytest.mark.parametrize("env", USERS_SETTINGS)
 def test_lifting_leaves_the_users_own_settings_alone(env):
     result = run_heap_rounds("lift", **env)
     assert result["lifted"] is False

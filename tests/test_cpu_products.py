@@ -707,46 +707,9 @@ def test_batched_products_run_onednn_float32_kernels():
         assert "amx" not in line, line
 
 
-def test_blocked_attention_multiplies_inside_the_context(monkeypatch):
-    """`fused_kernels.dropout_attention` runs its forward and backward
-    products inside `onednn_batched_products` (each pass once), and every
-    batched product it makes happens there."""
-    import contextlib
-
-    import torch
-
-    entered, outside = [], []
-    inside = [False]
-
-    @contextlib.contextmanager
-    def recording(like):
-        entered.append(like.dtype)
-        inside[0] = True
-        try:
-            yield
-        finally:
-            inside[0] = False
-
-    def watched(name, product):
-        def call(*args, **kwargs):
-            if not inside[0]:
-                outside.append(name)
-            return product(*args, **kwargs)
-        return call
-
-    for name in ("bmm", "baddbmm"):
-        monkeypatch.setattr(torch, name, watched(name, getattr(torch, name)))
-    monkeypatch.setattr(cpu_products, "onednn_batched_products", recording)
-    q, k, v = (_tensor((2, 5, 3, 4), seed, grad=True) for seed in (0, 1, 2))
-    keep = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(3)) > 0.2
-    out = fused_kernels.dropout_attention(q, k, v, keep, torch.ones(2, 1, 1, 5), 0.5, 1.25)
-    out.sum().backward()
-    assert entered == [torch.float32, torch.float32] and outside == []
-
-
-def test_inference_attention_multiplies_inside_the_context(monkeypatch):
-    """`fused_kernels.attention_on_cpu` makes every batched product inside
-    one `onednn_batched_products`, with blocks of one head at a time too."""
+def _watch_batched_products(monkeypatch):
+    """Records each `onednn_batched_products` entered (its tensor's dtype),
+    each `bmm`/`baddbmm` made and those made outside one."""
     import contextlib
 
     import torch
@@ -774,6 +737,29 @@ def test_inference_attention_multiplies_inside_the_context(monkeypatch):
     for name in ("bmm", "baddbmm"):
         monkeypatch.setattr(torch, name, watched(name, getattr(torch, name)))
     monkeypatch.setattr(cpu_products, "onednn_batched_products", recording)
+    return entered, outside, made
+
+
+def test_blocked_attention_multiplies_inside_the_context(monkeypatch):
+    """`fused_kernels.dropout_attention` runs its forward and backward
+    products inside `onednn_batched_products` (each pass once), and every
+    batched product it makes happens there."""
+    import torch
+
+    entered, outside, _ = _watch_batched_products(monkeypatch)
+    q, k, v = (_tensor((2, 5, 3, 4), seed, grad=True) for seed in (0, 1, 2))
+    keep = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(3)) > 0.2
+    out = fused_kernels.dropout_attention(q, k, v, keep, torch.ones(2, 1, 1, 5), 0.5, 1.25)
+    out.sum().backward()
+    assert entered == [torch.float32, torch.float32] and outside == []
+
+
+def test_inference_attention_multiplies_inside_the_context(monkeypatch):
+    """`fused_kernels.attention_on_cpu` makes every batched product inside
+    one `onednn_batched_products`, with blocks of one head at a time too."""
+    import torch
+
+    entered, outside, made = _watch_batched_products(monkeypatch)
     monkeypatch.setattr(fused_kernels, "SCORES_PER_GROUP", 5 * 5 * 4)  # one head
     q, k, v = (_tensor((2, 5, 3, 4), seed) for seed in (0, 1, 2))
     with torch.no_grad():

@@ -86,17 +86,24 @@ def test_in_place_gelu_only_without_autograd():
     np.testing.assert_array_equal(to_np(no_grad), to_np(with_grad.detach()))
 
 
+def _fast_and_explicit(model, padded=True, **kwargs):
+    """Inputs, and the layer built by `model` with the fused attention and
+    with the explicit one, sharing weights."""
+    x = hidden_inputs(seq=12)
+    if not padded:
+        x["padding_mask"] = np.ones_like(x["padding_mask"])
+    fast = model(use_fused_attention=True, **kwargs)
+    explicit = model(use_fused_attention=False, **kwargs)
+    explicit.set_weights(fast.get_weights())
+    return x, fast, explicit
+
+
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("model", [attention_model, encoder_model])
 def test_inference_paths_match_the_keras_layers(model, padded):
     """The whole layer (fused attention, direct projections) against the
     explicit attention path with every sublayer called as Keras does."""
-    x = hidden_inputs(seq=12)
-    if not padded:
-        x["padding_mask"] = np.ones_like(x["padding_mask"])
-    fast = model(use_fused_attention=True)
-    explicit = model(use_fused_attention=False)
-    explicit.set_weights(fast.get_weights())
+    x, fast, explicit = _fast_and_explicit(model, padded)
     a, b = to_np(fast(x)), to_np(explicit(x))
     mask = x["padding_mask"].astype(bool)
     np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
@@ -284,10 +291,7 @@ def test_bf16_inference_matches_the_explicit_path(model, monkeypatch):
     grouped = fused_kernels.attention_on_cpu
     monkeypatch.setattr(fused_kernels, "attention_on_cpu",
                         lambda *args: calls.append(1) or grouped(*args))
-    x = hidden_inputs(seq=12)
-    fast = model(use_fused_attention=True, dtype="mixed_bfloat16")
-    explicit = model(use_fused_attention=False, dtype="mixed_bfloat16")
-    explicit.set_weights(fast.get_weights())
+    x, fast, explicit = _fast_and_explicit(model, dtype="mixed_bfloat16")
     with torch.no_grad():  # as in predict
         a, b = to_np(fast(x)).astype("float32"), to_np(explicit(x)).astype("float32")
     assert calls == [1]
@@ -310,12 +314,7 @@ def test_float32_inference_through_onednn_matches_the_explicit_path(model, padde
     monkeypatch.setattr(fused_kernels, "attention_on_cpu",
                         lambda *args: calls.append(1) or grouped(*args))
     monkeypatch.setattr(fused_kernels, "ONEDNN_ATTENTION_FROM", 1)
-    x = hidden_inputs(seq=12)
-    if not padded:
-        x["padding_mask"] = np.ones_like(x["padding_mask"])
-    fast = model(use_fused_attention=True)
-    explicit = model(use_fused_attention=False)
-    explicit.set_weights(fast.get_weights())
+    x, fast, explicit = _fast_and_explicit(model, padded)
     with torch.no_grad():  # as in predict
         a, b = to_np(fast(x)), to_np(explicit(x))
     assert calls == ([1] if cpu_products.batched_products_use_onednn() else [])
