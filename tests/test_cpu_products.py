@@ -54,8 +54,35 @@ def _run_linear(monkeypatch, onednn, rows, weight, bias, weight_is_kernel, upstr
 def _weight_gradients_in(monkeypatch, blocks):
     """Reduce weight gradients over all tokens in one product ("one") or in
     blocks of 8 tokens, the last one short ("blocks": the model's 1,024-token
-    blocks, at the tests' sizes)."""
+    blocks, at the tests' sizes), through oneDNN's inner product (as where
+    the matmul's float32 mode is not used)."""
     monkeypatch.setattr(cpu_products, "TOKENS_PER_PRODUCT", 8 if blocks == "blocks" else 1 << 62)
+    monkeypatch.setattr(cpu_products, "batched_products_use_onednn", lambda: False)
+
+
+@needs_onednn
+def test_kernel_gradient_is_one_product_in_onednns_float32_mode(monkeypatch):
+    """Where `batched_products_use_onednn()`, a kernel's gradient is one
+    `torch.mm` of the transposed rows inside the float32 mode (put back
+    after), float64's numbers to float32's rounding, whatever the layouts."""
+    import torch
+
+    if not cpu_products.batched_products_use_onednn():
+        pytest.skip("oneDNN's float32 matmul mode is not used on this CPU")
+    modes = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a: modes.append(
+        torch.backends.mkldnn.matmul.fp32_precision) or mm(*a))
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    rows, g = _tensor((4, 9, 40), 0)[:, 2:, :].reshape(-1, 40), _tensor((28, 60), 1)
+    pairs = ((rows, g), (g, rows), (rows, g[:, ::2]), (rows[:, :7], _tensor((60, 28), 2).t()))
+    for a, b in pairs:
+        got = cpu_products.kernel_gradient(a, b)
+        assert got.shape == (a.shape[1], b.shape[1]) and got.is_contiguous()
+        expected = a.double().t() @ b.double()
+        np.testing.assert_allclose(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert modes == ["bf16"] * len(pairs)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
 
 
 @needs_onednn
