@@ -613,7 +613,9 @@ for _ in range(3):
 @needs_onednn
 def test_a_pretraining_step_of_one_shape_builds_nothing_after_its_first():
     built, distinct = built_primitives(PRETRAINING_STEPS)
-    assert distinct > 30  # the products went through oneDNN
+    # the products went through oneDNN: the kernels' inner products alone make
+    # 24 (more where the batched products and kernel gradients use it too)
+    assert distinct > 20
     assert built == distinct
 
 
