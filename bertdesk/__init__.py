@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BertBackbone": "bertdesk.models",
     "BertPretrainingModel": "bertdesk.models",
+    "BuildsOptimizerFirst": "bertdesk.models",
     "ReleasesGradients": "bertdesk.models",
     "preset_config": "bertdesk.models",
     "preset_names": "bertdesk.models",

@@ -7,14 +7,15 @@ from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
 from bertdesk.layers.bert_nsp_head import BertNSPHead
 from bertdesk.layers.eager_calls import call_layer
 from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BackboneAsOneLayer
+from bertdesk.models.builds_optimizer_first import BuildsOptimizerFirst
 from bertdesk.models.releases_gradients import ReleasesGradients
 from bertdesk.models.runs_graph_directly import RunsGraphDirectly
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertPretrainingModel(ReleasesGradients, BackboneAsOneLayer, RunsGraphDirectly,
-                           keras.Model):
+class BertPretrainingModel(BuildsOptimizerFirst, ReleasesGradients, BackboneAsOneLayer,
+                           RunsGraphDirectly, keras.Model):
     """Backbone + masked-LM head (output weights tied to the token embedding,
     logits only at `mask_positions`) + next-sentence head.
 

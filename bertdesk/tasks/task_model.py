@@ -6,13 +6,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from bertdesk.models.builds_optimizer_first import BuildsOptimizerFirst
 from bertdesk.models.releases_gradients import ReleasesGradients
 
 
-class BackboneTaskModel(ReleasesGradients):
+class BackboneTaskModel(BuildsOptimizerFirst, ReleasesGradients):
     """Mixin for functional task models that hold `self.backbone` and a
     dense `self.classifier`; subclasses list their own config keys. Their
-    training steps free the gradients after use (`ReleasesGradients`)."""
+    training steps free the gradients after use (`ReleasesGradients`), and
+    on TensorFlow the optimizer is built before the first trace
+    (`BuildsOptimizerFirst`)."""
 
     config_keys = ()
 
