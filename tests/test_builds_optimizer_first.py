@@ -48,7 +48,8 @@ def _train(kind, optimizer, policy, keras_build):
         model.train_on_batch(x, y)
         model.train_on_batch(x, y)
     weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
-    slots = [(v.path.rsplit("/", 1)[-1], keras.ops.convert_to_numpy(v))  # less the optimizers' names
+    # each variable's own name, less its optimizers' (numbered per instance)
+    slots = [(v.path.rsplit("/", 1)[-1], keras.ops.convert_to_numpy(v))
              for v in model.optimizer.variables]
     return weights, slots, first, built_at_trace[0]
 
