@@ -424,7 +424,6 @@ def test_kernels_are_packed_for_bf16_inference_only(monkeypatch):
     assert not cpu_products.packs(stored, torch.bfloat16)
 
 
-
 @needs_onednn
 def test_large_float32_kernels_are_packed_for_float32_inference(monkeypatch):
     """A float32 kernel of at least `FLOAT32_PACK_FROM` bytes is kept packed
@@ -615,7 +614,7 @@ def test_a_pretraining_step_of_one_shape_builds_nothing_after_its_first():
     built, distinct = built_primitives(PRETRAINING_STEPS)
     # the products went through oneDNN: the kernels' inner products alone make
     # 24 (more where the batched products and kernel gradients use it too)
-    assert distinct > 20
+    assert distinct >= 24
     assert built == distinct
 
 
