@@ -1,6 +1,7 @@
 """BERT building blocks as Keras 3 layers (backend-neutral: `keras.ops`; the
-backend-specific code lives in two modules that say why: `random_bits`, raw random
-bits for dropout masks, and `fused_kernels`, PyTorch's single-kernel ops)."""
+backend-specific code lives in modules that say why: `random_bits`, raw random
+bits for dropout masks, `fused_kernels`, PyTorch's single-kernel ops, and
+`packed_tokens`, eager PyTorch's batches without their padding)."""
 
 from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_embeddings import BertEmbeddings
@@ -9,6 +10,7 @@ from bertdesk.layers.bert_masked_lm_head import BertMaskedLMHead
 from bertdesk.layers.bert_nsp_head import BertNSPHead
 from bertdesk.layers.bert_pooler import BertPooler
 from bertdesk.layers.bert_self_attention import BertSelfAttention
+from bertdesk.layers.packed_tokens import PackedTokens
 
 __all__ = [
     "BertDropout",
@@ -18,4 +20,5 @@ __all__ = [
     "BertNSPHead",
     "BertPooler",
     "BertSelfAttention",
+    "PackedTokens",
 ]

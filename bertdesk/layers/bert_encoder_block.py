@@ -3,6 +3,7 @@
 import keras
 
 from bertdesk.layers.bert_dropout import BertDropout
+from bertdesk.layers import fused_kernels
 from bertdesk.layers.bert_self_attention import BertSelfAttention
 from bertdesk.layers.eager_calls import call_layer, dense, layer_norm, weight
 from bertdesk.layers.lean_backward import feed_forward, gelu
@@ -46,6 +47,11 @@ class BertEncoderBlock(keras.layers.Layer):
             residuals and feed-forward run on them alone, and the block
             returns `(batch, q_len, hidden)`: the same numbers as the full
             output at those positions, for a fraction of the work.
+        packed: optional `PackedTokens` of `padding_mask`: `x` is then the
+            real tokens' states `(tokens, hidden)`, and so is the output.
+            Everything but attention runs on them alone; the dropout masks
+            are the padded batch's at those tokens, so the numbers are the
+            padded call's there. Not with `query`.
     """
 
     def __init__(
@@ -124,12 +130,14 @@ class BertEncoderBlock(keras.layers.Layer):
         training=None,
         return_attention_scores=False,
         query=None,
+        packed=None,
     ):
         if training and self.gradient_checkpointing and not return_attention_scores:
-            return self._rematerialized(x, padding_mask, query)
-        return self._forward(x, padding_mask, training, return_attention_scores, query)
+            return self._rematerialized(x, padding_mask, query, packed)
+        return self._forward(x, padding_mask, training, return_attention_scores, query,
+                             packed=packed)
 
-    def _rematerialized(self, x, padding_mask, query):
+    def _rematerialized(self, x, padding_mask, query, packed):
         """The training forward pass under `keras.remat`. Its dropout seeds
         are drawn here, outside the recomputed function: recomputing then
         makes the same masks and leaves the generators alone (drawing inside
@@ -145,7 +153,7 @@ class BertEncoderBlock(keras.layers.Layer):
 
         def forward(x, *query):
             query = query[0] if query else None
-            return self._forward(x, padding_mask, True, False, query, seeds)
+            return self._forward(x, padding_mask, True, False, query, seeds, packed)
 
         # Tensors that need gradients are arguments (TensorFlow's
         # recompute_grad differentiates arguments and variables only).
@@ -159,6 +167,7 @@ class BertEncoderBlock(keras.layers.Layer):
         return_attention_scores,
         query,
         seeds=(None, None, None),
+        packed=None,
     ):
         attention_seed, attention_output_seed, output_seed = seeds
         attended = call_layer(
@@ -169,25 +178,32 @@ class BertEncoderBlock(keras.layers.Layer):
             return_attention_scores=return_attention_scores,
             query=query,
             dropout_seed=attention_seed,
+            **({} if packed is None else {"packed": packed}),
         )
         if return_attention_scores:
             attended, probs = attended
         residual = x if query is None else query
         h = self._dropout_add(residual, dense(self.attention_output, attended), training,
-                              attention_output_seed)
+                              attention_output_seed, packed)
         x = layer_norm(self.attention_layer_norm, h)  # (batch, q_len, hidden)
-        h = self._dropout_add(x, self._feed_forward(x, training), training, output_seed)
+        h = self._dropout_add(x, self._feed_forward(x, training), training, output_seed, packed)
         x = layer_norm(self.output_layer_norm, h)
         if return_attention_scores:
             return x, probs
         return x
 
-    def _dropout_add(self, residual, h, training, seed):
+    def _dropout_add(self, residual, h, training, seed, packed=None):
         """`residual + dropout(h)`; the plain sum for other dropout layers
-        (bench/dropout_cost.py swaps in Keras')."""
+        (bench/dropout_cost.py swaps in Keras'). Packed, the mask is the
+        padded batch's at the real tokens (the generator advances as it
+        would there)."""
         add_to = getattr(self.dropout_layer, "add_to", None)
         if add_to is None:
             return residual + call_layer(self.dropout_layer, h, training=training)
+        if packed is not None and training and 0 < self.dropout_layer.rate < 1:
+            keep, scale = self.dropout_layer.keep_mask_of_shape(
+                (packed.batch, packed.seq, h.shape[-1]), like=h, drawn_seed=seed)
+            return fused_kernels.dropout_add(residual, h, packed.pack(keep), scale)
         return add_to(residual, h, training=training, drawn_seed=seed)
 
     def _feed_forward(self, x, training):

@@ -41,6 +41,11 @@ class BertSelfAttention(keras.layers.Layer):
             position of `x`. Default: every position of `x`.
         dropout_seed: optional, a seed from `dropout_layer.draw_seed()` for
             the probabilities' dropout mask (see `BertDropout`).
+        packed: optional `PackedTokens` of `padding_mask`: `x` is then the
+            real tokens' states `(tokens, hidden)`, and so is the result.
+            The projection runs on them alone; attention runs in the padded
+            layout (zeros at the padding, whose keys the mask hides). Not
+            with `query`.
 
     Returns:
         `(batch, q_len, num_heads * head_dim)`, the concatenated heads before
@@ -88,9 +93,15 @@ class BertSelfAttention(keras.layers.Layer):
         return_attention_scores=False,
         query=None,
         dropout_seed=None,
+        packed=None,
     ):
-        batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-        if (query is None and keras.backend.backend() == "jax"
+        if packed is not None and query is not None:
+            raise ValueError("BertSelfAttention: `packed` does not go with `query`")
+        if packed is not None:
+            batch, seq = packed.batch, packed.seq
+        else:
+            batch, seq = ops.shape(x)[0], ops.shape(x)[1]
+        if (query is None and packed is None and keras.backend.backend() == "jax"
                 and self.compute_dtype == "float32"
                 and not getattr(self.qkv, "quantization_mode", None)):
             q_len = seq
@@ -98,6 +109,8 @@ class BertSelfAttention(keras.layers.Layer):
         elif query is None:
             q_len = seq
             qkv = dense(self.qkv, x)  # (batch, seq, 3 * heads * head_dim)
+            if packed is not None:  # (tokens, ...) -> (batch, seq, ...), zeros at the padding
+                qkv = packed.unpack(qkv)
             qkv = reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
             # One unstack, not three slices: on PyTorch each slice's gradient
             # is a zero-filled copy of the whole (batch, seq, 3, ...) tensor.
@@ -105,6 +118,19 @@ class BertSelfAttention(keras.layers.Layer):
         else:
             q_len = ops.shape(query)[1]
             q, k, v = self._project_query_and_kv(query, x, batch, seq, q_len)
+        out = self._attend(q, k, v, batch, q_len, seq, padding_mask, training,
+                           return_attention_scores, dropout_seed)
+        if packed is None:
+            return out
+        if return_attention_scores:
+            return packed.pack(out[0]), out[1]
+        return packed.pack(out)  # (tokens, heads * head_dim)
+
+    def _attend(self, q, k, v, batch, q_len, seq, padding_mask, training,
+                return_attention_scores, dropout_seed):
+        """The heads' attention output `(batch, q_len, heads * head_dim)`
+        from q `(batch, q_len, heads, head_dim)`, k and v `(batch, seq, ...)`;
+        and the probabilities when asked."""
         mask = None
         if padding_mask is not None:
             # (batch, 1, 1, seq): every query attends to every real key.

@@ -26,6 +26,7 @@ from keras import ops
 
 from bertdesk.layers import fused_kernels, int8_kernels
 from bertdesk.layers.lean_backward import gelu
+from bertdesk.layers.packed_tokens import PackedTokens
 
 
 def project(x, kernel, bias, activation=None):
@@ -157,7 +158,7 @@ def _convert_input(layer, value):
     tensors cast to the layer's input dtype under autocast; ints untouched."""
     if isinstance(value, dict):
         return {name: _convert_input(layer, v) for name, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, int, float, str, PackedTokens)):
         return value  # (what `convert_input` returns them as, without its checks)
     is_floating_point = getattr(value, "is_floating_point", None)  # a PyTorch tensor's
     if is_floating_point is not None and not is_floating_point():

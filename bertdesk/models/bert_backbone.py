@@ -10,6 +10,7 @@ from bertdesk.layers.bert_embeddings import BertEmbeddings
 from bertdesk.layers.bert_encoder_block import BertEncoderBlock
 from bertdesk.layers.bert_pooler import BertPooler
 from bertdesk.layers.eager_calls import call_layer
+from bertdesk.layers.packed_tokens import PackedTokens
 from bertdesk.models.runs_graph_directly import RunsGraphDirectly
 
 BACKBONE_INPUTS = ("token_ids", "segment_ids", "padding_mask")
@@ -32,7 +33,7 @@ def preset_config(name):
 
 
 def _encode(inputs, embeddings, encoder_layers, pooler, output_hidden_states,
-            output_attentions, training=None):
+            output_attentions, training=None, skip_padding=False):
     """The backbone's outputs from its input dict: the graph it is built
     with, and (`RunsGraphDirectly`) what it runs on eager PyTorch."""
     x = call_layer(embeddings, inputs["token_ids"], inputs["segment_ids"], training=training)
@@ -40,21 +41,34 @@ def _encode(inputs, embeddings, encoder_layers, pooler, output_hidden_states,
     # otherwise freed as the next one runs (13 of them at base, batch
     # 16 x 128, held 82 MB to the end of the call).
     hidden_states, attention_probs = [x] if output_hidden_states else None, []
+    packed = PackedTokens.of(inputs["padding_mask"], x) if skip_padding else None
+    if packed is not None:
+        x = packed.pack(x)  # (tokens, hidden)
     for layer in encoder_layers:
         if output_attentions:
-            x, probs = call_layer(layer, x, padding_mask=inputs["padding_mask"],
-                                  return_attention_scores=True, training=training)
+            x, probs = _call_block(layer, x, inputs, packed, training,
+                                   return_attention_scores=True)
             attention_probs.append(probs)
         else:
-            x = call_layer(layer, x, padding_mask=inputs["padding_mask"], training=training)
+            x = _call_block(layer, x, inputs, packed, training)
         if output_hidden_states:
-            hidden_states.append(x)
+            hidden_states.append(x if packed is None else packed.unpack(x))
+    if packed is not None:
+        x = packed.unpack(x)  # (batch, seq, hidden), zeros at the padding
     outputs = {"sequence_output": x, "pooled_output": call_layer(pooler, x)}
     if output_hidden_states:
         outputs["hidden_states"] = ops.stack(hidden_states, axis=1)
     if output_attentions:
         outputs["attention_probs"] = ops.stack(attention_probs, axis=1)
     return outputs
+
+
+def _call_block(layer, x, inputs, packed, training, **kwargs):
+    """An encoder block on `x`, padded or (`packed` given) the real tokens."""
+    if packed is not None:
+        kwargs["packed"] = packed
+    return call_layer(layer, x, padding_mask=inputs["padding_mask"], training=training,
+                      **kwargs)
 
 
 def _take_positions(h, positions):
@@ -136,6 +150,14 @@ class BertBackbone(RunsGraphDirectly, keras.Model):
             more forward pass per training step; same numbers; not with
             `output_attentions`). Settable
             later: `backbone.gradient_checkpointing = True`, before compiling.
+        skip_padding: on PyTorch (eager), run every step but attention on
+            the batch's real tokens alone (`layers.PackedTokens`): the work
+            of the projections and the feed-forward in proportion to the
+            real tokens, not the padded batch. The same numbers at the real
+            tokens, dropout masks included; `sequence_output` is zero at the
+            padding (which nothing should read). No effect on JAX and
+            TensorFlow, whose compiled steps need fixed shapes. Settable
+            later: `backbone.skip_padding = True`.
         dtype: dtype policy of every layer (e.g. "mixed_bfloat16").
     """
 
@@ -156,6 +178,7 @@ class BertBackbone(RunsGraphDirectly, keras.Model):
         output_attentions=False,
         use_fused_attention=True,
         gradient_checkpointing=False,
+        skip_padding=False,
         dtype=None,
         **kwargs,
     ):
@@ -217,6 +240,7 @@ class BertBackbone(RunsGraphDirectly, keras.Model):
         self.embeddings = embeddings
         self.encoder_layers = encoder_layers
         self._gradient_checkpointing = bool(gradient_checkpointing)
+        self.skip_padding = bool(skip_padding)
         self.pooler = pooler
 
     @property
@@ -226,7 +250,8 @@ class BertBackbone(RunsGraphDirectly, keras.Model):
 
     def _wire(self, inputs, training=None):
         return _encode(inputs, self.embeddings, self.encoder_layers, self.pooler,
-                       self.output_hidden_states, self.output_attentions, training)
+                       self.output_hidden_states, self.output_attentions, training,
+                       self.skip_padding)
 
     def encode_positions(self, inputs, positions=None, training=None):
         """Last-layer hidden states at `positions` only, `(batch, P, hidden)`.
@@ -250,8 +275,14 @@ class BertBackbone(RunsGraphDirectly, keras.Model):
                        training=training)
         if not self.encoder_layers:
             return _take_positions(x, positions)
+        packed = (PackedTokens.of(inputs["padding_mask"], x)
+                  if self.skip_padding and len(self.encoder_layers) > 1 else None)
+        if packed is not None:
+            x = packed.pack(x)  # (tokens, hidden)
         for layer in self.encoder_layers[:-1]:
-            x = call_layer(layer, x, padding_mask=inputs["padding_mask"], training=training)
+            x = _call_block(layer, x, inputs, packed, training)
+        if packed is not None:
+            x = packed.unpack(x)  # the last layer's keys and values, padded
         return call_layer(self.encoder_layers[-1], x, padding_mask=inputs["padding_mask"],
                           query=_take_positions(x, positions), training=training)
 
@@ -274,6 +305,7 @@ class BertBackbone(RunsGraphDirectly, keras.Model):
             "output_attentions": self.output_attentions,
             "use_fused_attention": self.use_fused_attention,
             "gradient_checkpointing": self.gradient_checkpointing,
+            "skip_padding": self.skip_padding,
             "dtype": keras.dtype_policies.serialize(self.embeddings.dtype_policy),
         }
 
@@ -299,7 +331,7 @@ class BertBackbone(RunsGraphDirectly, keras.Model):
         (no names, no output switches): what a saved folder records."""
         config = self.get_config()
         for key in ("name", "trainable", "output_hidden_states", "output_attentions",
-                    "use_fused_attention", "gradient_checkpointing", "dtype"):
+                    "use_fused_attention", "gradient_checkpointing", "skip_padding", "dtype"):
             config.pop(key)
         return config
 

@@ -387,11 +387,15 @@ def run_finetune(config, sink=None):
         # says jit_compile=True, which on PyTorch would mean torch.compile.
         model.jit_compile = jit
         model.backbone.gradient_checkpointing = config.gradient_checkpointing
+        model.backbone.skip_padding = True
         initial_epoch = int(state["epochs_done"])
         sink({"event": "message", "text": f"resuming after epoch {initial_epoch}"})
     else:
         model = task.build_model(backbone, head)
         model.backbone.gradient_checkpointing = config.gradient_checkpointing
+        # On PyTorch, the padding's share of each step skipped: the losses
+        # and metrics never read it (`BertBackbone`'s skip_padding)
+        model.backbone.skip_padding = True
         model.compile(optimizer=bert_adamw(config.learning_rate, total_steps, config.warmup_ratio,
                                            config.weight_decay, config.max_grad_norm,
                                            gradient_accumulation=accumulation),
