@@ -2,8 +2,8 @@
 
 import keras
 
-from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers import fused_kernels
+from bertdesk.layers.bert_dropout import BertDropout
 from bertdesk.layers.bert_self_attention import BertSelfAttention
 from bertdesk.layers.eager_calls import call_layer, dense, layer_norm, weight
 from bertdesk.layers.lean_backward import feed_forward, gelu

@@ -23,8 +23,9 @@ class PackedTokens:
     """Where the real tokens of a `(batch, seq)` padding mask sit in its
     `batch * seq` flattening, and the moves between the two layouts.
 
-    Build with `PackedTokens.of(padding_mask)`, which returns None where
-    packing does not apply or would not pay.
+    Build with `PackedTokens.of(padding_mask, x)`, which returns None where
+    packing does not apply (another backend, symbolic tensors) or skips
+    nothing (no padding).
     """
 
     def __init__(self, rows, batch, seq):
