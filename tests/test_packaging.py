@@ -39,16 +39,17 @@ def test_library_never_imports_qt():
 def test_layers_use_keras_ops_only():
     """Every layer module is backend-neutral; `random_bits.py` (raw bits from
     each backend), `fused_kernels.py` (PyTorch's single-kernel gradients) and
-    `int8_kernels.py` (oneDNN's integer product) and `cpu_products.py`
-    (oneDNN's float32 product) import a backend only inside the function for
-    it (never at module level)."""
+    `int8_kernels.py` (oneDNN's integer product), `cpu_products.py`
+    (oneDNN's float32 product) and `packed_tokens.py` (eager PyTorch's
+    batches without their padding) import a backend only inside the
+    function for it (never at module level)."""
     import ast
 
     backends = ("tensorflow", "jax", "torch")
     for path in (ROOT / "bertdesk" / "layers").glob("*.py"):
         tree = ast.parse(path.read_text())
         nested = path.name in ("random_bits.py", "fused_kernels.py", "int8_kernels.py",
-                               "cpu_products.py")
+                               "cpu_products.py", "packed_tokens.py")
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
