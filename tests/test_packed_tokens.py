@@ -142,7 +142,7 @@ def test_nothing_is_packed_without_padding_or_without_the_switch(monkeypatch):
     assert made == []
 
 
-def test_pack_and_unpack_move_the_real_tokens(monkeypatch):
+def test_pack_and_unpack_move_the_real_tokens():
     mask = np.array([[1, 1, 0], [1, 0, 0]], "int32")
     x = keras.ops.convert_to_tensor(np.arange(18, dtype="float32").reshape(2, 3, 3))
     packed = PackedTokens.of(mask, x)
