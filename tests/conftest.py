@@ -26,6 +26,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # (TensorFlow's cache gains nothing within one run: 172 against 176 s)
 os.environ.setdefault("BERTDESK_COMPILE_CACHE", "off")
 sys.path.insert(0, str(Path(__file__).parent))
+# Keras as the command line imports it (bertdesk/lean_import.py), before any
+# test module does: the tests run what the jobs run.
+from bertdesk.lean_import import import_keras_lean  # noqa: E402
+
+import_keras_lean()
 
 # Tests that touch no backend run in this backend's process only.
 NEUTRAL_BACKEND = "jax"

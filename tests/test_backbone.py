@@ -45,6 +45,30 @@ def test_hidden_states_and_attentions():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_the_graph_declares_what_the_blocks_compute(policy):
+    """Encoder blocks give the functional graph their outputs' shapes and
+    dtypes without computing (`compute_output_spec`): what they declare
+    is what they return, for every output, the attention probabilities
+    (float32) and the [CLS]-only last layer's query path included."""
+    keras.config.set_dtype_policy(policy)
+    model = backbone(output_hidden_states=True, output_attentions=True)
+    x = random_batch(seq=10)
+    real = model(x)
+    for name, symbolic in model.output.items():
+        got = real[name]
+        assert keras.backend.standardize_dtype(got.dtype) == symbolic.dtype, name
+        assert len(got.shape) == len(symbolic.shape), name
+        assert all(s is None or s == g for s, g in zip(symbolic.shape, got.shape)), name
+    assert model.output["attention_probs"].dtype == "float32"
+    block = model.encoder_layers[-1]
+    spec = block.compute_output_spec(keras.KerasTensor((3, 10, 16)),
+                                     query=keras.KerasTensor((3, 1, 16)))
+    cls_only = model.encode_positions(x)
+    assert tuple(spec.shape) == tuple(cls_only.shape) == (3, 1, 16)
+    assert spec.dtype == keras.backend.standardize_dtype(cls_only.dtype)
+
+
 def test_padding_invariance():
     model = backbone()
     check_padding_invariance(model, random_batch(seq=12), "padding_mask", float_key="token_ids",

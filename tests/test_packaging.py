@@ -66,15 +66,15 @@ def test_layers_use_keras_ops_only():
 
 @pytest.mark.parametrize("backend", ["torch", "tensorflow", "jax"])
 def test_command_line_imports_keras_without_unused_integrations(backend):
-    """`bertdesk` jobs import Keras without JAX (off the JAX backend) and
-    scikit-learn, which Keras imports whenever they are installed; both
-    still import normally afterwards."""
+    """`bertdesk` jobs import Keras without JAX (off the JAX backend),
+    scikit-learn and pandas, which Keras imports whenever they are
+    installed; they still import normally afterwards."""
     code = (
         "import sys, json\n"
         "from bertdesk.cli import main\n"
         "status = main(['info', sys.argv[1]])\n"
-        "loaded = [m for m in ('jax', 'sklearn', 'tensorflow') if m in sys.modules]\n"
-        "import jax, sklearn\n"
+        "loaded = [m for m in ('jax', 'sklearn', 'tensorflow', 'pandas') if m in sys.modules]\n"
+        "import jax, sklearn, pandas\n"
         "print('RESULT', json.dumps([status, sys.modules['keras'].backend.backend(), loaded]))\n")
     import bertdesk
 
@@ -108,6 +108,58 @@ def test_a_fine_tuning_job_never_loads_tensorflow(backend, tmp_path, tiny_model)
     assert codes == [0, 0, 0]
     assert (run / "pred.jsonl").is_file()
     assert not tensorflow_loaded
+
+
+def test_pytorch_jobs_leave_out_dynamo_and_pandas_until_used(tiny_model):
+    """On PyTorch, Keras imports (lean) without `torch._dynamo` (71 MB) and
+    pandas (64-66 MB); loading a model and predicting with each task's
+    model, their heads initialised at random, loads neither (the backbone
+    is built without computing on PyTorch's meta device); both import
+    normally afterwards, and `torch.compile` then finds Keras' seed
+    generator kept out of its graphs, as Keras declares it."""
+    code = (
+        "import json, sys\n"
+        "from bertdesk.lean_import import import_keras_lean\n"
+        "keras = import_keras_lean()\n"
+        "names = ('torch._dynamo', 'pandas')\n"
+        "after_import = [m for m in names if m in sys.modules]\n"
+        "import numpy as np, bertdesk\n"
+        "from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer\n"
+        "from bertdesk.tasks.bert_text_classifier import BertTextClassifier\n"
+        "from bertdesk.tasks.bert_token_classifier import BertTokenClassifier\n"
+        "x = {'token_ids': np.ones((2, 8), 'int32'), 'segment_ids': np.zeros((2, 8), 'int32'),\n"
+        "     'padding_mask': np.ones((2, 8), 'int32')}\n"
+        "backbone = bertdesk.load_backbone(sys.argv[1])\n"
+        "for model in (BertTextClassifier(backbone, num_classes=2),\n"
+        "              BertTokenClassifier(backbone, num_classes=3), BertQuestionAnswerer(backbone)):\n"
+        "    model.predict_on_batch(x)\n"
+        "pretraining = bertdesk.BertPretrainingModel(backbone)\n"
+        "pretraining.predict_on_batch(dict(x, mask_positions=np.zeros((2, 2), 'int32')))\n"
+        "after_predicting = [m for m in names if m in sys.modules]\n"
+        "import torch\n"
+        "from bertdesk.lean_import import lazy_dynamo_disable\n"
+        "def double(x):\n"
+        "    return x * 2\n"
+        "kept_out = lazy_dynamo_disable(double)\n"
+        "ran = kept_out(torch.ones(2)).tolist() == [2.0, 2.0]\n"
+        "loaded_by_the_call = 'torch._dynamo' in sys.modules\n"
+        "import pandas, torch._dynamo\n"
+        "def compiles(f):\n"
+        "    try:\n"
+        "        torch.compile(lambda x: f(x) + 1, fullgraph=True, backend='eager')(torch.ones(2))\n"
+        "        return True\n"
+        "    except Exception:\n"
+        "        torch._dynamo.reset()\n"
+        "        return False\n"
+        "graphs = [compiles(double), compiles(kept_out), compiles(torch._dynamo.disable(double))]\n"
+        "print('RESULT', json.dumps([after_import, after_predicting,\n"
+        "                            [ran, loaded_by_the_call], graphs]))\n")
+    after_import, after_predicting, called, graphs = _run_python(code, "torch", tiny_model)
+    assert after_import == [] and after_predicting == []
+    assert called == [True, False]  # ran as it is, without loading torch._dynamo
+    # in one graph as it is; kept out like torch._dynamo.disable's once loaded
+    assert graphs == [True, False, False]
+
 
 
 def _run_python(code, backend, *args, **env_changes):

@@ -137,6 +137,20 @@ class BertEncoderBlock(keras.layers.Layer):
         return self._forward(x, padding_mask, training, return_attention_scores, query,
                              packed=packed)
 
+    def compute_output_spec(self, x, padding_mask=None, training=None,
+                            return_attention_scores=False, query=None, packed=None):
+        """The output's shape and dtype from the inputs', without running
+        the block: a functional model built from these blocks (every
+        backbone) then never computes on symbolic tensors, which on PyTorch
+        means the meta device, whose kernels load `torch._dynamo` (71 MB);
+        and a variable's deferred initial value is never asked for there."""
+        rows = x if query is None else query  # (batch, q_len, hidden)
+        out = keras.KerasTensor(rows.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return out
+        probs_shape = (x.shape[0], self.num_heads, rows.shape[1], x.shape[1])
+        return out, keras.KerasTensor(probs_shape, dtype="float32")
+
     def _rematerialized(self, x, padding_mask, query, packed):
         """The training forward pass under `keras.remat`. Its dropout seeds
         are drawn here, outside the recomputed function: recomputing then
