@@ -115,8 +115,9 @@ def test_pytorch_jobs_leave_out_dynamo_and_pandas_until_used(tiny_model):
     pandas (64-66 MB); loading a model and predicting with each task's
     model, their heads initialised at random, loads neither (the backbone
     is built without computing on PyTorch's meta device); both import
-    normally afterwards, and `torch.compile` then finds Keras' seed
-    generator kept out of its graphs, as Keras declares it."""
+    normally afterwards. The stand-in `torch._dynamo.disable` Keras got
+    runs a function as it is until `torch._dynamo` loads, then keeps it out
+    of `torch.compile`'s graphs as the real decorator does."""
     code = (
         "import json, sys\n"
         "from bertdesk.lean_import import import_keras_lean\n"
@@ -159,7 +160,6 @@ def test_pytorch_jobs_leave_out_dynamo_and_pandas_until_used(tiny_model):
     assert called == [True, False]  # ran as it is, without loading torch._dynamo
     # in one graph as it is; kept out like torch._dynamo.disable's once loaded
     assert graphs == [True, False, False]
-
 
 
 def _run_python(code, backend, *args, **env_changes):
