@@ -411,18 +411,24 @@ def test_adamw_excludes_layernorm_and_bias_from_weight_decay():
             if again._use_weight_decay(v)} == decayed
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the fused update is PyTorch's")
+FUSED = keras.backend.backend() in ("torch", "tensorflow")
+
+
+@pytest.mark.skipif(not FUSED, reason="the fused update is PyTorch's and TensorFlow's")
 @pytest.mark.parametrize("dot_norm_elements", [None, 20])
-def test_fused_torch_adamw_matches_keras_adamw(dot_norm_elements, monkeypatch):
-    """The fused PyTorch update (clipping, decay exclusions, bias correction,
-    epsilon) gives Keras' own AdamW numbers, step after step; also with the
-    clipping norm of the larger gradients taken by dot products (the path
-    of gradients of a million elements and more); and, like Keras' update,
-    it bumps the variables' version counters."""
+def test_fused_adamw_matches_keras_adamw(dot_norm_elements, monkeypatch):
+    """The fused update (clipping, decay exclusions, bias correction,
+    epsilon) gives Keras' own AdamW numbers, step after step; on PyTorch
+    also with the clipping norm of the larger gradients taken by dot
+    products (the path of gradients of a million elements and more), and,
+    like Keras' update, it bumps the variables' version counters."""
     from bertdesk.training import optimization
     from bertdesk.training.optimization import bert_adamw
 
+    torch_backend = keras.backend.backend() == "torch"
     if dot_norm_elements is not None:
+        if not torch_backend:
+            pytest.skip("PyTorch's clipping norm")
         monkeypatch.setattr(optimization, "_DOT_NORM_ELEMENTS", dot_norm_elements)
 
     rng = np.random.default_rng(0)
@@ -437,18 +443,19 @@ def test_fused_torch_adamw_matches_keras_adamw(dot_norm_elements, monkeypatch):
         opt = bert_adamw(0.05, total_steps=10, warmup_ratio=0.2, weight_decay=0.1,
                          max_grad_norm=1.0, epsilon=1e-3, fused=fused)  # eps matters
         assert opt.fused is fused
-        versions = [v.value._version for v in variables]
+        versions = [v.value._version for v in variables] if torch_backend else None
         for grads in step_grads:
             opt.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
         # in-place writes that autograd (and kept weight casts) can see
-        assert all(v.value._version > old for v, old in zip(variables, versions))
+        if torch_backend:
+            assert all(v.value._version > old for v, old in zip(variables, versions))
         results.append([keras.ops.convert_to_numpy(v) for v in variables])
     for plain, fast in zip(*results):
         np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
     assert not np.allclose(results[0][0], values[0])  # it did train
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the fused update is PyTorch's")
+@pytest.mark.skipif(not FUSED, reason="the fused update is PyTorch's and TensorFlow's")
 def test_fused_adamw_follows_the_variables_it_is_given():
     """The fused update keeps its argument lists from step to step; given
     the same variables in another order, or only some of them, it updates
@@ -477,6 +484,103 @@ def test_fused_adamw_follows_the_variables_it_is_given():
         np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
     # each variable moved by its own number of steps (0 and 2 took five, 1 and 3 four)
     assert not np.allclose(results[1][3], values[3])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's kernels")
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fused_tensorflow_adamw_runs_its_kernels_in_the_step(jit_compile):
+    """Inside a compiled step (a `tf.function`, with and without XLA), the
+    TensorFlow update is one Adam kernel per variable and one decay kernel
+    per decayed variable, and its numbers are Keras' AdamW's, also for a
+    sparse (`IndexedSlices`) gradient, as an embedding lookup's is; Keras'
+    code made about twenty ops per variable."""
+    import tensorflow as tf
+
+    from bertdesk.training.optimization import bert_adamw
+
+    rng = np.random.default_rng(4)
+    values = [rng.normal(size=s).astype("float32") for s in [(6, 4), (4,), (5, 3)]]
+    names = ["kernel", "bias", "embeddings"]
+    dense = [[rng.normal(size=v.shape).astype("float32") for v in values[:2]]
+             for _ in range(4)]
+    rows = [rng.integers(0, 5, 3) for _ in range(4)]
+    updates = [rng.normal(size=(3, 3)).astype("float32") for _ in range(4)]
+    results, kernels = [], []
+    for fused in (False, True):
+        variables = [keras.Variable(v, name=n) for v, n in zip(values, names)]
+        opt = bert_adamw(0.05, total_steps=10, warmup_ratio=0.2, weight_decay=0.1,
+                         max_grad_norm=1.0, epsilon=1e-3, fused=fused)
+        opt.build(variables)
+
+        @tf.function(jit_compile=jit_compile)
+        def step(g0, g1, idx, upd):
+            sparse = tf.IndexedSlices(upd, idx, dense_shape=tf.constant([5, 3], tf.int64))
+            opt.apply([g0, g1, sparse], variables)
+
+        for g, idx, upd in zip(dense, rows, updates):
+            step(*g, tf.constant(idx, tf.int64), upd)
+        graph = step.get_concrete_function(*dense[0], tf.constant(rows[0], tf.int64),
+                                           updates[0]).graph
+        ops = [op.type for op in graph.get_operations()]
+        kernels.append((ops.count("ResourceApplyAdam"), ops.count("ResourceApplyGradientDescent")))
+        results.append([keras.ops.convert_to_numpy(v) for v in variables])
+    assert kernels == [(0, 0), (3, 2)]  # the bias is not decayed
+    for plain, fast in zip(*results):
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(results[1][2], values[2])  # it did train
+
+
+# Keras' AdamW and the fused one under a MirroredStrategy over two logical
+# CPUs (devices are fixed when TensorFlow starts: a process of its own).
+MIRRORED = """
+import numpy as np, tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from bertdesk.training.optimization import bert_adamw
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(0)
+values = [rng.normal(size=s).astype("float32") for s in [(6, 4), (4,)]]
+grads = [[rng.normal(size=v.shape).astype("float32") for v in values] for _ in range(3)]
+for fused in (False, True):
+    with strategy.scope():
+        variables = [keras.Variable(v, name=n) for v, n in zip(values, ["kernel", "bias"])]
+        opt = bert_adamw(0.05, total_steps=10, warmup_ratio=0.2, weight_decay=0.1, fused=fused)
+        opt.build(variables)
+
+    @tf.function
+    def step(g0, g1):
+        strategy.run(lambda: opt.apply([g0, g1], variables))
+
+    for g in grads:
+        step(*g)
+    np.save(f"{OUT}/{fused}.npy", np.array(
+        [np.concatenate([c.numpy().ravel() for c in v.value.values]) for v in variables],
+        dtype=object), allow_pickle=True)
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's kernels")
+def test_fused_tensorflow_adamw_updates_every_replica_as_keras_does(tmp_path):
+    """Under a distribution strategy each replica's copy of a variable gets
+    the update Keras' AdamW gives it (the kernels take the replica's
+    handles inside `extended.update`)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow",
+           "PYTHONPATH": str(Path(bertdesk.__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-c", f"OUT = {str(tmp_path)!r}\n" + MIRRORED],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain, fused = (np.load(tmp_path / f"{f}.npy", allow_pickle=True) for f in (False, True))
+    for a, b in zip(fused, plain):
+        half = a.size // 2
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(a[:half], a[half:])  # the two replicas agree
+    rng = np.random.default_rng(0)  # the script's starting values: it trained
+    start = [rng.normal(size=s).astype("float32") for s in [(6, 4), (4,)]]
+    assert not np.allclose(plain[0][:24], start[0].ravel())
 
 
 def test_warmup_linear_decay_on_the_host_is_the_schedule():
@@ -561,8 +665,8 @@ def test_accumulated_updates_are_the_mean_of_their_batches(optimizer):
     from bertdesk.training.optimization import (BertLamb, WarmupLinearDecay,
                                                 apply_accumulated, bert_adamw)
 
-    if optimizer == "adamw_fused" and keras.backend.backend() != "torch":
-        pytest.skip("the fused update is PyTorch's")
+    if optimizer == "adamw_fused" and not FUSED:
+        pytest.skip("the fused update is PyTorch's and TensorFlow's")
 
     def make(k):
         if optimizer == "lamb":
@@ -570,8 +674,7 @@ def test_accumulated_updates_are_the_mean_of_their_batches(optimizer):
                             global_clipnorm=1.0, gradient_accumulation_steps=k if k > 1 else None)
         return bert_adamw(0.05, total_steps=6, warmup_ratio=0.34, weight_decay=0.1,
                           max_grad_norm=1.0, epsilon=1e-3, gradient_accumulation=k,
-                          fused=(optimizer == "adamw_fused") if keras.backend.backend() == "torch"
-                          else None)
+                          fused=(optimizer == "adamw_fused") if FUSED else None)
 
     rng = np.random.default_rng(3)
     values = [rng.normal(size=s).astype("float32") for s in [(5, 3), (3,)]]

@@ -57,22 +57,34 @@ class _SchedulesByUpdate:
 class BertAdamW(_SchedulesByUpdate, keras.optimizers.AdamW):
     """Keras' AdamW with BERT's weight-decay exclusions kept in its config
     (so a resumed run still skips LayerNorm and biases), and a fused update
-    on the PyTorch backend.
+    on the PyTorch and TensorFlow backends.
 
     On PyTorch, Keras applies AdamW as a dozen `torch._foreach_*` passes
     over every parameter plus a per-gradient clipping loop; here clipping is
     one foreach call (the norms) and the whole update (decay, moments, step) is torch's
     fused AdamW kernel, with epsilon rescaled so the arithmetic is Keras'
-    (epsilon added to sqrt(v) before bias correction), not torch's. Other
-    backends compile the update into the training step and use Keras' code.
+    (epsilon added to sqrt(v) before bias correction), not torch's.
     The clipping factor is not applied to the gradients but handed to the
     kernel as its `grad_scale` (it divides each gradient as it reads it):
     one pass over every gradient less per step.
 
+    On TensorFlow, Keras writes each variable's update as about twenty graph
+    ops (casts, powers, the moments' and the variable's arithmetic and
+    assignments) and its weight decay as a few more, evaluating the
+    learning-rate schedule again for every decayed variable; here each
+    variable's update is TensorFlow's own Adam kernel (`ResourceApplyAdam`,
+    Keras' arithmetic: epsilon added to sqrt(v), the bias correction in the
+    step size), and its decay one `ResourceApplyGradientDescent` by the rate
+    computed once. Fewer ops to trace (the first step) and to run without
+    XLA; under XLA both kernels compile into the step. Keras' code where it
+    has no such kernel: amsgrad, other than float32 variables. JAX compiles
+    Keras' update into the step and uses Keras' code.
+
     Args:
         exclude_names: variables whose path contains any of these strings get
             no weight decay.
-        fused: use the fused PyTorch update (default: on the PyTorch backend).
+        fused: use the fused update (default: on the PyTorch and TensorFlow
+            backends).
     """
 
     def __init__(self, *args, exclude_names=("bias", "gamma", "beta"), fused=None, **kwargs):
@@ -81,18 +93,19 @@ class BertAdamW(_SchedulesByUpdate, keras.optimizers.AdamW):
         if self.exclude_names:
             self.exclude_from_weight_decay(var_names=list(self.exclude_names))
         if fused is None:
-            fused = keras.backend.backend() == "torch" and not self.amsgrad
+            fused = keras.backend.backend() in _FUSED_BACKENDS and not self.amsgrad
         self.fused = bool(fused)
         if self.fused and self.amsgrad:
             raise ValueError("BertAdamW(fused=True) does not do amsgrad")
-        if self.fused and keras.backend.backend() != "torch":
-            raise ValueError("BertAdamW(fused=True) needs the PyTorch backend")
+        if self.fused and keras.backend.backend() not in _FUSED_BACKENDS:
+            raise ValueError("BertAdamW(fused=True) needs the PyTorch or TensorFlow backend")
 
     def _fused_now(self):
-        """The fused update, except inside `torch.compile` (Keras' `jit_compile`
-        on PyTorch), which cannot trace the fused kernel's in-place updates of
-        the variables; there Keras' update is compiled instead."""
-        if not self.fused:
+        """The fused PyTorch update, except inside `torch.compile` (Keras'
+        `jit_compile` on PyTorch), which cannot trace the fused kernel's
+        in-place updates of the variables; there Keras' update is compiled
+        instead."""
+        if not self.fused or keras.backend.backend() != "torch":
             return False
         import torch
 
@@ -174,6 +187,58 @@ class BertAdamW(_SchedulesByUpdate, keras.optimizers.AdamW):
                 # `fused_kernels.weight`, read them)
                 increment_version([*params, *ms, *vs])
 
+    def _fused_tf(self, variable):
+        """Whether the TensorFlow kernels update `variable` (a `tf.Variable`
+        or a Keras variable)."""
+        return (self.fused and keras.backend.backend() == "tensorflow"
+                and variable.dtype == "float32")
+
+    def _apply_weight_decay(self, variables):
+        """Keras' decoupled decay, `var -= var * wd * lr` for every variable
+        it decays, with the learning rate evaluated once (Keras evaluates
+        the schedule per variable) and each variable's decay one
+        `ResourceApplyGradientDescent` (`var -= (lr * wd) * var`)."""
+        if self.weight_decay is None or not all(self._fused_tf(v) for v in variables):
+            return super()._apply_weight_decay(variables)
+        import tensorflow as tf
+
+        decayed = [v.value if isinstance(v, keras.Variable) else v
+                   for v in variables if self._use_weight_decay(v)]
+        if not decayed:
+            return
+        rate = tf.cast(self.learning_rate, "float32") * tf.cast(self.weight_decay, "float32")
+
+        def decay(variable, rate):
+            tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=rate,
+                                                    delta=variable.read_value())
+
+        def apply(distribution, variables):
+            for variable in variables:
+                distribution.extended.update(variable, decay, args=(rate,), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            apply, self._distribution_strategy, decayed)
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Keras' Adam update of one variable as TensorFlow's Adam kernel
+        (`_fused_tf`); Keras' own code elsewhere. Under a distribution
+        strategy it runs inside `extended.update`, as Keras' does, so the
+        handles are the current replica's."""
+        if not self._fused_tf(variable):
+            return super().update_step(gradient, variable, learning_rate)
+        import tensorflow as tf
+
+        i = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, "float32")
+        beta_1 = tf.constant(self.beta_1, "float32")
+        beta_2 = tf.constant(self.beta_2, "float32")
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[i].handle, v=self._velocities[i].handle,
+            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, "float32"), beta1=beta_1, beta2=beta_2,
+            epsilon=tf.constant(self.epsilon, "float32"),
+            grad=tf.cast(tf.convert_to_tensor(gradient), "float32"), use_locking=False)
+
     def _host_count(self):
         """Keras' count of `apply` calls so far (`_iterations`, which is
         `iterations` unless gradients are accumulated) as a Python int, read
@@ -241,6 +306,10 @@ class BertAdamW(_SchedulesByUpdate, keras.optimizers.AdamW):
     def get_config(self):
         return {**super().get_config(), "exclude_names": list(self.exclude_names),
                 "fused": None}
+
+
+# Where `BertAdamW` has a fused update by default.
+_FUSED_BACKENDS = ("torch", "tensorflow")
 
 
 # Gradients at least this large (float32, on the CPU) get their squared norm
