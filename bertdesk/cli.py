@@ -433,9 +433,14 @@ def _cmd_vocab(args):
     out = Path(args.output)
     written = [out] if out.suffix == ".txt" else [out / "vocab.txt", out / "tokenizer_config.json"]
     _refuse_writing_over_inputs({"--output": written}, {"--corpus": args.corpus})
-    if out.suffix != ".txt" and _holds_a_model(out):
-        raise DataError(f"{out}: holds a model, whose weights belong to its vocab.txt; write the "
-                        "new vocabulary to another --output")
+    # a folder's vocab.txt, given as the folder or as the file itself
+    folder = out if out.suffix != ".txt" else out.parent if out.name == "vocab.txt" else None
+    if folder is not None and _holds_a_model(folder):
+        raise DataError(f"{folder}: holds a model, whose weights belong to its vocab.txt; write "
+                        "the new vocabulary to another --output")
+    if folder is not None and (folder / "data.json").is_file():
+        raise DataError(f"{folder}: holds pretraining data, whose token ids belong to its "
+                        "vocab.txt; write the new vocabulary to another --output")
     tokenizer = train_vocabulary(args.corpus, args.vocab_size, lowercase=not args.cased,
                                  min_frequency=args.min_frequency)
     if out.suffix == ".txt":
@@ -630,7 +635,8 @@ def build_parser():
     p.add_argument("src", help="Hugging Face, Google TF, keras-hub or bertdesk folder")
     p.add_argument("dst", help="output folder")
     p.add_argument("--to", choices=("hf", "bertdesk"), default="bertdesk")
-    p.add_argument("--overwrite", action="store_true", help="replace files in an existing folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model in an existing folder (its other files stay)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("vocab", help="train a WordPiece vocabulary from raw text")

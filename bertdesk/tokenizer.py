@@ -25,7 +25,7 @@ def read_vocab(path):
     from bertdesk.io.errors import CheckpointError  # a folder's file: the command line reports it
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not the first piece
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{path}: not UTF-8 text ({e})") from None
     tokens = text.split("\n")

@@ -5,8 +5,17 @@ does the same)."""
 
 import pandas as pd
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
+from PySide6.QtGui import Qt as QtText
 
 CHUNK = 500
+
+
+def plain_tip(text):
+    """`text` as a tooltip that shows it as it is: Qt takes a tooltip that
+    looks like HTML (`Qt.mightBeRichText`) as rich text, so a cell holding
+    `<img src=...>` would draw an image; escaped, and wrapped as rich text
+    is (a plain tooltip is one line however long)."""
+    return QtText.convertFromPlainText(str(text), Qt.WhiteSpaceNormal)
 
 
 class FrameModel(QAbstractTableModel):
@@ -47,7 +56,7 @@ class FrameModel(QAbstractTableModel):
             return text if len(text) <= 300 else text[:300] + "…"
         if role == Qt.ToolTipRole:
             text = str(value)
-            return text if len(text) <= 2000 else text[:2000] + "…"
+            return plain_tip(text if len(text) <= 2000 else text[:2000] + "…")
         if role == Qt.ForegroundRole and index.row() + 1 in self.highlight_rows:
             from PySide6.QtGui import QColor
 

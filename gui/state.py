@@ -214,11 +214,13 @@ class RunHistory:
         self.runs = []
         if self.path.is_file():
             try:
-                self.runs = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                # a damaged history is kept aside, never overwritten
+                runs = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                runs = None
+            if isinstance(runs, list) and all(isinstance(r, dict) and "id" in r for r in runs):
+                self.runs = runs
+            else:  # a damaged history is kept aside, never overwritten
                 self.path.replace(self.path.with_suffix(f".damaged-{int(time.time())}.json"))
-                self.runs = []
 
     def add(self, run):
         self.runs.append(run)

@@ -14,6 +14,7 @@ import bertdesk
 from bertdesk import BertPretrainingModel, CheckpointError
 from bertdesk.cli import main as cli_main
 from bertdesk.io import read_checkpoint, save_pretrained
+from bertdesk.io.formats import detect_format
 
 HF_TINY = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                intermediate_size=32, max_position_embeddings=32)
@@ -556,6 +557,17 @@ def test_export_never_clobbers_or_leaves_partial_folders(tmp_path, hf_tiny):
     assert (dst / "notes.txt").read_text() == "user data"
     assert (dst / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    # over another model: none of its files a reader would pair with the new ones stay
+    (dst / "pytorch_model.bin").write_bytes(b"old weights")
+    (dst / "tokenizer.json").write_text("{}")
+    (dst / "model-00001-of-00002.safetensors").write_bytes(b"old shard")
+    save_pretrained(backbone, dst, format="hf", overwrite=True)
+    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors",
+                                                     "notes.txt"]
+    assert detect_format(dst) == "hf"
+    save_pretrained(backbone, dst, tokenizer=bertdesk.load_tokenizer(hf_tiny[1]), overwrite=True)
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "bertdesk.json", "model.safetensors", "notes.txt", "tokenizer_config.json", "vocab.txt"]
 
 
 def test_cli_reports_errors_with_exit_code(tmp_path, capsys):

@@ -386,6 +386,22 @@ def test_launchers():
     assert args.files == ["data.csv"] and args.func.__name__ == "_cmd_gui"
 
 
+@pytest.mark.parametrize("damaged", [b"\xff\xfe not UTF-8", b'{"runs": []}', b"[1, 2]",
+                                     b'[{"id": 1}, {"no id": 2}]', b"[{"])
+def test_a_damaged_run_history_is_kept_aside(tmp_path, damaged):
+    # the app starts with an empty history and the file moved aside, untouched
+    from bertdesk_gui.state import RunHistory
+
+    path = tmp_path / "runs.json"
+    path.write_bytes(damaged)
+    history = RunHistory(path)
+    assert history.runs == [] and not path.exists()
+    [aside] = tmp_path.glob("runs.damaged-*.json")
+    assert aside.read_bytes() == damaged
+    history.add({"id": "a", "status": "done"})
+    assert RunHistory(path).get("a") == {"id": "a", "status": "done"}
+
+
 def test_qa_summary_shows_the_null_threshold_in_logits():
     from bertdesk_gui.pages.evaluate_page import format_value, summary_text
 

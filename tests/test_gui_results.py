@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PySide6.QtCore import QThreadPool, Qt  # noqa: E402
-from PySide6.QtGui import QTextCursor  # noqa: E402
-from PySide6.QtWidgets import QFileDialog  # noqa: E402
+from PySide6.QtGui import QTextCursor, QTextDocument  # noqa: E402
+from PySide6.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
 
 from bertdesk.training.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from bertdesk_gui.pages.evaluate_page import EvaluatePage  # noqa: E402
@@ -175,6 +175,9 @@ def test_evaluate_shows_the_run_metrics_and_confusion_matrix(qtbot, page, state,
     assert counts == metrics["confusion_matrix"]
     assert sum(map(sum, counts)) == len(predictions(cls_run)) == 42
     assert cm.verticalHeaderItem(1).text() == POSITIVE
+    document = QTextDocument()
+    document.setHtml(cm.item(1, 0).toolTip())  # Qt shows a tooltip with markup as rich text
+    assert document.toPlainText() == f"gold {POSITIVE}, predicted negative: {counts[1][0]}"
     screenshot(ev, "evaluate_classify")
 
     with qtbot.waitSignal(ev.cell_selected, timeout=2000) as blocker:
@@ -299,6 +302,16 @@ def test_inspect_shows_text_as_text(page, state, cls_run):
     ins.select_row(texts.index(MARKUP_TEXT))
     shown = ins.browser.toPlainText()
     assert MARKUP_TEXT in shown and POSITIVE in shown  # literally, markup and all
+    # the table's tooltips: Qt takes a tooltip that looks like HTML as rich text
+    row = texts.index(MARKUP_TEXT)
+    tips = [ins.model.data(ins.model.index(row, j), Qt.ToolTipRole)
+            for j in range(ins.model.columnCount())]
+    document = QTextDocument()
+    rendered = []
+    for tip in tips:
+        document.setHtml(tip)
+        rendered.append(document.toPlainText())
+    assert MARKUP_TEXT in rendered and POSITIVE in rendered, rendered
     assert "Probabilities" in shown and "negative" in shown
     ins.select_row(texts.index(CHINESE_TEXT))
     assert CHINESE_TEXT in ins.browser.toPlainText()
@@ -521,3 +534,28 @@ def test_copy_model(page, state, cls_run, tmp_path, monkeypatch):
     assert ex.choose_predictions_file() == tmp_path / "preds.jsonl"
     assert "Saved" in ex.status.text()
     screenshot(ex, "export")
+    # "preds" typed again: the dialog asked about "preds", which does not exist;
+    # the file the suffix makes does, so the page asks before replacing it
+    (tmp_path / "preds.jsonl").write_text("mine")
+    answers = []
+
+    def answer(reply):
+        def ask(*args, **kwargs):
+            answers.append(args[2])
+            return reply
+        return staticmethod(ask)
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.No))
+    assert ex.choose_predictions_file() is None
+    assert (tmp_path / "preds.jsonl").read_text() == "mine"
+    assert answers == [f"{tmp_path / 'preds.jsonl'} already exists. Replace it?"]
+    assert "Not saved" in ex.status.text()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(tmp_path / "report"), "HTML (*.html)")))
+    (tmp_path / "report.html").write_text("mine")
+    assert ex.choose_report_file() is None
+    assert (tmp_path / "report.html").read_text() == "mine"
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.Yes))
+    assert ex.choose_report_file() == tmp_path / "report.html"
+    assert "<html" in (tmp_path / "report.html").read_text().lower()
+    assert len(answers) == 3

@@ -123,6 +123,47 @@ def test_one_sentence_documents_are_refused(tmp_path, tokenizer):
         create_pretraining_data([path], tokenizer, tmp_path / "out", _options())
 
 
+@pytest.mark.backend_neutral
+def test_a_data_folder_appears_whole_or_not_at_all(tmp_path, corpus, tokenizer):
+    # a failure after the shards were written leaves neither the folder nor
+    # its staging (a run's --resume takes a data/ with data.json as its own)
+    bad = tmp_path / "short.txt"
+    bad.write_text("Alice walks.\n\nBob talks.\n", encoding="utf-8")
+    with pytest.raises(DataError, match="every document has a single sentence"):
+        create_pretraining_data([bad], tokenizer, tmp_path / "out", _options())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
+    (tmp_path / "out").mkdir()  # an empty folder is taken
+    manifest = create_pretraining_data(corpus, tokenizer, tmp_path / "out", _options())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "short.txt"]
+    assert {"data.json", "vocab.txt"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert PretrainingData(tmp_path / "out", batch_size=4).num_instances == (
+        manifest["totals"]["instances"])
+    with pytest.raises(DataError, match="out: exists and is not an empty folder"):
+        create_pretraining_data(corpus, tokenizer, tmp_path / "out", _options())
+
+
+@pytest.mark.backend_neutral
+def test_data_read_with_another_vocabulary_is_refused(tmp_path, corpus, tokenizer):
+    folder = tmp_path / "data"
+    create_pretraining_data(corpus, tokenizer, folder, _options())
+    vocab = folder / "vocab.txt"
+    original = vocab.read_bytes()
+    words = original.decode().splitlines()
+    words[-2], words[-1] = words[-1], words[-2]  # two ids swapped: same size, other words
+    vocab.write_text("\n".join(words) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"vocab.txt: not the vocabulary the data was written "
+                                        r"with .*vocab_sha256"):
+        PretrainingData(folder, batch_size=4)
+    vocab.unlink()
+    with pytest.raises(DataError, match="vocab.txt: missing"):
+        PretrainingData(folder, batch_size=4)
+    vocab.write_bytes(original)
+    assert PretrainingData(folder, batch_size=4).num_instances > 0
+    (folder / "data.json").write_text('{"format": ', encoding="utf-8")
+    with pytest.raises(DataError, match="data.json: not readable JSON"):
+        PretrainingData(folder, batch_size=4)
+
+
 # === Masking ===
 @pytest.mark.backend_neutral
 def test_masking_statistics_cap_and_specials():
@@ -247,7 +288,7 @@ def test_deterministic_for_a_seed_whatever_the_workers(tmp_path, corpus, tokeniz
             assert np.array_equal(a, np.load(tmp_path / "two" / s / f.name)), f
             differs |= not np.array_equal(a, np.load(tmp_path / "other" / s / f.name))
     assert differs
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(DataError, match="one: exists and is not an empty folder"):
         create_pretraining_data(corpus, tokenizer, tmp_path / "one", opts)
 
 

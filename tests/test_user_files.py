@@ -3,6 +3,7 @@ folder is reported by the file and the field (no model math here)."""
 
 import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -134,17 +135,79 @@ def test_run_folder_rules(tmp_path):
     assert open_run_folder(fresh, resume=True) is False  # empty: nothing to lose
     # an attempt stopped before its first checkpoint: its own entries and the
     # leftovers of interrupted atomic writes do not stop a resume
+    own = {"data": lambda p: (p / "data.json").is_file()}
     (fresh / "checkpoint").mkdir()
     (fresh / ".metrics.json.x1.tmp").write_text("")
     (fresh / ".model.x2.partial").mkdir()
     (fresh / "data").mkdir()
     with pytest.raises(ValueError, match=r"--resume found no checkpoint .*\(data\)"):
         open_run_folder(fresh, resume=True)
-    assert open_run_folder(fresh, resume=True, own=("checkpoint", "data")) is False
+    assert open_run_folder(fresh, resume=True, own=own) is False  # empty ones: nothing to lose
     with pytest.raises(ValueError, match="output folder is not empty"):
         open_run_folder(fresh, resume=False)
+    # a run's name is no proof: what is in the entry decides
+    (fresh / "data" / "wiki.txt").write_text("the user's corpus")
+    with pytest.raises(ValueError, match=r"--resume found no checkpoint .*\(data\), which is "
+                                         r"not what a run writes"):
+        open_run_folder(fresh, resume=True, own=own)
+    (fresh / "data" / "data.json").write_text("{}")
+    assert open_run_folder(fresh, resume=True, own=own) is False
+    epoch = fresh / "checkpoint" / "epoch-1"  # renamed in, state.json not yet written
+    epoch.mkdir()
+    (epoch / "config.json").write_text("{}")
+    (epoch / "model.weights.h5").write_bytes(b"")
+    (fresh / "checkpoint" / ".epoch-2.x3.partial").mkdir()
+    assert open_run_folder(fresh, resume=True, own=own) is False
+    (fresh / "checkpoint" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"\(checkpoint\)"):
+        open_run_folder(fresh, resume=True, own=own)
     (fresh / "checkpoint" / "state.json").write_text("{}")
     assert open_run_folder(fresh, resume=True) is True
+
+
+def test_resume_never_takes_a_users_folder_named_as_a_runs(tmp_path, capsys, minilm_folder):
+    # the user's corpus in proj/data: pretraining into proj with --resume once
+    # deleted it, a data/ without data.json counting as an unfinished attempt
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    corpus = proj / "data" / "wiki.txt"
+    corpus.write_text("Alice walks home. Bob talks.\n\nCarol sings. Dan reads.\n" * 20)
+    before = digest(proj)
+    assert cli_main(["pretrain", "--corpus", str(corpus), "--output", str(proj), "--resume",
+                     "--preset", "tiny", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume found no checkpoint" in err and "(data)" in err, err
+    assert digest(proj) == before
+    # the user's model in proj/model, fine-tuned into proj: the run's best
+    # model would have replaced it at the first epoch
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    shutil.rmtree(proj)
+    (proj / "model").mkdir(parents=True)
+    for name in ("config.json", "vocab.txt", "model.safetensors"):
+        shutil.copy(minilm_folder / name, proj / "model" / name)
+    before = digest(proj)
+    argv = ["finetune", "--model", str(proj / "model"), "--train", str(data),
+            "--output", str(proj), "--resume"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--resume found no checkpoint" in err and "(model)" in err, err
+    # a bertdesk model folder written by a run into another folder: not this run's
+    (proj / "model" / "config.json").unlink()
+    (proj / "model" / "bertdesk.json").write_text(json.dumps(
+        {"format": "bertdesk", "training_args": {"output": str(tmp_path / "elsewhere")}}))
+    before = digest(proj)
+    assert cli_main(argv) == 2
+    assert "(model)" in capsys.readouterr().err
+    assert digest(proj) == before
+    # the run's own model/ (its bertdesk.json names this output), but the model
+    # to fine-tune: the run would write over what it reads
+    (proj / "model" / "bertdesk.json").write_text(json.dumps(
+        {"format": "bertdesk", "training_args": {"output": str(proj)}}))
+    before = digest(proj)
+    assert cli_main(argv) == 2
+    assert "the model to fine-tune is inside --output" in capsys.readouterr().err
+    assert digest(proj) == before
 
 
 def test_fine_tuning_resumes_a_run_stopped_in_its_first_checkpoint(tmp_path):
@@ -207,3 +270,77 @@ def test_a_model_folder_whose_head_lacks_a_field(model_folder, capsys, task, hea
                      "--output", str(model_folder.parent / "preds.csv")]) == 2
     err = capsys.readouterr().err
     assert f"bertdesk.json: the 'head' entry lacks {missing}" in err, err
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("bertdesk.json", {"format": "bertdesk", "backbone": {}},
+     r"bertdesk.json: backbone: missing config fields \['vocabulary_size', 'num_layers', "
+     r"'hidden_dim', 'num_heads', 'intermediate_dim'\]"),
+    ("bertdesk.json", {"format": "bertdesk", "backbone": {
+        "vocabulary_size": 100, "num_layers": 2, "hidden_dim": 16, "num_heads": 2,
+        "intermediate_dim": "32"}},
+     r"bertdesk.json: backbone: intermediate_dim must be a whole number >= 1, got '32'"),
+    ("bertdesk.json", ["not", "an", "object"], r"bertdesk.json: expected a JSON object, got list"),
+    ("config.json", {"vocab_size": 100, "num_hidden_layers": 2, "hidden_size": 16,
+                     "num_attention_heads": 0, "intermediate_size": 32},
+     r"config.json: num_attention_heads must be a whole number >= 1, got 0"),
+    ("config.json", {"vocab_size": 100, "num_hidden_layers": 2, "hidden_size": "16",
+                     "num_attention_heads": 2, "intermediate_size": 32},
+     r"config.json: hidden_size must be a whole number >= 1, got '16'"),
+    ("config.json", {"vocab_size": 100, "num_hidden_layers": 2, "hidden_size": 16,
+                     "num_attention_heads": 2, "intermediate_size": 32,
+                     "hidden_dropout_prob": "0.1"},
+     r"config.json: hidden_dropout_prob must be a number >= 0, got '0.1'"),
+    ("config.json", {"vocab_size": 100, "num_hidden_layers": 2, "hidden_size": 16,
+                     "num_attention_heads": 3, "intermediate_size": 32},
+     r"config.json: hidden_size 16 is not divisible by num_attention_heads 3"),
+])
+def test_a_config_with_bad_fields_is_reported_by_file_and_field(model_folder, capsys, file,
+                                                                 content, message):
+    (model_folder / "model.safetensors").write_bytes(b"")  # never read: the config fails first
+    (model_folder / file).write_text(json.dumps(content))
+    assert cli_main(["info", str(model_folder)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_files_with_a_byte_order_mark_read_as_without(model_folder, minilm_folder):
+    from bertdesk.io import load_tokenizer
+    from bertdesk.io.formats import read_json
+
+    plain = load_tokenizer(model_folder)
+    vocab = model_folder / "vocab.txt"
+    vocab.write_bytes(b"\xef\xbb\xbf" + vocab.read_bytes())  # as some editors save it
+    marked = load_tokenizer(model_folder)
+    assert marked.vocabulary == plain.vocabulary and marked.vocabulary[0] == "[PAD]"
+    config = model_folder / "config.json"
+    config.write_bytes(b"\xef\xbb\xbf" + (minilm_folder / "config.json").read_bytes())
+    assert read_json(config) == json.loads((minilm_folder / "config.json").read_text())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-steps", "0"], "max_steps must be at least 1, got 0"),
+    (["--seq-length", "4"], "max_seq_length must be at least 8, got 4"),
+    (["--document-pattern", "["], r"--document-pattern '\[': not a regular expression"),
+])
+def test_bad_pretraining_arguments_are_messages(tmp_path, capsys, extra, message):
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("Alice walks home. Bob talks.\n\nCarol sings. Dan reads.\n" * 20)
+    assert cli_main(["pretrain", "--corpus", str(corpus), "--output", str(tmp_path / "run"),
+                     "--preset", "tiny"] + extra) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+
+
+def test_a_damaged_checkpoint_state_is_a_message(tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    for damaged in ('{"epoch": 1, "check', "[1, 2]", "\xff"):
+        (out / "checkpoint" / "state.json").write_text(damaged, encoding="latin-1")
+        assert cli_main(["finetune", "--model", "tiny", "--train", str(data),
+                         "--output", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "state.json: not the checkpoint state a run writes" in err, err

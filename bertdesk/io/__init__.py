@@ -100,7 +100,9 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
 
     The folder is assembled next to its destination and moved in place; an
     existing folder is only touched with `overwrite=True`, file by file,
-    each replaced atomically. `config_overrides` replace entries of the saved
+    each replaced atomically, and the files of the model it held that these
+    do not replace removed (`_model_files`: another format's config, other
+    weights, a fast tokenizer's files); other files stay. `config_overrides` replace entries of the saved
     architecture config (e.g. the dropout rates a fine-tuning run should
     use when the backbone was trained with others). `hf_architecture` and
     `hf_config` (format "hf") name a task class of transformers whose head
@@ -156,13 +158,41 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
         if not folder.exists():
             os.rename(staging, folder)
         else:
-            for item in staging.iterdir():
-                os.replace(item, folder / item.name)
+            written = {item.name for item in staging.iterdir()}
+            # the model files of any format that this one does not replace go
+            # first (a reader would pair them with the new files), the new
+            # descriptor last: a stop in between leaves no model, never a mix
+            for stale in _model_files(folder):
+                if stale.name not in written:
+                    stale.unlink()
+            descriptor = "config.json" if format == "hf" else "bertdesk.json"
+            for name in sorted(written, key=lambda name: name == descriptor):
+                os.replace(staging / name, folder / name)
             staging.rmdir()
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+# The files a checkpoint reader or transformers consults in a model folder
+# (configs, weights of every format, tokenizer files)
+_MODEL_FILE_NAMES = {
+    "bertdesk.json", "config.json", "bert_config.json", "model.safetensors",
+    "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "tf_model.h5", "flax_model.msgpack", "vocab.txt", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "checkpoint"}
+_MODEL_FILE_PATTERNS = ("bert_model.ckpt*", "model-*-of-*.safetensors",
+                        "pytorch_model-*-of-*.bin")
+
+
+def _model_files(folder):
+    """The model files in `folder`, by name (files, or links: a link goes, not
+    what it points to)."""
+    found = {p for p in folder.iterdir() if p.name in _MODEL_FILE_NAMES}
+    for pattern in _MODEL_FILE_PATTERNS:
+        found.update(folder.glob(pattern))
+    return sorted(p for p in found if p.is_symlink() or p.is_file())
 
 
 def convert(src, dst, to="bertdesk", overwrite=False):

@@ -57,7 +57,7 @@ class Checkpoint:
 def read_json(path):
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # (a byte-order mark allowed)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -89,6 +89,8 @@ def detect_format(folder):
 
 def config_from_hf(hf, source):
     """bertdesk backbone kwargs from a Hugging Face / Google BERT config."""
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(hf).__name__}")
     missing = [k for k in REQUIRED_HF_KEYS if k not in hf]
     if missing:
         raise CheckpointError(f"{source}: missing config fields {missing}")
@@ -110,10 +112,42 @@ def config_from_hf(hf, source):
     config.setdefault("max_sequence_length", 512)
     config.setdefault("type_vocabulary_size", 2)
     config.setdefault("layer_norm_epsilon", 1e-12)
+    return check_architecture(config, source, {ours: theirs for theirs, ours
+                                               in HF_CONFIG_KEYS.items()})
+
+
+# The architecture's sizes: whole numbers >= 1, the first five required
+_SIZES = ("vocabulary_size", "num_layers", "hidden_dim", "num_heads", "intermediate_dim",
+          "max_sequence_length", "type_vocabulary_size")
+_RATES = ("dropout", "attention_dropout", "layer_norm_epsilon", "initializer_range")
+
+
+def check_architecture(config, source, names=None):
+    """`config` (bertdesk backbone kwargs read from the file `source`) when its
+    sizes are whole numbers >= 1 (the first five present), its rates numbers
+    and the hidden size a multiple of the heads; CheckpointError naming the
+    file and the field (as `names` maps ours to the file's) otherwise."""
+    names = names or {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: the architecture config must be a JSON object, "
+                              f"got {type(config).__name__}")
+    missing = [names.get(k, k) for k in _SIZES[:5] if k not in config]
+    if missing:
+        raise CheckpointError(f"{source}: missing config fields {missing}")
+    for key in _SIZES:
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{source}: {names.get(key, key)} must be a whole number "
+                                  f">= 1, got {value!r}")
+    for key in _RATES:
+        value = config.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise CheckpointError(f"{source}: {names.get(key, key)} must be a number >= 0, "
+                                  f"got {value!r}")
     if config["hidden_dim"] % config["num_heads"]:
         raise CheckpointError(
-            f"{source}: hidden_size {config['hidden_dim']} is not divisible by "
-            f"num_attention_heads {config['num_heads']}"
+            f"{source}: {names.get('hidden_dim', 'hidden_dim')} {config['hidden_dim']} is not "
+            f"divisible by {names.get('num_heads', 'num_heads')} {config['num_heads']}"
         )
     return config
 
@@ -508,14 +542,21 @@ def keras_hub_backbone_tensors(model):
 def read_bertdesk(folder):
     folder = Path(folder)
     meta = read_json(folder / "bertdesk.json")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{folder / 'bertdesk.json'}: expected a JSON object, got "
+                              f"{type(meta).__name__}")
     if "backbone" not in meta:
         raise CheckpointError(f"{folder / 'bertdesk.json'}: missing the 'backbone' field")
+    config = check_architecture(meta["backbone"], f"{folder / 'bertdesk.json'}: backbone")
+    tok = meta.get("tokenizer") or {}
+    if not isinstance(tok, dict):
+        raise CheckpointError(f"{folder / 'bertdesk.json'}: tokenizer must be a JSON object, got "
+                              f"{type(tok).__name__}")
     weights_file = folder / "model.safetensors"
     if not weights_file.is_file():
         raise CheckpointError(f"{weights_file}: file not found")
     tensors = safetensors_tensors([weights_file])
-    tok = meta.get("tokenizer", {})
-    return Checkpoint("bertdesk", folder, dict(meta["backbone"]), tensors, weights_file,
+    return Checkpoint("bertdesk", folder, dict(config), tensors, weights_file,
                       vocab_file=_vocab_file(folder), lowercase=tok.get("lowercase"),
                       metadata=meta)
 

@@ -60,11 +60,23 @@ def _check_line(path, number, raw):
                         f"{e.start} of the line)") from None
 
 
+def compile_document_pattern(document_pattern):
+    """The compiled `--document-pattern` (None for none); DataError naming
+    the option for a pattern that is not a regular expression."""
+    if not document_pattern:
+        return None
+    try:
+        return re.compile(document_pattern)
+    except re.error as e:
+        raise DataError(f"--document-pattern {document_pattern!r}: not a regular expression "
+                        f"({e})") from None
+
+
 def plan_chunks(files, chunk_bytes=32 << 20, document_pattern=None):
     """Check the corpus `files` and cut them into `Chunk`s of about
     `chunk_bytes`, each ending at a document boundary (a file always
     starts a new chunk)."""
-    pattern = re.compile(document_pattern) if document_pattern else None
+    pattern = compile_document_pattern(document_pattern)
     files = [Path(p) for p in ([files] if isinstance(files, (str, Path)) else files)]
     if not files:
         raise DataError("no corpus files given")

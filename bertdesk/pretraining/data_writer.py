@@ -65,15 +65,15 @@ class DataOptions:
 
     def check(self):
         if self.max_seq_length < 8:
-            raise ValueError(f"max_seq_length must be at least 8, got {self.max_seq_length}")
+            raise DataError(f"max_seq_length must be at least 8, got {self.max_seq_length}")
         if not 0 < self.masked_lm_prob < 1:
-            raise ValueError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
+            raise DataError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
         if self.max_predictions_per_seq < 1:
-            raise ValueError("max_predictions_per_seq must be at least 1")
+            raise DataError("max_predictions_per_seq must be at least 1")
         if self.masking not in ("static", "dynamic"):
-            raise ValueError(f"masking must be 'static' or 'dynamic', got {self.masking!r}")
+            raise DataError(f"masking must be 'static' or 'dynamic', got {self.masking!r}")
         if self.dupe_factor < 1:
-            raise ValueError("dupe_factor must be at least 1")
+            raise DataError("dupe_factor must be at least 1")
 
 
 def _is_cjk(token):
@@ -214,10 +214,32 @@ def create_pretraining_data(corpus, tokenizer, output, options=None, workers=1, 
     if tokenizer.mask_token_id is None:
         raise DataError("the vocabulary has no [MASK] token; masked-LM pretraining needs one")
     output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        raise DataError(f"{output}: folder exists and is not empty")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise DataError(f"{output}: exists and is not an empty folder")
     chunks = plan_chunks(corpus, options.chunk_bytes, options.document_pattern)
-    output.mkdir(parents=True, exist_ok=True)
+    # written into a hidden staging folder beside `output` and renamed into
+    # place whole: `output` never holds part of a data set (a run's
+    # `--resume` tells its own data folder by its data.json)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial",
+                                    dir=output.parent))
+    try:
+        manifest = _write_data(corpus, tokenizer, chunks, staging, options, workers, log)
+        if output.exists():
+            output.rmdir()  # empty (checked above)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    totals = manifest["totals"]
+    log(f"{totals['instances']:,} instances from {totals['documents']:,} documents, "
+        f"{totals['sentences']:,} sentences, {totals['tokens']:,} tokens; "
+        f"{totals['random_next'] / totals['instances']:.1%} random next")
+    return manifest
+
+
+def _write_data(corpus, tokenizer, chunks, output, options, workers, log):
+    """The shards, vocabulary and manifest of `create_pretraining_data`,
+    written into the folder `output`; returns the manifest."""
     tokenizer.save(output)
     vocab_file = output / "vocab.txt"
     log(f"{len(chunks)} shard(s) from {len(set(c.path for c in chunks))} file(s), "
@@ -249,8 +271,4 @@ def create_pretraining_data(corpus, tokenizer, output, options=None, workers=1, 
                                             else corpus)],
                 "shards": shards, "totals": totals}
     atomic_write_text(output / "data.json", json.dumps(manifest, indent=2))
-    log(f"{totals['instances']:,} instances from {totals['documents']:,} documents, "
-        f"{totals['sentences']:,} sentences, {totals['tokens']:,} tokens; "
-        f"{totals['random_next'] / totals['instances']:.1%} random next")
     return manifest
-

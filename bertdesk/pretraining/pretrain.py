@@ -30,7 +30,7 @@ import keras
 
 from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
-from bertdesk.io.run_folder import open_run_folder
+from bertdesk.io.run_folder import open_run_folder, read_json, records_output
 
 
 @dataclass
@@ -83,14 +83,14 @@ class PretrainConfig:
 
     def check(self):
         if self.optimizer not in ("adamw", "lamb"):
-            raise ValueError(f"optimizer must be 'adamw' or 'lamb', got {self.optimizer!r}")
+            raise DataError(f"optimizer must be 'adamw' or 'lamb', got {self.optimizer!r}")
         if self.distribution not in ("none", "data", "model"):
-            raise ValueError(f"distribution must be 'none', 'data' or 'model', "
+            raise DataError(f"distribution must be 'none', 'data' or 'model', "
                              f"got {self.distribution!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation", "save_every",
                      "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.data and not self.corpus:
             raise DataError("give --corpus (raw text files) or --data (a folder written by "
                             "`bertdesk pretraining-data`)")
@@ -104,7 +104,9 @@ def prepare_data(config, out, log):
     from bertdesk.tokenizer import BertTokenizer
 
     def existing(folder):
-        manifest = json.loads((folder / "data.json").read_text(encoding="utf-8"))
+        from bertdesk.pretraining.pretraining_data import read_manifest
+
+        manifest = read_manifest(folder / "data.json")
         return folder, BertTokenizer(folder / "vocab.txt", lowercase=manifest["lowercase"])
 
     if config.data:
@@ -115,10 +117,6 @@ def prepare_data(config, out, log):
     folder = out / "data"
     if (folder / "data.json").is_file():
         return existing(folder)
-    if folder.exists():  # an unfinished attempt
-        import shutil
-
-        shutil.rmtree(folder)
     if config.vocab:
         vocab = Path(config.vocab)
         tokenizer = (BertTokenizer.from_pretrained(vocab) if vocab.is_dir()
@@ -281,7 +279,9 @@ def run_pretrain(config, sink=None):
         # What a run writes before its first checkpoint: its data, its
         # arguments. Checked before the processes join, so that a refusal
         # stops this one before the others wait on it in a collective.
-        open_run_folder(out, config.resume, own=("checkpoint", "data", "pretraining_args.json"))
+        open_run_folder(out, config.resume, own={
+            "data": lambda path: (path / "data.json").is_file(),  # written whole, data.json last
+            "pretraining_args.json": lambda path: records_output(read_json(path), out)})
     if config.num_processes > 1:
         if not config.data:
             raise DataError("a multi-process run reads prepared data: make it once with "

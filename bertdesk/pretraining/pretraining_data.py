@@ -39,9 +39,7 @@ class PretrainingData:
         if not path.is_file():
             raise DataError(f"{self.folder}: no data.json; not a folder written by "
                             "`bertdesk pretraining-data` (or it did not finish)")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT:
-            raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        manifest = read_manifest(path)
         self.manifest = manifest
         self.options = manifest["options"]
         self.shards = [s for s in manifest["shards"] if s["instances"] > 0]
@@ -162,3 +160,32 @@ class PretrainingData:
         inputs = {"token_ids": token_ids, "segment_ids": segment_ids,
                   "padding_mask": padding_mask, "mask_positions": positions}
         return inputs, {"mlm_logits": labels, "nsp_logits": nsp}
+
+
+def read_manifest(path):
+    """The `data.json` at `path` as a dict, checked: the format, and the
+    folder's `vocab.txt` the one the token ids were written with (its
+    sha256); DataError naming the file otherwise."""
+    import hashlib
+
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable JSON ({e}); the data folder is damaged, make "
+                        "it again with `bertdesk pretraining-data`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DataError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    expected = manifest.get("vocab_sha256")
+    vocab = path.parent / "vocab.txt"
+    if expected is not None:
+        if not vocab.is_file():
+            raise DataError(f"{vocab}: missing; the data's token ids need the vocabulary they "
+                            "were written with")
+        if hashlib.sha256(vocab.read_bytes()).hexdigest() != expected:
+            raise DataError(f"{vocab}: not the vocabulary the data was written with (its sha256 "
+                            f"differs from {path.name}'s vocab_sha256), so its token ids would "
+                            "read as other words; put the original vocab.txt back, or make the "
+                            "data again")
+    return manifest

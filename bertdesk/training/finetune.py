@@ -15,7 +15,7 @@ import numpy as np
 
 from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
-from bertdesk.io.run_folder import open_run_folder
+from bertdesk.io.run_folder import is_leftover, open_run_folder, read_json, records_output
 
 
 @dataclass
@@ -286,6 +286,38 @@ def compile_steps(jit_compile):
     return {"on": True, "off": False}.get(jit_compile, keras.backend.backend() == "jax")
 
 
+# What `save_task_model` writes into a model folder (the staging's files,
+# moved in one by one: a run stopped among them leaves some)
+_MODEL_FILES = {"model.safetensors", "bertdesk.json", "vocab.txt", "tokenizer_config.json"}
+
+
+def _run_model_folder(path, out):
+    """Whether `path` is the `model/` a fine-tuning run into `out` wrote (all
+    or part of it): only the files a run writes there, its `bertdesk.json`
+    (when present) recording `out` as the run's output."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    names = {p.name for p in path.iterdir() if not is_leftover(p.name)}
+    if not names <= _MODEL_FILES:
+        return False
+    if "bertdesk.json" not in names:
+        return True
+    meta = read_json(path / "bertdesk.json")
+    return isinstance(meta, dict) and records_output(meta.get("training_args"), out)
+
+
+def _inside(spec, folder):
+    """Whether the `--model` argument `spec` is a folder in `folder` (or it),
+    as `resolve_model` reads it."""
+    import bertdesk
+
+    if (not isinstance(spec, (str, Path)) or spec in ("bundled", "minilm")
+            or spec in bertdesk.preset_names() or not Path(spec).is_dir()):
+        return False
+    path, folder = Path(spec).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def run_finetune(config, sink=None):
     """Fine-tune as `config` says; returns a dict of results (metrics,
     paths, timings). Progress events go to `sink` (a callable)."""
@@ -323,7 +355,11 @@ def run_finetune(config, sink=None):
                         f"update), got {accumulation!r}")
     out = Path(config.output)
     # an epoch writes model/ (the best so far), then its checkpoint
-    resuming = open_run_folder(out, config.resume, own=("checkpoint", "model"))
+    resuming = open_run_folder(out, config.resume, own={
+        "model": lambda path: _run_model_folder(path, out)})
+    if not resuming and _inside(config.model, out):
+        raise DataError(f"--model {config.model}: the model to fine-tune is inside --output "
+                        f"{out}, where the run writes its model; choose another --output")
     keep_tensorflow_unloaded()
     set_seed(config.seed)
     set_precision(config.mixed_precision,

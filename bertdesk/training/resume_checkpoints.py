@@ -57,7 +57,18 @@ def write(model, folder, name, state):
 def read_state(folder):
     """`state.json` of `folder` as a dict; {} when there is none."""
     path = Path(folder) / STATE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        state = e
+    if not isinstance(state, dict):  # written atomically by `write`: damaged since
+        from bertdesk.data.tables import DataError
+
+        raise DataError(f"{path}: not the checkpoint state a run writes ({state}); the "
+                        "checkpoint cannot be resumed: start the run in another --output")
+    return state
 
 
 def load(folder, state):

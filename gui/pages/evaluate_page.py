@@ -14,6 +14,8 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QLabel, QSizePolicy,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from bertdesk_gui.frame_model import plain_tip
+
 # === Reading a run's results ===
 
 SCALARS = {  # metric key -> shown name, in display order
@@ -268,7 +270,8 @@ class EvaluatePage(QWidget):
                 item.setBackground(QBrush(count_colour(count, top)))
                 item.setForeground(QBrush(QColor("white" if top and count / top > 0.5
                                                  else "black")))
-                item.setToolTip(f"gold {self.labels[i]}, predicted {self.labels[j]}: {count}")
+                item.setToolTip(plain_tip(f"gold {self.labels[i]}, predicted {self.labels[j]}: "
+                                          f"{count}"))
                 t.setItem(i, j, item)
 
     def _cell_clicked(self, row, column):

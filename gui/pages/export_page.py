@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QFileDialog, QGridLayout, QLabel, QPushButton, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QFileDialog, QGridLayout, QLabel, QMessageBox, QPushButton,
+                               QVBoxLayout, QWidget)
 
 from bertdesk_gui.pages.evaluate_page import (COUNTS, LOGITS, SCALARS, breakdown, format_value,
                                               no_results_message, read_results, run_labels)
@@ -379,6 +379,22 @@ class ExportPage(QWidget):
 
         return run_async(lambda: export_transformers(run, target), done, failed)
 
+    def _may_replace(self, path):
+        """Whether to write `path`, a name the dialog's choice was given a
+        file type's suffix after the dialog asked about replacing a file (it
+        asked about the name without it): True where no file has that name,
+        else the user's answer."""
+        if not Path(path).exists():
+            return True
+        answer = QMessageBox.question(
+            self, "Replace file?", f"{path} already exists. Replace it?",
+            QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        if answer == QMessageBox.Yes:
+            return True
+        self.status.setStyleSheet("")
+        self.status.setText(f"Not saved: {path} exists")
+        return False
+
     def choose_predictions_file(self):
         path, chosen = QFileDialog.getSaveFileName(
             self, "Save predictions", str(Path(self._start_dir()) /
@@ -388,6 +404,8 @@ class ExportPage(QWidget):
             return None
         if Path(path).suffix.lower() not in PREDICTION_TYPES:
             path += {"TSV": ".tsv", "JSON lines": ".jsonl"}.get(chosen.split(" (")[0], ".csv")
+            if not self._may_replace(path):
+                return None
         return self._do(export_predictions, path)
 
     def choose_report_file(self):
@@ -398,5 +416,7 @@ class ExportPage(QWidget):
             return None
         if Path(path).suffix.lower() not in (".html", ".htm", ".pdf"):
             path += ".pdf" if chosen.startswith("PDF") else ".html"
+            if not self._may_replace(path):
+                return None
         pdf = Path(path).suffix.lower() == ".pdf"
         return self._do(export_report_pdf if pdf else export_report_html, path)

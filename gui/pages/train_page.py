@@ -2,8 +2,6 @@
 (steps, epoch, throughput, ETA), loss and validation curves, a log, and the
 run history (kept on disk, reopened after a restart)."""
 
-import html
-
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
@@ -11,6 +9,7 @@ from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox
                                QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from bertdesk_gui.frame_model import plain_tip
 from bertdesk_gui.pages.evaluate_page import LOGITS
 from bertdesk_gui.training_process import TrainingProcess, child_env
 
@@ -333,7 +332,7 @@ class TrainPage(QWidget):
                 item = QTableWidgetItem(str(v))
                 item.setData(Qt.UserRole, run["id"])
                 if j == 3:
-                    item.setToolTip(html.escape(str(v)))
+                    item.setToolTip(plain_tip(v))
                 self.history_table.setItem(i, j, item)
 
     def _history_clicked(self, row, _column):
