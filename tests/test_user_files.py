@@ -118,10 +118,25 @@ def test_vocab_never_writes_over_its_corpus_or_a_model_folder(tmp_path, capsys, 
     for name in ("config.json", "vocab.txt"):  # what says "a Hugging Face model" (no weights needed)
         shutil.copy(minilm_folder / name, model / name)
     before = digest(model)
-    assert cli_main(["vocab", "--corpus", str(corpus), "--vocab-size", "100",
-                     "--output", str(model)]) == 2
-    assert "holds a model" in capsys.readouterr().err
+    for output in (model, model / "vocab.txt"):  # the folder, or its vocab.txt by name
+        assert cli_main(["vocab", "--corpus", str(corpus), "--vocab-size", "100",
+                         "--output", str(output)]) == 2
+        assert "holds a model" in capsys.readouterr().err
     assert digest(model) == before
+    # pretraining data: its token ids belong to its vocab.txt
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "data.json").write_text("{}")
+    (data / "vocab.txt").write_text("[PAD]\n")
+    before = digest(data)
+    for output in (data, data / "vocab.txt"):
+        assert cli_main(["vocab", "--corpus", str(corpus), "--vocab-size", "100",
+                         "--output", str(output)]) == 2
+        assert "holds pretraining data" in capsys.readouterr().err
+    assert digest(data) == before
+    # another name in a model folder is not its vocabulary
+    assert cli_main(["vocab", "--corpus", str(corpus), "--vocab-size", "100",
+                     "--output", str(model / "other-vocab.txt")]) == 0
     # a folder of its own, twice (a new vocabulary over the last one is the point)
     for _ in range(2):
         assert cli_main(["vocab", "--corpus", str(corpus), "--vocab-size", "100",
