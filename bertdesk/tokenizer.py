@@ -111,8 +111,7 @@ class BertTokenizer:
         )
         if vocab is None:
             raise FileNotFoundError(f"{folder}: no vocab.txt in this folder")
-        lowercase, strip_accents = _casing_from_folder(folder)
-        return cls(vocab, lowercase=lowercase, strip_accents=strip_accents)
+        return cls(vocab, **_settings_from_folder(folder))
 
     def save(self, folder):
         """Write `vocab.txt` and `tokenizer_config.json` into `folder`."""
@@ -274,8 +273,10 @@ def span_end(text, end):
     return end
 
 
-def _casing_from_folder(folder):
-    """(lowercase, strip_accents) from a checkpoint folder's config files."""
+def _settings_from_folder(folder):
+    """The tokenizer's settings (`lowercase`, `strip_accents`, and
+    `tokenize_chinese_chars` where recorded) from a checkpoint folder's
+    config files."""
     for name in ("tokenizer_config.json", "tokenizer.json", "bertdesk.json"):
         path = folder / name
         if not path.is_file():
@@ -293,13 +294,14 @@ def _casing_from_folder(folder):
                     "strip_accents": data["normalizer"].get("strip_accents")}
         elif name == "bertdesk.json":
             data = data.get("tokenizer", {})
+        if not isinstance(data, dict):
+            continue
         for key in ("do_lower_case", "lowercase"):
             if key in data:
-                return bool(data[key]), data.get("strip_accents")
+                settings = {"lowercase": bool(data[key]), "strip_accents": data.get("strip_accents")}
+                if isinstance(data.get("tokenize_chinese_chars"), bool):
+                    settings["tokenize_chinese_chars"] = data["tokenize_chinese_chars"]
+                return settings
     # Google's folders record casing only in their name (e.g. uncased_L-12_H-768_A-12).
     name = folder.resolve().name.lower()
-    if "uncased" in name:
-        return True, None
-    if "cased" in name:
-        return False, None
-    return True, None
+    return {"lowercase": "uncased" in name or "cased" not in name, "strip_accents": None}

@@ -164,6 +164,158 @@ def test_data_read_with_another_vocabulary_is_refused(tmp_path, corpus, tokenize
         PretrainingData(folder, batch_size=4)
 
 
+def _reference_instances(documents, options, vocab_words, cls, sep, mask, rng):
+    """google-research/bert's `create_training_instances` loop (create_
+    pretraining_data.py, whole-word masking off), ported line by line onto
+    token ids, with the declared difference (`vocab_words`: the random
+    replacement's ids). The masking runs inside the document loop."""
+    def truncate_seq_pair(tokens_a, tokens_b, max_num_tokens):
+        while True:
+            if len(tokens_a) + len(tokens_b) <= max_num_tokens:
+                break
+            trunc_tokens = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+            if rng.random() < 0.5:
+                del trunc_tokens[0]
+            else:
+                trunc_tokens.pop()
+
+    def create_masked_lm_predictions(tokens):
+        cand_indexes = [[i] for i, token in enumerate(tokens) if token not in (cls, sep)]
+        rng.shuffle(cand_indexes)
+        output_tokens = list(tokens)
+        num_to_predict = min(options.max_predictions_per_seq,
+                             max(1, int(round(len(tokens) * options.masked_lm_prob))))
+        masked_lms, covered_indexes = [], set()
+        for index_set in cand_indexes:
+            if len(masked_lms) >= num_to_predict:
+                break
+            if len(masked_lms) + len(index_set) > num_to_predict:
+                continue
+            if any(index in covered_indexes for index in index_set):
+                continue
+            for index in index_set:
+                covered_indexes.add(index)
+                if rng.random() < 0.8:
+                    masked_token = mask
+                elif rng.random() < 0.5:
+                    masked_token = tokens[index]
+                else:
+                    masked_token = vocab_words[rng.randint(0, len(vocab_words) - 1)]
+                output_tokens[index] = masked_token
+                masked_lms.append((index, tokens[index]))
+        masked_lms.sort()
+        return output_tokens, [i for i, _ in masked_lms], [t for _, t in masked_lms]
+
+    def create_instances_from_document(all_documents, document_index):
+        document = all_documents[document_index]
+        max_num_tokens = options.max_seq_length - 3
+        target_seq_length = max_num_tokens
+        if rng.random() < options.short_seq_prob:
+            target_seq_length = rng.randint(2, max_num_tokens)
+        instances, current_chunk, current_length, i = [], [], 0, 0
+        while i < len(document):
+            segment = document[i]
+            current_chunk.append(segment)
+            current_length += len(segment)
+            if i == len(document) - 1 or current_length >= target_seq_length:
+                if current_chunk:
+                    a_end = 1
+                    if len(current_chunk) >= 2:
+                        a_end = rng.randint(1, len(current_chunk) - 1)
+                    tokens_a = []
+                    for j in range(a_end):
+                        tokens_a.extend(current_chunk[j])
+                    tokens_b = []
+                    if len(current_chunk) == 1 or rng.random() < 0.5:
+                        is_random_next = True
+                        target_b_length = target_seq_length - len(tokens_a)
+                        for _ in range(10):
+                            random_document_index = rng.randint(0, len(all_documents) - 1)
+                            if random_document_index != document_index:
+                                break
+                        random_document = all_documents[random_document_index]
+                        random_start = rng.randint(0, len(random_document) - 1)
+                        for j in range(random_start, len(random_document)):
+                            tokens_b.extend(random_document[j])
+                            if len(tokens_b) >= target_b_length:
+                                break
+                        i -= len(current_chunk) - a_end
+                    else:
+                        is_random_next = False
+                        for j in range(a_end, len(current_chunk)):
+                            tokens_b.extend(current_chunk[j])
+                    truncate_seq_pair(tokens_a, tokens_b, max_num_tokens)
+                    assert len(tokens_a) >= 1 and len(tokens_b) >= 1
+                    tokens = [cls] + tokens_a + [sep] + tokens_b + [sep]
+                    tokens, positions, labels = create_masked_lm_predictions(tokens)
+                    instances.append({"ids": tokens, "positions": positions, "labels": labels,
+                                      "a_length": len(tokens_a) + 2,
+                                      "next_sentence": int(is_random_next)})
+                current_chunk, current_length = [], 0
+            i += 1
+        return instances
+
+    all_documents = [d for d in documents if d]
+    rng.shuffle(all_documents)
+    instances = []
+    for _ in range(options.dupe_factor):
+        for document_index in range(len(all_documents)):
+            instances.extend(create_instances_from_document(all_documents, document_index))
+    rng.shuffle(instances)
+    return instances
+
+
+@pytest.mark.backend_neutral
+def test_instances_follow_google_research_bert_draw_for_draw(corpus, tokenizer):
+    docs = tokenize_documents(tokenizer, [d for c in plan_chunks(corpus) for d in read_chunk(c)])
+    options = _options(max_seq_length=48, max_predictions_per_seq=7, short_seq_prob=0.3,
+                       dupe_factor=2)
+    ours = build_instances([list(d) for d in docs], tokenizer, options, random.Random(11))
+    theirs = _reference_instances([[s.ids for s in d] for d in docs], options,
+                                  replacement_ids(tokenizer.vocabulary), tokenizer.cls_token_id,
+                                  tokenizer.sep_token_id, tokenizer.mask_token_id,
+                                  random.Random(11))
+    assert len(ours) == len(theirs) > 100
+    assert sum(t["next_sentence"] for t in theirs) > 20 and any(t["a_length"] < 20 for t in theirs)
+    for mine, ref in zip(ours, theirs):
+        assert {k: mine[k] for k in ref} == ref
+
+
+@pytest.mark.backend_neutral
+def test_data_keeps_the_tokenizers_settings_and_reads_special_names_as_text(tmp_path):
+    # a vocabulary kept with its accents (strip_accents=False, lowercase), and a
+    # corpus that writes special tokens' names: the shards hold the accented
+    # pieces, and "[SEP]" or "[MASK]" in the text as "[", "sep", "]"
+    from bertdesk.tokenizer import BertTokenizer
+
+    words = ["alice", "bob", "walks", "home", "cafe", "café", "creme", "crème", "use", "here",
+             "sep", "mask", "[", "]", ".", "and", "talks"]
+    tokenizer = BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words,
+                              lowercase=True, strip_accents=False)
+    sentences = ["Alice walks home.", "Bob talks and walks.", "Use [SEP] here.",
+                 "Use [MASK] here.", "Café crème.", "Alice and Bob walks home."]
+    text = "\n\n".join(" ".join(sentences[(k + j) % 6] for j in range(4)) for k in range(30))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(text + "\n", encoding="utf-8")
+    create_pretraining_data([corpus], tokenizer, tmp_path / "data", _options(max_seq_length=24))
+    assert BertTokenizer.from_pretrained(tmp_path / "data").strip_accents is False
+    ids, labels, positions = [], [], []
+    for shard in (tmp_path / "data").glob("shard-*"):
+        ids.append(np.load(shard / "token_ids.npy").astype(np.int64))
+        labels.append(np.load(shard / "mask_labels.npy"))
+        positions.append(np.load(shard / "mask_positions.npy"))
+    ids, labels, positions = map(np.concatenate, (ids, labels, positions))
+    vocab = {t: i for i, t in enumerate(tokenizer.vocabulary)}
+    original = ids.copy()  # the text's own ids: the masked positions' labels put back
+    rows, slots = np.nonzero(labels >= 0)
+    original[rows, positions[rows, slots]] = labels[rows, slots]
+    seen = set(original.ravel())
+    assert {vocab["café"], vocab["crème"], vocab["sep"], vocab["["]} <= seen
+    assert vocab["cafe"] not in seen and vocab["creme"] not in seen
+    assert ((original == vocab["[SEP]"]).sum(axis=1) == 2).all()  # only the pair's own two
+    assert not (original == vocab["[MASK]"]).any()  # every [MASK] is a masked position
+
+
 # === Masking ===
 @pytest.mark.backend_neutral
 def test_masking_statistics_cap_and_specials():

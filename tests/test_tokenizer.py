@@ -162,3 +162,16 @@ def test_many_sentences_encode_in_bulk(vocab_file):
     out = tok(texts, max_length=24)
     assert out["token_ids"].shape == (20_000, 24)
     assert (out["token_ids"][:, 0] == tok.cls_token_id).all()
+
+
+def test_saved_settings_come_back(tmp_path):
+    # accents kept, CJK characters not split: both read back from tokenizer_config.json
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "café", "cafe", "中文", "中", "文"]
+    tokenizer = BertTokenizer(vocabulary, lowercase=True, strip_accents=False,
+                              tokenize_chinese_chars=False)
+    tokenizer.save(tmp_path)
+    again = BertTokenizer.from_pretrained(tmp_path)
+    assert (again.lowercase, again.strip_accents, again.tokenize_chinese_chars) == (
+        True, False, False)
+    batch = again(["Café 中文"], max_length=8)
+    assert [vocabulary[i] for i in batch["token_ids"][0][1:3]] == ["café", "中文"]

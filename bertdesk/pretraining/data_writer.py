@@ -165,12 +165,24 @@ def _arrays(instances, options, vocab_size):
     return arrays
 
 
-def make_shard(index, chunk, vocab_file, lowercase, options, out_dir):
-    """Build shard `index` from `chunk` into `out_dir/shard-<index>`; returns
-    its statistics. Runs in a worker process."""
+def corpus_tokenizer(folder):
+    """The `BertTokenizer` saved in `folder`, reading corpus text as
+    google-research/bert's `FullTokenizer` does: a special token's name in
+    the text (`[SEP]`, `[MASK]`) is text, split into `[`, `sep`, `]`, not
+    the token itself (which would enter a sentence unmasked, or as a mask
+    with no label)."""
     from bertdesk.tokenizer import BertTokenizer
 
-    tokenizer = BertTokenizer(vocab_file, lowercase=lowercase)
+    tokenizer = BertTokenizer.from_pretrained(folder)
+    tokenizer._tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def make_shard(index, chunk, options, out_dir):
+    """Build shard `index` from `chunk` into `out_dir/shard-<index>` with the
+    tokenizer saved in `out_dir` (all its settings: casing, accents, CJK);
+    returns its statistics. Runs in a worker process."""
+    tokenizer = corpus_tokenizer(out_dir)
     documents = tokenize_documents(
         tokenizer, read_chunk(chunk, options.document_pattern, options.sentences),
         options.chinese_words)
@@ -244,8 +256,7 @@ def _write_data(corpus, tokenizer, chunks, output, options, workers, log):
     vocab_file = output / "vocab.txt"
     log(f"{len(chunks)} shard(s) from {len(set(c.path for c in chunks))} file(s), "
         f"{workers} worker(s)")
-    jobs = [(i, c, str(vocab_file), tokenizer.lowercase, options, str(output))
-            for i, c in enumerate(chunks)]
+    jobs = [(i, c, options, str(output)) for i, c in enumerate(chunks)]
     if workers > 1 and len(chunks) > 1:
         # spawn, not fork: the parent may hold JAX/PyTorch threads
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:

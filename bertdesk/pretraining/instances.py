@@ -66,17 +66,18 @@ def truncate_seq_pair(a, b, max_num_tokens, rng):
 
 def create_instances_from_document(all_documents, document_index, max_seq_length,
                                    short_seq_prob, rng):
-    """Sentence pairs from one document: a list of `(a, b, is_random_next)`
-    with `a`, `b` `Segment`s that fit `max_seq_length` with [CLS] and two
-    [SEP]. `all_documents` is a list of documents, each a list of
-    `Segment`s (sentences)."""
+    """Sentence pairs from one document, yielded one at a time as
+    `(a, b, is_random_next)` with `a`, `b` `Segment`s that fit
+    `max_seq_length` with [CLS] and two [SEP]. `all_documents` is a list of
+    documents, each a list of `Segment`s (sentences). A caller that masks
+    each pair (`mask_tokens`, the same `rng`) before taking the next draws
+    in the reference's order, which masks inside this loop."""
     document = all_documents[document_index]
     max_num_tokens = max_seq_length - 3
     target_seq_length = max_num_tokens
     if rng.random() < short_seq_prob:
         target_seq_length = rng.randint(2, max_num_tokens)
 
-    instances = []
     current_chunk, current_length = [], 0
     i = 0
     while i < len(document):
@@ -113,10 +114,9 @@ def create_instances_from_document(all_documents, document_index, max_seq_length
                         b.extend(current_chunk[j])
                 truncate_seq_pair(a, b, max_num_tokens, rng)
                 if len(a) >= 1 and len(b) >= 1:
-                    instances.append((a, b, is_random_next))
+                    yield a, b, is_random_next
             current_chunk, current_length = [], 0
         i += 1
-    return instances
 
 
 def pack_pair(a, b, cls_id, sep_id):

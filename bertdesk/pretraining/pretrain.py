@@ -106,8 +106,8 @@ def prepare_data(config, out, log):
     def existing(folder):
         from bertdesk.pretraining.pretraining_data import read_manifest
 
-        manifest = read_manifest(folder / "data.json")
-        return folder, BertTokenizer(folder / "vocab.txt", lowercase=manifest["lowercase"])
+        read_manifest(folder / "data.json")  # checked: its format, its vocab.txt
+        return folder, BertTokenizer.from_pretrained(folder)  # with the data's own settings
 
     if config.data:
         folder = Path(config.data)
