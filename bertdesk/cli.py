@@ -288,7 +288,7 @@ def _load_data_for(model, args, require_labels):
 
     options = dict(model.meta.get("training_args", {}))
     options["problem_type"] = model.head.get("problem_type")
-    for key in ("text_column", "text_pair_column", "label_column", "format"):
+    for key in ("text_column", "text_pair_column", "label_column", "label_separator", "format"):
         if getattr(args, key, None):
             options[key] = getattr(args, key)
     task = get_task(model.task)
@@ -563,7 +563,6 @@ def build_parser():
     _column_options(p, defaults=True)
     p.add_argument("--problem-type", choices=("single_label", "multi_label", "regression"),
                    default="single_label")
-    p.add_argument("--label-separator", default=",", help="separates labels (multi_label)")
     p.add_argument("--class-weight", type=_class_weight, metavar="balanced|LABEL=W,...",
                    help="single_label: weigh each example's loss by its label's weight "
                         "(balanced: n / (labels x the label's count), so each label counts "
@@ -734,6 +733,9 @@ def _column_options(p, defaults):
     p.add_argument("--text-column", default="text" if defaults else None)
     p.add_argument("--text-pair-column", default=None)
     p.add_argument("--label-column", default="label" if defaults else None)
+    p.add_argument("--label-separator", default="," if defaults else None,
+                   help="separates a cell's labels (multi_label)"
+                        + ("" if defaults else "; default: the model's training setting"))
 
 
 def main(argv=None):

@@ -148,6 +148,46 @@ def test_repeated_column_names_are_refused(tmp_path):
     p = write(tmp_path / "a.csv", "text,label, label\nhi,1,2\n")
     with pytest.raises(DataError, match=r"a.csv: column names repeated .*'label'"):
         read_table(p)
+    # the same name exactly: pandas renames the second "text.1" as it reads
+    for name, text in (("b.csv", "text,text,label\nhi,ho,1\n"),
+                       ("b.tsv", "text\ttext\tlabel\nhi\tho\t1\n")):
+        with pytest.raises(DataError, match=rf"{name}: column names repeated .*'text'"):
+            read_table(write(tmp_path / name, text))
+    import pandas as pd
+
+    excel = tmp_path / "b.xlsx"
+    pd.DataFrame([["hi", "ho", "1"]], columns=["text", "text ", "label"]).to_excel(
+        excel, index=False)
+    with pytest.raises(DataError, match=r"b.xlsx: column names repeated .*'text'"):
+        read_table(excel)
+
+
+def test_a_row_with_a_field_more_than_the_header_is_refused(tmp_path):
+    # every row one field longer: pandas would take the first field as an
+    # index and shift the rest, reading texts " really" and " awful" silently
+    p = write(tmp_path / "a.csv", "text,label\nGreat, really,1\n\nBad, awful,0\n")
+    with pytest.raises(DataError, match=r"a.csv: row 1: 3 fields, the header has 2; a text "
+                                        r"with commas needs quotes"):
+        read_table(p)
+    p = write(tmp_path / "a.tsv", "text\tlabel\nok\tfine\t1\n")
+    with pytest.raises(DataError, match=r"a.tsv: row 1: 3 fields, the header has 2"):
+        read_table(p)
+    quoted = write(tmp_path / "q.csv", 'text,label\n"Great, really",1\n"Bad,\nawful",0\n')
+    assert load_classification(quoted).texts == ["Great, really", "Bad,\nawful"]
+
+
+def test_parquet_lists_and_missing_values_read_as_json_does(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "go.parquet"
+    pd.DataFrame({"text": ["a b", "c d", "e f"], "label": [[2, 27], [27], [3]],
+                  "score": pd.array([1, None, 3], dtype="Int64")}).to_parquet(path)
+    df = read_table(path)
+    assert df["label"].tolist() == [[2, 27], [27], [3]] and df["score"].tolist() == [1, None, 3]
+    assert load_classification(path, problem_type="multi_label").labels == [
+        ["2", "27"], ["27"], ["3"]]
+    with pytest.raises(DataError, match=r"go.parquet: row 2: missing label in column 'score'"):
+        load_classification(path, label_column="score")  # not the label "<NA>"
 
 
 def test_user_files_are_never_modified(tmp_path):

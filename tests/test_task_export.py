@@ -191,3 +191,71 @@ def test_transformers_task_folders_without_bertdesk_entries(tmp_path, tokenizer)
     (hf / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="problem_type 'ranking'; expected one of"):
         load_model(hf)
+
+
+def test_an_export_reads_data_as_the_model_was_trained_to(tmp_path, tokenizer, capsys):
+    # the columns and the label separator travel in config.json: evaluate on
+    # the transformers export reads the training's table without options
+    model, head = task_model("classify", "multi_label")
+    folder, hf = tmp_path / "ml", tmp_path / "ml-hf"
+    save_task_model(model, folder, tokenizer, "classify", head,
+                    {"max_length": 48, "text_column": "sentence", "label_column": "tags",
+                     "label_separator": ";"})
+    assert cli_main(["convert", str(folder), str(hf), "--to", "hf"]) == 0
+    data = tmp_path / "val.csv"
+    data.write_text("sentence,tags\nA gripping plot.,neg;pos\nDull.,neu\n")
+    metrics = tmp_path / "m.json"
+    assert cli_main(["evaluate", "--model", str(hf), "--data", str(data),
+                     "--metrics-out", str(metrics)]) == 0, capsys.readouterr().err
+    per_class = json.loads(metrics.read_text())["per_class"]
+    assert [(c["label"], c["support"]) for c in per_class] == [("neg", 1), ("neu", 1), ("pos", 1)]
+    # and a separator given now takes precedence
+    data.write_text("sentence,tags\nA gripping plot.,neg|pos\nDull.,neu\n")
+    assert cli_main(["evaluate", "--model", str(hf), "--data", str(data)]) == 2
+    assert "'neg|pos'" in capsys.readouterr().err
+    assert cli_main(["evaluate", "--model", str(hf), "--data", str(data),
+                     "--label-separator", "|", "--metrics-out", str(metrics)]) == 0
+
+
+def test_predict_reads_untagged_words_and_writes_every_labels_probability(tmp_path, tokenizer,
+                                                                          capsys):
+    import pandas as pd
+
+    model, head = task_model("ner")
+    ner = tmp_path / "ner"
+    save_task_model(model, ner, tokenizer, "ner", head, {"max_length": 48})
+    words = tmp_path / "words.conll"  # one word per line, no tags: what is to be tagged
+    words.write_text("-DOCSTART-\n\nAna\nmoved\nto\nU.S.\n\nDull\n.\n")
+    out = tmp_path / "tags.csv"
+    assert cli_main(["predict", "--model", str(ner), "--data", str(words),
+                     "--output", str(out)]) == 0, capsys.readouterr().err
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert rows.columns.tolist() == ["line", "words", "prediction", "entities"]
+    assert rows["words"].tolist() == ["Ana moved to U.S.", "Dull ."]  # U.S. one word
+    assert rows["line"].tolist() == [3, 8]
+    expected = Predictor(load_model(ner))
+    assert [p.split() for p in rows["prediction"]] == [
+        [w["tag"] for w in sentence] for sentence in expected.tag(
+            [["Ana", "moved", "to", "U.S."], ["Dull", "."]], is_split_into_words=True)]
+    words.write_text("Ana\nmoved NNP\n")
+    assert cli_main(["predict", "--model", str(ner), "--data", str(words),
+                     "--output", str(out)]) == 2
+    assert "line 2: 2 fields, expected one word per line" in capsys.readouterr().err
+    with pytest.raises(Exception, match="expected 'word ... TAG'"):  # evaluate needs the tags
+        from bertdesk.training.tasks import get_task
+
+        words.write_text("Ana\nmoved\n")
+        get_task("ner").load(words, {})
+    # a multi-label model's rows carry each label's probability, as single-label ones do
+    model, head = task_model("classify", "multi_label")
+    ml = tmp_path / "ml"
+    save_task_model(model, ml, tokenizer, "classify", head, {"max_length": 48})
+    texts = tmp_path / "t.csv"
+    pd.DataFrame({"text": TEXTS}).to_csv(texts, index=False)
+    assert cli_main(["predict", "--model", str(ml), "--data", str(texts),
+                     "--output", str(out)]) == 0
+    rows = pd.read_csv(out)
+    probabilities = Predictor(load_model(ml))(TEXTS)
+    for label in ("neg", "neu", "pos"):
+        np.testing.assert_allclose(rows[f"p({label})"],
+                                   [p["scores"][label] for p in probabilities], atol=1e-5)

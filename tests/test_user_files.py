@@ -359,3 +359,33 @@ def test_a_damaged_checkpoint_state_is_a_message(tmp_path, capsys):
                          "--output", str(out), "--resume"]) == 2
         err = capsys.readouterr().err
         assert "state.json: not the checkpoint state a run writes" in err, err
+
+
+def test_inputs_past_the_models_tables_are_refused_before_training(tmp_path, capsys,
+                                                                   minilm_folder):
+    # past the learned positions PyTorch fails mid-run and JAX reads NaN rows
+    import bertdesk
+
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    argv = ["finetune", "--model", "tiny", "--train", str(data), "--validation", str(data)]
+    for length in ("1024", "2"):
+        assert cli_main(argv + ["--output", str(tmp_path / f"run{length}"),
+                                "--max-length", length]) == 2
+        err = capsys.readouterr().err
+        assert f"--max-length {length}: the model tiny has 512 positions; expected a whole " \
+               f"number from 3" in err, err
+    # one segment embedding (type_vocab_size 1) and text pairs
+    folder = tmp_path / "one-segment"
+    backbone = bertdesk.BertBackbone(vocabulary_size=30522, num_layers=1, hidden_dim=8,
+                                     num_heads=2, intermediate_dim=16, max_sequence_length=64,
+                                     type_vocabulary_size=1)
+    bertdesk.save_pretrained(backbone, folder, bertdesk.load_tokenizer(minilm_folder))
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("text,pair,label\na,b,x\nc,d,y\n")
+    assert cli_main(["finetune", "--model", str(folder), "--train", str(pairs),
+                     "--validation", str(pairs), "--text-pair-column", "pair",
+                     "--max-length", "32", "--output", str(tmp_path / "run-pairs")]) == 2
+    err = capsys.readouterr().err
+    assert "one segment embedding (type_vocab_size 1), and text pairs need two" in err, err
+    assert not (tmp_path / "run-pairs" / "model").exists()

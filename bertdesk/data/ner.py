@@ -10,7 +10,7 @@ from bertdesk.data.tables import DataError, first_undecodable
 @dataclass
 class TaggedSentences:
     words: list  # list of list of str
-    tags: list  # list of list of str (BIO / IOB2)
+    tags: list | None  # list of list of str (BIO / IOB2); None for words read without tags
     source: str = ""
     lines: list = field(default_factory=list)  # first line number of each sentence
 
@@ -62,12 +62,15 @@ def _check_tag(tag, path, line, allowed):
                         f"{'/'.join(p + 'TYPE' for p in allowed)}")
 
 
-def read_conll(path):
+def read_conll(path, require_tags=True):
     """CoNLL-2003 style: `word ... TAG` per line (the tag is the last field),
     blank lines between sentences, `-DOCSTART-` lines skipped. IOB1 or IOB2
     tags come back as IOB2. Every line of a file must have as many fields as
-    its first."""
+    its first. Without `require_tags` (prediction) a file may hold the words
+    alone, one per line: its `tags` are None."""
     lines = _read_lines(path)
+    if not require_tags and _first_fields(lines) == 1:
+        return _read_words(path, lines)
     words, tags, starts = [], [], []
     cur_w, cur_t, n_fields, start = [], [], None, None
     for lineno, line in enumerate(lines + [""], 1):
@@ -94,6 +97,36 @@ def read_conll(path):
     if not words:
         raise DataError(f"{path}: no sentences found")
     return TaggedSentences(words, tags, str(path), starts)
+
+
+def _first_fields(lines):
+    """How many fields the first word line has (None for a file without one)."""
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] != "-DOCSTART-":
+            return len(parts)
+    return None
+
+
+def _read_words(path, lines):
+    """A CoNLL file of words alone (one per line, blank lines between
+    sentences): the sentences, without tags."""
+    words, starts, cur, start = [], [], [], None
+    for lineno, line in enumerate(lines + [""], 1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if cur:
+                words.append(cur)
+                starts.append(start)
+            cur = []
+            continue
+        if len(parts) != 1:
+            raise DataError(f"{path}: line {lineno}: {len(parts)} fields, expected one word "
+                            f"per line like the first line: {line!r}")
+        if not cur:
+            start = lineno
+        cur.append(parts[0])
+    return TaggedSentences(words, None, str(path), starts)
 
 
 def read_char_tags(path):

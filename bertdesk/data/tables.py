@@ -40,7 +40,7 @@ def read_table(path):
         elif kind == "json":
             df = pd.read_json(path, dtype=False, encoding="utf-8-sig")
         elif kind == "parquet":
-            df = pd.read_parquet(path)
+            df = _plain_cells(pd.read_parquet(path))
         else:
             df = pd.read_excel(path, dtype=str, keep_default_na=False, na_filter=False)
     except UnicodeDecodeError:
@@ -53,13 +53,72 @@ def read_table(path):
         raise DataError(f"{path}: reading {kind} needs an optional package ({e})") from None
     if len(df) == 0:
         raise DataError(f"{path}: no rows")
+    if kind in ("csv", "tsv") and not isinstance(df.index, pd.RangeIndex):
+        # pandas takes a row's extra field as an index column and shifts the
+        # row's cells one column to the right, silently
+        raise DataError(f"{path}: {_first_long_row(path, kind)}")
+    # the header as written: pandas renames a repeated name ("text", "text.1")
+    header = _header(path, kind) if kind in ("csv", "tsv", "excel") else list(df.columns)
+    names = [str(c).strip() for c in header]
+    repeated = sorted({c for c in names if names.count(c) > 1})
     df.columns = [str(c).strip() for c in df.columns]
-    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
     if repeated:
         raise DataError(f"{path}: column names repeated (after trimming spaces): "
                         f"{', '.join(map(repr, repeated))}; every column needs its own name")
     df.attrs["path"] = str(path)
     return df
+
+
+def _plain_cells(df):
+    """A Parquet table's cells as the JSON readers give them: a list column's
+    cells (numpy arrays) as lists, a missing value (`None`, NaN, pandas'
+    `NA` of its nullable columns) as None, numpy scalars as Python ones."""
+    import pandas as pd
+
+    def plain(value):
+        if isinstance(value, np.ndarray):
+            return [plain(v) for v in value.tolist()]
+        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+            return None
+        return value.item() if isinstance(value, np.generic) else value
+
+    return pd.DataFrame({i: [plain(v) for v in df[c].astype(object)]
+                         for i, c in enumerate(df.columns)}, dtype=object).set_axis(
+        list(df.columns), axis=1)
+
+
+def _csv_rows(path, kind):
+    """The rows of a CSV or TSV file as lists of fields (csv's own parser:
+    quoted fields may hold newlines)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        if kind == "tsv":
+            yield from csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            yield from csv.reader(f)
+
+
+def _header(path, kind):
+    if kind == "excel":
+        import pandas as pd
+
+        return list(pd.read_excel(path, header=None, nrows=1, dtype=str).iloc[0].fillna(""))
+    return next(_csv_rows(path, kind), [])
+
+
+def _first_long_row(path, kind):
+    """Which row has more fields than the header, in words."""
+    rows = _csv_rows(path, kind)
+    width = len(next(rows, []))
+    number = 0
+    for fields in rows:
+        if not fields:  # a blank line: pandas skips it
+            continue
+        number += 1
+        if len(fields) > width:
+            hint = ("; a text with commas needs quotes around it" if kind == "csv"
+                    else "; a text with tabs needs them removed")
+            return (f"row {number}: {len(fields)} fields, the header has {width}{hint}")
+    return f"a row has more fields than the header's {width}"
 
 
 def _json_lines(path):

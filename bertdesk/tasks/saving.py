@@ -37,7 +37,10 @@ HF_ARCHITECTURES = {"classify": "BertForSequenceClassification",
 HF_PROBLEM_TYPES = {"single_label": "single_label_classification",
                     "multi_label": "multi_label_classification", "regression": "regression"}
 # what a transformers config keeps of bertdesk.json (its unknown keys are kept)
-HF_KEPT_ARGS = ("max_length", "format", "text_pair_column")
+# How the model reads its data, kept in a transformers export's config.json:
+# `evaluate` and `predict` read a table the way the model was trained to
+HF_KEPT_ARGS = ("max_length", "format", "text_column", "text_pair_column", "label_column",
+                "label_separator")
 
 
 def save_task_model(model, folder, tokenizer, task, head_config, training_args=None,

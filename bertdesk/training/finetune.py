@@ -222,6 +222,8 @@ def prediction_rows(scores, data, head):
             if data.labels is not None:
                 row["gold"] = None if gold is None else ",".join(gold)
                 row["correct"] = None if gold is None else sorted(chosen) == sorted(gold)
+            for k, label in enumerate(labels):  # each label's own probability (a sigmoid)
+                row[f"p({label})"] = float(scores[i, k])
         else:
             j = int(scores[i].argmax())
             row["prediction"] = labels[j]
@@ -318,6 +320,24 @@ def _inside(spec, folder):
     return path == folder or folder in path.parents
 
 
+def check_fits(backbone, config):
+    """DataError before any training where the inputs would index past the
+    model's tables: `max_length` over its learned positions, or text pairs
+    (a pair column, QA's question and context) with one segment embedding.
+    (An index past an embedding table fails on PyTorch, and on JAX reads
+    NaN rows without a word.)"""
+    positions = backbone.max_sequence_length
+    length = config.max_length
+    if isinstance(length, bool) or not isinstance(length, int) or not 3 <= length <= positions:
+        raise DataError(f"--max-length {length}: the model {config.model} has {positions} "
+                        f"positions; expected a whole number from 3 ([CLS], a piece, [SEP]) "
+                        f"to {positions}")
+    if (config.text_pair_column or config.task == "qa") and backbone.type_vocabulary_size < 2:
+        what = "question and context" if config.task == "qa" else "text pairs"
+        raise DataError(f"--model {config.model}: one segment embedding (type_vocab_size 1), "
+                        f"and {what} need two; choose a model trained with segments")
+
+
 def run_finetune(config, sink=None):
     """Fine-tune as `config` says; returns a dict of results (metrics,
     paths, timings). Progress events go to `sink` (a callable)."""
@@ -378,6 +398,7 @@ def run_finetune(config, sink=None):
 
     # === Model ===
     backbone, tokenizer = resolve_model(config.model)
+    check_fits(backbone, config)
     train_ds = task.dataset(tokenizer, train, head, config, train=True)
     steps_per_epoch = len(train_ds)  # batches
     total_steps = -(-steps_per_epoch // accumulation) * config.epochs  # updates

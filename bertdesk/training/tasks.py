@@ -133,7 +133,8 @@ class NerTask:
         fmt = options.get("format") or "conll"
         if fmt not in ("conll", "bmes"):
             raise DataError(f"{path}: --format {fmt!r} is not a NER format (conll or bmes)")
-        return read_conll(path) if fmt == "conll" else read_char_tags(path)
+        return (read_conll(path, require_tags=require_labels) if fmt == "conll"
+                else read_char_tags(path))
 
     def split(self, data, fraction, seed):
         from bertdesk.data.ner import TaggedSentences
@@ -223,11 +224,16 @@ class NerTask:
         from bertdesk.data.ner import entities
 
         rows = []
-        for words, gold, pred, line in zip(data.words, data.tags, scores, data.lines):
+        golds = data.tags if data.tags is not None else [None] * len(data.words)
+        for words, gold, pred, line in zip(data.words, golds, scores, data.lines):
             ents = [f"{kind}:{' '.join(words[s:e])}" for kind, s, e in entities(pred)]
-            rows.append({"line": line, "words": " ".join(words), "gold": " ".join(gold),
-                         "prediction": " ".join(pred), "entities": "; ".join(ents),
-                         "correct": gold == pred})
+            row = {"line": line, "words": " ".join(words)}
+            if gold is not None:
+                row["gold"] = " ".join(gold)
+            row.update({"prediction": " ".join(pred), "entities": "; ".join(ents)})
+            if gold is not None:
+                row["correct"] = gold == pred
+            rows.append(row)
         return rows
 
     def describe(self, train, validation, head):
