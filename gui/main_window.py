@@ -14,7 +14,7 @@ from bertdesk_gui.pages.export_page import ExportPage
 from bertdesk_gui.pages.inspect_page import InspectPage
 from bertdesk_gui.pages.model_page import ModelPage
 from bertdesk_gui.pages.train_page import TrainPage
-from bertdesk_gui.state import AppState, home
+from bertdesk_gui.state import BACKENDS, PRECISIONS, AppState, home
 from bertdesk_gui.worker import wait_idle
 
 PAGES = ["Data", "Model", "Train", "Evaluate", "Inspect", "Export"]
@@ -82,9 +82,9 @@ class MainWindow(QMainWindow):
             self.go("Evaluate")
 
     def _run_finished(self, run):
-        self.statusBar().showMessage(f"run {run['id']}: {run.get('status')}")
-        if run.get("status") == "finished":
-            self.go("Evaluate")
+        # the pages may show an older run the user opened meanwhile: the one
+        # that ended is what the status bar names and Evaluate shows
+        self.show_run(run)
 
     def _open_run(self, run):
         self.show_run(run)
@@ -135,8 +135,12 @@ class MainWindow(QMainWindow):
 
     def _restore(self):
         self._fill_recent()
+        # values another version or a hand edit left are dropped, not shown
+        # as the combo's first item while the run uses them
         backend = self.settings.value("model/backend")
+        backend = backend if backend in BACKENDS else None
         precision = self.settings.value("model/precision")
+        precision = precision if precision in PRECISIONS else None
         if backend or precision:
             self.state.set_model(**{k: v for k, v in (("backend", backend),
                                                       ("precision", precision)) if v})

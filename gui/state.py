@@ -219,6 +219,11 @@ class RunHistory:
                 runs = None
             if isinstance(runs, list) and all(isinstance(r, dict) and "id" in r for r in runs):
                 self.runs = runs
+                # a run still "running" when the history is opened lost its app
+                # (killed or crashed while it trained): its child went with it
+                for run in self.runs:
+                    if run.get("status") == "running":
+                        run["status"] = "interrupted"
             else:  # a damaged history is kept aside, never overwritten
                 self.path.replace(self.path.with_suffix(f".damaged-{int(time.time())}.json"))
 

@@ -35,7 +35,9 @@ class TrainingProcess(QObject):
     def is_running(self):
         return self.process is not None and self.process.state() != QProcess.NotRunning
 
-    def start(self, args, env=None):
+    def start(self, args, env=None, program=None):
+        """Run `python -m bertdesk *args` (or `program`, a command line, for
+        tests) with `env` added to the environment."""
         if self.is_running():
             raise RuntimeError("a run is already in progress")
         self._buffer, self._tail, self._error = b"", [], None
@@ -52,7 +54,8 @@ class TrainingProcess(QObject):
         p.finished.connect(self._on_finished)
         p.errorOccurred.connect(self._on_error)
         self.process = p
-        p.start(sys.executable, ["-m", "bertdesk", *args])
+        command = program or [sys.executable, "-m", "bertdesk", *args]
+        p.start(command[0], command[1:])
 
     def pid(self):
         return int(self.process.processId()) if self.is_running() else None
@@ -124,13 +127,18 @@ class TrainingProcess(QObject):
 
     def _on_finished(self, code, status):
         self._read_stdout()
+        if self._buffer.strip():  # a last line without its newline
+            self._buffer += b"\n"
+            self._read_stdout()
         self._read_stderr()
         p, self.process = self.process, None
         p.deleteLater()
-        if self._cancelled:
-            self.finished.emit("cancelled", "cancelled")
-        elif code == 0 and status == QProcess.NormalExit and self._got_result:
+        if code == 0 and status == QProcess.NormalExit and self._got_result:
+            # (a Cancel that came after the result: the run had finished, and
+            # its metrics and model are on disk)
             self.finished.emit("finished", "")
+        elif self._cancelled:
+            self.finished.emit("cancelled", "cancelled")
         else:
             how = (f"exit code {code}" if status == QProcess.NormalExit
                    else "the training process was killed or crashed")

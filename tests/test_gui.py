@@ -3,8 +3,11 @@ open a file, map columns, pick a model, train in a child process while
 progress and curves arrive, cancel, survive bad files and a crashing child.
 Each test saves a screenshot of its page in tests/output/screenshots/."""
 
+import json
 import os
 import signal
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 pytest.importorskip("PySide6")
 pytestmark = pytest.mark.backend_neutral
 
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtCore import QSettings, Qt, QThreadPool  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 
@@ -167,6 +170,36 @@ def test_corrupt_and_unreadable_files(qtbot, window, tmp_path):
     # the app is still usable
     open_file(qtbot, w, ASSETS / "sentiment_en.csv")
     assert w.state.ready() is None
+    # a file that cannot be read leaves the one opened before in use, and says so
+    with qtbot.waitSignal(w.data_page.load_failed, timeout=20000):
+        w.data_page.open(str(tmp_path / "gone.csv"))
+    assert w.state.dataset.path == str(ASSETS / "sentiment_en.csv")
+    assert w.data_page.path_label.text() == (f"Could not open gone.csv; still using "
+                                             f"{ASSETS / 'sentiment_en.csv'}")
+    # two opens in a row: the first read, whenever it ends, does not replace the second
+    from bertdesk_gui.pages import data_page as module
+
+    first, reads = threading.Event(), []
+
+    def load(path):
+        reads.append(path)
+        if path.endswith("only_text.csv"):
+            first.wait(20)  # the earlier, slower read
+        return real_load(path)
+
+    real_load = module.load_dataset
+    module.load_dataset = load
+    try:
+        w.data_page.open(str(only_text))
+        with qtbot.waitSignal(w.data_page.loaded, timeout=20000):
+            w.data_page.open(str(ASSETS / "sentiment_en.csv"))
+        first.set()
+        qtbot.waitUntil(lambda: len(reads) == 2 and QThreadPool.globalInstance().activeThreadCount()
+                        == 0, timeout=20000)
+        QApplication.processEvents()
+    finally:
+        module.load_dataset = real_load
+    assert w.state.dataset.path == str(ASSETS / "sentiment_en.csv")
 
 
 def test_train_with_live_progress_then_results(qtbot, window, tiny_model, tmp_path,
@@ -400,6 +433,50 @@ def test_a_damaged_run_history_is_kept_aside(tmp_path, damaged):
     assert aside.read_bytes() == damaged
     history.add({"id": "a", "status": "done"})
     assert RunHistory(path).get("a") == {"id": "a", "status": "done"}
+
+
+def test_a_run_left_running_by_a_closed_app_reads_as_interrupted(tmp_path):
+    from bertdesk_gui.pages.evaluate_page import no_results_message
+    from bertdesk_gui.state import RunHistory
+
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([{"id": "a", "status": "finished"},
+                                {"id": "b", "status": "running"}]))
+    history = RunHistory(path)
+    assert [r["status"] for r in history.runs] == ["finished", "interrupted"]
+    assert "was interrupted" in no_results_message(history.get("b"))
+
+
+def test_settings_from_another_version_are_not_applied(qtbot, tmp_path, monkeypatch):
+    from bertdesk_gui.main_window import MainWindow
+
+    monkeypatch.setenv("BERTDESK_HOME", str(tmp_path / "home"))
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+    settings.setValue("model/backend", "mxnet")
+    settings.setValue("model/precision", "mixed_bfloat16")
+    w = MainWindow(settings=settings)
+    qtbot.addWidget(w)
+    assert w.state.model.backend == "torch"  # the default, as the combo shows
+    assert w.state.model.precision == "mixed_bfloat16"
+
+
+def test_a_cancel_after_the_result_keeps_the_finished_run(qtbot):
+    # the child wrote its result and exits 0; a Cancel pressed meanwhile does
+    # not turn the finished run into a cancelled one
+    from bertdesk_gui.training_process import TrainingProcess
+
+    process = TrainingProcess()
+    script = ("import json, sys, time; print(json.dumps({'event': 'result', 'metrics': {}}),"
+              " flush=True); time.sleep(1); sys.stdout.write(json.dumps({'event': 'message',"
+              " 'text': 'last'}))")
+    events = []
+    process.event.connect(events.append)
+    with qtbot.waitSignal(process.finished, timeout=30000) as blocker:
+        process.start([], program=[sys.executable, "-c", script])
+        qtbot.waitUntil(lambda: any(e["event"] == "result" for e in events), timeout=20000)
+        process._cancelled = True  # as cancel() marks it, without the kill racing the exit
+    assert blocker.args[0] == "finished"
+    assert events[-1] == {"event": "message", "text": "last"}  # the line without its newline
 
 
 def test_qa_summary_shows_the_null_threshold_in_logits():

@@ -345,6 +345,21 @@ def test_try_it_predicts_off_the_gui_thread(qtbot, page, state, cls_run):
     assert ins.attribution_markup.count('<span title="') == len(CHINESE_TEXT)  # a token a character
 
 
+def test_a_run_still_training_is_not_tried_or_exported(page, state, cls_run):
+    # its model/ holds the best epoch so far, rewritten until it ends
+    running = dict(cls_run, status="running")
+    ins, ex = page(InspectPage, state), page(ExportPage, state)
+    ins.show_run(running)
+    ex.show_run(running)
+    assert not ins.try_box.isEnabled() and ins.model_folder is None
+    assert not ex.copy_button.isEnabled() and not ex.transformers_button.isEnabled()
+    ins.model_cache["stale"] = object()  # a model loaded before the run ended
+    ins.show_run(cls_run)  # the same run, finished
+    ex.show_run(cls_run)
+    assert ins.try_box.isEnabled() and ins.model_cache == {}
+    assert ex.copy_button.isEnabled() and ex.transformers_button.isEnabled()
+
+
 # === Attributions and attention ===
 
 def wait_explained(qtbot, ins):

@@ -132,11 +132,18 @@ class DataPage(QWidget):
             self.open(path)
 
     def open(self, path):
-        """Read `path` off the GUI thread; the page updates when it is read."""
+        """Read `path` off the GUI thread; the page updates when it is read.
+        Only the latest request counts: a slow read of a file opened before
+        (the menu, a drop and Open recent stay usable meanwhile) is dropped."""
+        self._request = getattr(self, "_request", 0) + 1
+        request = self._request
         self.open_button.setEnabled(False)
         self.path_label.setText(f"Reading {path} …")
         self.error_label.hide()
-        run_async(lambda: load_dataset(path), self._loaded, self._failed)
+        run_async(lambda: load_dataset(path),
+                  lambda ds: self._loaded(ds) if request == self._request else None,
+                  lambda error, trace: (self._failed(error, trace, path)
+                                        if request == self._request else None))
 
     def _loaded(self, ds):
         self.open_button.setEnabled(True)
@@ -144,9 +151,12 @@ class DataPage(QWidget):
         self.show_dataset(ds)
         self.loaded.emit(ds)
 
-    def _failed(self, error, _trace):
+    def _failed(self, error, _trace, path=None):
         self.open_button.setEnabled(True)
-        self.path_label.setText("No dataset loaded.")
+        ds = self.state.dataset  # the file opened before stays in use: say so
+        self.path_label.setText(f"Could not open {Path(path).name if path else 'the file'}; "
+                                f"still using {ds.path}" if ds is not None
+                                else "No dataset loaded.")
         self.error_label.setText(str(error))
         self.error_label.show()
         self.load_failed.emit(str(error))

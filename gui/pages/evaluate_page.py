@@ -119,6 +119,7 @@ def no_results_message(run):
     if status == "running":
         return f"Run {run['id']} is still training; its results appear here when it ends."
     why = {"cancelled": "was cancelled before it finished",
+           "interrupted": "was interrupted (the app closed while it trained)",
            "failed": "failed"}.get(status, "has no results")
     error = f"\n\n{run['error']}" if run.get("error") and status == "failed" else ""
     return f"Run {run['id']} {why}, so there are no validation metrics.{error}"

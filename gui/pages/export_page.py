@@ -320,7 +320,9 @@ class ExportPage(QWidget):
         self.status.clear()
         self.title.setText(f"Export: run {run['id']}" if run else "Export")
         output = Path(run["output"]) if run and run.get("output") else None
-        has_model = bool(output and (output / "model" / "bertdesk.json").is_file())
+        # a run still training rewrites its model/ (exported once it ends)
+        has_model = bool(output and run.get("status") != "running"
+                         and (output / "model" / "bertdesk.json").is_file())
         has_predictions = bool(output and (output / "validation_predictions.csv").is_file())
         self.copy_button.setEnabled(has_model)
         self.transformers_button.setEnabled(has_model)

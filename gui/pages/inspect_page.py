@@ -201,7 +201,9 @@ class InspectPage(QWidget):
             self.show_run(run)
 
     def show_run(self, run):
-        if (run or {}).get("output") != (self.run or {}).get("output"):
+        if ((run or {}).get("output") != (self.run or {}).get("output")
+                or (run or {}).get("status") != (self.run or {}).get("status")):
+            # another run, or the same one ended: its model/ holds other weights now
             self.model_cache.clear()
             self.last_prediction = None
         self.run, self.contexts = run, None
@@ -466,7 +468,9 @@ class InspectPage(QWidget):
 
     def _setup_try(self, run, meta):
         folder = Path(run["output"]) / "model" if run and run.get("output") else None
-        self.model_folder = folder if folder and (folder / "bertdesk.json").is_file() else None
+        # a run still training rewrites model/ at every better epoch: tried once it ends
+        ready = folder and run.get("status") != "running" and (folder / "bertdesk.json").is_file()
+        self.model_folder = folder if ready else None
         self.try_box.setEnabled(self.model_folder is not None)
         pair_column = meta.get("training_args", {}).get("text_pair_column")
         self.wants_pair = self.task == "qa" or bool(pair_column)
