@@ -291,6 +291,11 @@ class AppState:
                 return f"{len(ds.bad_rows)} bad rows: drop them or fix the file (Data page)"
             if len(ds.bad_rows) >= len(ds.frame):
                 return "no usable rows"
+            if ds.label_column == ds.text_column or ds.label_column == ds.text_pair_column:
+                return "the label column is also a text column: choose another (Data page)"
+            if ds.problem_type == "single_label" and len(ds.label_counts()) < 2:
+                return (f"the label column {ds.label_column!r} holds one label only: a "
+                        "classifier needs two or more (Data page)")
         problems = self.settings.problems()
         if problems:
             return next(iter(problems.values()))

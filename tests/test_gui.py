@@ -143,6 +143,15 @@ def test_mapping_changes_are_checked(qtbot, window, tmp_path):
     assert "bad rows" in w.state.ready()
     page.drop_radio.setChecked(True)
     assert w.state.ready() is None
+    # refused before a run folder is made, where the child would fail after loading
+    w.state.set_mapping(label_column="sentence1", problem_type="single_label")
+    assert "the label column is also a text column" in w.state.ready()
+    w.state.set_mapping(label_column="score", problem_type="single_label")
+    assert w.state.ready() is None  # 1.5 and x: two labels
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\na,pos\nb,pos\nc,pos\n", encoding="utf-8")
+    open_file(qtbot, w, one)
+    assert "holds one label only" in w.state.ready()
 
 
 def test_corrupt_and_unreadable_files(qtbot, window, tmp_path):

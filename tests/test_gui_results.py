@@ -358,6 +358,13 @@ def test_a_run_still_training_is_not_tried_or_exported(page, state, cls_run):
     ex.show_run(cls_run)
     assert ins.try_box.isEnabled() and ins.model_cache == {}
     assert ex.copy_button.isEnabled() and ex.transformers_button.isEnabled()
+    # a failed job for a run no longer shown says nothing about the shown one
+    ins.try_result.setText("")
+    for kind in ("contexts", "predict"):
+        ins._job_failed((kind, "/another/run", None), "that run's model is gone")
+    assert "gone" not in ins.message.text() and "gone" not in ins.try_result.text()
+    ins._job_failed(("predict", cls_run["output"], None), "this model is gone")
+    assert "this model is gone" in ins.try_result.text()
 
 
 # === Attributions and attention ===

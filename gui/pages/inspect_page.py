@@ -363,8 +363,11 @@ class InspectPage(QWidget):
                 self._explain_key = None  # asking again tries again
                 self._explain_message(f"The attributions could not be computed: {message}",
                                       error=True)
+        elif tag[1] != (self.run or {}).get("output"):
+            self.try_button.setEnabled(True)
+            return  # a job for a run no longer shown: its failure is not this run's
         elif tag[0] == "contexts":
-            self.contexts = False if tag[1] == (self.run or {}).get("output") else self.contexts
+            self.contexts = False
             self.message.setText(f"The contexts could not be read: {message}")
             self.message.show()
         else:

@@ -110,7 +110,8 @@ class ModelPage(QWidget):
         source = self.state.model.source
         self.summary.setText(f"Reading {source} …")
         run_async(lambda: describe_model(source), self._show,
-                  lambda e, _t: self.summary.setText(f"Cannot use this model: {e}"))
+                  lambda e, _t: (self.summary.setText(f"Cannot use this model: {e}")
+                                 if source == self.state.model.source else None))
 
     def _show(self, info):
         if info["source"] != self.state.model.source:
