@@ -54,10 +54,16 @@ class Dataset:
     label_column: str | None = None
     problem_type: str = "single_label"
     bad_rows: list = field(default_factory=list)  # [(row, problem)]
+    stamp: tuple | None = None  # the file's (size, mtime) when read
 
     @property
     def columns(self):
         return [str(c) for c in self.frame.columns]
+
+    def changed_on_disk(self):
+        """Whether the file is no longer what was read and checked (a run
+        reads the file itself, or a copy of what was read)."""
+        return self.stamp is not None and file_stamp(self.path) != self.stamp
 
     def label_counts(self):
         """{label: count} over usable rows (single-label tables and NER tags)."""
@@ -76,15 +82,33 @@ class Dataset:
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def load_dataset(path):
+def file_stamp(path):
+    """(size, modification time) of `path`; None where it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def load_dataset(path, previous=None):
     """Read any supported file into a `Dataset` (raises DataError with the
     file and row on bad input). Guesses the task from the file type and the
-    columns from their names."""
+    columns from their names; a table opened again (`previous`, the same
+    file's `Dataset`, e.g. after fixing its bad rows) keeps the mapping and
+    label kind chosen for it where its columns are still there."""
+    path = Path(path)
+    stamp = file_stamp(path)  # before reading: a write during the read shows as a change
+    ds = _read_dataset(path, previous)
+    ds.stamp = stamp
+    return ds
+
+
+def _read_dataset(path, previous):
     import pandas as pd
 
     from bertdesk.data.tables import DataError, read_table
 
-    path = Path(path)
     suffix = path.suffix.lower()
     if suffix in FORMATS:
         from bertdesk.data.ner import read_char_tags, read_conll
@@ -108,6 +132,12 @@ def load_dataset(path):
     frame = read_table(path)
     ds = Dataset(str(path), "classify", None, frame)
     guess_columns(ds)
+    mapping = ("text_column", "text_pair_column", "label_column")
+    if (previous is not None and previous.path == ds.path and previous.task == "classify"
+            and all(getattr(previous, k) in (None, *ds.columns) for k in mapping)
+            and previous.text_column is not None):
+        for key in (*mapping, "problem_type"):
+            setattr(ds, key, getattr(previous, key))
     if ds.text_column is None:
         raise DataError(f"{path}: no column of text found; columns are: "
                         f"{', '.join(map(repr, ds.columns))}")
@@ -284,6 +314,9 @@ class AppState:
         if self.dataset is None:
             return "open a dataset first (Data page)"
         ds = self.dataset
+        if ds.changed_on_disk():
+            return (f"{Path(ds.path).name} changed on disk since it was opened: open it again "
+                    "(Data page), so that what trains is what was checked")
         if ds.task == "classify":
             if not ds.text_column or not ds.label_column:
                 return "choose the text and label columns (Data page)"

@@ -143,6 +143,10 @@ def test_mapping_changes_are_checked(qtbot, window, tmp_path):
     assert "bad rows" in w.state.ready()
     page.drop_radio.setChecked(True)
     assert w.state.ready() is None
+    # the file opened again (fixed, say): the mapping and the label kind chosen stay
+    ds = open_file(qtbot, w, path)
+    assert (ds.label_column, ds.problem_type) == ("score", "regression")
+    assert page.problem_combo.currentData() == "regression"
     # refused before a run folder is made, where the child would fail after loading
     w.state.set_mapping(label_column="sentence1", problem_type="single_label")
     assert "the label column is also a text column" in w.state.ready()
@@ -152,6 +156,11 @@ def test_mapping_changes_are_checked(qtbot, window, tmp_path):
     one.write_text("text,label\na,pos\nb,pos\nc,pos\n", encoding="utf-8")
     open_file(qtbot, w, one)
     assert "holds one label only" in w.state.ready()
+    # the file edited after it was checked: a run would read what was never checked
+    one.write_text("text,label\na,pos\nb,neg\nc,pos\nd,\n", encoding="utf-8")
+    assert "one.csv changed on disk since it was opened" in w.state.ready()
+    ds = open_file(qtbot, w, one)
+    assert w.state.ready() is None and ds.bad_rows == [(4, "missing label in column 'label'")]
 
 
 def test_corrupt_and_unreadable_files(qtbot, window, tmp_path):
@@ -190,11 +199,11 @@ def test_corrupt_and_unreadable_files(qtbot, window, tmp_path):
 
     first, reads = threading.Event(), []
 
-    def load(path):
+    def load(path, previous=None):
         reads.append(path)
         if path.endswith("only_text.csv"):
             first.wait(20)  # the earlier, slower read
-        return real_load(path)
+        return real_load(path, previous)
 
     real_load = module.load_dataset
     module.load_dataset = load

@@ -140,7 +140,8 @@ class DataPage(QWidget):
         self.open_button.setEnabled(False)
         self.path_label.setText(f"Reading {path} …")
         self.error_label.hide()
-        run_async(lambda: load_dataset(path),
+        previous = self.state.dataset
+        run_async(lambda: load_dataset(path, previous),
                   lambda ds: self._loaded(ds) if request == self._request else None,
                   lambda error, trace: (self._failed(error, trace, path)
                                         if request == self._request else None))
