@@ -31,6 +31,7 @@ class DataPage(QWidget):
         self.state = state
         self.setAcceptDrops(True)
         self._updating = False
+        self._request = 0  # the latest open's number
 
         self.open_button = QPushButton("Open dataset…")
         self.open_button.clicked.connect(self.choose_file)
@@ -135,7 +136,7 @@ class DataPage(QWidget):
         """Read `path` off the GUI thread; the page updates when it is read.
         Only the latest request counts: a slow read of a file opened before
         (the menu, a drop and Open recent stay usable meanwhile) is dropped."""
-        self._request = getattr(self, "_request", 0) + 1
+        self._request += 1
         request = self._request
         self.open_button.setEnabled(False)
         self.path_label.setText(f"Reading {path} …")
