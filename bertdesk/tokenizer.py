@@ -158,16 +158,21 @@ class BertTokenizer:
     def decode(self, ids, skip_special_tokens=True):
         return self._tokenizer.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
 
-    def encode_ragged(self, texts, text_pairs=None, max_length=128):
+    def encode_ragged(self, texts, text_pairs=None, max_length=128, return_cut=False):
         """Unpadded encodings for batching later: a list of
-        `(token_ids, segment_ids)` int32 arrays, truncated to `max_length`."""
+        `(token_ids, segment_ids)` int32 arrays, truncated to `max_length`;
+        with `return_cut`, also how many of them were cut to it."""
         tok = self._tokenizer
         tok.enable_truncation(max_length, strategy="longest_first")
         tok.no_padding()
         texts = list(texts)
         batch = (tok.encode_batch(texts) if text_pairs is None
                  else tok.encode_batch(list(zip(texts, list(text_pairs)))))
-        return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32)) for e in batch]
+        encodings = [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32))
+                     for e in batch]
+        if return_cut:
+            return encodings, sum(bool(e.overflowing) for e in batch)
+        return encodings
 
     def encode_words(self, sentences, max_length=128):
         """Encode pre-split words (NER): a list of `(token_ids, segment_ids,

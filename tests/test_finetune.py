@@ -37,6 +37,24 @@ def config(tmp_path, model, **kw):
                              "pad_to_multiple": 32, **kw})
 
 
+def test_texts_cut_at_max_length_are_counted_and_said(tmp_path, tiny_model):
+    # counted here from the tokenizer without truncation
+    rows = [["text", "label"]] + [[("a long review " * k).strip(), "positive" if k % 2 else
+                                   "negative"] for k in range(1, 13)]
+    with open(tmp_path / "long.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    tokenizer = bertdesk.load_tokenizer(tiny_model)
+    events = []
+    run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "long.csv"),
+                        validation=str(tmp_path / "long.csv"), max_length=16,
+                        pad_to_multiple=16), events.append)
+    longer = sum(len(tokenizer.tokenize(text)) + 2 > 16 for text, _ in rows[1:])
+    assert 0 < longer < 12
+    said = [e["text"] for e in events if e["event"] == "message" and "cut to it" in e["text"]]
+    assert said == [f"{longer} of 12 training examples are longer than --max-length 16 "
+                    f"tokens: cut to it, their ends unseen"]
+
+
 def test_classify_end_to_end(tmp_path, tiny_model):
     events = []
     # Batches padded to multiples of 8 here (up to four shapes, each compiled);

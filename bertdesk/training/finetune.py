@@ -186,11 +186,14 @@ def make_dataset(tokenizer, data, max_length, batch_size, targets=None, shuffle=
                  max_shapes=None):
     from bertdesk.data.batching import PaddedBatches
 
-    enc = tokenizer.encode_ragged(data.texts, data.pairs, max_length=max_length)
-    return PaddedBatches(enc, targets, batch_size=batch_size, shuffle=shuffle, bucket=bucket,
-                         seed=seed, fixed_length=None if dynamic_padding else max_length,
-                         pad_to_multiple=pad_to_multiple, bucket_batches=bucket_batches,
-                         max_shapes=max_shapes)
+    enc, cut = tokenizer.encode_ragged(data.texts, data.pairs, max_length=max_length,
+                                       return_cut=True)
+    batches = PaddedBatches(enc, targets, batch_size=batch_size, shuffle=shuffle, bucket=bucket,
+                            seed=seed, fixed_length=None if dynamic_padding else max_length,
+                            pad_to_multiple=pad_to_multiple, bucket_batches=bucket_batches,
+                            max_shapes=max_shapes)
+    batches.cut = cut  # examples longer than max_length, cut to it
+    return batches
 
 
 def predict_scores(model, tokenizer, data, max_length, head, batch_size=64):
@@ -400,6 +403,10 @@ def run_finetune(config, sink=None):
     backbone, tokenizer = resolve_model(config.model)
     check_fits(backbone, config)
     train_ds = task.dataset(tokenizer, train, head, config, train=True)
+    if getattr(train_ds, "cut", 0):
+        sink({"event": "message", "text": (
+            f"{train_ds.cut:,} of {len(train):,} training examples are longer than "
+            f"--max-length {config.max_length} tokens: cut to it, their ends unseen")})
     steps_per_epoch = len(train_ds)  # batches
     total_steps = -(-steps_per_epoch // accumulation) * config.epochs  # updates
     if accumulation > 1:
