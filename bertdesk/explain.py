@@ -86,6 +86,14 @@ def explain(model, tokenizer, text, text_pair=None, target=None,
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    from bertdesk.predictor import whole_number
+
+    steps, max_steps = whole_number(steps, "steps"), whole_number(max_steps, "max_steps")
+    if max_steps < steps:
+        raise ValueError(f"max_steps ({max_steps}) must be at least steps ({steps})")
+    if target is not None and (isinstance(target, bool)
+                               or not isinstance(target, (int, np.integer))):
+        raise ValueError(f"target must be a class index (a whole number), got {target!r}")
     if not hasattr(model, "classifier") or not hasattr(model, "backbone"):
         raise TypeError("explain() needs a text classifier (a backbone and a classifier head)")
     enc = tokenizer([text], None if text_pair is None else [text_pair], max_length=max_length,

@@ -51,7 +51,7 @@ class Predictor:
 
             quantize_int8(model.model)
         self.model = model
-        self.batch_size = int(batch_size)
+        self.batch_size = whole_number(batch_size, "batch_size")
 
     @classmethod
     def load(cls, folder, batch_size=64, quantize=None):
@@ -216,6 +216,7 @@ class Predictor:
         from bertdesk.data.qa import best_spans, make_windows
 
         self._expect("qa", "answer")
+        top_k = whole_number(top_k, "top_k")
         questions, single_question = _as_list(questions, "questions")
         contexts, single_context = _as_list(contexts, "contexts")
         if single_question and not single_context:
@@ -251,7 +252,8 @@ class Predictor:
             out = []
             for f in found:
                 spans = f["spans"][:top_k]
-                if f["start"] is None and null_threshold is not None:
+                if f["start"] is None and (null_threshold is not None or not spans):
+                    # no answer first, as top_k=1 answers (also where no span was found)
                     spans = [{k: f[k] for k in keys}] + spans[:top_k - 1]
                 out.append(spans)
         return out[0] if single else out
@@ -261,6 +263,14 @@ class Predictor:
             names = {"classify": "classify", "ner": "tag or entities", "qa": "answer"}
             raise ValueError(f"{self.model.folder}: a {self.task} model; {method}() needs a "
                              f"{task} model (this one answers {names[self.task]}())")
+
+
+def whole_number(value, name):
+    """`value` when it is a whole number >= 1 (an int, not a bool); else a
+    ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def _finite(threshold):

@@ -93,3 +93,13 @@ def test_bad_arguments(classifier):
         explain(model, tok, "x", method="shap")
     with pytest.raises(ValueError, match="target 7 is not a class index"):
         explain(model, tok, "x", target=7)
+    # refused before any work (steps=0 looped for ever; 32.5 overshot the input)
+    for kwargs, message in (({"steps": 0}, "steps must be a whole number >= 1, got 0"),
+                            ({"steps": 32.5}, "steps must be a whole number >= 1, got 32.5"),
+                            ({"steps": 64, "max_steps": 32},
+                             r"max_steps \(32\) must be at least steps \(64\)"),
+                            ({"target": 1.7}, "target must be a class index"),
+                            ({"target": True}, "target must be a class index"),
+                            ({"target": "pos"}, "target must be a class index")):
+        with pytest.raises(ValueError, match=message):
+            explain(model, tok, "x", **kwargs)

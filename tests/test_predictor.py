@@ -4,6 +4,7 @@ classification, NER (words, offsets, long texts in windows), extractive QA;
 
 import csv
 import json
+import re
 
 import keras
 import numpy as np
@@ -286,6 +287,22 @@ def qa_predictor(tmp_path, tokenizer, null_threshold=None):
             "version": "1.1" if null_threshold is None else "2.0",
             "null_threshold": null_threshold, "doc_stride": 8, "max_answer_length": 5}
     return saved(tmp_path / str(null_threshold), tokenizer, model, "qa", head)
+
+
+def test_bad_batch_size_and_top_k_are_refused(tmp_path, tokenizer):
+    p = qa_predictor(tmp_path, tokenizer)
+    for value in (0, -1, 2.0, "3", None, True):
+        with pytest.raises(ValueError, match=f"top_k must be a whole number >= 1, got "
+                                             f"{re.escape(repr(value))}"):
+            p.answer(["Where?"], ["In the hills."], top_k=value)
+        if value is not None:
+            with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+                Predictor(p.model, batch_size=value)
+    # no span at all (a context without tokens), no null threshold: top_k=2 answers
+    # as top_k=1 does, with the empty answer first
+    one = p.answer("Where?", "\u0301\u0301")
+    two = p.answer("Where?", "\u0301\u0301", top_k=2)
+    assert one["start"] is None and two[0] == one
 
 
 def test_answers_are_spans_of_the_context(tmp_path, tokenizer):

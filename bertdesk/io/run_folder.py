@@ -1,7 +1,6 @@
 """The output folder of a training run: a run writes only into a new or empty
 folder, or continues the run whose checkpoint the folder holds."""
 
-import json
 from pathlib import Path
 
 from bertdesk.data.tables import DataError
@@ -77,7 +76,3 @@ def records_output(args, out):
     output = args.get("output") if isinstance(args, dict) else None
     return isinstance(output, str) and Path(output).resolve() == Path(out).resolve()
 
-
-def read_json(path):
-    """The JSON value of the file `path` (ValueError where it is not JSON)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))

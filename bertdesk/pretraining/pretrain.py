@@ -30,7 +30,8 @@ import keras
 
 from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
-from bertdesk.io.run_folder import open_run_folder, read_json, records_output
+from bertdesk.io.formats import read_json
+from bertdesk.io.run_folder import open_run_folder, records_output
 
 
 @dataclass
