@@ -303,7 +303,8 @@ def _settings_from_folder(folder):
             continue
         for key in ("do_lower_case", "lowercase"):
             if key in data:
-                settings = {"lowercase": bool(data[key]), "strip_accents": data.get("strip_accents")}
+                settings = {"lowercase": bool(data[key]),
+                            "strip_accents": data.get("strip_accents")}
                 if isinstance(data.get("tokenize_chinese_chars"), bool):
                     settings["tokenize_chinese_chars"] = data["tokenize_chinese_chars"]
                 return settings

@@ -16,7 +16,7 @@ from bertdesk.predictor import Predictor
 from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer
 from bertdesk.tasks.bert_text_classifier import BertTextClassifier
 from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
-from bertdesk.tasks.saving import load_model, save_task_model
+from bertdesk.tasks.saving import TASK_MODEL_FILES, load_model, save_task_model
 
 TEXTS = ["A gripping plot, and fine acting.", "Dull.", "Ana moved to New York in May."]
 CONTEXT = "Evenmoor lies on the river Tam, two days south of the hills."
@@ -201,6 +201,8 @@ def test_an_export_reads_data_as_the_model_was_trained_to(tmp_path, tokenizer, c
     save_task_model(model, folder, tokenizer, "classify", head,
                     {"max_length": 48, "text_column": "sentence", "label_column": "tags",
                      "label_separator": ";"})
+    # what --resume takes as a run's own model/ (bertdesk.training.finetune)
+    assert {p.name for p in folder.iterdir()} == TASK_MODEL_FILES
     assert cli_main(["convert", str(folder), str(hf), "--to", "hf"]) == 0
     data = tmp_path / "val.csv"
     data.write_text("sentence,tags\nA gripping plot.,neg;pos\nDull.,neu\n")

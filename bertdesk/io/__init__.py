@@ -102,9 +102,10 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     existing folder is only touched with `overwrite=True`, file by file,
     each replaced atomically, and the files of the model it held that these
     do not replace removed (`_model_files`: another format's config, other
-    weights, a fast tokenizer's files); other files stay. `config_overrides` replace entries of the saved
-    architecture config (e.g. the dropout rates a fine-tuning run should
-    use when the backbone was trained with others). `hf_architecture` and
+    weights, a fast tokenizer's files); other files stay. `config_overrides`
+    replace entries of the saved architecture config (e.g. the dropout rates
+    a fine-tuning run should use when the backbone was trained with others).
+    `hf_architecture` and
     `hf_config` (format "hf") name a task class of transformers whose head
     is in `extra_tensors` (`classifier.*`, `qa_outputs.*`) and add its config
     entries (`id2label`, ...).

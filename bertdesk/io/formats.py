@@ -33,8 +33,6 @@ HF_CONFIG_KEYS = {
     "layer_norm_eps": "layer_norm_epsilon",
     "initializer_range": "initializer_range",
 }
-REQUIRED_HF_KEYS = ("vocab_size", "num_hidden_layers", "hidden_size",
-                    "num_attention_heads", "intermediate_size")
 FORMATS = ("bertdesk", "hf", "google", "keras_hub")
 
 
@@ -91,9 +89,6 @@ def config_from_hf(hf, source):
     """bertdesk backbone kwargs from a Hugging Face / Google BERT config."""
     if not isinstance(hf, dict):
         raise CheckpointError(f"{source}: expected a JSON object, got {type(hf).__name__}")
-    missing = [k for k in REQUIRED_HF_KEYS if k not in hf]
-    if missing:
-        raise CheckpointError(f"{source}: missing config fields {missing}")
     if hf.get("model_type", "bert") != "bert":
         raise CheckpointError(
             f"{source}: model_type is {hf['model_type']!r}, expected 'bert'"

@@ -43,6 +43,12 @@ HF_KEPT_ARGS = ("max_length", "format", "text_column", "text_pair_column", "labe
                 "label_separator")
 
 
+# The files `save_task_model` writes (moved in one by one: a run stopped among
+# them leaves some)
+TASK_MODEL_FILES = frozenset({"model.safetensors", "bertdesk.json", "vocab.txt",
+                              "tokenizer_config.json"})
+
+
 def save_task_model(model, folder, tokenizer, task, head_config, training_args=None,
                     overwrite=False):
     """Write a fine-tuned model folder; assembled beside `folder`, then moved

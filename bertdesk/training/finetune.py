@@ -292,19 +292,16 @@ def compile_steps(jit_compile):
     return {"on": True, "off": False}.get(jit_compile, keras.backend.backend() == "jax")
 
 
-# What `save_task_model` writes into a model folder (the staging's files,
-# moved in one by one: a run stopped among them leaves some)
-_MODEL_FILES = {"model.safetensors", "bertdesk.json", "vocab.txt", "tokenizer_config.json"}
-
-
 def _run_model_folder(path, out):
     """Whether `path` is the `model/` a fine-tuning run into `out` wrote (all
     or part of it): only the files a run writes there, its `bertdesk.json`
     (when present) recording `out` as the run's output."""
     if not path.is_dir() or path.is_symlink():
         return False
+    from bertdesk.tasks.saving import TASK_MODEL_FILES
+
     names = {p.name for p in path.iterdir() if not is_leftover(p.name)}
-    if not names <= _MODEL_FILES:
+    if not names <= TASK_MODEL_FILES:
         return False
     if "bertdesk.json" not in names:
         return True
