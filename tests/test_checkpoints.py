@@ -573,3 +573,166 @@ def test_export_never_clobbers_or_leaves_partial_folders(tmp_path, hf_tiny):
 def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
     assert cli_main(["info", str(tmp_path / "missing")]) == 2
     assert "missing: no such folder" in capsys.readouterr().err
+
+
+# === Pretraining heads, decoder configs, sharded .bin, interrupted overwrites ===
+def _hf_masked_lm(folder, tie=True, **config):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(1)
+    model = BertForMaskedLM(BertConfig(**HF_TINY, tie_word_embeddings=tie,
+                                       attn_implementation="eager", **config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder)
+    write_vocab(folder)
+    return model
+
+
+def _mlm_logits(model, batch, positions):
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(batch["token_ids"], dtype=torch.long),
+                       token_type_ids=torch.tensor(batch["segment_ids"], dtype=torch.long),
+                       attention_mask=torch.tensor(batch["padding_mask"], dtype=torch.long)
+                       ).logits.numpy()
+    return np.take_along_axis(logits, positions[..., None], axis=1)
+
+
+def test_an_untied_masked_lm_decoder_is_refused_not_dropped(tmp_path):
+    """transformers' `tie_word_embeddings: false` keeps a decoder of its own;
+    bertdesk's head multiplies by the token embedding, so the head's logits
+    would be other numbers: refused by name, the backbone still loads."""
+    import torch
+
+    model = _hf_masked_lm(tmp_path, tie=False)
+    with torch.no_grad():
+        model.cls.predictions.decoder.weight.add_(0.5)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="'cls.predictions.decoder.weight' differs from "
+                                              "'embeddings.word_embeddings.weight'"):
+        BertPretrainingModel.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="not tied to the token embedding"):
+        bertdesk.io.convert(tmp_path, tmp_path / "out", to="hf")
+    assert not (tmp_path / "out").exists()
+    bertdesk.load_backbone(tmp_path)  # the encoder is the checkpoint's
+
+
+def test_masked_lm_checkpoints_load_and_export_as_transformers_reads_them(tmp_path):
+    """A BertForMaskedLM folder (no NSP head, no pooler): its logits; its
+    output bias read from the decoder's copy where only that is stored;
+    exported back as BertForMaskedLM without a pooler it never had."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertForMaskedLM
+
+    model = _hf_masked_lm(tmp_path / "mlm")
+    batch = random_batch(seq=12)
+    positions = np.array([[1, 3], [2, 5], [0, 4]], "int32")
+    expected = _mlm_logits(model, batch, positions)
+
+    def ours(folder):
+        out = BertPretrainingModel.from_pretrained(folder)(
+            {**batch, "mask_positions": positions})
+        return to_np(out["mlm_logits"])
+
+    np.testing.assert_allclose(ours(tmp_path / "mlm"), expected, atol=1e-5)
+    only_copy = copy_folder(tmp_path / "mlm", tmp_path / "decoder_bias")
+    tensors = load_file(str(only_copy / "model.safetensors"))
+    tensors["cls.predictions.decoder.bias"] = tensors.pop("cls.predictions.bias")
+    save_file(tensors, str(only_copy / "model.safetensors"))
+    np.testing.assert_allclose(ours(only_copy), expected, atol=1e-5)
+
+    bertdesk.io.convert(tmp_path / "mlm", tmp_path / "hf", to="hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"]
+    again, info = BertForMaskedLM.from_pretrained(str(tmp_path / "hf"), output_loading_info=True,
+                                                  attn_implementation="eager")
+    assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
+    np.testing.assert_allclose(_mlm_logits(again.eval(), batch, positions), expected, atol=1e-5)
+
+
+def test_part_of_a_head_is_refused(tmp_path, hf_tiny):
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors["cls.predictions.transform.dense.weight"]
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="part of a masked-LM head: .* but lacks "
+                                              "'cls.predictions.transform.dense.weight'"):
+        BertPretrainingModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("field", ["is_decoder", "add_cross_attention"])
+def test_decoder_configs_are_refused(tmp_path, hf_tiny, field):
+    folder = copy_folder(hf_tiny[1], tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"config.json: {field} is True"):
+        bertdesk.load_backbone(folder)
+
+
+def test_sharded_pytorch_bin(tmp_path, hf_tiny):
+    import torch
+
+    hf_model, folder, _ = hf_tiny
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        shutil.copy(folder / name, sharded)
+    state = hf_model.state_dict()
+    names = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": names[::2],
+              "pytorch_model-00002-of-00002.bin": names[1::2]}
+    for shard, shard_names in shards.items():
+        torch.save({n: state[n] for n in shard_names}, sharded / shard)
+    index = sharded / "pytorch_model.bin.index.json"
+    weight_map = {n: shard for shard, ns in shards.items() for n in ns}
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    assert read_checkpoint(sharded).weights_file.name == "pytorch_model.bin.index.json"
+    assert_same_as_hf(BertPretrainingModel.from_pretrained(sharded), hf_model)
+    (sharded / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(CheckpointError, match="names the shard 'pytorch_model-00002-of-00002"
+                                              ".bin', which is not there"):
+        read_checkpoint(sharded)
+    index.write_text(json.dumps({"weight_map": {"x": "../elsewhere.bin"}}))
+    with pytest.raises(CheckpointError, match="is not a file name in the checkpoint's folder"):
+        read_checkpoint(sharded)
+
+
+@pytest.mark.parametrize("fails_at", [1, 2, 3])
+def test_an_overwrite_stopped_midway_leaves_no_model_never_a_mix(tmp_path, hf_tiny,
+                                                                 monkeypatch, fails_at):
+    """Overwriting a model folder file by file: the old descriptor goes
+    before any new file arrives, so a stop leaves a folder no reader takes
+    for a model, not new weights under the old config."""
+    import os
+    from pathlib import Path
+
+    import bertdesk.io as bio
+
+    backbone = bertdesk.load_backbone(hf_tiny[1])
+    tokenizer = bertdesk.load_tokenizer(hf_tiny[1])
+    target = tmp_path / "target"
+    save_pretrained(backbone, target, tokenizer, format="hf")
+    calls, real = [], os.replace
+
+    def replace(src, dst):  # (the files written inside the staging folder pass)
+        if Path(dst).parent == target:
+            calls.append(dst)
+            if len(calls) == fails_at:
+                raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(bio.os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_pretrained(backbone, target, tokenizer, format="hf", overwrite=True)
+    assert not (target / "config.json").exists()
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        read_checkpoint(target)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

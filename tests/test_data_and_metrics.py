@@ -281,3 +281,51 @@ def test_multilabel_and_regression_metrics():
     r = M.regression_metrics(a, b)
     assert r["pearson"] == pytest.approx(pearsonr(a, b)[0])
     assert r["spearman"] == pytest.approx(spearmanr(a, b)[0])
+
+
+def test_matthews_and_binary_f1_match_sklearn():
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    rng = np.random.default_rng(2)
+    for classes in (2, 3, 5):
+        for _ in range(50):
+            n = int(rng.integers(1, 60))
+            gold, pred = rng.integers(0, classes, n), rng.integers(0, classes, n)
+            pred[: n // 2] = gold[: n // 2]
+            if rng.random() < 0.2:
+                pred[:] = pred[0]  # one class predicted: MCC undefined, 0.0 as sklearn
+            m = M.classification_metrics(gold, pred, [str(i) for i in range(classes)])
+            assert m["mcc"] == pytest.approx(matthews_corrcoef(gold, pred), abs=1e-12)
+            if classes == 2:  # GLUE's MRPC/QQP F1: the positive (second) label's
+                assert m["f1"] == pytest.approx(f1_score(gold, pred, zero_division=0))
+            else:
+                assert "f1" not in m
+
+
+@pytest.mark.parametrize("pred", [[2.5, 2.5, 2.5, 2.5], [np.nan] * 4, [1.1, 2.2, np.nan, 3.9],
+                                  [1.1, 2.2, np.inf, 3.9], [4.0, 3.0, 2.0, 1.0],
+                                  [1e200, 2e200, 3e200, 4.5e200]])
+def test_correlations_are_nan_where_scipy_says_undefined(pred):
+    """A model predicting one value, or NaN, reads as undefined (NaN), not as
+    uncorrelated (0.0) or, for Spearman's ranks of NaNs, as the rows' order."""
+    import warnings
+
+    from scipy.stats import pearsonr, spearmanr
+
+    gold = np.array([1.0, 2.0, 3.0, 4.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = pearsonr(gold, pred)[0], spearmanr(gold, pred)[0]
+    r = M.regression_metrics(gold, pred)
+    np.testing.assert_allclose([r["pearson"], r["spearman"]], expected, atol=1e-12)
+
+
+def test_a_nan_monitored_value_never_blocks_later_improvements():
+    from bertdesk.training.callbacks import _improves
+
+    nan = float("nan")
+    assert _improves(nan, None, "max")  # the first epoch is the best so far
+    assert _improves(0.1, nan, "max") and _improves(5.0, nan, "min")
+    assert not _improves(nan, 0.1, "max") and not _improves(nan, 0.1, "min")
+    assert not _improves(None, None, "max")
+    assert _improves(0.2, 0.1, "max") and not _improves(0.2, 0.1, "min")

@@ -22,6 +22,25 @@ def test_iob1_to_iob2():
 def test_bmes_to_bio():
     assert bmes_to_bio(["B-NS", "M-NS", "E-NS", "O", "S-NR", "B-NT", "E-NT"]) == \
         ["B-NS", "I-NS", "I-NS", "O", "B-NR", "B-NT", "I-NT"]
+    # an entity ends at its E-/S-: what follows starts another
+    assert bmes_to_bio(["S-X", "E-X"]) == ["B-X", "B-X"]
+    assert bmes_to_bio(["B-X", "E-X", "E-X", "M-Y", "E-X"]) == ["B-X", "I-X", "B-X", "B-Y",
+                                                                 "B-X"]
+
+
+def test_bmes_entities_match_seqeval_on_random_tags():
+    """Entities of BMES tags converted to BIO, against seqeval's default
+    reading of the same BIOES tags (malformed sequences included)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    rng = random.Random(0)
+    choices = ["O", "B-X", "M-X", "E-X", "S-X", "B-Y", "M-Y", "E-Y", "S-Y"]
+    for _ in range(2000):
+        tags = [rng.choice(choices) for _ in range(rng.randint(1, 12))]
+        bio = bmes_to_bio(tags)
+        ours = {(t, s, e) for t, s, e in get_entities(bio)}
+        theirs = {(t, s, e) for t, s, e in get_entities([x.replace("M-", "I-") for x in tags])}
+        assert ours == theirs, tags
 
 
 def test_read_conll_iob1(tmp_path):

@@ -113,3 +113,126 @@ def test_squad_data_and_paragraph_structure_and_byte_order_mark(tmp_path):
     with pytest.raises(DataError, match=r"bad.json: not UTF-8 text \(line 2: undecodable byte "
                                         r"0xe9 at byte 27 of the file"):
         read_squad(bad)
+
+
+# The official scripts' scoring, line for line (evaluate-v1.1.py, evaluate-v2.0.py)
+def _official_f1_v1(prediction, ground_truth):
+    import collections
+
+    prediction_tokens = normalize_answer(prediction).split()
+    ground_truth_tokens = normalize_answer(ground_truth).split()
+    common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(prediction_tokens)
+    recall = 1.0 * num_same / len(ground_truth_tokens)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def _official_v1(dataset, predictions):
+    f1 = exact = total = 0
+    for qa in dataset:
+        total += 1
+        golds = [a["text"] for a in qa["answers"]]
+        exact += max(float(normalize_answer(predictions[qa["id"]]) == normalize_answer(g))
+                     for g in golds)
+        f1 += max(_official_f1_v1(predictions[qa["id"]], g) for g in golds)
+    return {"exact_match": 100.0 * exact / total, "f1": 100.0 * f1 / total}
+
+
+def _official_v2(dataset, predictions):
+    exact, f1, has = {}, {}, {}
+    for qa in dataset:
+        qid = qa["id"]
+        has[qid] = bool(qa["answers"])
+        golds = [a["text"] for a in qa["answers"] if normalize_answer(a["text"])] or [""]
+        exact[qid] = max(int(normalize_answer(g) == normalize_answer(predictions[qid]))
+                         for g in golds)
+        f1[qid] = max(_compute_f1_v2(g, predictions[qid]) for g in golds)
+    out = {"exact_match": 100.0 * sum(exact.values()) / len(exact),
+           "f1": 100.0 * sum(f1.values()) / len(f1), "total": len(exact)}
+    for name, ids in (("HasAns", [k for k, v in has.items() if v]),
+                      ("NoAns", [k for k, v in has.items() if not v])):
+        if ids:
+            out[f"{name}_exact"] = 100.0 * sum(exact[k] for k in ids) / len(ids)
+            out[f"{name}_f1"] = 100.0 * sum(f1[k] for k in ids) / len(ids)
+            out[f"{name}_total"] = len(ids)
+    return out
+
+
+def _compute_f1_v2(a_gold, a_pred):
+    import collections
+
+    gold_toks, pred_toks = normalize_answer(a_gold).split(), normalize_answer(a_pred).split()
+    common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
+    num_same = sum(common.values())
+    if len(gold_toks) == 0 or len(pred_toks) == 0:
+        return int(gold_toks == pred_toks)
+    if num_same == 0:
+        return 0
+    precision, recall = 1.0 * num_same / len(pred_toks), 1.0 * num_same / len(gold_toks)
+    return (2 * precision * recall) / (precision + recall)
+
+
+WORDS = ["the", "The", "a", "an", ".", ",", "Paris", "paris", "1889", "tower", "Eiffel",
+         "in", "!", "France", "of"]
+
+
+@pytest.mark.parametrize("version", ["1.1", "v2.0"])
+def test_metrics_match_the_official_scripts_on_random_answers(version):
+    """Answers drawn from words that normalise away ("the", ".") and words
+    that do not: v1.1 files scored by the v1.1 script (every gold answer;
+    nothing in common scores 0, even two empty answers), v2.0 files by the
+    v2.0 script (with its HasAns/NoAns split)."""
+    import random
+
+    from bertdesk.data.squad import QAData, QAExample
+
+    rng = random.Random(0)
+
+    def text():
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
+
+    for _ in range(300):
+        qas, examples, preds = [], [], {}
+        for i in range(rng.randint(1, 6)):
+            golds = [text() for _ in range(rng.randint(1, 3))]
+            if version != "1.1" and rng.random() < 0.3:
+                golds = []
+            answers = [{"text": g, "answer_start": 0} for g in golds]
+            qas.append({"id": f"q{i}", "answers": answers})
+            examples.append(QAExample(f"q{i}", "?", "context", answers, not golds))
+            preds[f"q{i}"] = "" if rng.random() < 0.2 else text()
+        data = QAData(examples, "random", version)
+        ours = squad_metrics(preds, data)
+        official = (_official_v1 if version == "1.1" else _official_v2)(qas, preds)
+        assert ours == pytest.approx({"total": len(qas), **official})
+
+
+def test_rows_score_each_question_as_the_metrics_do(tmp_path):
+    """The per-question rows of a QA evaluation agree with the totals: a gold
+    answer "." scored by v1.1's rules (as the v1.1 script: EM 1, F1 0 for
+    the prediction "the")."""
+    from bertdesk.training.tasks import TASKS
+
+    data = read_squad(squad_file(tmp_path, [
+        {"id": "q1", "question": "Which?", "answers": [{"text": ".", "answer_start": 55}]},
+        {"id": "q2", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 42}]},
+    ]))
+    preds = {"q1": "the", "q2": "Paris France"}
+    rows = TASKS["qa"].rows(preds, data, {"version": "1.1"})
+    metrics = squad_metrics(preds, data)
+    assert [r["exact_match"] for r in rows] == [1.0, 0.0]
+    assert [r["f1"] for r in rows] == pytest.approx([0.0, 2 / 3])
+    assert metrics["exact_match"] == pytest.approx(100 * sum(r["exact_match"] for r in rows) / 2)
+    assert metrics["f1"] == pytest.approx(100 * sum(r["f1"] for r in rows) / 2)
+    assert "HasAns_exact" not in metrics  # v1.1: no split
+
+
+def test_v2_file_of_answerable_questions_has_its_has_answer_scores(tmp_path):
+    data = read_squad(squad_file(tmp_path, [
+        {"id": "q2", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 42}]},
+    ], version="v2.0"))
+    m = squad_metrics({"q2": "Paris"}, data)
+    assert m["HasAns_exact"] == 100.0 and m["HasAns_total"] == 1 and "NoAns_exact" not in m

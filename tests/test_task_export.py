@@ -261,3 +261,42 @@ def test_predict_reads_untagged_words_and_writes_every_labels_probability(tmp_pa
     for label in ("neg", "neu", "pos"):
         np.testing.assert_allclose(rows[f"p({label})"],
                                    [p["scores"][label] for p in probabilities], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["classify", "ner", "qa"])
+def test_converting_a_transformers_task_folder_keeps_its_task(tmp_path, tokenizer, kind):
+    """`convert` of a folder transformers wrote (a `BertFor...` task model,
+    no bertdesk entries) keeps head and labels both ways; a pooler the
+    folder lacked is not written (it was a random one)."""
+    from safetensors import safe_open
+
+    _, hf = exported(tmp_path, tokenizer, kind)
+    config = json.loads((hf / "config.json").read_text())
+    del config["bertdesk"]
+    (hf / "config.json").write_text(json.dumps(config))
+    batch = tokenizer(TEXTS[:2], TEXTS[1:], max_length=48, padding="longest")
+    source = load_model(hf)
+    expected = logits_of(source.model, batch)
+    for to in ("hf", "bertdesk"):
+        out = tmp_path / f"again-{to}"
+        assert cli_main(["convert", str(hf), str(out), "--to", to]) == 0
+        again = load_model(out)
+        assert (again.task, again.labels) == (source.task, source.labels)
+        np.testing.assert_allclose(logits_of(again.model, batch), expected, atol=1e-5)
+        with safe_open(str(out / "model.safetensors"), framework="np") as f:
+            names = set(f.keys())
+        assert any(n.startswith(("classifier.", "qa_outputs.")) for n in names)
+        assert any("pooler" in n for n in names) == (kind == "classify")
+    hf_config = json.loads((tmp_path / "again-hf" / "config.json").read_text())
+    assert hf_config["architectures"] == [config["architectures"][0]]
+    assert hf_config.get("id2label") == config.get("id2label")
+
+
+def test_a_task_folder_of_another_kind_is_refused_not_stripped(tmp_path, tokenizer):
+    _, hf = exported(tmp_path, tokenizer, "classify")
+    config = json.loads((hf / "config.json").read_text())
+    del config["bertdesk"]
+    config["architectures"] = ["BertForMultipleChoice"]
+    (hf / "config.json").write_text(json.dumps(config))
+    assert cli_main(["convert", str(hf), str(tmp_path / "out"), "--to", "hf"]) == 2
+    assert not (tmp_path / "out").exists()

@@ -42,18 +42,23 @@ def iob1_to_iob2(tags):
 
 
 def bmes_to_bio(tags):
-    """B-/M-/E-/S- (BMES, also BIOES with I-) to BIO."""
-    out = []
+    """B-/M-/E-/S- (BMES, also BIOES with I-) to BIO (IOB2). An entity ends at
+    its E- or S-: an M-/I-/E- after one (or after O, or another type's tag)
+    starts a new entity, as seqeval's default mode and conlleval read it
+    (`S-X E-X` is two entities, not one)."""
+    out, prev = [], "O"
     for tag in tags:
         if tag == "O":
             out.append(tag)
         elif tag[:2] in ("B-", "S-"):
             out.append("B-" + tag[2:])
         elif tag[:2] in ("M-", "I-", "E-"):
-            out.append("I-" + tag[2:])
+            inside = prev[:2] in ("B-", "M-", "I-") and prev[2:] == tag[2:]
+            out.append(("I-" if inside else "B-") + tag[2:])
         else:
             raise ValueError(tag)
-    return iob1_to_iob2(out)  # an entity that starts with M-/E- gets its B-
+        prev = tag
+    return out
 
 
 def _check_tag(tag, path, line, allowed):

@@ -167,14 +167,14 @@ def tune_null_threshold(examples, found, metric="f1"):
     may count part of a tie answered, a score no threshold reaches), and a
     span such as "the" that normalises to nothing scores as "" (the
     script counts any non-empty string as an answer)."""
-    from bertdesk.data.squad import exact_match, f1, normalize_answer
+    from bertdesk.data.squad import exact_match, f1, gold_texts
 
     score = {"f1": f1, "exact_match": exact_match}[metric]
     if not examples:
         raise ValueError("no examples to tune the null threshold on")
     total, gains = 0.0, []
     for ex, f in zip(examples, found):
-        golds = [a["text"] for a in ex.answers if normalize_answer(a["text"])] or [""]
+        golds = gold_texts(ex)  # (v2.0's rules: data with unanswerable questions)
         null = max(score("", g) for g in golds)
         total += null
         if f["null_diff"] is not None:

@@ -124,9 +124,12 @@ def exact_match(prediction, gold):
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def f1(prediction, gold):
+def f1(prediction, gold, v1=False):
+    """Token F1 of the normalised answers, as the official v2.0 script has it
+    (two answers that normalise to nothing, no answer and no answer, score
+    1) or, with `v1`, the v1.1 script (nothing in common scores 0)."""
     pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred_tokens or not gold_tokens:  # v2: empty answers
+    if not v1 and (not pred_tokens or not gold_tokens):
         return float(pred_tokens == gold_tokens)
     common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
     same = sum(common.values())
@@ -136,24 +139,54 @@ def f1(prediction, gold):
     return 2 * precision * recall / (precision + recall)
 
 
+def scored_as_v1(data):
+    """Whether `data` is scored by the official v1.1 script's rules: a file of
+    version 1.x whose every question has an answer. Others by v2.0's (the
+    v1.1 script cannot score a question without one)."""
+    return (str(data.version).strip().lower().lstrip("v").startswith("1")
+            and all(ex.answers and not ex.is_impossible for ex in data.examples))
+
+
+def gold_texts(ex, v1=False):
+    """The gold answers a prediction of `ex` is scored against: every one
+    (v1.1), or (v2.0) those that normalise to something, "" where none
+    does."""
+    if v1:
+        return [a["text"] for a in ex.answers] or [""]
+    return [a["text"] for a in ex.answers if normalize_answer(a["text"])] or [""]
+
+
+def answer_scores(prediction, ex, v1=False):
+    """(exact match, F1) of `prediction` for `ex`: the best over its gold
+    answers, fractions."""
+    golds = gold_texts(ex, v1)
+    return (max(exact_match(prediction, g) for g in golds),
+            max(f1(prediction, g, v1) for g in golds))
+
+
 def squad_metrics(predictions, data):
     """`predictions`: {id: answer text ('' for no answer)}. Returns percent
-    `exact_match` and `f1`, max over each question's gold answers; for v2
-    also `HasAns_*` and `NoAns_*`."""
+    `exact_match` and `f1` (max over each question's gold answers) and
+    `total`, by the official script of the data's version
+    (`scored_as_v1`); by v2.0's also `HasAns_*` and `NoAns_*` (`exact`,
+    `f1`, `total`) for the questions with gold answers and those without,
+    where there are any. Answers are compared word by word after the
+    script's normalisation (ASCII punctuation, English articles), so an
+    answer in a language written without spaces is one word: right or
+    wrong as a whole."""
+    v1 = scored_as_v1(data)
     em, f, has, no = [], [], [], []
     for ex in data.examples:
-        golds = [a["text"] for a in ex.answers if normalize_answer(a["text"])] or [""]
-        pred = predictions.get(ex.id, "")
-        e = max(exact_match(pred, g) for g in golds)
-        s = max(f1(pred, g) for g in golds)
+        e, s = answer_scores(predictions.get(ex.id, ""), ex, v1)
         em.append(e)
         f.append(s)
-        (no if ex.is_impossible else has).append((e, s))
+        (has if ex.answers else no).append((e, s))
     n = max(1, len(em))
     out = {"exact_match": 100 * sum(em) / n, "f1": 100 * sum(f) / n, "total": len(em)}
-    if no:
+    if not v1:
         for name, group in (("HasAns", has), ("NoAns", no)):
             if group:
                 out[f"{name}_exact"] = 100 * sum(e for e, _ in group) / len(group)
                 out[f"{name}_f1"] = 100 * sum(s for _, s in group) / len(group)
+                out[f"{name}_total"] = len(group)
     return out

@@ -17,7 +17,8 @@ from bertdesk.io.formats import (FORMATS, READERS, Checkpoint, config_to_hf,
                                  detect_format)
 from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, POOLER_NAMES, TASK_HEAD_PREFIXES,
                                  assign_backbone, backbone_tensors, build_without_values,
-                                 initialized_at_the_end, kept_open, validate)
+                                 head_in, initialized_at_the_end, kept_open, read_tied_bias,
+                                 validate)
 from bertdesk.io.safetensors_writer import save_safetensors
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
@@ -37,6 +38,7 @@ def read_checkpoint(folder, format=None):
     if format not in READERS:
         raise CheckpointError(f"unknown checkpoint format {format!r}; expected one of {FORMATS}")
     ckpt = READERS[format](folder)
+    read_tied_bias(ckpt.tensors)
     missing_optional, task_heads = validate(ckpt.tensors, ckpt.config, ckpt.weights_file)
     if missing_optional:
         warnings.warn(
@@ -90,31 +92,31 @@ def load_tokenizer(folder):
 
 def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_tensors=None,
                     overwrite=False, config_overrides=None, hf_architecture=None,
-                    hf_config=None):
+                    hf_config=None, without=()):
     """Write `backbone` (and its tokenizer) as a checkpoint folder.
 
     format "bertdesk": bertdesk.json + model.safetensors + vocab.txt.
     format "hf": config.json + model.safetensors + vocab.txt, loadable by
-    transformers' `BertModel.from_pretrained` (or `BertForPreTraining` when
-    `extra_tensors` hold the MLM and NSP heads).
+    transformers' `BertModel.from_pretrained`, or, where `extra_tensors`
+    hold pretraining heads, by the class they belong to
+    (`BertForPreTraining` for both, `BertForMaskedLM`,
+    `BertForNextSentencePrediction`).
 
-    The folder is assembled next to its destination and moved in place; an
-    existing folder is only touched with `overwrite=True`, file by file,
-    each replaced atomically, and the files of the model it held that these
-    do not replace removed (`_model_files`: another format's config, other
-    weights, a fast tokenizer's files); other files stay. `config_overrides`
-    replace entries of the saved architecture config (e.g. the dropout rates
-    a fine-tuning run should use when the backbone was trained with others).
-    `hf_architecture` and
-    `hf_config` (format "hf") name a task class of transformers whose head
-    is in `extra_tensors` (`classifier.*`, `qa_outputs.*`) and add its config
-    entries (`id2label`, ...).
+    The folder is written by `write_model_folder` (assembled beside its
+    destination and moved in; an existing folder only with `overwrite`).
+    `config_overrides` replace entries of the saved architecture config
+    (e.g. the dropout rates a fine-tuning run should use when the backbone
+    was trained with others). `hf_architecture` and `hf_config` (format
+    "hf") name a task class of transformers whose head is in
+    `extra_tensors` (`classifier.*`, `qa_outputs.*`) and add its config
+    entries (`id2label`, ...). `without` names canonical tensors to leave
+    out (the pooler of a checkpoint that had none: written, it would be
+    read back as trained weights).
     """
     if format not in ("bertdesk", "hf"):
         raise ValueError(f"format must be 'bertdesk' or 'hf', got {format!r}")
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder}: folder exists and is not empty (use overwrite=True)")
+    _refuse_filled(folder, overwrite)
     tensors = backbone_tensors(backbone)
     tensors.update(extra_tensors or {})
     config = backbone.architecture_config()
@@ -122,32 +124,33 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     if unknown:
         raise ValueError(f"config_overrides: unknown keys {sorted(unknown)}")
     config.update(config_overrides or {})
-    heads = all(n in tensors for n in MLM_NAMES + NSP_NAMES)
+    mlm, nsp = (all(n in tensors for n in names) for names in (MLM_NAMES, NSP_NAMES))
     task_head = any(k.startswith(TASK_HEAD_PREFIXES) for k in tensors)
     if task_head and (format != "hf" or hf_architecture is None):
         raise ValueError("task head tensors are written only with format='hf' and the "
                          "hf_architecture they belong to")
-    if hf_architecture in ("BertForTokenClassification", "BertForQuestionAnswering"):
-        # these heads read every position, and their transformers classes have no pooler
-        tensors = {k: v for k, v in tensors.items() if k not in POOLER_NAMES}
-    if format == "hf" and (heads or task_head):
+    if format == "hf" and hf_architecture is None and (mlm or nsp):
+        hf_architecture = ("BertForPreTraining" if mlm and nsp else
+                           "BertForMaskedLM" if mlm else "BertForNextSentencePrediction")
+    if hf_architecture in NO_POOLER:
+        without = (*without, *POOLER_NAMES)  # these transformers classes have none
+    tensors = {k: v for k, v in tensors.items() if k not in without}
+    if format == "hf" and hf_architecture is not None:
         # transformers' Bert*For* layout: the backbone under `bert.`
         keep = ("cls.",) + TASK_HEAD_PREFIXES
         tensors = {(k if k.startswith(keep) else "bert." + k): v for k, v in tensors.items()}
-    if format == "hf" and heads:
-        # and BertForPreTraining's explicit copies of the tied decoder weights
-        # (written from the same arrays: no copy needed)
+    if format == "hf" and mlm:
+        # and the explicit copies of the tied decoder weights (written from
+        # the same arrays: no copy needed)
         tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
         tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"]
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    try:
+
+    def write(staging):
         save_safetensors(staging / "model.safetensors", tensors)
         if tokenizer is not None:
             tokenizer.save(staging)
         if format == "hf":
-            hf = config_to_hf(config, [hf_architecture] if hf_architecture else
-                              ["BertForPreTraining"] if heads else ["BertModel"])
+            hf = config_to_hf(config, [hf_architecture or "BertModel"])
             hf.update(hf_config or {})
             atomic_write_text(staging / "config.json", json.dumps(hf, indent=2))
         else:
@@ -156,25 +159,55 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
                 meta["tokenizer"] = {"lowercase": tokenizer.lowercase,
                                      "strip_accents": tokenizer.strip_accents}
             atomic_write_text(staging / "bertdesk.json", json.dumps(meta, indent=2))
+
+    return write_model_folder(folder, write, overwrite)
+
+
+# transformers' classes for BERT whose models have no pooler
+NO_POOLER = ("BertForMaskedLM", "BertForTokenClassification", "BertForQuestionAnswering")
+
+
+def _refuse_filled(folder, overwrite):
+    if not overwrite and folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: folder exists and is not empty (use overwrite=True)")
+
+
+def write_model_folder(folder, write, overwrite=False):
+    """Write a model folder: `write(staging)` fills a new folder beside
+    `folder`, which is then renamed into place whole. With `overwrite`, an
+    existing folder gets the new files one by one, each replaced
+    atomically: first the model files it holds that the new ones do not
+    replace (`_model_files`: another format's config, other weights, a
+    fast tokenizer's files) and its descriptors (the config files a reader
+    starts from) go, then the new files move in, the new descriptor last;
+    a stop in between leaves no model, never new weights read with an old
+    config or labels. Other files (the user's) stay. Returns `folder`.
+    FileExistsError for a folder that is not empty, without `overwrite`."""
+    folder = Path(folder)
+    _refuse_filled(folder, overwrite)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial",
+                                    dir=folder.parent))
+    try:
+        write(staging)
         if not folder.exists():
             os.rename(staging, folder)
-        else:
-            written = {item.name for item in staging.iterdir()}
-            # the model files of any format that this one does not replace go
-            # first (a reader would pair them with the new files), the new
-            # descriptor last: a stop in between leaves no model, never a mix
-            for stale in _model_files(folder):
-                if stale.name not in written:
-                    stale.unlink()
-            descriptor = "config.json" if format == "hf" else "bertdesk.json"
-            for name in sorted(written, key=lambda name: name == descriptor):
-                os.replace(staging / name, folder / name)
-            staging.rmdir()
+            return folder
+        written = {item.name for item in staging.iterdir()}
+        for stale in _model_files(folder):
+            if stale.name not in written or stale.name in _DESCRIPTORS:
+                stale.unlink()
+        for name in sorted(written, key=lambda name: name in _DESCRIPTORS):
+            os.replace(staging / name, folder / name)
+        staging.rmdir()
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return folder
 
+
+# The files a reader starts from (`formats.detect_format`)
+_DESCRIPTORS = {"bertdesk.json", "config.json", "bert_config.json"}
 
 # The files a checkpoint reader or transformers consults in a model folder
 # (configs, weights of every format, tokenizer files)
@@ -199,22 +232,43 @@ def _model_files(folder):
 def convert(src, dst, to="bertdesk", overwrite=False):
     """Convert the checkpoint folder `src` to format `to` ("hf" or "bertdesk")
     in `dst`, heads (MLM, NSP) included when present. A fine-tuned model
-    folder (`bertdesk finetune`'s `model/`) becomes, in format "hf", the
-    transformers task model of its task, head, labels and all."""
+    (`bertdesk finetune`'s `model/`, or a transformers task model folder:
+    `BertForSequenceClassification`, `BertForTokenClassification`,
+    `BertForQuestionAnswering`) stays one, head, labels and all: in format
+    "hf" the transformers task model of its task, in format "bertdesk" the
+    folder `bertdesk finetune` writes. A pooler the source did not have is
+    not written."""
     import keras  # noqa: F401  (a backend is needed to build the model)
 
+    if to not in ("bertdesk", "hf"):
+        raise ValueError(f"format must be 'bertdesk' or 'hf', got {to!r}")
     ckpt = read_checkpoint(src)
+    without = () if all(n in ckpt.tensors for n in POOLER_NAMES) else POOLER_NAMES
+    if ckpt.metadata["task_heads"] or ckpt.metadata.get("task"):
+        return _convert_task_model(ckpt, dst, to, overwrite, without)
     backbone = load_backbone(src)
-    # (by name first: a lazily read checkpoint reads only these)
-    extra = {k: ckpt.tensors[k] for k in ckpt.tensors if k in MLM_NAMES + NSP_NAMES}
-    architecture = hf_config = None
-    if to == "hf" and ckpt.format == "bertdesk" and ckpt.metadata.get("task"):
-        from bertdesk.tasks.saving import hf_task_config
-
-        architecture, hf_config = hf_task_config(ckpt.metadata, ckpt.folder / "bertdesk.json")
-        extra.update({k: ckpt.tensors[k] for k in ckpt.tensors
-                      if k.startswith(TASK_HEAD_PREFIXES)})
+    extra = {}
+    for names in (MLM_NAMES, NSP_NAMES):
+        if head_in(ckpt.tensors, names, ckpt.weights_file):
+            extra.update({name: ckpt.tensors[name] for name in names})
     tokenizer = load_tokenizer(src) if ckpt.vocab_file is not None else None
     return save_pretrained(backbone, dst, tokenizer=tokenizer, format=to,
-                           extra_tensors=extra, overwrite=overwrite,
-                           hf_architecture=architecture, hf_config=hf_config)
+                           extra_tensors=extra, overwrite=overwrite, without=without)
+
+
+def _convert_task_model(ckpt, dst, to, overwrite, without):
+    from bertdesk.tasks.saving import hf_task_config, load_model, save_task_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no pooler weights")  # (read already)
+        tuned = load_model(ckpt.folder)
+    if to == "bertdesk":
+        return save_task_model(tuned.model, dst, tuned.tokenizer, tuned.task, tuned.head,
+                               tuned.meta.get("training_args"), overwrite=overwrite,
+                               without=without)
+    source = ckpt.folder / ("bertdesk.json" if ckpt.format == "bertdesk" else "config.json")
+    architecture, hf_config = hf_task_config(tuned.meta, source)
+    return save_pretrained(tuned.model.backbone, dst, tokenizer=tuned.tokenizer, format="hf",
+                           extra_tensors=tuned.model.head_tensors(), overwrite=overwrite,
+                           hf_architecture=architecture, hf_config=hf_config,
+                           without=without)

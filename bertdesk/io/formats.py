@@ -103,6 +103,12 @@ def config_from_hf(hf, source):
             f"{source}: position_embedding_type {hf['position_embedding_type']!r} "
             "is not supported (expected 'absolute')"
         )
+    for field, what in (("is_decoder", "causal (decoder) attention"),
+                        ("add_cross_attention", "cross-attention layers")):
+        if hf.get(field):
+            raise CheckpointError(
+                f"{source}: {field} is {hf[field]!r} ({what}); bertdesk implements BERT's "
+                "bidirectional encoder only")
     config = {ours: hf[theirs] for theirs, ours in HF_CONFIG_KEYS.items() if theirs in hf}
     config.setdefault("max_sequence_length", 512)
     config.setdefault("type_vocabulary_size", 2)
@@ -280,6 +286,10 @@ class LazyTensors(Mapping):
         """The tensor's shape, without reading it."""
         return self._where[key][2]
 
+    def alias(self, key, existing):
+        """Read the tensor `existing` under the name `key` too."""
+        self._where[key] = self._where[existing]
+
 
 def safetensors_tensors(files):
     """The tensors of safetensors `files`, read on demand."""
@@ -339,15 +349,21 @@ def _open_torch_bin(path):
     return read_one
 
 
-def torch_bin_tensors(path):
-    """The tensors of a `pytorch_model.bin`: read on demand from the zip
-    format PyTorch has written since 1.6 (its storages can be mapped); an
-    older file is read whole."""
-    if zipfile.is_zipfile(path):
-        return LazyTensors([path], _torch_bin_names, opener=_open_torch_bin)
-    state = _torch_bin_state(path)
-    return _canonical({k: v.float().numpy() if v.is_floating_point() else v.numpy()
-                       for k, v in state.items()}, path)
+def torch_bin_tensors(paths):
+    """The tensors of `pytorch_model.bin` files (one, or a sharded
+    checkpoint's): read on demand from the zip format PyTorch has written
+    since 1.6 (its storages can be mapped); older files are read whole."""
+    if all(zipfile.is_zipfile(path) for path in paths):
+        return LazyTensors(paths, _torch_bin_names, opener=_open_torch_bin)
+    out = {}
+    for path in paths:
+        for key, value in _canonical(
+                {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+                 for k, v in _torch_bin_state(path).items()}, path).items():
+            if key in out:
+                raise CheckpointError(f"{path}: tensor {key!r} appears twice")
+            out[key] = value
+    return out
 
 
 def _canonical(raw, source):
@@ -364,23 +380,46 @@ def read_hf(folder):
     folder = Path(folder)
     config = config_from_hf(read_json(folder / "config.json"), folder / "config.json")
     index = folder / "model.safetensors.index.json"
+    bin_index = folder / "pytorch_model.bin.index.json"
     if (folder / "model.safetensors").is_file():
         weights_file = folder / "model.safetensors"
         tensors = safetensors_tensors([weights_file])
     elif index.is_file():
         weights_file = index
-        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
-        tensors = safetensors_tensors([folder / shard for shard in shards])
+        tensors = safetensors_tensors(_shards(index))
     elif (folder / "pytorch_model.bin").is_file():
         weights_file = folder / "pytorch_model.bin"
-        tensors = torch_bin_tensors(weights_file)
+        tensors = torch_bin_tensors([weights_file])
+    elif bin_index.is_file():
+        weights_file = bin_index
+        tensors = torch_bin_tensors(_shards(bin_index))
     else:
         raise CheckpointError(
-            f"{folder}: config.json found but no weights: expected model.safetensors "
-            "or pytorch_model.bin"
+            f"{folder}: config.json found but no weights: expected model.safetensors, "
+            "pytorch_model.bin or a sharded checkpoint's model.safetensors.index.json or "
+            "pytorch_model.bin.index.json"
         )
     return Checkpoint("hf", folder, config, tensors, weights_file,
                       vocab_file=_vocab_file(folder))
+
+
+def _shards(index):
+    """The weight files a sharded checkpoint's index names (its `weight_map`
+    values): plain file names beside it, each there."""
+    contents = read_json(index)
+    weight_map = contents.get("weight_map") if isinstance(contents, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: expected a non-empty 'weight_map' object "
+                              "(tensor name -> shard file)")
+    shards = []
+    for shard in sorted(set(map(str, weight_map.values()))):
+        if Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointError(f"{index}: shard {shard!r} is not a file name in the "
+                                  "checkpoint's folder")
+        if not (index.parent / shard).is_file():
+            raise CheckpointError(f"{index}: names the shard {shard!r}, which is not there")
+        shards.append(index.parent / shard)
+    return shards
 
 
 _GOOGLE_SKIP = re.compile(r"(^|/)(adam_[mv]|global_step|good_steps|bad_steps|loss_scale)($|/)")

@@ -91,6 +91,62 @@ def tensor_shape(tensors, name):
     return tuple(shape(name)) if callable(shape) else tuple(np.shape(tensors[name]))
 
 
+def head_in(tensors, names, source):
+    """Whether `tensors` hold the whole head of canonical `names` (MLM_NAMES
+    or NSP_NAMES): False where they hold none of it. CheckpointError naming
+    `source` for part of a head (the rest would stay random, silently), and
+    for a masked-LM decoder that is not the token embedding: bertdesk's
+    `BertMaskedLMHead` multiplies by the token embedding (the decoder tied
+    to it, as in BERT), so a checkpoint trained with its own decoder
+    (`tie_word_embeddings: false`) would give other logits."""
+    present = [n for n in names if n in tensors]
+    if not present:
+        return False
+    if len(present) < len(names):
+        missing = [n for n in names if n not in tensors]
+        raise CheckpointError(
+            f"{source}: part of a {'masked-LM' if names == MLM_NAMES else 'next-sentence'} "
+            f"head: it has {', '.join(map(repr, present))} but lacks "
+            f"{', '.join(map(repr, missing))}")
+    if names == MLM_NAMES:
+        for copy, tied in TIED_COPIES.items():
+            if copy not in tensors:
+                continue
+            if tensor_shape(tensors, copy) != tensor_shape(tensors, tied):
+                gap = f"shape {tensor_shape(tensors, copy)}, not {tensor_shape(tensors, tied)}"
+            else:
+                a, b = tensors[copy], tensors[tied]
+                if np.array_equal(a, b):
+                    continue
+                gap = f"by up to {float(np.max(np.abs(a - b))):.3g}"
+            raise CheckpointError(
+                f"{source}: {copy!r} differs from {tied!r} ({gap}): the masked-LM "
+                "decoder is not tied to the token embedding, which bertdesk's "
+                "BertMaskedLMHead computes its logits with (load the backbone alone, or "
+                "a checkpoint with tied weights)")
+    return True
+
+
+# The copies transformers writes of tied weights, and the tensor each copies
+TIED_COPIES = {"cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
+               "cls.predictions.decoder.bias": "cls.predictions.bias"}
+
+
+def read_tied_bias(tensors):
+    """`tensors` with the masked-LM output bias read from its decoder copy
+    (`cls.predictions.decoder.bias`) where the checkpoint stores only that
+    one, as transformers reads such a file; the same `tensors` otherwise."""
+    bias, copy = "cls.predictions.bias", "cls.predictions.decoder.bias"
+    if bias in tensors or copy not in tensors:
+        return tensors
+    alias = getattr(tensors, "alias", None)
+    if callable(alias):  # (`formats.LazyTensors`: no read)
+        alias(bias, copy)
+    else:
+        tensors[bias] = tensors[copy]
+    return tensors
+
+
 def validate(tensors, config, source):
     """Check names and shapes of canonical `tensors` against `config`.
 

@@ -72,15 +72,20 @@ class BertPretrainingModel(BuildsOptimizerFirst, ReleasesGradients, BackboneAsOn
     @classmethod
     def from_pretrained(cls, folder, **overrides):
         """Backbone and, when the checkpoint has them, MLM and NSP head
-        weights; heads absent from the checkpoint stay randomly initialised."""
+        weights; heads absent from the checkpoint stay randomly initialised.
+        `CheckpointError` for part of a head, or a masked-LM decoder not tied
+        to the token embedding (`io.mapping.head_in`)."""
         from bertdesk.io import load_backbone, read_checkpoint
-        from bertdesk.io.mapping import MLM_NAMES, NSP_NAMES, assign_mlm_head, assign_nsp_head
+        from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, assign_mlm_head,
+                                         assign_nsp_head, head_in)
 
         ckpt = read_checkpoint(folder)
+        mlm = head_in(ckpt.tensors, MLM_NAMES, ckpt.weights_file)
+        nsp = head_in(ckpt.tensors, NSP_NAMES, ckpt.weights_file)
         model = cls(load_backbone(folder, **overrides))
-        if all(n in ckpt.tensors for n in MLM_NAMES):
+        if mlm:
             assign_mlm_head(model.mlm_head, ckpt.tensors)
-        if all(n in ckpt.tensors for n in NSP_NAMES):
+        if nsp:
             assign_nsp_head(model.nsp_head, ckpt.tensors)
         return model
 

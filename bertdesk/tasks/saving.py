@@ -11,9 +11,6 @@ them.
 """
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +47,13 @@ TASK_MODEL_FILES = frozenset({"model.safetensors", "bertdesk.json", "vocab.txt",
 
 
 def save_task_model(model, folder, tokenizer, task, head_config, training_args=None,
-                    overwrite=False):
-    """Write a fine-tuned model folder; assembled beside `folder`, then moved
-    in (or, with `overwrite`, each file replaced atomically)."""
+                    overwrite=False, without=()):
+    """Write a fine-tuned model folder (`io.write_model_folder`: assembled
+    beside `folder` and moved in; over an existing folder only with
+    `overwrite`, the old model's descriptor gone before any new file moves
+    in). `without` names canonical tensors to leave out (a pooler the
+    model's checkpoint never had)."""
+    from bertdesk.io import write_model_folder
     from bertdesk.io.mapping import backbone_tensors, refuse_quantized
     from bertdesk.io.safetensors_writer import save_safetensors
 
@@ -61,25 +62,19 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder}: folder exists and is not empty")
     tensors = {**backbone_tensors(model.backbone), **model.head_tensors()}
-    tensors = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+    tensors = {k: np.asarray(v, np.float32) for k, v in tensors.items() if k not in without}
     meta = {"format": "bertdesk", "version": 1, "task": task,
             "backbone": model.backbone.architecture_config(),
             "tokenizer": {"lowercase": tokenizer.lowercase,
                           "strip_accents": tokenizer.strip_accents},
             "head": head_config, "training_args": training_args or {}}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial",
-                                    dir=folder.parent))
-    try:
+
+    def write(staging):
         save_safetensors(staging / "model.safetensors", tensors)
         tokenizer.save(staging)
         atomic_write_text(staging / "bertdesk.json", json.dumps(meta, indent=2))
-        folder.mkdir(parents=True, exist_ok=True)
-        for item in staging.iterdir():
-            os.replace(item, folder / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    return write_model_folder(folder, write, overwrite)
 
 
 def assign_classifier(model, tensors, source):

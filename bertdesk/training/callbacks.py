@@ -116,8 +116,7 @@ class ValidationCallback(keras.callbacks.Callback):
             if isinstance(v, (int, float)):
                 logs[f"val_{k}"] = v
         value = metrics.get(self.monitor)
-        improved = value is not None and (
-            self.best is None or (value > self.best if self.mode == "max" else value < self.best))
+        improved = _improves(value, self.best, self.mode)
         if improved:
             self.best = value
         logs["_improved"] = improved
@@ -127,6 +126,22 @@ class ValidationCallback(keras.callbacks.Callback):
             "monitor": self.monitor, "improved": bool(improved), "best": self.best}
         if not self.defer:
             self.sink(self.last_event)
+
+
+def _improves(value, best, mode):
+    """Whether the monitored `value` improves on `best` (None: none yet). NaN
+    (an undefined correlation, a diverged model) is worse than any number:
+    it is the best only while there is none, and any number improves on it
+    (compared as numbers, a NaN best would never be improved on)."""
+    if value is None:
+        return False
+    if best is None:
+        return True
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value > best if mode == "max" else value < best
 
 
 class BestModelKeeper(keras.callbacks.Callback):

@@ -372,17 +372,16 @@ class QaTask:
         return out
 
     def rows(self, scores, data, head):
-        from bertdesk.data.squad import exact_match, f1
+        from bertdesk.data.squad import answer_scores, scored_as_v1
 
+        v1 = scored_as_v1(data)  # (scored as `metrics` scores them)
         rows = []
         for ex in data.examples:
-            golds = [a["text"] for a in ex.answers] or [""]
             pred = scores.get(ex.id, "")
+            em, f1 = answer_scores(pred, ex, v1)
             rows.append({"id": ex.id, "question": ex.question, "prediction": pred,
-                         "gold": " | ".join(golds),
-                         "exact_match": max(exact_match(pred, g) for g in golds),
-                         "f1": max(f1(pred, g) for g in golds),
-                         "correct": max(exact_match(pred, g) for g in golds) == 1.0})
+                         "gold": " | ".join(a["text"] for a in ex.answers),
+                         "exact_match": em, "f1": f1, "correct": em == 1.0})
         return rows
 
     def describe(self, train, validation, head):

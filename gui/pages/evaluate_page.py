@@ -19,7 +19,7 @@ from bertdesk_gui.frame_model import plain_tip
 # === Reading a run's results ===
 
 SCALARS = {  # metric key -> shown name, in display order
-    "accuracy": "accuracy", "macro_f1": "macro F1", "micro_f1": "micro F1",
+    "accuracy": "accuracy", "macro_f1": "macro F1", "micro_f1": "micro F1", "mcc": "MCC",
     "exact_match": "exact match", "precision": "precision", "recall": "recall", "f1": "F1",
     "HasAns_exact": "has-answer EM", "HasAns_f1": "has-answer F1",
     "NoAns_exact": "no-answer EM", "NoAns_f1": "no-answer F1",
@@ -68,7 +68,8 @@ def is_percent(task):
 
 
 def metric_name(key, task):
-    return "gold entities" if (key, task) == ("support", "ner") else SCALARS.get(key, key)
+    special = {("support", "ner"): "gold entities", ("f1", "classify"): "binary F1"}
+    return special.get((key, task)) or SCALARS.get(key, key)
 
 
 def format_value(key, value, task):
@@ -102,7 +103,9 @@ def breakdown(metrics, task):
         rows = [(str(t), r) for t, r in metrics["per_type"].items()]
         head = "entity type"
     elif any(k.startswith(("HasAns_", "NoAns_")) for k in metrics):
-        rows = [(group, {"exact_match": metrics[f"{group}_exact"], "f1": metrics[f"{group}_f1"]})
+        rows = [(group, {"exact_match": metrics[f"{group}_exact"], "f1": metrics[f"{group}_f1"],
+                         **({"support": metrics[f"{group}_total"]}
+                            if f"{group}_total" in metrics else {})})
                 for group in ("HasAns", "NoAns") if f"{group}_exact" in metrics]
         head = "questions"
     else:
