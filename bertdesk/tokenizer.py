@@ -8,6 +8,7 @@ parallel, keeping 100k sentences to seconds.
 
 import json
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -17,13 +18,32 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
+# Where a model folder keeps its vocabulary, in the order they are looked for:
+# bertdesk's, transformers' and Google's file; keras-hub's; and the fast
+# tokenizer's file alone, all transformers 5 writes.
+VOCAB_FILES = ("vocab.txt", "assets/tokenizer/vocabulary.txt", "tokenizer.json")
+
+
+def find_vocab(folder):
+    """The vocabulary file of a model folder (`VOCAB_FILES`), or None."""
+    folder = Path(folder)
+    return next((folder / name for name in VOCAB_FILES if (folder / name).is_file()), None)
+
+
 def read_vocab(path):
-    """Read a `vocab.txt` (one word piece per line, id = line number)."""
+    """Read a `vocab.txt` (one word piece per line, id = line number), or the
+    WordPiece vocabulary of a `tokenizer.json` (its added tokens included)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: vocabulary file not found")
     from bertdesk.io.errors import CheckpointError  # a folder's file: the command line reports it
 
+    if path.suffix == ".json":
+        tokens = _tokenizer_json_vocab(path)
+        missing = [t for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]") if t not in set(tokens)]
+        if missing:
+            raise CheckpointError(f"{path}: vocabulary lacks the special tokens {missing}")
+        return tokens
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not the first piece
     except UnicodeDecodeError as e:
@@ -42,6 +62,38 @@ def read_vocab(path):
     missing = [t for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]") if t not in seen]
     if missing:
         raise CheckpointError(f"{path}: vocabulary lacks the special tokens {missing}")
+    return tokens
+
+
+def _tokenizer_json_vocab(path):
+    """The word pieces of a `tokenizer.json`'s WordPiece model, by id."""
+    from bertdesk.io.errors import CheckpointError
+    from bertdesk.io.formats import read_json
+
+    data = read_json(path)
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "WordPiece" or not isinstance(
+            model.get("vocab"), dict):
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise CheckpointError(f"{path}: expected a WordPiece tokenizer's vocabulary "
+                              f"(model.type 'WordPiece' with a 'vocab'), got {kind!r}")
+    by_id = {}
+    entries = list(model["vocab"].items()) + [
+        (t.get("content"), t.get("id")) for t in data.get("added_tokens") or []
+        if isinstance(t, dict)]
+    for token, i in entries:
+        if not isinstance(token, str) or not isinstance(i, int) or isinstance(i, bool):
+            raise CheckpointError(f"{path}: vocabulary entry {token!r}: {i!r} is not "
+                                  "a token and its id")
+        if by_id.setdefault(i, token) != token:
+            raise CheckpointError(f"{path}: id {i} is both {by_id[i]!r} and {token!r}")
+    if sorted(by_id) != list(range(len(by_id))):
+        gaps = sorted(set(range(max(by_id, default=-1) + 1)) - set(by_id))[:5]
+        raise CheckpointError(f"{path}: vocabulary ids are not 0..{len(by_id) - 1} "
+                              f"(missing {gaps})")
+    tokens = [by_id[i] for i in range(len(by_id))]
+    if len(set(tokens)) != len(tokens):
+        raise CheckpointError(f"{path}: a token appears under two ids")
     return tokens
 
 
@@ -91,7 +143,7 @@ class BertTokenizer:
         tok.decoder = decoders.WordPiece(prefix="##")
         # Special tokens in the text are matched whole, never split.
         tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])
-        self._tokenizer = tok
+        self._tokenizer = _TakesAnyText(tok)
         self.pad_token_id = vocab["[PAD]"]
         self.cls_token_id = cls_id
         self.sep_token_id = sep_id
@@ -101,16 +153,13 @@ class BertTokenizer:
     # === Loading and saving ===
     @classmethod
     def from_pretrained(cls, folder):
-        """Read `vocab.txt` (or keras-hub's `assets/tokenizer/vocabulary.txt`)
-        and the casing from the folder's config files."""
+        """Read the folder's vocabulary (`vocab.txt`, keras-hub's
+        `assets/tokenizer/vocabulary.txt`, or the `tokenizer.json` alone that
+        transformers 5 saves) and the casing from its config files."""
         folder = Path(folder)
-        vocab = next(
-            (folder / name for name in ("vocab.txt", "assets/tokenizer/vocabulary.txt")
-             if (folder / name).is_file()),
-            None,
-        )
+        vocab = find_vocab(folder)
         if vocab is None:
-            raise FileNotFoundError(f"{folder}: no vocab.txt in this folder")
+            raise FileNotFoundError(f"{folder}: no vocab.txt (or tokenizer.json) in this folder")
         return cls(vocab, **_settings_from_folder(folder))
 
     def save(self, folder):
@@ -204,7 +253,12 @@ class BertTokenizer:
                 continue
             first, last = spans.get(word, (start, end))
             spans[word] = (min(first, start), max(last, end))
-        return [(start, span_end(text, end)) for start, end in (spans[w] for w in sorted(spans))]
+        words = [spans[w] for w in sorted(spans)]
+        # a word's trailing marks stop where the next word starts (a keycap's
+        # enclosing mark may be a word of its own)
+        nexts = [start for start, _ in words[1:]] + [len(text)]
+        return [(start, min(span_end(text, end), max(end, following)))
+                for (start, end), following in zip(words, nexts)]
 
     def __call__(self, texts, text_pairs=None, max_length=128, padding="max_length",
                  return_offsets=False, return_word_ids=False):
@@ -268,6 +322,45 @@ class BertTokenizer:
         return out
 
 
+class _TakesAnyText:
+    """A `tokenizers.Tokenizer` whose `encode` and `encode_batch` also take
+    text holding lone surrogates (a JSON file's `"\\ud83d"` escape of half an
+    emoji reads as one): the Rust core refuses such a string (TypeError
+    "TextInputSequence must be str"), so each is read as U+FFFD, the
+    replacement character, which keeps every offset (one code point for
+    one) and becomes [UNK]. Everything else is the tokenizer's own."""
+
+    def __init__(self, tokenizer):
+        self._inner = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode(self, *args, **kwargs):
+        try:
+            return self._inner.encode(*args, **kwargs)
+        except TypeError:
+            return self._inner.encode(*_replace_surrogates(args), **kwargs)
+
+    def encode_batch(self, inputs, *args, **kwargs):
+        try:
+            return self._inner.encode_batch(inputs, *args, **kwargs)
+        except TypeError:
+            return self._inner.encode_batch(_replace_surrogates(inputs), *args, **kwargs)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(value):
+    """`value` (text, or lists and tuples of it) with lone surrogates as U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(map(_replace_surrogates, value))
+    return value
+
+
 def span_end(text, end):
     """`end` moved past the marks that belong to the character before it:
     combining accents (an uncased tokenizer strips them: "Zoe\u0301" is the
@@ -294,9 +387,8 @@ def _settings_from_folder(folder):
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         if name == "tokenizer.json" and isinstance(data.get("config"), dict):
             data = data["config"]  # keras-hub tokenizer.json
-        elif name == "tokenizer.json" and isinstance(data.get("normalizer"), dict):
-            data = {"do_lower_case": data["normalizer"].get("lowercase", True),
-                    "strip_accents": data["normalizer"].get("strip_accents")}
+        elif name == "tokenizer.json":
+            data = _bert_normalizer_settings(data.get("normalizer"))
         elif name == "bertdesk.json":
             data = data.get("tokenizer", {})
         if not isinstance(data, dict):
@@ -311,3 +403,18 @@ def _settings_from_folder(folder):
     # Google's folders record casing only in their name (e.g. uncased_L-12_H-768_A-12).
     name = folder.resolve().name.lower()
     return {"lowercase": "uncased" in name or "cased" not in name, "strip_accents": None}
+
+
+def _bert_normalizer_settings(normalizer):
+    """tokenizer_config.json's settings from a `tokenizer.json`'s
+    BertNormalizer (alone or inside a Sequence), or None without one."""
+    if not isinstance(normalizer, dict):
+        return None
+    if normalizer.get("type") == "Sequence":
+        inner = [_bert_normalizer_settings(n) for n in normalizer.get("normalizers") or []]
+        return next((settings for settings in inner if settings), None)
+    if normalizer.get("type") != "BertNormalizer":
+        return None
+    return {"do_lower_case": normalizer.get("lowercase", True),
+            "strip_accents": normalizer.get("strip_accents"),
+            "tokenize_chinese_chars": normalizer.get("handle_chinese_chars", True)}

@@ -447,10 +447,10 @@ def describe_model(source):
             config = config_from_hf(read_json(folder / name), folder / name)
             title += " (Hugging Face)" if fmt == "hf" else " (Google TF checkpoint)"
         vocab = config["vocabulary_size"]
-        vocab_file = next((folder / n for n in ("vocab.txt", "assets/tokenizer/vocabulary.txt")
-                           if (folder / n).is_file()), None)
-        if vocab_file is None:
-            raise CheckpointError(f"{folder}: no vocab.txt")
+        from bertdesk.tokenizer import find_vocab
+
+        if find_vocab(folder) is None:
+            raise CheckpointError(f"{folder}: no vocab.txt (or tokenizer.json)")
     h, i, n = config["hidden_dim"], config["intermediate_dim"], config["num_layers"]
     p = config.get("max_sequence_length", 512)
     t = config.get("type_vocabulary_size", 2)

@@ -736,3 +736,19 @@ def test_an_overwrite_stopped_midway_leaves_no_model_never_a_mix(tmp_path, hf_ti
     with pytest.raises(CheckpointError, match="not a checkpoint folder"):
         read_checkpoint(target)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_transformers_5_folder_without_vocab_txt(tmp_path, hf_tiny):
+    """transformers 5 saves a tokenizer as `tokenizer.json` alone: the
+    checkpoint's vocabulary is read from it (and checked against the
+    embedding), and a conversion writes it out as vocab.txt."""
+    from transformers import BertTokenizerFast
+
+    hf_model, folder, _ = hf_tiny
+    hf5 = copy_folder(folder, tmp_path / "hf5")
+    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(str(hf5))
+    (hf5 / "vocab.txt").unlink()
+    assert read_checkpoint(hf5).vocab_file.name == "tokenizer.json"
+    bertdesk.io.convert(hf5, tmp_path / "bd")
+    assert (tmp_path / "bd" / "vocab.txt").read_text() == (folder / "vocab.txt").read_text()
+    assert_same_as_hf(BertPretrainingModel.from_pretrained(tmp_path / "bd"), hf_model)

@@ -175,3 +175,57 @@ def test_saved_settings_come_back(tmp_path):
         True, False, False)
     batch = again(["Café 中文"], max_length=8)
     assert [vocabulary[i] for i in batch["token_ids"][0][1:3]] == ["café", "中文"]
+
+
+def test_a_folder_transformers_5_saved_reads_its_tokenizer_json(tmp_path, minilm_folder):
+    """transformers 5 saves `tokenizer.json` and `tokenizer_config.json`, no
+    vocab.txt: the vocabulary comes from its WordPiece model, the settings
+    from its normalizer (alone, or inside a Sequence) where the config has
+    none."""
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(minilm_folder)).save_pretrained(str(tmp_path))
+    assert not (tmp_path / "vocab.txt").exists()
+    ours = BertTokenizer.from_pretrained(tmp_path)
+    assert ours.vocabulary == read_vocab(minilm_folder / "vocab.txt")
+    texts = ["Hello 中文 World, déjà vu!", "Zoë's café"]
+    reference = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert [ours.encode(t) for t in texts] == [reference(t)["input_ids"] for t in texts]
+
+    (tmp_path / "tokenizer_config.json").unlink()  # the normalizer's settings, then
+    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    bert = dict(data["normalizer"], lowercase=False, handle_chinese_chars=False)
+    data["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}, bert]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    again = BertTokenizer.from_pretrained(tmp_path)
+    assert (again.lowercase, again.tokenize_chinese_chars) == (False, False)
+
+    data["model"]["vocab"]["[CLS]"] = 5  # two tokens under one id
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(Exception, match="tokenizer.json: id 5 is both"):
+        BertTokenizer.from_pretrained(tmp_path)
+
+
+def test_word_spans_never_overlap(vocab_file):
+    """A word's trailing marks (accents, enclosing marks) stop where the next
+    word begins: a keycap's enclosing mark is a word of its own."""
+    tok = BertTokenizer(vocab_file)
+    for text in ["call #\ufe0f\u20e3 now", "a.\u0301b", "Zoe\u0301 x", "1\u20e3\u20e3 2"]:
+        spans = tok.word_spans(text)
+        assert all(end <= following for (_, end), (following, _) in zip(spans, spans[1:])), \
+            (text, spans)
+    assert tok.word_spans("Zoe\u0301 x") == [(0, 4), (5, 6)]  # the accent stays its word's
+
+
+def test_lone_surrogates_read_as_replacement_characters(vocab_file):
+    """Half an emoji from a JSON escape: the Rust tokenizer refuses the
+    string; bertdesk reads the surrogate as U+FFFD (dropped as BERT's text
+    cleaning drops it), offsets kept."""
+    tok = BertTokenizer(vocab_file)
+    text = "cafe \ud83d end"
+    assert tok.tokenize(text) == ["cafe", "end"]
+    out = tok([text, "x"], ["y \udc00", "z"], max_length=16, return_offsets=True)
+    clean = tok(["cafe  end", "x"], ["y ", "z"], max_length=16)
+    np.testing.assert_array_equal(out["token_ids"], clean["token_ids"])
+    assert tuple(out["offsets"][0, 2]) == (7, 10)  # "end" where it is in the text
+    assert tok.encode_words([["a", "\ud83d", "b"]])[0][2].tolist() == [-1, 0, 2, -1]

@@ -600,7 +600,6 @@ READERS = {"bertdesk": read_bertdesk, "hf": read_hf, "google": read_google,
 
 
 def _vocab_file(folder):
-    for name in ("vocab.txt", "assets/tokenizer/vocabulary.txt"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    from bertdesk.tokenizer import find_vocab
+
+    return find_vocab(folder)
