@@ -3,8 +3,9 @@ save, load, evaluate, predict; every problem type; resume; bad input."""
 
 import csv
 import json
+import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import keras
@@ -1052,7 +1053,8 @@ def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):
     schedule spans those 4 updates, the checkpoint counts them with nothing
     left waiting, and a resume must keep the setting."""
     events = []
-    cfg = config(tmp_path, tiny_model, epochs=2, batch_size=20, gradient_accumulation=3)
+    cfg = config(tmp_path, tiny_model, epochs=2, batch_size=20, gradient_accumulation=3,
+                 warmup_ratio=0.0)
     result = run_finetune(cfg, events.append)
     batches = [e for e in events if e["event"] == "train_begin"][0]["steps_per_epoch"]
     assert batches == 5 and result["steps"] == 2 * 2  # ceil(5 / 3) updates an epoch
@@ -1261,3 +1263,82 @@ def test_a_class_weighted_run_resumes_in_a_new_process(tmp_path, tiny_model, pro
                           env={**os.environ, "PYTHONPATH": str(ASSETS.parent)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"epochs": 2}
+
+
+def test_a_resumed_run_trains_as_the_uninterrupted_one(tmp_path, tiny_model):
+    """Stopped after its first epoch and resumed, a run's second epoch is the
+    uninterrupted run's: the same dropout masks (the generators' states
+    travel with the checkpoint), schedule and optimizer state, so the same
+    training loss and validation numbers."""
+    def epoch_events(cfg, stop=False):
+        events = []
+
+        def sink(event):
+            events.append(event)
+            if stop and event["event"] == "step" and event["epoch"] == 2:
+                raise Interrupt()
+
+        if stop:
+            with pytest.raises(Interrupt):
+                run_finetune(cfg, sink)
+            cfg.resume, events[:] = True, []
+            run_finetune(cfg, events.append)
+        else:
+            run_finetune(cfg, sink)
+        return [e for e in events if e["event"] == "epoch" and e["epoch"] == 2]
+
+    whole = epoch_events(config(tmp_path, tiny_model, epochs=2, output=str(tmp_path / "a")))
+    resumed = epoch_events(config(tmp_path, tiny_model, epochs=2, output=str(tmp_path / "b")),
+                           stop=True)
+    assert len(whole) == len(resumed) == 1
+    assert resumed[0]["loss"] == whole[0]["loss"]
+    assert resumed[0]["validation"] == whole[0]["validation"]
+
+
+@pytest.mark.parametrize("change", [{"epochs": 3}, {"batch_size": 8}, {"learning_rate": 5e-2}])
+def test_resuming_with_another_plan_is_refused(tmp_path, tiny_model, change):
+    """The checkpoint's optimizer carries the run's schedule: other --epochs,
+    --batch-size or --learning-rate would be ignored (updates past its end
+    at a learning rate of 0), so a resume with them is refused."""
+    cfg = interrupted_in_epoch_2(tmp_path, tiny_model)
+    changed = replace(cfg, resume=True, **change)
+    with pytest.raises(DataError, match="run was (started with --learning-rate|planned as "
+                                        r"\d+ updates)"):
+        run_finetune(changed)
+    assert run_finetune(replace(cfg, resume=True))["history"]  # the same plan resumes
+
+
+def test_warmup_steps_round_up_as_transformers_does():
+    from bertdesk.training.optimization import bert_adamw
+
+    for total, ratio in ((5, 0.1), (25, 0.1), (45, 0.1), (100, 0.06), (4, 0.0)):
+        schedule = bert_adamw(1e-3, total, ratio)._learning_rate
+        assert schedule.warmup_steps == math.ceil(total * ratio)  # TrainingArguments' rule
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's sparse "
+                    "embedding gradients")
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
+def test_clipping_reads_an_embedding_gradients_summed_rows(optimizer):
+    """TensorFlow gives an embedding lookup's gradient as a row per token
+    (`IndexedSlices`, rows repeated): the global norm is the summed
+    gradient's, so the update is the same as from the dense gradient."""
+    import tensorflow as tf
+
+    from bertdesk.training.optimization import BertAdamW, BertLamb
+
+    def updated(gradient):
+        variable = keras.Variable(np.ones((4, 3), "float32"), name="table")
+        # (a large epsilon: Adam's first step is otherwise the gradient's sign)
+        make = {"adamw": lambda: BertAdamW(1e-2, global_clipnorm=1.0, epsilon=1.0),
+                "lamb": lambda: BertLamb(1e-2, global_clipnorm=1.0, epsilon=1.0,
+                                         weight_decay=0.0)}[optimizer]
+        opt = make()
+        opt.build([variable])
+        opt.apply([gradient], [variable])
+        return keras.ops.convert_to_numpy(variable)
+
+    rows = tf.constant([[0.6, 0.0, 0.0], [0.6, 0.0, 0.0], [0.0, 0.9, 0.3]])
+    sparse = tf.IndexedSlices(rows, tf.constant([0, 0, 2]), tf.constant([4, 3]))
+    np.testing.assert_allclose(updated(sparse), updated(tf.convert_to_tensor(sparse)),
+                               rtol=0, atol=1e-7)

@@ -220,35 +220,6 @@ def _tensorflow_sees_a_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def random_state(model):
-    """Dropout generator state, which a `.keras` file does not hold: the
-    layers' seed-generator variables (JAX, TensorFlow) and, on PyTorch,
-    torch's global generator (Keras' unseeded dropout draws from it)."""
-    seeds = [keras.ops.convert_to_numpy(v).tolist() for v in model.non_trainable_variables
-             if "seed_generator_state" in v.path]
-    state = {"seed_generators": seeds}
-    if keras.backend.backend() == "torch":
-        import torch
-
-        state["torch"] = torch.get_rng_state().tolist()
-    return state
-
-
-def set_random_state(model, state, torch_generator=True):
-    """Restore `random_state(model)`. Keras' PyTorch `fit` draws from torch's
-    generator while it sets up, so a resumed run restores that part again
-    right before its first batch (`torch_generator`)."""
-    variables = [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
-    if len(variables) != len(state["seed_generators"]):
-        raise DataError("checkpoint/state.json does not match the model (dropout generators)")
-    for v, value in zip(variables, state["seed_generators"]):
-        v.assign(keras.ops.convert_to_tensor(value, dtype=v.dtype))
-    if torch_generator and "torch" in state:
-        import torch
-
-        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-
-
 def _pick(logs, *names):
     for name in names:
         if name in logs:
@@ -270,7 +241,8 @@ def run_pretrain(config, sink=None):
     from bertdesk.training import optimization  # noqa: F401
     from bertdesk.training import resume_checkpoints
     from bertdesk.training.precision import set_precision
-    from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
+    from bertdesk.training.seeding import (keep_tensorflow_unloaded, random_state,
+                                           set_random_state, set_seed)
 
     config.check()
     out = Path(config.output)

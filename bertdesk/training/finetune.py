@@ -7,6 +7,7 @@ line and the desktop app; progress goes to an event sink (see callbacks.py).
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -268,6 +269,34 @@ def write_rows(rows, path):
     return path
 
 
+def _check_same_plan(optimizer, config, total_steps, out):
+    """DataError where a resumed run's optimizer (its learning-rate schedule,
+    decay and clipping, saved with the checkpoint) is not the one this
+    command would build: the checkpoint's would go on regardless, so other
+    --epochs, --batch-size or --learning-rate were ignored, the updates past
+    its planned end run at a learning rate of 0."""
+    from bertdesk.training.optimization import WarmupLinearDecay
+
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    schedule = optimizer._learning_rate
+    if not isinstance(schedule, WarmupLinearDecay):
+        return
+    planned = [("--learning-rate", float(schedule.peak), config.learning_rate),
+               ("--weight-decay", float(optimizer.weight_decay or 0.0), config.weight_decay),
+               ("--max-grad-norm", float(optimizer.global_clipnorm or 0.0),
+                config.max_grad_norm)]
+    for option, started, given in planned:
+        if not math.isclose(started, float(given or 0.0), rel_tol=1e-6, abs_tol=1e-12):
+            raise DataError(f"{out}: the run was started with {option} {started:g}; resume "
+                            f"it with the same (got {given})")
+    if int(schedule.total_steps) != total_steps:
+        raise DataError(
+            f"{out}: the run was planned as {int(schedule.total_steps)} updates; this command "
+            f"makes {total_steps} ({config.epochs} epochs of {config.batch_size}-example "
+            "batches of its training data): resume it with the same --epochs, --batch-size, "
+            "--max-length and training data")
+
+
 def _best_epoch(state, monitor):
     """A resumed run's best earlier epoch (1-based), or None. A checkpoint
     written before `best_epoch` was kept in it: the first epoch whose
@@ -351,7 +380,8 @@ def run_finetune(config, sink=None):
                                              ResumeCheckpoint, ValidationCallback)
     from bertdesk.training.optimization import bert_adamw
     from bertdesk.training.precision import set_precision
-    from bertdesk.training.seeding import keep_tensorflow_unloaded, set_seed
+    from bertdesk.training.seeding import (keep_tensorflow_unloaded, random_state,
+                                           set_random_state, set_seed)
     from bertdesk.training.tasks import get_task
 
     sink = sink or (lambda event: None)
@@ -438,6 +468,7 @@ def run_finetune(config, sink=None):
         if started != accumulation:
             raise DataError(f"{out}: the run was started with --gradient-accumulation "
                             f"{started}; resume it with the same (got {accumulation})")
+        _check_same_plan(model.optimizer, config, total_steps, out)
         loss = model.loss.get("logits") if isinstance(model.loss, dict) else model.loss
         for key in ("class_weights", "positive_weights"):
             weighted = getattr(loss, key, None)
@@ -450,6 +481,8 @@ def run_finetune(config, sink=None):
         model.jit_compile = jit
         model.backbone.gradient_checkpointing = config.gradient_checkpointing
         model.backbone.skip_padding = True
+        if "random" in state:  # (checkpoints of earlier versions lack it)
+            set_random_state(model, state["random"], torch_generator=False)
         initial_epoch = int(state["epochs_done"])
         sink({"event": "message", "text": f"resuming after epoch {initial_epoch}"})
     else:
@@ -494,8 +527,13 @@ def run_finetune(config, sink=None):
                                 initial_epoch), validator, keeper,
                  ResumeCheckpoint(out / "checkpoint",
                                   lambda: {"best": validator.best, "best_epoch": keeper.best_epoch,
-                                           "history": history}),
+                                           "history": history, "random": random_state(model)}),
                  validator.emit_epoch_event()]
+    if resuming and "random" in state:
+        # the dropout masks go on from where the interrupted run's stood;
+        # Keras' PyTorch `fit` draws from torch's generator as it sets up
+        callbacks.insert(0, keras.callbacks.LambdaCallback(
+            on_train_begin=lambda logs: set_random_state(model, state["random"])))
     if config.early_stopping_patience:
         callbacks.insert(4, keras.callbacks.EarlyStopping(
             monitor=f"val_{monitor}", mode="max", patience=config.early_stopping_patience))

@@ -31,6 +31,42 @@ def set_seed(seed):
         torch.manual_seed(seed)
 
 
+def random_state(model):
+    """Dropout generator state, which Keras does not save with a model: the
+    layers' seed-generator variables (JAX, TensorFlow) and, on PyTorch,
+    torch's global generator (Keras' unseeded dropout draws from it), as
+    JSON-able lists for a checkpoint's state.json."""
+    import keras
+
+    seeds = [keras.ops.convert_to_numpy(v).tolist() for v in model.non_trainable_variables
+             if "seed_generator_state" in v.path]
+    state = {"seed_generators": seeds}
+    if keras.backend.backend() == "torch":
+        import torch
+
+        state["torch"] = torch.get_rng_state().tolist()
+    return state
+
+
+def set_random_state(model, state, torch_generator=True):
+    """Restore `random_state(model)`. Keras' PyTorch `fit` draws from torch's
+    generator while it sets up, so a resumed run restores that part again
+    right before its first batch (`torch_generator`)."""
+    import keras
+
+    variables = [v for v in model.non_trainable_variables if "seed_generator_state" in v.path]
+    if len(variables) != len(state["seed_generators"]):
+        from bertdesk.data.tables import DataError
+
+        raise DataError("checkpoint/state.json does not match the model (dropout generators)")
+    for v, value in zip(variables, state["seed_generators"]):
+        v.assign(keras.ops.convert_to_tensor(value, dtype=v.dtype))
+    if torch_generator and "torch" in state:
+        import torch
+
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
 def keep_tensorflow_unloaded():
     """On the JAX and PyTorch backends, stop Keras from importing TensorFlow
     just to check `isinstance(x, tf.TensorShape)` while serialising configs.
