@@ -569,7 +569,8 @@ def build_parser():
                         "the same); multi_label: weigh each label's positive examples "
                         "(balanced: its negatives / its positives); unnamed labels weigh 1")
     p.add_argument("--model", default="bundled",
-                   help="'bundled' (pretrained MiniLM), a preset (tiny, mini, ..., base) or a folder")
+                   help="'bundled' (pretrained MiniLM), a preset (tiny, mini, small, medium, base, "
+                        "large) or a folder")
     p.add_argument("--output", required=True, help="run folder (model, predictions, metrics)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)

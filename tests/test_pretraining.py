@@ -635,6 +635,19 @@ def test_resume_after_interruption_continues_exactly(tmp_path, data_folder):
     assert set(w1) == set(w2) and any(k.startswith("cls.") for k in w1)  # heads exported
     for k in w1:
         np.testing.assert_allclose(w1[k], w2[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # a finished run resumed has nothing left: said, its files as they were
+    said = []
+    stamp = (tmp_path / "resumed/model.safetensors").stat().st_mtime_ns
+    again = run_pretrain(_config(tmp_path / "resumed", data_folder, resume=True),
+                         sink=said.append)
+    assert again["steps"] == 6 and (tmp_path / "resumed/model.safetensors").stat(
+        ).st_mtime_ns == stamp
+    assert any("the run finished at step 6: nothing to resume" in e.get("text", "")
+               for e in said)
+    # the schedule was planned for 6 steps: more would run at a learning rate of 0
+    with pytest.raises(DataError, match=r"planned for --max-steps 6; resume it with the "
+                                        r"same \(got 9\)"):
+        run_pretrain(_config(tmp_path / "resumed", data_folder, resume=True, max_steps=9))
 
 
 def test_pretraining_learns_and_accumulates(tmp_path, data_folder):

@@ -185,9 +185,10 @@ def build_model(config, tokenizer, seq_length, total_steps):
                              global_clipnorm=config.max_grad_norm,
                              gradient_accumulation_steps=accumulation)
     else:
-        optimizer = bert_adamw(config.learning_rate, total_steps, warmup / max(1, total_steps),
-                               config.weight_decay, config.max_grad_norm, epsilon=1e-6,
-                               gradient_accumulation=config.gradient_accumulation)
+        optimizer = bert_adamw(config.learning_rate, total_steps, None, config.weight_decay,
+                               config.max_grad_norm, epsilon=1e-6,
+                               gradient_accumulation=config.gradient_accumulation,
+                               warmup_steps=warmup)
     model.compile(
         optimizer=optimizer,
         loss={"mlm_logits": masked_lm_loss,
@@ -218,6 +219,18 @@ def _tensorflow_sees_a_gpu():
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _check_same_length(optimizer, config, out):
+    """DataError where a resumed run's learning-rate schedule, saved with its
+    checkpoint, was planned for another --max-steps: it would run on, past
+    its end at a learning rate of 0."""
+    from bertdesk.training.optimization import WarmupLinearDecay
+
+    schedule = getattr(getattr(optimizer, "inner_optimizer", optimizer), "_learning_rate", None)
+    if isinstance(schedule, WarmupLinearDecay) and schedule.total_steps != config.max_steps:
+        raise DataError(f"{out}: the run was planned for --max-steps {schedule.total_steps}; "
+                        f"resume it with the same (got {config.max_steps})")
 
 
 def _pick(logs, *names):
@@ -290,7 +303,11 @@ def run_pretrain(config, sink=None):
             model.jit_compile = _jit_compile(config)
             model.backbone.gradient_checkpointing = config.gradient_checkpointing
             set_random_state(model, state["random"], torch_generator=False)
-            log(f"resuming at step {state['step']} (batch {state['batches']})")
+            _check_same_length(model.optimizer, config, out)
+            if state["step"] >= config.max_steps:
+                log(f"the run finished at step {state['step']}: nothing to resume")
+            else:
+                log(f"resuming at step {state['step']} (batch {state['batches']})")
         else:
             model = build_model(config, tokenizer, data.seq_length, config.max_steps)
     history = state["history"]
@@ -392,7 +409,8 @@ def run_pretrain(config, sink=None):
     if remaining > 0:
         model.fit(dataset, epochs=1, callbacks=[Progress()], shuffle=False, verbose=0)
     seconds = time.perf_counter() - start
-    export(config.max_steps)
+    if remaining > 0:  # (a finished run, resumed, was exported at its end)
+        export(config.max_steps)
     result = {"steps": config.max_steps, "history": history, "train_seconds": seconds,
               "tokens_per_second": (counted["total"] / seconds) if remaining else None,
               "positions_per_second": (remaining * positions_per_batch / seconds)

@@ -358,15 +358,17 @@ def _global_norm(torch, grads):
 
 
 def bert_adamw(learning_rate, total_steps, warmup_ratio=0.1, weight_decay=0.01,
-               max_grad_norm=1.0, epsilon=1e-8, fused=None, gradient_accumulation=1):
+               max_grad_norm=1.0, epsilon=1e-8, fused=None, gradient_accumulation=1,
+               warmup_steps=None):
     """AdamW as BERT fine-tuning uses it: no decay on LayerNorm and biases,
     warmup then linear decay, global-norm gradient clipping. `total_steps`
-    counts updates; with `gradient_accumulation` k > 1 each update is the
-    mean gradient of k batches (see `apply_accumulated` for an epoch's
-    leftover batches)."""
-    # warmup rounded up, as transformers' TrainingArguments.get_warmup_steps
-    schedule = WarmupLinearDecay(learning_rate, math.ceil(total_steps * warmup_ratio),
-                                 total_steps)
+    counts updates; the warmup is `warmup_steps` of them, or the
+    `warmup_ratio` of them rounded up (transformers' TrainingArguments). With
+    `gradient_accumulation` k > 1 each update is the mean gradient of k
+    batches (see `apply_accumulated` for an epoch's leftover batches)."""
+    if warmup_steps is None:
+        warmup_steps = math.ceil(total_steps * warmup_ratio)
+    schedule = WarmupLinearDecay(learning_rate, warmup_steps, total_steps)
     return BertAdamW(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9,
                      beta_2=0.999, epsilon=epsilon, global_clipnorm=max_grad_norm,
                      fused=fused, gradient_accumulation_steps=(
