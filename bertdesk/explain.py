@@ -24,8 +24,12 @@ def _forward(model, token_embeddings, segment_ids, padding_mask, attentions=Fals
     e = backbone.embeddings
     token_embeddings = ops.convert_to_tensor(token_embeddings)
     seq = ops.shape(token_embeddings)[1]
-    positions = e.position_embedding(ops.arange(seq, dtype="int32"))  # (seq, hidden)
-    x = token_embeddings + ops.expand_dims(positions, 0) + e.segment_embedding(segment_ids)
+    # the lookups in the token embeddings' float32 (mixed precision computes
+    # them in bfloat16, which TensorFlow does not add to float32 on its own)
+    positions = ops.cast(e.position_embedding(ops.arange(seq, dtype="int32")),
+                         token_embeddings.dtype)  # (seq, hidden)
+    segments = ops.cast(e.segment_embedding(segment_ids), token_embeddings.dtype)
+    x = token_embeddings + ops.expand_dims(positions, 0) + segments
     x = e.layer_norm(x)
     maps = []
     for layer in backbone.encoder_layers:
@@ -94,8 +98,19 @@ def explain(model, tokenizer, text, text_pair=None, target=None,
     if target is not None and (isinstance(target, bool)
                                or not isinstance(target, (int, np.integer))):
         raise ValueError(f"target must be a class index (a whole number), got {target!r}")
-    if not hasattr(model, "classifier") or not hasattr(model, "backbone"):
-        raise TypeError("explain() needs a text classifier (a backbone and a classifier head)")
+    from bertdesk.tasks.bert_text_classifier import BertTextClassifier
+
+    if not isinstance(model, BertTextClassifier):  # (a tagger's and a span model's heads
+        # read every token, not the pooled [CLS]: their outputs are not one logit each)
+        raise TypeError(f"explain() needs a text classifier (BertTextClassifier), got "
+                        f"{type(model).__name__}")
+    quantized = next((layer.path for layer in model._flatten_layers()
+                      if getattr(layer, "quantization_mode", None)), None)
+    if quantized:
+        raise ValueError(f"explain() needs the float model: {model.name} is quantized "
+                         f"({quantized}, ...), and the gradients Keras gives an int8 layer "
+                         "are its float kernel's, not those of the quantized pass (integrated "
+                         "gradients then miss the logit change by 15-22%)")
     enc = tokenizer([text], None if text_pair is None else [text_pair], max_length=max_length,
                     padding="longest", return_offsets=True)
     ids, seg, mask = enc["token_ids"], enc["segment_ids"], enc["padding_mask"]

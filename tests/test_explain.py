@@ -103,3 +103,56 @@ def test_bad_arguments(classifier):
                             ({"target": "pos"}, "target must be a class index")):
         with pytest.raises(ValueError, match=message):
             explain(model, tok, "x", **kwargs)
+
+
+def test_only_a_float_text_classifier_is_explained(classifier):
+    """A tagger's and a span model's heads read every token: explain() would
+    have run their head on the pooled [CLS], an output neither model has. A
+    quantized model's gradients are its float kernels', not those of the
+    pass it runs."""
+    from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer
+    from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
+
+    model, tok = classifier
+    for other in (BertTokenClassifier(model.backbone, num_classes=5),
+                  BertQuestionAnswerer(model.backbone)):
+        with pytest.raises(TypeError, match="explain\\(\\) needs a text classifier "
+                                            f"\\(BertTextClassifier\\), got {type(other).__name__}"):
+            explain(other, tok, "John lives in Paris")
+    quantized = BertTextClassifier.from_config(model.get_config())
+    quantized.set_weights(model.get_weights())
+    bertdesk.quantize_int8(quantized)
+    with pytest.raises(ValueError, match="explain\\(\\) needs the float model: .* is quantized"):
+        explain(quantized, tok, "a text")
+
+
+def test_explained_under_mixed_precision(minilm_folder):
+    """Mixed bfloat16: the position and segment lookups come in bfloat16,
+    the token embeddings in float32 (TensorFlow refused to add them)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(7)
+        tokenizer = bertdesk.load_tokenizer(minilm_folder)
+        backbone = bertdesk.BertBackbone(vocabulary_size=tokenizer.vocabulary_size,
+                                         num_layers=2, hidden_dim=16, num_heads=2,
+                                         intermediate_dim=32, max_sequence_length=64)
+        model = BertTextClassifier(backbone, num_classes=2)
+        r = explain(model, tokenizer, "a gripping plot", steps=16, max_steps=16)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert len(r["attributions"]) == len(r["tokens"]) and np.isfinite(r["attributions"]).all()
+
+
+def test_a_quantized_model_is_not_saved_in_a_file_keras_cannot_read(classifier, tmp_path):
+    model, _ = classifier
+    quantized = BertTextClassifier.from_config(model.get_config())
+    quantized.set_weights(model.get_weights())
+    bertdesk.quantize_int8(quantized)
+    for save in (lambda: quantized.save(tmp_path / "q.keras"),
+                 lambda: quantized.save_weights(tmp_path / "q.weights.h5"),
+                 lambda: quantized.backbone.save(tmp_path / "b.keras")):
+        with pytest.raises(ValueError, match="is quantized .*: save the float model"):
+            save()
+    assert not list(tmp_path.iterdir())
+    model.save(tmp_path / "float.keras")  # the float model saves as before

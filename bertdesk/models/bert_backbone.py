@@ -12,6 +12,7 @@ from bertdesk.layers.bert_pooler import BertPooler
 from bertdesk.layers.eager_calls import call_layer
 from bertdesk.layers.packed_tokens import PackedTokens
 from bertdesk.models.runs_graph_directly import RunsGraphDirectly
+from bertdesk.models.saves_float_only import SavesFloatOnly
 
 BACKBONE_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -117,7 +118,7 @@ class BackboneAsOneLayer:
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertBackbone(RunsGraphDirectly, keras.Model):
+class BertBackbone(SavesFloatOnly, RunsGraphDirectly, keras.Model):
     """The BERT encoder (Devlin et al., 2018) without task heads.
 
     Inputs are a dict of int tensors, each `(batch, seq)`: `token_ids`,

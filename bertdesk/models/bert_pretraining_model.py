@@ -10,12 +10,13 @@ from bertdesk.models.bert_backbone import BACKBONE_INPUTS, BackboneAsOneLayer
 from bertdesk.models.builds_optimizer_first import BuildsOptimizerFirst
 from bertdesk.models.releases_gradients import ReleasesGradients
 from bertdesk.models.runs_graph_directly import RunsGraphDirectly
+from bertdesk.models.saves_float_only import SavesFloatOnly
 
 
 # === Model ===
 @keras.saving.register_keras_serializable(package="bertdesk")
-class BertPretrainingModel(BuildsOptimizerFirst, ReleasesGradients, BackboneAsOneLayer,
-                           RunsGraphDirectly, keras.Model):
+class BertPretrainingModel(SavesFloatOnly, BuildsOptimizerFirst, ReleasesGradients,
+                           BackboneAsOneLayer, RunsGraphDirectly, keras.Model):
     """Backbone + masked-LM head (output weights tied to the token embedding,
     logits only at `mask_positions`) + next-sentence head.
 

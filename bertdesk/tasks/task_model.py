@@ -8,9 +8,10 @@ from keras import ops
 
 from bertdesk.models.builds_optimizer_first import BuildsOptimizerFirst
 from bertdesk.models.releases_gradients import ReleasesGradients
+from bertdesk.models.saves_float_only import SavesFloatOnly
 
 
-class BackboneTaskModel(BuildsOptimizerFirst, ReleasesGradients):
+class BackboneTaskModel(SavesFloatOnly, BuildsOptimizerFirst, ReleasesGradients):
     """Mixin for functional task models that hold `self.backbone` and a
     dense `self.classifier`; subclasses list their own config keys. Their
     training steps free the gradients after use (`ReleasesGradients`), and
