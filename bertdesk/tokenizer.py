@@ -331,10 +331,13 @@ class _TakesAnyText:
     one) and becomes [UNK]. Everything else is the tokenizer's own."""
 
     def __init__(self, tokenizer):
-        self._inner = tokenizer
+        object.__setattr__(self, "_inner", tokenizer)
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+    def __setattr__(self, name, value):  # (settings such as `encode_special_tokens`)
+        setattr(self._inner, name, value)
 
     def encode(self, *args, **kwargs):
         try:

@@ -67,9 +67,14 @@ def is_percent(task):
     return task == "qa"  # SQuAD's EM and F1 are percentages; the rest are fractions
 
 
-def metric_name(key, task):
-    special = {("support", "ner"): "gold entities", ("f1", "classify"): "binary F1"}
-    return special.get((key, task)) or SCALARS.get(key, key)
+def metric_name(key, task, per_row=False):
+    """A metric's shown name; `per_row`: as a column of the per-label table
+    (there a classifier's `f1` is the label's own, not the binary F1)."""
+    if (key, task) == ("support", "ner"):
+        return "gold entities"
+    if (key, task) == ("f1", "classify") and not per_row:
+        return "binary F1"  # the second label's (GLUE's MRPC F1)
+    return SCALARS.get(key, key)
 
 
 def format_value(key, value, task):
@@ -244,7 +249,7 @@ class EvaluatePage(QWidget):
         t.clear()
         t.setColumnCount(1 + len(keys))
         t.setRowCount(len(rows))
-        t.setHorizontalHeaderLabels([head] + [metric_name(k, task) for k in keys])
+        t.setHorizontalHeaderLabels([head] + [metric_name(k, task, per_row=True) for k in keys])
         for i, (name, values) in enumerate(rows):
             t.setItem(i, 0, readonly_item(name, Qt.AlignLeft | Qt.AlignVCenter))
             for j, k in enumerate(keys, 1):

@@ -20,7 +20,8 @@ from PySide6.QtWidgets import (QFileDialog, QGridLayout, QLabel, QMessageBox, QP
                                QVBoxLayout, QWidget)
 
 from bertdesk_gui.pages.evaluate_page import (COUNTS, LOGITS, SCALARS, breakdown, format_value,
-                                              no_results_message, read_results, run_labels)
+                                              metric_name, no_results_message, read_results,
+                                              run_labels)
 from bertdesk_gui.pages.inspect_page import read_predictions
 
 PREDICTION_TYPES = {".csv": "CSV", ".tsv": "TSV", ".jsonl": "JSON lines"}
@@ -124,7 +125,7 @@ def _table(header, rows, first_left=True, numbers=True):
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def curve_svg(history, keys, title, width=520, height=240):
+def curve_svg(history, keys, title, width=520, height=240, task=None):
     """A line chart (inline SVG) of per-epoch values."""
     left, right, top, bottom = 50, 130, 24, 30
     values = [h[k] for h in history for k in keys if isinstance(h.get(k), (int, float))]
@@ -154,7 +155,7 @@ def curve_svg(history, keys, title, width=520, height=240):
                    + " ".join(f"{px:.1f},{py:.1f}" for px, py in pts) + '"/>')
         out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>' for px, py in pts]
         out.append(f'<text x="{width - right + 10}" y="{top + 14 * (c + 1)}" '
-                   f'fill="{colour}">{esc(SCALARS.get(key, key))}</text>')
+                   f'fill="{colour}">{esc(metric_name(key, task))}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -191,13 +192,13 @@ def report_html(run, curves=True):
     metrics = results["metrics"]
     out.append("<h2>Validation metrics</h2>")
     out.append(_table(["metric", "value"],
-                      [(SCALARS[k], format_value(k, metrics[k], task)) for k in SCALARS
-                       if isinstance(metrics.get(k), (int, float))]))
+                      [(metric_name(k, task), format_value(k, metrics[k], task))
+                       for k in SCALARS if isinstance(metrics.get(k), (int, float))]))
     table = breakdown(metrics, task)
     if table:
         head, keys, rows = table
         out.append(f"<h2>Per {esc(head)}</h2>")
-        out.append(_table([head] + [SCALARS.get(k, k) for k in keys],
+        out.append(_table([head] + [metric_name(k, task, per_row=True) for k in keys],
                           [[name] + [format_value(k, r[k], task) if k in r else ""
                                      for k in keys] for name, r in rows]))
     labels = run_labels(run, metrics)
@@ -223,8 +224,8 @@ def report_html(run, curves=True):
         out.append("<h2>Per epoch</h2>")
         for group, title in ((losses, "loss"), (others, "validation metrics")):
             if group and curves:
-                out.append(f"<p>{curve_svg(history, group, title)}</p>")
-        out.append(_table(["epoch"] + [SCALARS.get(k, k) for k in keys],
+                out.append(f"<p>{curve_svg(history, group, title, task=task)}</p>")
+        out.append(_table(["epoch"] + [metric_name(k, task) for k in keys],
                           [[i] + [format_value(k, h[k], task) if k in h else "" for k in keys]
                            for i, h in enumerate(history, 1)], first_left=False))
     out.append("</body></html>")
