@@ -115,8 +115,6 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     """
     if format not in ("bertdesk", "hf"):
         raise ValueError(f"format must be 'bertdesk' or 'hf', got {format!r}")
-    folder = Path(folder)
-    _refuse_filled(folder, overwrite)
     tensors = backbone_tensors(backbone)
     tensors.update(extra_tensors or {})
     config = backbone.architecture_config()
@@ -167,11 +165,6 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
 NO_POOLER = ("BertForMaskedLM", "BertForTokenClassification", "BertForQuestionAnswering")
 
 
-def _refuse_filled(folder, overwrite):
-    if not overwrite and folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder}: folder exists and is not empty (use overwrite=True)")
-
-
 def write_model_folder(folder, write, overwrite=False):
     """Write a model folder: `write(staging)` fills a new folder beside
     `folder`, which is then renamed into place whole. With `overwrite`, an
@@ -184,7 +177,8 @@ def write_model_folder(folder, write, overwrite=False):
     config or labels. Other files (the user's) stay. Returns `folder`.
     FileExistsError for a folder that is not empty, without `overwrite`."""
     folder = Path(folder)
-    _refuse_filled(folder, overwrite)
+    if not overwrite and folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: folder exists and is not empty (use overwrite=True)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial",
                                     dir=folder.parent))

@@ -58,9 +58,6 @@ def save_task_model(model, folder, tokenizer, task, head_config, training_args=N
     from bertdesk.io.safetensors_writer import save_safetensors
 
     refuse_quantized(model)
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder}: folder exists and is not empty")
     tensors = {**backbone_tensors(model.backbone), **model.head_tensors()}
     tensors = {k: np.asarray(v, np.float32) for k, v in tensors.items() if k not in without}
     meta = {"format": "bertdesk", "version": 1, "task": task,
