@@ -162,12 +162,15 @@ class Predictor:
         mean probability of its words' tags. An entity starts at a B- tag, or
         at an I- tag after O or after another type (as Hugging Face's
         pipelines and seqeval's default mode read them); `strict=True` drops
-        those, as the metrics do (seqeval's strict IOB2).
+        those, as the metrics do (seqeval's strict IOB2). A model whose labels
+        are BIOES/BMES or IO (a checkpoint trained elsewhere) is read by its
+        own scheme (`bertdesk.data.ner.to_bio`).
         `is_split_into_words=True`: words given, as for `tag` (offsets and
         text from the words joined by single spaces)."""
-        from bertdesk.data.ner import entities, iob1_to_iob2
+        from bertdesk.data.ner import entities, is_bio, to_bio
 
         self._expect("ner", "entities")
+        strict = strict and is_bio(self.labels)
         if is_split_into_words:
             sentences, single = _as_word_lists(texts)
             texts = [" ".join(words) for words in sentences]
@@ -179,7 +182,7 @@ class Predictor:
         for text, words in zip(texts, tagged):
             found = []
             tags = [w["tag"] for w in words]
-            for kind, first, end in entities(tags if strict else iob1_to_iob2(tags)):
+            for kind, first, end in entities(tags if strict else to_bio(tags)):
                 start, stop = words[first]["start"], words[end - 1]["end"]
                 probs = [w["score"] for w in words[first:end] if w["score"] is not None]
                 found.append({"type": kind, "text": text[start:stop], "start": start,
@@ -339,7 +342,7 @@ def predict_lines(predictor, path):
     `, entities` (`TYPE:text` joined by "; ", read as `Predictor.entities`
     reads them). Extractive QA needs a
     question and a context per example: SQuAD JSON, not lines."""
-    from bertdesk.data.ner import _read_lines, entities, iob1_to_iob2
+    from bertdesk.data.ner import _read_lines, entities, to_bio
 
     if predictor.task == "qa":
         raise DataError(f"{path}: a QA model needs questions with their contexts: give a "
@@ -358,7 +361,7 @@ def predict_lines(predictor, path):
         for (n, text), words in zip(numbered, predictor.tag(texts)):
             tags = [w["tag"] for w in words]
             found = [f"{kind}:{text[words[s]['start']:words[e - 1]['end']]}"
-                     for kind, s, e in entities(iob1_to_iob2(tags))]  # as entities()
+                     for kind, s, e in entities(to_bio(tags))]  # as entities()
             rows.append({"line": n, "text": text, "words": " ".join(w["word"] for w in words),
                          "prediction": " ".join(tags), "entities": "; ".join(found)})
         return rows

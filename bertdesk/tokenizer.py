@@ -223,10 +223,11 @@ class BertTokenizer:
             return encodings, sum(bool(e.overflowing) for e in batch)
         return encodings
 
-    def encode_words(self, sentences, max_length=128):
+    def encode_words(self, sentences, max_length=128, return_cut=False):
         """Encode pre-split words (NER): a list of `(token_ids, segment_ids,
         word_ids)` int32 arrays per sentence, word_ids -1 at [CLS]/[SEP].
-        `max_length=None` keeps every piece."""
+        `max_length=None` keeps every piece; with `return_cut`, also how many
+        sentences were cut to `max_length`."""
         tok = self._tokenizer
         if max_length is None:
             tok.no_truncation()
@@ -234,9 +235,12 @@ class BertTokenizer:
             tok.enable_truncation(max_length, strategy="longest_first")
         tok.no_padding()
         batch = tok.encode_batch([list(words) for words in sentences], is_pretokenized=True)
-        return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32),
-                 np.asarray([-1 if w is None else w for w in e.word_ids], np.int32))
-                for e in batch]
+        encodings = [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32),
+                      np.asarray([-1 if w is None else w for w in e.word_ids], np.int32))
+                     for e in batch]
+        if return_cut:
+            return encodings, sum(bool(e.overflowing) for e in batch)
+        return encodings
 
     def word_spans(self, text):
         """The words of `text` as this tokenizer splits it before WordPiece
@@ -367,9 +371,12 @@ def _replace_surrogates(value):
 def span_end(text, end):
     """`end` moved past the marks that belong to the character before it:
     combining accents (an uncased tokenizer strips them: "Zoe\u0301" is the
-    token "zoe", offsets 0-3), enclosing marks, variation selectors and format
-    characters (soft hyphen, zero-width joiner), which no token covers."""
-    while end < len(text) and unicodedata.category(text[end]) in ("Mn", "Me", "Cf"):
+    token "zoe", offsets 0-3), enclosing marks and variation selectors, which
+    no token covers. Format characters (soft hyphen, zero-width space and
+    joiner, direction marks) are not the word's: the normaliser drops them
+    inside a word, and after one they stay out of it ("Paris\u200e" ends at
+    "Paris", as the reference offsets do)."""
+    while end < len(text) and unicodedata.category(text[end]) in ("Mn", "Me"):
         end += 1
     return end
 

@@ -102,12 +102,14 @@ def predict_text(model, text, pair=None):
 
     task = get_task(model.task)
     if model.task == "ner":
-        from bertdesk.data.ner import entities
+        from bertdesk.data.ner import entities, is_bio, to_bio
         from bertdesk.predictor import Predictor
 
         bmes = model.meta.get("training_args", {}).get("format") == "bmes"
         words = Predictor(model).tag(text)  # split as the library splits raw text
         tags = [w["tag"] for w in words]
+        if not is_bio(model.head["labels"]):  # BIOES or IO from a checkpoint made elsewhere
+            tags = to_bio(tags)
         return {"words": [w["word"] for w in words], "tags": tags,
                 "separator": "" if bmes else " ",
                 "entities": [(kind, text[words[s]["start"]:words[e - 1]["end"]])

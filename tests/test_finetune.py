@@ -790,6 +790,23 @@ def test_ner_end_to_end(tmp_path, tiny_model, source, fmt):
     assert all(len(r["prediction"].split()) == len(r["words"].split()) for r in rows)
 
 
+def test_ner_sentences_cut_at_max_length_are_counted(tmp_path, tiny_model):
+    """Training cuts a NER sentence at --max-length, as a text: the run says
+    how many (it said nothing, and their last words went unlabelled)."""
+    from bertdesk.data.ner import TaggedSentences
+    from bertdesk.training.tasks import NerTask
+
+    tokenizer = bertdesk.load_tokenizer(tiny_model)
+    words = [["Ann"] * 40, ["Ann", "runs"], ["Bob"] * 14, ["Bob"] * 15]
+    data = TaggedSentences(words, [["B-PER"] + ["O"] * (len(w) - 1) for w in words], "x", [1] * 4)
+    task = NerTask()
+    head = task.make_head(data, config(tmp_path, tiny_model))
+    ds = task.dataset(tokenizer, data, head, config(tmp_path, tiny_model, max_length=16),
+                      train=True)
+    assert ds.cut == sum(len(tokenizer.encode_words([w], max_length=None)[0][0]) > 16
+                         for w in words) == 2
+
+
 def test_ner_unknown_tag_in_validation(tmp_path, tiny_model):
     train = tmp_path / "t.conll"
     train.write_text("Alice B-PER\nruns O\n\nBob B-PER\n\n")

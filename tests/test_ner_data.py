@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from bertdesk.data.ner import (bmes_to_bio, entities, entity_metrics, iob1_to_iob2,
-                               read_char_tags, read_conll)
+from bertdesk.data.ner import (bmes_to_bio, entities, entity_metrics, iob1_to_iob2, is_bio,
+                               read_char_tags, read_conll, to_bio)
 from bertdesk.data.tables import DataError
 
 pytestmark = pytest.mark.backend_neutral
@@ -26,6 +26,17 @@ def test_bmes_to_bio():
     assert bmes_to_bio(["S-X", "E-X"]) == ["B-X", "B-X"]
     assert bmes_to_bio(["B-X", "E-X", "E-X", "M-Y", "E-X"]) == ["B-X", "I-X", "B-X", "B-Y",
                                                                  "B-X"]
+
+
+def test_io_and_bioes_tags_to_bio():
+    """A model's tags in IO (bare types: a run of one type is one entity, as
+    Hugging Face's pipelines group them) or BIOES read as BIO."""
+    assert to_bio(["PER", "PER", "O", "LOC", "PER", "PER"]) == [
+        "B-PER", "I-PER", "O", "B-LOC", "B-PER", "I-PER"]
+    assert to_bio(["B-PER", "E-PER", "PER", "S-LOC", "I-LOC", "B-ORG", "I-ORG", "E-ORG"]) == [
+        "B-PER", "I-PER", "B-PER", "B-LOC", "B-LOC", "B-ORG", "I-ORG", "I-ORG"]
+    assert is_bio(["O", "B-X", "I-X"]) and not is_bio(["O", "X"]) \
+        and not is_bio(["O", "B-X", "E-X"])
 
 
 def test_bmes_entities_match_seqeval_on_random_tags():
@@ -103,3 +114,22 @@ def test_entity_metrics_match_seqeval():
     assert m["precision"] == pytest.approx(seqeval.precision_score(gold, pred, **kw))
     assert m["recall"] == pytest.approx(seqeval.recall_score(gold, pred, **kw))
     assert m["f1"] == pytest.approx(seqeval.f1_score(gold, pred, **kw))
+
+
+def test_the_held_out_part_never_holds_a_type_training_lacks():
+    """The labels come from the training part: a type in one sentence went
+    to the held-out part for some seeds, and the run failed for those."""
+    from bertdesk.data.ner import TaggedSentences
+    from bertdesk.training.tasks import NerTask
+
+    words = [["Ann", "runs"]] * 19 + [["Zed", "Corp"]]
+    tags = [["B-PER", "O"]] * 19 + [["B-ORG", "I-ORG"]]
+    data = TaggedSentences(words, tags, "rare.conll", list(range(1, 60, 3)))
+    held = 0
+    for seed in range(20):
+        train, validation = NerTask().split(data, 0.2, seed)
+        assert len(train.words) + len(validation.words) == 20 and len(validation.words) >= 3
+        assert ["B-ORG", "I-ORG"] in train.tags
+        assert sorted(train.lines + validation.lines) == data.lines
+        held += ["B-PER", "O"] in validation.tags
+    assert held == 20

@@ -118,14 +118,15 @@ def test_classify_multi_label_regression_and_pairs(tmp_path, tokenizer):
 
 
 # === Token classification ===
-def ner_predictor(tmp_path, tokenizer, bias_tag=None, spread=30, **training_args):
-    model = BertTokenClassifier(backbone(), num_classes=len(NER_LABELS))
+def ner_predictor(tmp_path, tokenizer, bias_tag=None, spread=30, labels=NER_LABELS,
+                  **training_args):
+    model = BertTokenClassifier(backbone(), num_classes=len(labels))
     if bias_tag is not None:  # every word gets this tag
-        bias = np.full(len(NER_LABELS), -50.0, np.float32)
-        bias[NER_LABELS.index(bias_tag)] = 50.0
+        bias = np.full(len(labels), -50.0, np.float32)
+        bias[labels.index(bias_tag)] = 50.0
         model.classifier.bias.assign(bias)
     return saved(tmp_path, tokenizer, model, "ner",
-                 {"num_classes": len(NER_LABELS), "labels": NER_LABELS}, spread=spread,
+                 {"num_classes": len(labels), "labels": labels}, spread=spread,
                  **training_args)
 
 
@@ -227,6 +228,54 @@ def test_entities_and_their_offsets(tmp_path, tokenizer, monkeypatch):
     found = per.entities([text])[0]
     assert [(e["type"], e["text"], e["start"], e["end"]) for e in found] == [
         ("PER", "Ana", 0, 3), ("LOC", "New York", 14, 22)]
+
+
+def test_models_tagging_in_bioes_or_io_give_their_entities(tmp_path, tokenizer, monkeypatch):
+    """A checkpoint trained elsewhere may tag in IO (bare types) or BIOES:
+    its entities are read by that scheme (they came back empty: only B-/I-
+    were read), in `entities`, `predict_lines` and evaluation."""
+    from bertdesk.predictor import predict_lines
+    from bertdesk.training.tasks import NerTask
+    from bertdesk.data.ner import TaggedSentences
+
+    text = "Ana Lima moved to Rome."
+    io = ner_predictor(tmp_path / "io", tokenizer, bias_tag="PER", labels=["O", "PER", "LOC"])
+    assert [(e["type"], e["text"]) for e in io.entities(text)] == [("PER", text)]
+    assert io.entities(text, strict=True) == io.entities(text)
+    (tags,) = NerTask().scores(io.model.model, tokenizer, TaggedSentences([["Ana", "Lima"]], None),
+                               io.model.head, 32)
+    assert tags == ["B-PER", "I-PER"]  # compared with the data's BIO tags
+    lines = tmp_path / "lines.txt"
+    lines.write_text(text + "\n", encoding="utf-8")
+    assert predict_lines(io, lines)[0]["entities"] == f"PER:{text}"
+    bioes_labels = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
+    bioes = ner_predictor(tmp_path / "bioes", tokenizer, bias_tag="S-PER", labels=bioes_labels)
+    assert [e["text"] for e in bioes.entities(text)] == ["Ana", "Lima", "moved", "to", "Rome", "."]
+    real_tag = Predictor.tag
+    for predictor, tags in ((bioes, ["B-PER", "E-PER", "O", "O", "S-LOC", "O"]),
+                            (io, ["PER", "PER", "O", "O", "LOC", "O"])):
+        monkeypatch.setattr(Predictor, "tag", lambda self, texts, tags=tags: [
+            [dict(w, tag=t) for w, t in zip(words, tags)] for words in real_tag(self, texts)])
+        for strict in (False, True):
+            assert [(e["type"], e["text"]) for e in predictor.entities(text, strict=strict)] == [
+                ("PER", "Ana Lima"), ("LOC", "Rome")]
+
+
+def test_a_word_without_pieces_inside_an_entity_continues_it(tmp_path, tokenizer):
+    """A character the tokenizer drops (a variation selector on a line of
+    its own) has no piece to tag: between two words of one entity it
+    continues the entity (it was "O", which cut it in two)."""
+    from bertdesk.data.ner import tag_words
+
+    words = [["北", "\ufe0f", "京"]]
+    inside = ner_predictor(tmp_path / "i", tokenizer, bias_tag="I-LOC")
+    ((tags, probs),) = tag_words(inside.model.model, tokenizer, words, NER_LABELS, 32)
+    assert tags == ["I-LOC"] * 3 and probs[1] is None
+    assert [e["text"] for e in inside.entities(words, is_split_into_words=True)[0]] == [
+        "北 \ufe0f 京"]
+    begins = ner_predictor(tmp_path / "b", tokenizer, bias_tag="B-LOC")  # two entities: no fill
+    ((tags, _),) = tag_words(begins.model.model, tokenizer, words, NER_LABELS, 32)
+    assert tags == ["B-LOC", "O", "B-LOC"]
 
 
 def test_words_given_are_tagged_as_given(tmp_path, tokenizer):

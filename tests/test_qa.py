@@ -76,6 +76,42 @@ def test_a_long_question_leaves_room_for_the_stride(tokenizer):
 
 
 @pytest.mark.backend_neutral
+def test_an_answer_ending_in_an_accent_is_labelled_where_a_window_ends(tokenizer):
+    """An uncased tokenizer drops a combining accent, so the last token of
+    "Zoe\u0301" ends before the answer does: a window ending at that token
+    was labelled "no answer" though decoding reads the accent back."""
+    context = "one two three Zoe\u0301 four five six seven eight nine ten"
+    for ctx in (context, "He met Zoe\u0301"):
+        ex = QAExample("z", "Who?", ctx, [{"text": "Zoe\u0301", "answer_start": ctx.index("Zoe")}])
+        windows = make_windows(tokenizer, [ex], max_length=8, doc_stride=2)
+        ends_at_answer = [w for w in windows
+                          if w.offsets[np.flatnonzero(w.context_mask)[-1], 1] == ctx.index("Zoe") + 3]
+        assert ends_at_answer
+        for w in ends_at_answer:
+            assert w.start and ctx[w.offsets[w.start, 0]:w.offsets[w.end, 1]] == "Zoe"
+            starts, ends = np.zeros(len(w.token_ids)), np.zeros(len(w.token_ids))
+            starts[w.start], ends[w.end] = 9.0, 9.0
+            answers, _ = decode([ex], [w], [starts], [ends])
+            assert answers["z"] == "Zoe\u0301"  # the accent read back
+
+
+@pytest.mark.backend_neutral
+def test_an_answer_stops_before_a_following_format_character(tokenizer):
+    """Direction marks, zero-width spaces and joiners, and soft hyphens after
+    a word are not part of it (they made the answer "Paris\u200e", EM 0)."""
+    for mark in ("\u200e", "\u200b", "\u200d", "\xad"):
+        ctx = f"He visited Paris{mark} in 2010."
+        ex = QAExample("p", "Where?", ctx, [{"text": "Paris", "answer_start": 11}])
+        (w,) = make_windows(tokenizer, [ex], max_length=64, doc_stride=16)
+        starts, ends = np.zeros(len(w.token_ids)), np.zeros(len(w.token_ids))
+        starts[w.start], ends[w.end] = 9.0, 9.0
+        answers, _ = decode([ex], [w], [starts], [ends])
+        assert answers["p"] == "Paris", repr(mark)
+        assert squad_metrics(answers, QAData([ex]))["exact_match"] == 100.0
+        assert ctx[slice(*tokenizer.word_spans(ctx)[2])] == "Paris"
+
+
+@pytest.mark.backend_neutral
 def test_decode_picks_the_best_valid_span(tokenizer):
     examples = [example("a", "When was it written?", "the winter of 2026")]
     windows = make_windows(tokenizer, examples, max_length=64, doc_stride=16)

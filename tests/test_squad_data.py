@@ -92,8 +92,10 @@ def test_unanswerable_questions_placeholder_answer(tmp_path):
     data = read_squad(squad_file(tmp_path, [
         {"id": "q1", "question": "Who?", "is_impossible": True,
          "answers": [{"text": "", "answer_start": -1}]}], version="v2.0"))
-    assert data.examples[0].is_impossible
-    assert squad_metrics({"q1": ""}, data)["exact_match"] == 100.0
+    assert data.examples[0].is_impossible and data.examples[0].answers == []
+    scores = squad_metrics({"q1": ""}, data)
+    assert scores["exact_match"] == 100.0
+    assert scores["NoAns_total"] == 1 and "HasAns_total" not in scores  # it counted as HasAns
 
 
 def test_squad_data_and_paragraph_structure_and_byte_order_mark(tmp_path):

@@ -32,13 +32,7 @@ def _read_lines(path):
 def iob1_to_iob2(tags):
     """IOB1 (I- may start an entity; B- only between two adjacent entities of
     one type) to IOB2 (every entity starts with B-). Valid IOB2 is unchanged."""
-    out, prev = [], "O"
-    for tag in tags:
-        if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
-            tag = "B-" + tag[2:]
-        out.append(tag)
-        prev = tag
-    return out
+    return to_bio(tags)
 
 
 def bmes_to_bio(tags):
@@ -46,19 +40,50 @@ def bmes_to_bio(tags):
     its E- or S-: an M-/I-/E- after one (or after O, or another type's tag)
     starts a new entity, as seqeval's default mode and conlleval read it
     (`S-X E-X` is two entities, not one)."""
-    out, prev = [], "O"
+    return to_bio(tags)
+
+
+def is_bio(labels):
+    """Whether a model's labels are BIO (O, B-TYPE, I-TYPE): the tags
+    bertdesk trains; a checkpoint trained elsewhere may use BIOES or IO."""
+    return all(label == "O" or label[:2] in ("B-", "I-") for label in labels)
+
+
+def to_bio(tags):
+    """A model's predicted tags, in any of the common schemes, as BIO
+    (IOB2): B-/I- (IOB1 or IOB2: an I- after O or another type starts an
+    entity, as Hugging Face's pipelines read it), BIOES/BMES (B-, I-/M-,
+    E-, S-: an entity ends at its E- or S-) and IO (bare types such as
+    "PER": a run of one type is one entity)."""
+    out, kind, open_ = [], None, False  # the entity the previous tag left open
     for tag in tags:
         if tag == "O":
             out.append(tag)
-        elif tag[:2] in ("B-", "S-"):
-            out.append("B-" + tag[2:])
-        elif tag[:2] in ("M-", "I-", "E-"):
-            inside = prev[:2] in ("B-", "M-", "I-") and prev[2:] == tag[2:]
-            out.append(("I-" if inside else "B-") + tag[2:])
-        else:
-            raise ValueError(tag)
-        prev = tag
+            kind, open_ = None, False
+            continue
+        prefix, name = (tag[:2], tag[2:]) if tag[:2] in ("B-", "I-", "M-", "E-", "S-") \
+            else ("", tag)
+        inside = prefix in ("", "I-", "M-", "E-") and open_ and kind == name
+        out.append(("I-" if inside else "B-") + name)
+        kind, open_ = name, prefix not in ("E-", "S-")
     return out
+
+
+def _continuing(labels, previous, following):
+    """The label that carries an entity across a word with no word piece,
+    between words tagged `previous` and `following` (None where the two
+    are not one entity's)."""
+    def split(tag):
+        return (tag[:2], tag[2:]) if tag[:2] in ("B-", "I-", "M-", "E-", "S-") else ("", tag)
+
+    (p_prefix, p_kind), (f_prefix, f_kind) = split(previous), split(following)
+    if (previous == "O" or following == "O" or p_kind != f_kind
+            or p_prefix not in ("", "B-", "I-", "M-") or f_prefix not in ("", "I-", "M-", "E-")):
+        return None
+    for prefix in (("",) if p_prefix == "" else ("I-", "M-")):
+        if prefix + p_kind in labels:
+            return prefix + p_kind
+    return None
 
 
 def _check_tag(tag, path, line, allowed):
@@ -288,7 +313,9 @@ def tag_words(model, tokenizer, sentences, labels, max_length, batch_size=64):
     sentence longer than `max_length` tokens is tagged in overlapping
     windows cut between words (`word_windows`), each word by the window
     where it sits farthest from an edge. A word the tokenizer gives no piece
-    (only characters it drops) is tagged "O" with probability None. Returns
+    (only characters it drops, such as a variation selector on a line of its
+    own) has probability None and is tagged "O", or, between two words of
+    one entity, the tag that continues it (I-/M-). Returns
     `[(tags, probs)]`."""
     import numpy as np
 
@@ -311,4 +338,11 @@ def tag_words(model, tokenizer, sentences, labels, max_length, batch_size=64):
                 tags[first + w], probs[first + w] = labels[k], float(p[k])
                 margin[sentence][first + w] = edge
             previous = w
+    for tags, probs in out:
+        tagged = [i for i, p in enumerate(probs) if p is not None]
+        for before, after in zip(tagged, tagged[1:]):
+            if after > before + 1:
+                fill = _continuing(labels, tags[before], tags[after])
+                if fill:
+                    tags[before + 1:after] = [fill] * (after - before - 1)
     return out

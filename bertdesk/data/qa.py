@@ -61,7 +61,10 @@ def make_windows(tokenizer, examples, max_length=384, doc_stride=128, max_query_
                 a = ex.answers[0]
                 s_char, e_char = a["answer_start"], a["answer_start"] + len(a["text"])
                 idx = np.flatnonzero(context_mask)
-                if len(idx) and offsets[idx[0], 0] <= s_char and offsets[idx[-1], 1] >= e_char:
+                # the window holds the answer if its last token, with the
+                # accents no token covers (as `best_spans` reads it), reaches its end
+                if (len(idx) and offsets[idx[0], 0] <= s_char
+                        and span_end(ex.context, int(offsets[idx[-1], 1])) >= e_char):
                     w.start = int(idx[np.flatnonzero(offsets[idx, 1] > s_char)[0]])
                     w.end = int(idx[np.flatnonzero(offsets[idx, 0] < e_char)[-1]])
             windows.append(w)

@@ -74,6 +74,7 @@ def read_squad(path, require_answers=True):
                 answers = _expect(q.get("answers", []), list, f"{where}: 'answers'",
                                   "a list of {\"text\": ..., \"answer_start\": ...} objects "
                                   "(SQuAD's layout, not the datasets library's columns)")
+                kept = []
                 for ans in answers:
                     ans = _expect(ans, dict, f"{where}: an answer",
                                   "an object with 'text' and 'answer_start'")
@@ -82,14 +83,16 @@ def read_squad(path, require_answers=True):
                             or isinstance(start, bool)):
                         raise DataError(f"{where}: an answer lacks 'text' or integer 'answer_start'")
                     if not text.strip():
-                        if impossible:  # converters' placeholder: {"text": "", "answer_start": -1}
-                            continue
+                        if impossible:  # converters' placeholder: {"text": "", "answer_start": -1},
+                            continue  # dropped (it counted the question as answerable: HasAns)
                         raise DataError(f"{where}: an answer's text is empty (a question "
                                         "without an answer has 'answers': [] and is_impossible)")
                     if start < 0 or context[start:start + len(text)] != text:
                         raise DataError(
                             f"{where}: answer {text!r} is not at offset {start} of the context "
                             f"(found {context[max(start, 0):max(start, 0) + len(text)]!r})")
+                    kept.append(ans)
+                answers = kept
                 if require_answers and not answers and not impossible:
                     raise DataError(f"{where}: no answers and not marked is_impossible")
                 data.examples.append(QAExample(qid, question, context, answers, impossible,

@@ -137,12 +137,24 @@ class NerTask:
                 else read_char_tags(path))
 
     def split(self, data, fraction, seed):
+        """Random sentences held out, except that a sentence holding an
+        entity type no training sentence has goes to training (the labels
+        come from the training part: a type seen only in the held-out part
+        failed the run, or not, by the seed)."""
         from bertdesk.data.ner import TaggedSentences
 
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(data.words))
         n_val = max(1, int(round(len(order) * fraction)))
-        val, tr = sorted(order[:n_val]), sorted(order[n_val:])
+        val, tr = list(order[:n_val]), list(order[n_val:])
+        kinds = [{t[2:] for t in tags if t != "O"} for tags in data.tags]
+        trained = set().union(*(kinds[i] for i in tr))
+        for i in list(val):
+            if kinds[i] - trained and len(val) > 1:
+                val.remove(i)
+                tr.append(i)
+                trained |= kinds[i]
+        val, tr = sorted(val), sorted(tr)
         pick = lambda idx: TaggedSentences([data.words[i] for i in idx],  # noqa: E731
                                            [data.tags[i] for i in idx], data.source,
                                            [data.lines[i] for i in idx])
@@ -166,26 +178,26 @@ class NerTask:
                                     f"one the model knows ({', '.join(head['labels'])})")
         return index
 
-    def _encode(self, tokenizer, data, max_length):
-        return tokenizer.encode_words(data.words, max_length=max_length)
-
     def dataset(self, tokenizer, data, head, config, train=False):
         from bertdesk.data.batching import PaddedBatches
         from bertdesk.data.ner import align_tags
         from bertdesk.tasks.bert_token_classifier import IGNORE_INDEX
 
-        enc = self._encode(tokenizer, data, config.max_length)
+        enc, cut = tokenizer.encode_words(data.words, max_length=config.max_length,
+                                          return_cut=True)
         targets = align_tags(enc, data.tags, self.targets(data, head)) if train else None
         # Bucketing by length cost 2.7 entity-F1 points on CoNLL-2003 (README),
         # so token classification leaves it off unless asked.
-        return PaddedBatches(enc, targets, batch_size=config.batch_size, shuffle=train,
-                             seed=config.seed, bucket=bool(config.bucket),
-                             fixed_length=None if (config.dynamic_padding or not train)
-                             else config.max_length,
-                             pad_to_multiple=config.pad_to_multiple,
-                             max_shapes=config.max_shapes,
-                             bucket_batches=config.bucket_batches,
-                             target_pad_value=IGNORE_INDEX if train else None)
+        batches = PaddedBatches(enc, targets, batch_size=config.batch_size, shuffle=train,
+                                seed=config.seed, bucket=bool(config.bucket),
+                                fixed_length=None if (config.dynamic_padding or not train)
+                                else config.max_length,
+                                pad_to_multiple=config.pad_to_multiple,
+                                max_shapes=config.max_shapes,
+                                bucket_batches=config.bucket_batches,
+                                target_pad_value=IGNORE_INDEX if train else None)
+        batches.cut = cut  # sentences longer than max_length: training sees their start
+        return batches
 
     def build_model(self, backbone, head):
         from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
@@ -209,11 +221,14 @@ class NerTask:
 
     def scores(self, model, tokenizer, data, head, max_length):
         """Word-level predicted tags per sentence (a sentence longer than
-        `max_length` tokens in consecutive windows)."""
-        from bertdesk.data.ner import tag_words
+        `max_length` tokens in consecutive windows), as BIO: a model
+        tagging in BIOES or IO (trained elsewhere) has its tags read by
+        that scheme, so they compare with the data's."""
+        from bertdesk.data.ner import is_bio, tag_words, to_bio
 
-        return [tags for tags, _ in tag_words(model, tokenizer, data.words, head["labels"],
-                                              max_length)]
+        tagged = [tags for tags, _ in tag_words(model, tokenizer, data.words, head["labels"],
+                                                max_length)]
+        return tagged if is_bio(head["labels"]) else [to_bio(tags) for tags in tagged]
 
     def metrics(self, scores, data, head):
         from bertdesk.data.ner import entity_metrics
