@@ -116,11 +116,55 @@ def test_bad_corpus_files(tmp_path, tokenizer, content, message):
 
 
 @pytest.mark.backend_neutral
+def test_files_of_one_document_each_draw_random_next_from_other_documents(tmp_path, tokenizer):
+    """A file is a chunk, a chunk a shard, and B was drawn from the shard's
+    own documents: where a file is one document, every "random next" B was
+    its own document's. Each file here is one document whose sentences all
+    start with one name, so the names tell which document a segment is from."""
+    rng = random.Random(3)
+    files = []
+    for k, name in enumerate(NAMES[:3]):
+        sentences = [" ".join([name] + [rng.choice(STEMS) for _ in range(rng.randint(3, 6))]) + "."
+                     for _ in range(40)]
+        files.append(tmp_path / f"doc{k}.txt")
+        files[-1].write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    said = []
+    create_pretraining_data(files, tokenizer, tmp_path / "d", _options(max_seq_length=48),
+                            log=said.append)
+    assert not any("one document" in line for line in said)
+    names = {tokenizer.vocabulary.index(n.lower()) for n in NAMES[:3]}  # one piece each
+    data = PretrainingData(tmp_path / "d", batch_size=1)
+    counts = {0: 0, 1: 0}
+    for i in range(data.num_instances):
+        x, y = data.batch(i)
+        ids, labels = x["token_ids"][0].copy(), y["mlm_logits"][0]
+        ids[x["mask_positions"][0][labels >= 0]] = labels[labels >= 0]  # unmasked
+        seg, real = x["segment_ids"][0], x["padding_mask"][0].astype(bool)
+        a, b = ({int(t) for t in ids[part & real] if t in names}
+                for part in (seg == 0, seg == 1))
+        random_next = int(y["nsp_logits"][0])
+        assert (a.isdisjoint(b) if random_next else a == b) or not (a and b), (i, a, b)
+        counts[random_next] += bool(a and b)
+    assert counts[0] > 10 and counts[1] > 10
+
+    one = tmp_path / "one.txt"  # a corpus of one document: said, and named (a str path
+    one.write_text(files[0].read_text(encoding="utf-8"), encoding="utf-8")  # was spelt out)
+    said.clear()
+    create_pretraining_data(str(one), tokenizer, tmp_path / "o", _options(), log=said.append)
+    assert [line for line in said if "one document" in line] == [
+        f"{one}: the corpus is one document, so a \"random\" next sentence comes from that same "
+        "document (as in google-research/bert) and next-sentence prediction learns little; "
+        "separate documents with blank lines (or use --document-pattern)"]
+
+
+@pytest.mark.backend_neutral
 def test_one_sentence_documents_are_refused(tmp_path, tokenizer):
     path = tmp_path / "short.txt"
     path.write_text("Alice walks.\n\nBob talks.\n\nCarol sings.\n", encoding="utf-8")
     with pytest.raises(DataError, match="short.txt: every document has a single sentence"):
         create_pretraining_data([path], tokenizer, tmp_path / "out", _options())
+    with pytest.raises(DataError, match=r"^\S*short.txt: every document"):
+        create_pretraining_data(str(path), tokenizer, tmp_path / "out", _options())
 
 
 @pytest.mark.backend_neutral

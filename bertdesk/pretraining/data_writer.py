@@ -111,10 +111,12 @@ def tokenize_documents(tokenizer, documents, chinese_words=False):
     return out
 
 
-def build_instances(documents, tokenizer, options, rng):
+def build_instances(documents, tokenizer, options, rng, others=None):
     """All instances of one shard, shuffled: a list of dicts with `ids`,
     `cont`, `a_length`, `next_sentence` and, when static, `positions`,
-    `labels`. `documents` are lists of `Segment`s; they get shuffled."""
+    `labels`. `documents` are lists of `Segment`s; they get shuffled.
+    `others`: documents from elsewhere to draw random next sentences from
+    (see `create_instances_from_document`)."""
     rng.shuffle(documents)
     special = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
     replacement = replacement_ids(tokenizer.vocabulary)
@@ -123,7 +125,8 @@ def build_instances(documents, tokenizer, options, rng):
     for _ in range(options.dupe_factor):
         for index in range(len(documents)):
             for a, b, is_random in create_instances_from_document(
-                    documents, index, options.max_seq_length, options.short_seq_prob, rng):
+                    documents, index, options.max_seq_length, options.short_seq_prob, rng,
+                    others):
                 ids, cont, a_length = pack_pair(a, b, tokenizer.cls_token_id,
                                                 tokenizer.sep_token_id)
                 inst = {"ids": ids, "cont": cont, "a_length": a_length,
@@ -178,20 +181,28 @@ def corpus_tokenizer(folder):
     return tokenizer
 
 
-def make_shard(index, chunk, options, out_dir):
+def make_shard(index, chunk, options, out_dir, neighbour=None):
     """Build shard `index` from `chunk` into `out_dir/shard-<index>` with the
     tokenizer saved in `out_dir` (all its settings: casing, accents, CJK);
-    returns its statistics. Runs in a worker process."""
+    returns its statistics. Runs in a worker process. A chunk of a single
+    document (a file that is one document) draws its random next sentences
+    from the `neighbour` chunk's documents: its own would make the "random"
+    B its own document's."""
     tokenizer = corpus_tokenizer(out_dir)
-    documents = tokenize_documents(
-        tokenizer, read_chunk(chunk, options.document_pattern, options.sentences),
-        options.chinese_words)
+
+    def documents_of(part):
+        return tokenize_documents(
+            tokenizer, read_chunk(part, options.document_pattern, options.sentences),
+            options.chinese_words)
+
+    documents = documents_of(chunk)
+    others = documents_of(neighbour) if len(documents) == 1 and neighbour is not None else None
     rng = random.Random(f"{options.seed}/{index}")
     stats = {"documents": len(documents),
              "one_sentence_documents": sum(len(d) == 1 for d in documents),
              "sentences": sum(len(d) for d in documents),
              "tokens": sum(len(s) for d in documents for s in d)}
-    instances = build_instances(documents, tokenizer, options, rng) if documents else []
+    instances = build_instances(documents, tokenizer, options, rng, others) if documents else []
     arrays = _arrays(instances, options, tokenizer.vocabulary_size)
     name = f"shard-{index:05d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
@@ -223,6 +234,7 @@ def create_pretraining_data(corpus, tokenizer, output, options=None, workers=1, 
     options = options or DataOptions()
     options.check()
     log = log or (lambda text: None)
+    corpus = [corpus] if isinstance(corpus, (str, Path)) else list(corpus)
     if tokenizer.mask_token_id is None:
         raise DataError("the vocabulary has no [MASK] token; masked-LM pretraining needs one")
     output = Path(output)
@@ -256,30 +268,36 @@ def _write_data(corpus, tokenizer, chunks, output, options, workers, log):
     vocab_file = output / "vocab.txt"
     log(f"{len(chunks)} shard(s) from {len(set(c.path for c in chunks))} file(s), "
         f"{workers} worker(s)")
-    jobs = [(i, c, options, str(output)) for i, c in enumerate(chunks)]
+    jobs = [(i, c, options, str(output), chunks[(i + 1) % len(chunks)] if len(chunks) > 1
+             else None) for i, c in enumerate(chunks)]
     if workers > 1 and len(chunks) > 1:
         # spawn, not fork: the parent may hold JAX/PyTorch threads
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             shards = list(pool.map(make_shard, *zip(*jobs)))
     else:
         shards = [make_shard(*job) for job in jobs]
+    names = ", ".join(map(str, corpus))
     totals = {k: sum(s[k] for s in shards)
               for k in ("instances", "random_next", "documents", "one_sentence_documents",
                         "sentences", "tokens")}
     if totals["instances"] == 0:
-        raise DataError(f"{', '.join(map(str, corpus))}: no training instances could be made "
+        raise DataError(f"{names}: no training instances could be made "
                         "(no sentences found)")
     if totals["one_sentence_documents"] == totals["documents"]:
         raise DataError(
-            f"{', '.join(map(str, corpus))}: every document has a single sentence, so "
+            f"{names}: every document has a single sentence, so "
             "next-sentence prediction has no real next sentence to learn from; separate "
             "documents with blank lines and keep several sentences in each (or use "
             "--document-pattern for a corpus marked by headings)")
+    if totals["documents"] == 1:
+        log(f"{names}: the corpus is one document, so a \"random\" next "
+            "sentence comes from that same document (as in google-research/bert) and "
+            "next-sentence prediction learns little; separate documents with blank lines "
+            "(or use --document-pattern)")
     manifest = {"format": FORMAT, "version": 1, "options": asdict(options),
                 "vocab_size": tokenizer.vocabulary_size, "vocab_sha256": _sha256(vocab_file),
                 "lowercase": tokenizer.lowercase,
-                "corpus": [str(p) for p in ([corpus] if isinstance(corpus, (str, Path))
-                                            else corpus)],
+                "corpus": [str(p) for p in corpus],
                 "shards": shards, "totals": totals}
     atomic_write_text(output / "data.json", json.dumps(manifest, indent=2))
     return manifest

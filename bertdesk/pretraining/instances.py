@@ -65,13 +65,15 @@ def truncate_seq_pair(a, b, max_num_tokens, rng):
 
 
 def create_instances_from_document(all_documents, document_index, max_seq_length,
-                                   short_seq_prob, rng):
+                                   short_seq_prob, rng, others=None):
     """Sentence pairs from one document, yielded one at a time as
     `(a, b, is_random_next)` with `a`, `b` `Segment`s that fit
     `max_seq_length` with [CLS] and two [SEP]. `all_documents` is a list of
     documents, each a list of `Segment`s (sentences). A caller that masks
     each pair (`mask_tokens`, the same `rng`) before taking the next draws
-    in the reference's order, which masks inside this loop."""
+    in the reference's order, which masks inside this loop. `others`:
+    documents from elsewhere in the corpus, where a random B is drawn
+    instead (for a shard of one document, whose B would be its own)."""
     document = all_documents[document_index]
     max_num_tokens = max_seq_length - 3
     target_seq_length = max_num_tokens
@@ -96,11 +98,14 @@ def create_instances_from_document(all_documents, document_index, max_seq_length
                 if len(current_chunk) == 1 or rng.random() < 0.5:
                     is_random_next = True
                     target_b_length = target_seq_length - len(a)
-                    for _ in range(10):
-                        random_document_index = rng.randint(0, len(all_documents) - 1)
-                        if random_document_index != document_index:
-                            break
-                    random_document = all_documents[random_document_index]
+                    if others:
+                        random_document = others[rng.randint(0, len(others) - 1)]
+                    else:
+                        for _ in range(10):
+                            random_document_index = rng.randint(0, len(all_documents) - 1)
+                            if random_document_index != document_index:
+                                break
+                        random_document = all_documents[random_document_index]
                     random_start = rng.randint(0, len(random_document) - 1)
                     for j in range(random_start, len(random_document)):
                         b.extend(random_document[j])
