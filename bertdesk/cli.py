@@ -121,6 +121,19 @@ def _positive_int(text):
     return value
 
 
+def _at_least(minimum):
+    """argparse type: a whole number >= `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
 def _count(text):
     try:
         value = int(text)
@@ -452,6 +465,9 @@ def _cmd_vocab(args):
     print(f"{tokenizer.vocabulary_size:,} word pieces ({'cased' if args.cased else 'uncased'}) "
           f"-> {out}; on the corpus: {stats['pieces_per_word']:.2f} pieces per word, "
           f"{100 * stats['unknown_share']:.2f}% of words [UNK]")
+    if tokenizer.vocabulary_size > args.vocab_size:
+        print(f"(more than --vocab-size {args.vocab_size:,}: every character of the corpus, "
+              "and its ## form, is kept)")
 
 
 def _holds_a_model(folder):
@@ -464,27 +480,12 @@ def _holds_a_model(folder):
         return False
 
 
-def _data_options(args):
-    from bertdesk.pretraining.data_writer import DataOptions
-
-    return DataOptions(
-        max_seq_length=args.seq_length, max_predictions_per_seq=args.max_predictions_per_seq,
-        masked_lm_prob=args.masked_lm_prob, short_seq_prob=args.short_seq_prob,
-        dupe_factor=args.dupe_factor, masking=args.masking, whole_word_mask=args.whole_word_mask,
-        chinese_words=getattr(args, "chinese_words", False), seed=args.seed,
-        sentences=args.sentences, document_pattern=args.document_pattern)
-
-
 def _cmd_pretraining_data(args):
-    from pathlib import Path
+    from bertdesk.pretraining.data_writer import DataOptions, create_pretraining_data
+    from bertdesk.pretraining.vocab import vocabulary_tokenizer
 
-    from bertdesk.pretraining.data_writer import create_pretraining_data
-    from bertdesk.tokenizer import BertTokenizer
-
-    vocab = Path(args.vocab)
-    tokenizer = (BertTokenizer.from_pretrained(vocab) if vocab.is_dir()
-                 else BertTokenizer(vocab, lowercase=not args.cased))
-    create_pretraining_data(args.corpus, tokenizer, args.output, _data_options(args),
+    tokenizer = vocabulary_tokenizer(args.vocab, args.cased)
+    create_pretraining_data(args.corpus, tokenizer, args.output, DataOptions.of(args),
                             workers=args.workers, log=print)
     print(f"-> {args.output}")
 
@@ -641,10 +642,13 @@ def build_parser():
 
     p = sub.add_parser("vocab", help="train a WordPiece vocabulary from raw text")
     p.add_argument("--corpus", nargs="+", required=True, help="UTF-8 text files")
-    p.add_argument("--vocab-size", type=int, default=30522)
+    p.add_argument("--vocab-size", type=_at_least(6), default=30522,
+                   help="pieces wanted (the specials and every character of the corpus are "
+                        "kept even past it)")
     p.add_argument("--output", required=True, help="vocab.txt, or a folder (vocab.txt + config)")
     p.add_argument("--cased", action="store_true", help="keep case and accents")
-    p.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are dropped")
+    p.add_argument("--min-frequency", type=_count, default=2,
+                   help="merges seen fewer times are dropped")
     p.set_defaults(func=_cmd_vocab)
 
     p = sub.add_parser("pretraining-data",
@@ -654,7 +658,8 @@ def build_parser():
     p.add_argument("--vocab", required=True, help="vocab.txt, or a folder with one")
     p.add_argument("--cased", action="store_true", help="with a vocab.txt: keep case")
     p.add_argument("--output", required=True, help="data folder (shards + data.json)")
-    p.add_argument("--workers", type=int, default=1, help="processes, one shard each at a time")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes, one shard each at a time")
     _pretraining_data_options(p)
     p.set_defaults(func=_cmd_pretraining_data)
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import re
 import shutil
+from contextlib import nullcontext
 
 import pytest
 
@@ -335,9 +336,18 @@ def test_files_with_a_byte_order_mark_read_as_without(model_folder, minilm_folde
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--max-steps", "0"], "max_steps must be at least 1, got 0"),
-    (["--seq-length", "4"], "max_seq_length must be at least 8, got 4"),
+    (["--max-steps", "0"], "--max-steps: expected a whole number >= 1, got 0"),
+    (["--seq-length", "4"], "--seq-length: expected a whole number >= 8, got 4"),
     (["--document-pattern", "["], r"--document-pattern '\[': not a regular expression"),
+    # each of these was a traceback, or accepted
+    (["--vocab-size", "3"], "--vocab-size: expected a whole number >= 6, got 3"),
+    (["--preset", "Tiny"], "--preset 'Tiny': expected one of base, large, medium, mini, small, "
+                           "tiny"),
+    (["--model-parallel", "0"], "--model-parallel: expected a whole number >= 1, got 0"),
+    (["--short-seq-prob", "5"], r"--short-seq-prob: expected a number in \[0, 1\], got 5.0"),
+    (["--warmup-steps", "-5"], "--warmup-steps: expected a whole number >= 0, got -5"),
+    (["--workers", "-3"], "--workers: expected a whole number >= 1, got -3"),
+    (["--learning-rate", "nan"], r"--learning-rate: expected a number in \(0, inf\), got nan"),
 ])
 def test_bad_pretraining_arguments_are_messages(tmp_path, capsys, extra, message):
     corpus = tmp_path / "wiki.txt"
@@ -346,6 +356,50 @@ def test_bad_pretraining_arguments_are_messages(tmp_path, capsys, extra, message
                      "--preset", "tiny"] + extra) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+@pytest.mark.parametrize("command, message", [
+    (["vocab", "--vocab-size", "3"], "argument --vocab-size: expected a whole number >= 6"),
+    (["vocab", "--min-frequency", "-1"], "argument --min-frequency: expected a whole number >= 0"),
+    (["pretraining-data", "--vocab", "VOCAB", "--workers", "-3"],
+     "argument --workers: expected a positive whole number"),
+    (["pretraining-data", "--vocab", "VOCAB", "--short-seq-prob", "-1"],
+     r"--short-seq-prob: expected a number in \[0, 1\], got -1.0"),
+    (["pretraining-data", "--vocab", "VOCAB", "--masked-lm-prob", "1"],
+     r"--masked-lm-prob: expected a number in \(0, 1\), got 1.0"),
+])
+def test_bad_vocabulary_and_data_arguments_are_messages(tmp_path, capsys, command, message):
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("Alice walks home. Bob talks.\n\nCarol sings. Dan reads.\n" * 20)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    command = [str(vocab) if c == "VOCAB" else c for c in command]
+    with pytest.raises(SystemExit) if "argument" in message else nullcontext():
+        assert cli_main(command + ["--corpus", str(corpus), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "--epochs: expected a whole number >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size: expected a whole number >= 1, got 0"),
+    (["--validation-fraction", "0"], r"--validation-fraction: expected a number in \(0, 1\), "
+                                     "got 0.0"),
+    (["--validation-fraction", "1"], r"--validation-fraction: expected a number in \(0, 1\)"),
+    (["--warmup-ratio", "2"], r"--warmup-ratio: expected a number in \[0, 1\], got 2.0"),
+    (["--learning-rate=-1e-5"], r"--learning-rate: expected a number in \(0, inf\)"),
+    (["--early-stopping-patience", "0"], "--early-stopping-patience: expected a whole number"),
+])
+def test_bad_finetuning_arguments_are_messages(tmp_path, capsys, extra, message):
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    assert cli_main(["finetune", "--model", "tiny", "--train", str(data),
+                     "--output", str(tmp_path / "run")] + extra) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_damaged_checkpoint_state_is_a_message(tmp_path, capsys):

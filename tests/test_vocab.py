@@ -93,3 +93,28 @@ def test_bad_corpus_files(tmp_path, capsys):
     assert cli_main(["vocab", "--corpus", str(empty), "--output", str(tmp_path / "v.txt")]) == 2
     assert "no text" in capsys.readouterr().err
     assert not (tmp_path / "v.txt").exists()
+
+
+def test_a_vocab_txt_read_with_the_other_casing_is_refused(corpus, tmp_path, capsys):
+    """A vocab.txt records no casing: a cased one read lower-cased left its
+    capitalised pieces unused, an uncased one read --cased made capitals
+    [UNK] (12.6% of a corpus's tokens), both without a word."""
+    from bertdesk.pretraining.vocab import vocabulary_tokenizer
+
+    cased, uncased = tmp_path / "cased.txt", tmp_path / "uncased.txt"
+    for path, lowercase in ((cased, False), (uncased, True)):
+        vocab = train_vocabulary([corpus], vocab_size=300, lowercase=lowercase).vocabulary
+        path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    assert not vocabulary_tokenizer(cased, cased=True).lowercase
+    assert vocabulary_tokenizer(uncased).lowercase
+    with pytest.raises(DataError, match=r"cased.txt: \d+ of its \d+ pieces have capital letters, "
+                                        r"so it is a cased vocabulary.*add --cased"):
+        vocabulary_tokenizer(cased)
+    with pytest.raises(DataError, match=r"uncased.txt: no piece has a capital letter.*drop --cased"):
+        vocabulary_tokenizer(uncased, cased=True)
+    assert cli_main(["pretraining-data", "--corpus", str(corpus), "--vocab", str(cased),
+                     "--output", str(tmp_path / "data")]) == 2
+    assert "add --cased" in capsys.readouterr().err and not (tmp_path / "data").exists()
+    chinese = tmp_path / "zh.txt"  # no letters with case: either setting reads it
+    chinese.write_text("\n".join(SPECIALS + list("我们今天去北京")) + "\n", encoding="utf-8")
+    assert vocabulary_tokenizer(chinese, cased=True).vocabulary_size == 12

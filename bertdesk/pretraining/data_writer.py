@@ -36,7 +36,7 @@ import numpy as np
 
 from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
-from bertdesk.pretraining.corpus import plan_chunks, read_chunk
+from bertdesk.pretraining.corpus import compile_document_pattern, plan_chunks, read_chunk
 from bertdesk.pretraining.instances import (Segment, create_instances_from_document, mask_tokens,
                                             pack_pair, replacement_ids)
 
@@ -63,17 +63,30 @@ class DataOptions:
     document_pattern: str | None = None
     chunk_bytes: int = 32 << 20
 
+    @classmethod
+    def of(cls, settings):
+        """The options a `PretrainConfig` or the command line's arguments
+        (`seq_length`, `masked_lm_prob`, ...) make the data with."""
+        return cls(
+            max_seq_length=settings.seq_length,
+            max_predictions_per_seq=settings.max_predictions_per_seq,
+            masked_lm_prob=settings.masked_lm_prob, short_seq_prob=settings.short_seq_prob,
+            dupe_factor=settings.dupe_factor, masking=settings.masking,
+            whole_word_mask=settings.whole_word_mask, chinese_words=settings.chinese_words,
+            seed=settings.seed, sentences=settings.sentences,
+            document_pattern=settings.document_pattern)
+
     def check(self):
-        if self.max_seq_length < 8:
-            raise DataError(f"max_seq_length must be at least 8, got {self.max_seq_length}")
-        if not 0 < self.masked_lm_prob < 1:
-            raise DataError(f"masked_lm_prob must be in (0, 1), got {self.masked_lm_prob}")
-        if self.max_predictions_per_seq < 1:
-            raise DataError("max_predictions_per_seq must be at least 1")
+        from bertdesk.data import settings
+
+        settings.whole(self, "max_seq_length", 8, option="--seq-length")
+        settings.whole(self, "max_predictions_per_seq")
+        settings.whole(self, "dupe_factor")
+        settings.number(self, "masked_lm_prob", 0, 1, low_open=True, high_open=True)
+        settings.number(self, "short_seq_prob", 0, 1)
         if self.masking not in ("static", "dynamic"):
             raise DataError(f"masking must be 'static' or 'dynamic', got {self.masking!r}")
-        if self.dupe_factor < 1:
-            raise DataError("dupe_factor must be at least 1")
+        compile_document_pattern(self.document_pattern)
 
 
 def _is_cjk(token):

@@ -88,10 +88,28 @@ class PretrainConfig:
         if self.distribution not in ("none", "data", "model"):
             raise DataError(f"distribution must be 'none', 'data' or 'model', "
                              f"got {self.distribution!r}")
+        from bertdesk.data import settings
+        from bertdesk.models.bert_backbone import preset_names
+
         for name in ("max_steps", "batch_size", "gradient_accumulation", "save_every",
-                     "log_every"):
-            if getattr(self, name) < 1:
-                raise DataError(f"{name} must be at least 1, got {getattr(self, name)}")
+                     "log_every", "workers", "model_parallel", "num_processes"):
+            settings.whole(self, name)
+        settings.whole(self, "vocab_size", 6)  # the 5 specials and a piece
+        settings.whole(self, "process_id", 0)
+        if self.warmup_steps is not None:
+            settings.whole(self, "warmup_steps", 0)
+        settings.number(self, "learning_rate", 0, low_open=True)
+        settings.number(self, "weight_decay", 0)
+        settings.number(self, "max_grad_norm", 0, low_open=True)
+        if self.dropout is not None:
+            settings.number(self, "dropout", 0, 1, high_open=True)
+        if self.preset not in preset_names():
+            raise DataError(f"--preset {self.preset!r}: expected one of "
+                            f"{', '.join(preset_names())}")
+        if not self.data:
+            from bertdesk.pretraining.data_writer import DataOptions
+
+            DataOptions.of(self).check()  # before the run folder is made
         if not self.data and not self.corpus:
             raise DataError("give --corpus (raw text files) or --data (a folder written by "
                             "`bertdesk pretraining-data`)")
@@ -119,24 +137,17 @@ def prepare_data(config, out, log):
     if (folder / "data.json").is_file():
         return existing(folder)
     if config.vocab:
-        vocab = Path(config.vocab)
-        tokenizer = (BertTokenizer.from_pretrained(vocab) if vocab.is_dir()
-                     else BertTokenizer(vocab, lowercase=not config.cased))
+        from bertdesk.pretraining.vocab import vocabulary_tokenizer
+
+        tokenizer = vocabulary_tokenizer(config.vocab, config.cased)
     else:
         from bertdesk.pretraining.vocab import train_vocabulary
 
         log(f"training a {config.vocab_size:,}-piece WordPiece vocabulary on the corpus")
         tokenizer = train_vocabulary(config.corpus, config.vocab_size,
                                      lowercase=not config.cased)
-    options = DataOptions(
-        max_seq_length=config.seq_length, max_predictions_per_seq=config.max_predictions_per_seq,
-        masked_lm_prob=config.masked_lm_prob, short_seq_prob=config.short_seq_prob,
-        dupe_factor=config.dupe_factor, masking=config.masking,
-        whole_word_mask=config.whole_word_mask, chinese_words=config.chinese_words,
-        seed=config.seed, sentences=config.sentences,
-        document_pattern=config.document_pattern)
-    create_pretraining_data(config.corpus, tokenizer, folder, options, workers=config.workers,
-                            log=log)
+    create_pretraining_data(config.corpus, tokenizer, folder, DataOptions.of(config),
+                            workers=config.workers, log=log)
     return folder, tokenizer
 
 

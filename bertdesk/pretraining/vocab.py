@@ -42,12 +42,41 @@ def _lines(path):
         raise DataError(f"{path}: no text (the file is empty or blank)")
 
 
+def vocabulary_tokenizer(path, cased=False):
+    """The `BertTokenizer` of `--vocab`: a folder with its own settings
+    (tokenizer_config.json), or a bare vocab.txt read lower-cased unless
+    `cased`. A vocab.txt records no casing, so its pieces are checked
+    against the setting: upper-case pieces read lower-cased are never used
+    (a cased vocabulary), and an uncased one read cased turns capitals into
+    [UNK]: both are refused, naming the fix."""
+    from bertdesk.tokenizer import BertTokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        return BertTokenizer.from_pretrained(path)
+    tokenizer = BertTokenizer(path, lowercase=not cased)
+    pieces = [p for p in tokenizer.vocabulary if not (p.startswith("[") and p.endswith("]"))]
+    upper = sum(any(c.isupper() for c in p) for p in pieces)
+    lower = sum(any(c.islower() for c in p) for p in pieces)
+    if not cased and upper > 0.01 * len(pieces):
+        raise DataError(f"{path}: {upper:,} of its {len(pieces):,} pieces have capital letters, "
+                        "so it is a cased vocabulary, read lower-cased here (those pieces would "
+                        "never be used): add --cased")
+    if cased and upper == 0 and lower > 0.01 * len(pieces):
+        raise DataError(f"{path}: no piece has a capital letter, so it is an uncased vocabulary, "
+                        "read cased here (capitalised words would become [UNK]): drop --cased")
+    return tokenizer
+
+
 def train_vocabulary(corpus, vocab_size=30522, lowercase=True, min_frequency=2,
                      limit_alphabet=None):
     """A `BertTokenizer` whose WordPiece vocabulary is learnt from the
     `corpus` files: `[PAD] [UNK] [CLS] [SEP] [MASK]` first (ids 0-4), then
     the characters, then merged pieces (continuations prefixed `##`), at
-    most `vocab_size` entries."""
+    most `vocab_size` entries, except that every character the corpus holds
+    (and its `##` form) is kept: a corpus with more characters than that
+    gives more entries (`limit_alphabet` keeps only the most frequent, the
+    others then read as [UNK])."""
     from tokenizers import Tokenizer, models, trainers
 
     from bertdesk.tokenizer import BertTokenizer
@@ -55,8 +84,12 @@ def train_vocabulary(corpus, vocab_size=30522, lowercase=True, min_frequency=2,
     files = [Path(p) for p in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     if not files:
         raise DataError("no corpus files given")
-    if vocab_size < len(SPECIALS) + 1:
-        raise ValueError(f"vocab_size must be more than {len(SPECIALS)}, got {vocab_size}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) \
+            or vocab_size < len(SPECIALS) + 1:
+        raise DataError(f"--vocab-size: expected a whole number > {len(SPECIALS)} (the "
+                        f"specials and a piece), got {vocab_size!r}")
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
+        raise DataError(f"--min-frequency: expected a whole number >= 0, got {min_frequency!r}")
     reference = BertTokenizer(SPECIALS, lowercase=lowercase)._tokenizer
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = reference.normalizer

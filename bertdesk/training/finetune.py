@@ -350,6 +350,26 @@ def _inside(spec, folder):
     return path == folder or folder in path.parents
 
 
+def check_settings(config):
+    """DataError naming the first setting out of its range, before the run
+    folder is touched (an --epochs 0 run wrote no model and said its
+    model file was missing; --batch-size 0 failed inside the batching)."""
+    from bertdesk.data import settings
+
+    for name in ("epochs", "batch_size", "gradient_accumulation", "doc_stride",
+                 "max_answer_length"):
+        settings.whole(config, name)
+    if config.early_stopping_patience is not None:
+        settings.whole(config, "early_stopping_patience")
+    settings.number(config, "learning_rate", 0, low_open=True)
+    settings.number(config, "weight_decay", 0)
+    settings.number(config, "warmup_ratio", 0, 1)
+    if config.max_grad_norm is not None:  # None: no clipping
+        settings.number(config, "max_grad_norm", 0, low_open=True)
+    if not config.validation:  # held out of --train: some of it, never all
+        settings.number(config, "validation_fraction", 0, 1, low_open=True, high_open=True)
+
+
 def check_fits(backbone, config):
     """DataError before any training where the inputs would index past the
     model's tables: `max_length` over its learned positions, or text pairs
@@ -400,10 +420,8 @@ def run_finetune(config, sink=None):
     if not isinstance(config.max_shapes, int) or config.max_shapes < 0:
         raise DataError(f"max_shapes: expected a whole number >= 1, or 0 for no limit, got "
                         f"{config.max_shapes!r}")
+    check_settings(config)
     accumulation = config.gradient_accumulation
-    if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
-        raise DataError(f"gradient_accumulation: expected a whole number >= 1 (batches per "
-                        f"update), got {accumulation!r}")
     out = Path(config.output)
     # an epoch writes model/ (the best so far), then its checkpoint
     resuming = open_run_folder(out, config.resume, own={
