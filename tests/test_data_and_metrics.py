@@ -328,4 +328,5 @@ def test_a_nan_monitored_value_never_blocks_later_improvements():
     assert _improves(0.1, nan, "max") and _improves(5.0, nan, "min")
     assert not _improves(nan, 0.1, "max") and not _improves(nan, 0.1, "min")
     assert not _improves(None, None, "max")
+    assert _improves(nan, nan, "max") and _improves(nan, nan, "min")  # the later, more trained
     assert _improves(0.2, 0.1, "max") and not _improves(0.2, 0.1, "min")

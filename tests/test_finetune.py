@@ -286,6 +286,35 @@ def test_early_stopping_finishes_the_run(tmp_path, tiny_model, monkeypatch):
         run_finetune(cfg)
 
 
+@pytest.mark.parametrize("scores, patience, epochs_run, best", [
+    ([math.nan, 0.5, 0.6, 0.7, 0.8], 1, 5, 5),  # Keras' EarlyStopping kept NaN as its best: 2
+    ([0.8, 0.7, 0.7, 0.9, 0.9], 2, 3, 1),
+])
+def test_early_stopping_counts_from_the_saved_best_and_across_a_resume(
+        tmp_path, tiny_model, monkeypatch, scores, patience, epochs_run, best):
+    """Early stopping reads the best epoch as the saved model does (NaN is
+    worse than any number) and goes on counting after --resume (Keras'
+    count of epochs waited started again: 5 epochs instead of 3)."""
+    def run(out, seq, resume=False, stop_in_epoch=None):
+        it = iter(seq)
+        monkeypatch.setattr(TASKS["classify"], "metrics", lambda *a: {"accuracy": next(it, 0.0)})
+
+        def sink(event):
+            if stop_in_epoch and event["event"] == "step" and event["epoch"] == stop_in_epoch:
+                raise KeyboardInterrupt
+        cfg = config(tmp_path, tiny_model, output=str(tmp_path / out), epochs=5,
+                     early_stopping_patience=patience, resume=resume)
+        return run_finetune(cfg, sink)
+
+    whole = run("whole", scores)
+    assert (len(whole["history"]), whole["best_epoch"]) == (epochs_run, best)
+    if epochs_run >= 3:
+        with pytest.raises(KeyboardInterrupt):
+            run("resumed", scores, stop_in_epoch=3)
+        again = run("resumed", scores[2:], resume=True)
+        assert (len(again["history"]), again["best_epoch"]) == (epochs_run, best)
+
+
 def test_resume_checkpoints_swap_in_whole(tmp_path, monkeypatch):
     """A checkpoint is a Keras folder renamed in, then named by state.json;
     the one it replaces, a `last.keras` of earlier versions and leftovers of

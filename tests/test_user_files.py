@@ -390,7 +390,7 @@ def test_bad_vocabulary_and_data_arguments_are_messages(tmp_path, capsys, comman
     (["--validation-fraction", "1"], r"--validation-fraction: expected a number in \(0, 1\)"),
     (["--warmup-ratio", "2"], r"--warmup-ratio: expected a number in \[0, 1\], got 2.0"),
     (["--learning-rate=-1e-5"], r"--learning-rate: expected a number in \(0, inf\)"),
-    (["--early-stopping-patience", "0"], "--early-stopping-patience: expected a whole number"),
+    (["--early-stopping-patience", "-1"], "--early-stopping-patience: expected a whole number"),
 ])
 def test_bad_finetuning_arguments_are_messages(tmp_path, capsys, extra, message):
     data = tmp_path / "data.csv"

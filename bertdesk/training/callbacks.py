@@ -132,13 +132,16 @@ def _improves(value, best, mode):
     """Whether the monitored `value` improves on `best` (None: none yet). NaN
     (an undefined correlation, a diverged model) is worse than any number:
     it is the best only while there is none, and any number improves on it
-    (compared as numbers, a NaN best would never be improved on)."""
+    (compared as numbers, a NaN best would never be improved on). A NaN
+    after a NaN counts as better, so while no epoch has a number the latest
+    (most trained) is kept: a validation set too small for a correlation
+    kept epoch 1 however long the run."""
     if value is None:
         return False
     if best is None:
         return True
     if math.isnan(value):
-        return False
+        return math.isnan(best)
     if math.isnan(best):
         return True
     return value > best if mode == "max" else value < best
@@ -179,6 +182,25 @@ class BestModelKeeper(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
+
+
+class StopWhenStalled(keras.callbacks.Callback):
+    """Early stopping: ends training once `patience` epochs have passed since
+    the `keeper`'s (a `BestModelKeeper` placed before it) best epoch. The
+    best is the one the saved model is, by `_improves` (Keras'
+    `EarlyStopping` took a first NaN as a best nothing improves on), and
+    it is carried across `--resume` (Keras' count of epochs waited started
+    again)."""
+
+    def __init__(self, keeper, patience):
+        super().__init__()
+        self.keeper = keeper
+        self.patience = patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        best = self.keeper.best_epoch
+        if best is not None and epoch + 1 - best >= self.patience:
+            self.model.stop_training = True
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):

@@ -359,8 +359,8 @@ def check_settings(config):
     for name in ("epochs", "batch_size", "gradient_accumulation", "doc_stride",
                  "max_answer_length"):
         settings.whole(config, name)
-    if config.early_stopping_patience is not None:
-        settings.whole(config, "early_stopping_patience")
+    if config.early_stopping_patience is not None:  # 0: off
+        settings.whole(config, "early_stopping_patience", 0)
     settings.number(config, "learning_rate", 0, low_open=True)
     settings.number(config, "weight_decay", 0)
     settings.number(config, "warmup_ratio", 0, 1)
@@ -397,7 +397,8 @@ def run_finetune(config, sink=None):
     from bertdesk.tasks.saving import load_model, save_task_model
     from bertdesk.training import resume_checkpoints
     from bertdesk.training.callbacks import (ApplyAccumulated, BestModelKeeper, ProgressEvents,
-                                             ResumeCheckpoint, ValidationCallback)
+                                             ResumeCheckpoint, StopWhenStalled,
+                                             ValidationCallback)
     from bertdesk.training.optimization import bert_adamw
     from bertdesk.training.precision import set_precision
     from bertdesk.training.seeding import (keep_tensorflow_unloaded, random_state,
@@ -552,9 +553,9 @@ def run_finetune(config, sink=None):
         # Keras' PyTorch `fit` draws from torch's generator as it sets up
         callbacks.insert(0, keras.callbacks.LambdaCallback(
             on_train_begin=lambda logs: set_random_state(model, state["random"])))
-    if config.early_stopping_patience:
-        callbacks.insert(4, keras.callbacks.EarlyStopping(
-            monitor=f"val_{monitor}", mode="max", patience=config.early_stopping_patience))
+    if config.early_stopping_patience:  # after the keeper, which settles the epoch's best
+        callbacks.insert(callbacks.index(keeper) + 1,
+                         StopWhenStalled(keeper, config.early_stopping_patience))
     start = time.perf_counter()
     if not finished and initial_epoch < config.epochs:
         model.fit(fit_input(train_ds), epochs=config.epochs, initial_epoch=initial_epoch,
