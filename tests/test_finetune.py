@@ -315,6 +315,40 @@ def test_early_stopping_counts_from_the_saved_best_and_across_a_resume(
         assert (len(again["history"]), again["best_epoch"]) == (epochs_run, best)
 
 
+def test_label_order_never_depends_on_the_order_labels_are_met():
+    """Equal numbers and "nan" tied or broke the sort, so the order followed
+    the label set's iteration, which changes with PYTHONHASHSEED."""
+    import random
+
+    from bertdesk.training.finetune import _natural_key
+
+    labels = ["01", "1", "nan", "2", "1e0", "inf", "10", "b", "a"]
+    expected = ["01", "1", "1e0", "2", "10", "inf", "a", "b", "nan"]
+    rng = random.Random(0)
+    for _ in range(20):
+        rng.shuffle(labels)
+        assert sorted(labels, key=_natural_key) == expected
+
+
+def test_a_resume_with_other_labels_is_refused(tmp_path, tiny_model):
+    """The head's rows stand for the labels the run started with: data
+    giving another label list was resumed, training on permuted targets."""
+    def sink(event):
+        if event["event"] == "step" and event["epoch"] == 2:
+            raise KeyboardInterrupt
+    cfg = config(tmp_path, tiny_model, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(cfg, sink)
+    other = tmp_path / "other.csv"
+    rows = Path(cfg.train).read_text(encoding="utf-8").splitlines()
+    other.write_text("\n".join([rows[0]] + [r.replace(",positive", ",upbeat") for r in rows[1:]])
+                     + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"run was started with labels \['negative', 'positive'\]; "
+                                        r"this data gives \['negative', 'upbeat'\]"):
+        run_finetune(replace(cfg, train=str(other), validation=None, resume=True))
+    assert run_finetune(replace(cfg, resume=True))["best_epoch"] >= 1
+
+
 def test_resume_checkpoints_swap_in_whole(tmp_path, monkeypatch):
     """A checkpoint is a Keras folder renamed in, then named by state.json;
     the one it replaces, a `last.keras` of earlier versions and leftovers of

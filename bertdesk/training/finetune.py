@@ -72,10 +72,15 @@ class FinetuneConfig:
 
 
 def _natural_key(label):
+    """Labels in numeric order where they read as numbers ("2" before "10"),
+    then the others by text; equal numbers ("1", "01") and "nan", which
+    compares with nothing, by their text, so the order never depends on the
+    order the labels were met in (a set's, which changes with the process)."""
     try:
-        return (0, float(label), "")
+        value = float(label)
     except ValueError:
-        return (1, 0.0, label)
+        value = math.nan
+    return (0, value, label) if not math.isnan(value) else (1, 0.0, label)
 
 
 def resolve_model(spec):
@@ -350,6 +355,20 @@ def _inside(spec, folder):
     return path == folder or folder in path.parents
 
 
+def _check_same_labels(out, head):
+    """DataError where the labels this data gives are not those of the run
+    being resumed (its best model records them): the head's rows would mean
+    other labels, and the saved model's label list stop matching its
+    weights."""
+    saved = out / "model" / "bertdesk.json"
+    if not saved.is_file():
+        return
+    started = (read_json(saved).get("head") or {}).get("labels")
+    if started != head.get("labels"):
+        raise DataError(f"{out}: the run was started with labels {started}; this data gives "
+                        f"{head.get('labels')}: resume it with the same data")
+
+
 def check_settings(config):
     """DataError naming the first setting out of its range, before the run
     folder is touched (an --epochs 0 run wrote no model and said its
@@ -488,6 +507,7 @@ def run_finetune(config, sink=None):
             raise DataError(f"{out}: the run was started with --gradient-accumulation "
                             f"{started}; resume it with the same (got {accumulation})")
         _check_same_plan(model.optimizer, config, total_steps, out)
+        _check_same_labels(out, head)
         loss = model.loss.get("logits") if isinstance(model.loss, dict) else model.loss
         for key in ("class_weights", "positive_weights"):
             weighted = getattr(loss, key, None)
