@@ -244,6 +244,29 @@ def test_dynamic_padding_and_bucketing():
     assert [b.tolist() for b in bucketed.batches] == first  # deterministic per epoch
 
 
+def test_the_short_batch_of_a_bucketed_epoch_is_random_rows():
+    """Sorted by length, the short batch was always the window's shortest
+    rows, the same ones every epoch, each weighing batch_size / its rows
+    times another example; now its rows are drawn at random."""
+    from bertdesk.data.batching import PaddedBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation(70) + 3  # distinct: the 6 shortest are known
+    data = PaddedBatches(encodings(lengths), np.arange(70), batch_size=16, shuffle=True,
+                         full_batches=False, max_shapes=0)
+    shortest = set(np.argsort(lengths)[:6].tolist())
+    shorts = []
+    for epoch in range(6):
+        data.set_epoch(epoch)
+        rows = [b for b in data.batches if len(b) < 16]
+        assert len(rows) == 1 and len(rows[0]) == 6
+        assert sorted(np.concatenate(data.batches).tolist()) == list(range(70))
+        full = [b for b in data.batches if len(b) == 16]  # still sorted by length
+        assert sum(lengths[b].max() - lengths[b].min() for b in full) < 70
+        shorts.append(set(rows[0].tolist()))
+    assert len({frozenset(s) for s in shorts}) == 6 and shorts[0] != shortest
+
+
 # === Metrics against scikit-learn / scipy ===
 def test_classification_metrics_match_sklearn():
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support

@@ -178,12 +178,21 @@ class PaddedBatches(keras.utils.PyDataset):
         n = len(self.encodings)
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n) if self.shuffle else np.arange(n)
+        short = order[:0]
         if self.bucket:
+            if self.shuffle:
+                # the short batch's rows drawn at random, not the window's
+                # shortest: sorted last, the same few rows filled it every
+                # epoch, each weighing batch_size / its rows times another's
+                rest = n % self.batch_size
+                order, short = order[:n - rest], order[n - rest:]
             window = self.batch_size * self.bucket_batches
-            chunks = [order[i:i + window] for i in range(0, n, window)]
+            chunks = [order[i:i + window] for i in range(0, len(order), window)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")]
-                                    for c in chunks]) if n else order
-        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+                                    for c in chunks]) if len(order) else order
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if len(short):
+            batches.append(short)
         if self.shuffle:
             rng.shuffle(batches)
         self.batches = batches
