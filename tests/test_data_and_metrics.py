@@ -212,6 +212,21 @@ def test_stratified_split_keeps_proportions():
     assert stratified_split(labels, 0.2, seed=3) == (train, val)
 
 
+def test_stratified_split_holds_out_the_fraction_asked():
+    """Rare multi-label combinations each gave one example of two to the
+    held-out part (16% held out where 10% was asked); rare single labels
+    still keep one in each part, and a label's only example trains."""
+    rng = np.random.default_rng(0)
+    for n, k in ((300, 6), (5000, 20)):
+        labels = [sorted(set(rng.choice(k, size=rng.integers(1, 4)).tolist())) for _ in range(n)]
+        train, val = stratified_split(labels, 0.1, seed=1)
+        assert sorted(train + val) == list(range(n)) and len(val) == round(0.1 * n)
+    labels = ["a"] * 95 + ["b", "b", "c"] + ["d"] * 2
+    train, val = stratified_split(labels, 0.1, seed=2)
+    assert len(val) == 11  # 9 of a's 95, and one of b's and d's two: past 10, each label scored
+    assert {labels[i] for i in val} == {"a", "b", "d"} and {labels[i] for i in train} == set("abcd")
+
+
 # === Batching ===
 def encodings(lengths):
     return [(np.arange(1, n + 1, dtype=np.int32), np.zeros(n, np.int32)) for n in lengths]
