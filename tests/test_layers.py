@@ -219,3 +219,17 @@ def test_embedding_initialisation_is_normal_002():
     w = np.asarray(keras.ops.convert_to_numpy(layer.token_embedding.embeddings))
     assert abs(w.std() - 0.02) < 0.001 and abs(w.mean()) < 0.001
     assert np.abs(w).max() > 0.06  # not truncated at 2 std
+
+
+def test_a_sequence_past_the_position_table_is_refused():
+    """JAX read NaN rows for positions past the table, without a word;
+    PyTorch and TensorFlow failed with a bare index error."""
+    import bertdesk
+
+    backbone = bertdesk.BertBackbone(**{**TINY, "max_sequence_length": 8})
+    fits, over = random_batch(batch=2, seq=8), random_batch(batch=2, seq=9)
+    assert np.isfinite(keras.ops.convert_to_numpy(backbone(fits)["sequence_output"])).all()
+    with pytest.raises(ValueError, match="token_ids has 9 positions, more than the model's 8"):
+        backbone(over)
+    with pytest.raises(ValueError, match="more than the model's 8"):
+        backbone.predict(over, verbose=0)

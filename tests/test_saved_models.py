@@ -53,3 +53,33 @@ def test_the_backbone_is_one_layer_of_the_task_models():
         assert not {layer.name for layer in backbone.layers} & set(names) - set(BACKBONE_INPUTS)
         assert model.get_layer(backbone.name) is backbone
         assert len(model.weights) == len({id(w) for w in model.weights})
+
+
+def test_importing_the_tasks_package_registers_every_task_model(tmp_path):
+    """The package says importing it registers every class a checkpoint
+    names; the tagger, the span model and its loss were left out (a fresh
+    process could not load their `.keras` files after `import
+    bertdesk.tasks`)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    import bertdesk
+    from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer, SpanLoss
+    from bertdesk.tasks.bert_token_classifier import BertTokenClassifier
+
+    for name, model in (("tagger", BertTokenClassifier(bertdesk.BertBackbone(**TINY), 3)),
+                        ("span", BertQuestionAnswerer(bertdesk.BertBackbone(**TINY)))):
+        model.compile(loss=SpanLoss() if name == "span" else None)
+        model.save(tmp_path / f"{name}.keras")
+    code = ("import keras, bertdesk.tasks\n"
+            "for name in ('tagger', 'span'):\n"
+            f"    m = keras.saving.load_model(r'{tmp_path}' + f'/{{name}}.keras', safe_mode=True)\n"
+            "    print(type(m).__name__, type(m.loss).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["BertTokenClassifier", "NoneType", "BertQuestionAnswerer",
+                                  "SpanLoss"]

@@ -92,6 +92,12 @@ class BertEmbeddings(keras.layers.Layer):
 
     def call(self, token_ids, segment_ids=None, training=None):
         seq_length = ops.shape(token_ids)[1]
+        if isinstance(seq_length, int) and seq_length > self.max_sequence_length:
+            # past the position table JAX reads NaN rows without a word,
+            # PyTorch and TensorFlow fail with an index error
+            raise ValueError(f"token_ids has {seq_length} positions, more than the model's "
+                             f"{self.max_sequence_length} (max_sequence_length): cut the input "
+                             "to at most that many tokens (the tokenizer's max_length)")
         x = embed(self.token_embedding, token_ids)  # (batch, seq, hidden)
         positions = ops.arange(seq_length, dtype="int32")
         x = x + ops.expand_dims(embed(self.position_embedding, positions), 0)
