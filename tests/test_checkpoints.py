@@ -162,6 +162,70 @@ def google_tiny(hf_tiny, tmp_path_factory):
     return hf_model, folder
 
 
+@pytest.mark.parametrize("head", ["output", "cls/squad/output"])
+def test_google_fine_tuned_checkpoint_loads_its_backbone(google_tiny, tmp_path, head):
+    """run_classifier.py (`output_weights`, `output_bias`) and run_squad.py
+    (`cls/squad/output_*`) save their head beside the backbone, and
+    TensorFlow's Adam its slots (`Adam`, `Adam_1`, `beta1_power`): such a
+    checkpoint was refused as "unknown tensor"; its backbone now loads, the
+    head set aside as a transformers folder's is."""
+    import shutil
+
+    import tensorflow as tf
+
+    hf_model, pretrained = google_tiny
+    folder = tmp_path / "fine_tuned"
+    folder.mkdir()
+    for name in ("bert_config.json", "vocab.txt"):
+        shutil.copy(pretrained / name, folder / name)
+    reader = tf.train.load_checkpoint(str(pretrained / "bert_model.ckpt"))
+    with tf.Graph().as_default():
+        variables = []
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            variables.append(tf.compat.v1.Variable(value, name=name))
+            if name.startswith("bert/") and "adam" not in name:
+                variables += [tf.compat.v1.Variable(np.zeros_like(value), name=f"{name}/{slot}")
+                              for slot in ("Adam", "Adam_1")]
+        variables += [tf.compat.v1.Variable(np.ones((3, 16), np.float32), name=f"{head}_weights"),
+                      tf.compat.v1.Variable(np.ones(3, np.float32), name=f"{head}_bias"),
+                      tf.compat.v1.Variable(0.9, name="beta1_power"),
+                      tf.compat.v1.Variable(0.999, name="beta2_power")]
+        saver = tf.compat.v1.train.Saver(variables)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(folder / "model.ckpt"), global_step=5, write_meta_graph=False)
+    tensors = read_checkpoint(folder).tensors
+    kind = "classifier" if head == "output" else "qa_outputs"
+    assert tensors.shape(f"{kind}.weight") == (3, 16)
+    assert not any("Adam" in k or "power" in k for k in tensors)
+    backbone = bertdesk.load_backbone(folder)
+    np.testing.assert_allclose(to_np(backbone.encoder_layers[0].intermediate.kernel),
+                               hf_model.bert.encoder.layer[0].intermediate.dense.weight
+                               .detach().numpy().T, atol=0)
+
+
+def test_google_checkpoint_without_tensorflow_and_in_bfloat16(google_tiny, monkeypatch):
+    """Without TensorFlow a Google checkpoint is a CheckpointError naming the
+    file (it was a bare ModuleNotFoundError); bfloat16 weights (ml_dtypes,
+    numpy kind "V") read as float32 as every other float (they stayed bf16
+    and `convert` wrote files of mixed dtypes)."""
+    import sys
+
+    import ml_dtypes
+
+    from bertdesk.io import formats
+
+    value = formats._as_float32(np.arange(3, dtype=ml_dtypes.bfloat16))
+    assert value.dtype == np.float32 and value.tolist() == [0.0, 1.0, 2.0]
+    assert formats._as_float32(np.arange(3)).dtype == np.arange(3).dtype  # counters stay
+    _, folder = google_tiny
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(CheckpointError, match=r"bert_model.ckpt.index: a Google TF checkpoint "
+                                              r"is read with TensorFlow, which cannot be"):
+        read_checkpoint(folder)
+
+
 def test_google_tf_checkpoint(google_tiny, monkeypatch):
     from bertdesk.io import formats
 
@@ -204,6 +268,13 @@ def test_keras_hub_preset(tmp_path):
     np.testing.assert_allclose(to_np(ours(batch)["pooled_output"]),
                                to_np(theirs["pooled_output"]), atol=1e-5)
     assert bertdesk.load_tokenizer(tmp_path).vocabulary == vocab
+    # a preset keras-nlp (keras-hub's former name) wrote: read as keras-hub's (it was taken
+    # for a transformers folder, "missing config fields")
+    config = tmp_path / "config.json"
+    config.write_text(config.read_text().replace("keras_hub.src", "keras_nlp.src"))
+    assert "keras_nlp" in config.read_text() and read_checkpoint(tmp_path).format == "keras_hub"
+    np.testing.assert_allclose(to_np(bertdesk.load_backbone(tmp_path)(batch)["pooled_output"]),
+                               to_np(theirs["pooled_output"]), atol=1e-5)
 
 
 def test_export_to_hf_loads_in_transformers(minilm_folder, tmp_path):

@@ -75,8 +75,9 @@ def detect_format(folder):
         return "google"
     if (folder / "config.json").is_file():
         config = read_json(folder / "config.json")
-        if "class_name" in config and "keras_hub" in str(config.get("module", "")):
-            return "keras_hub"
+        module = str(config.get("module", "")) if isinstance(config, dict) else ""
+        if "class_name" in config and module.startswith(("keras_hub", "keras_nlp")):
+            return "keras_hub"  # (keras-nlp, keras-hub's former name, wrote presets too)
         return "hf"
     raise CheckpointError(
         f"{folder}: not a checkpoint folder; expected bertdesk.json (bertdesk), "
@@ -167,10 +168,13 @@ def config_to_hf(config, architectures=("BertModel",)):
 
 # === Weight files ===
 def _as_float32(value):
-    """Floating arrays as float32 (no copy when they are already), others
-    (integer counters) unchanged."""
+    """Floating arrays (bfloat16 too, which numpy files under kind "V") as
+    float32 (no copy when they are already), others (integer counters)
+    unchanged."""
     value = np.asarray(value)
-    return value.astype(np.float32, copy=False) if value.dtype.kind == "f" else value
+    floating = value.dtype.kind == "f" or value.dtype.name in ("bfloat16", "float8_e4m3fn",
+                                                               "float8_e5m2")
+    return value.astype(np.float32, copy=False) if floating else value
 
 
 def _safetensors_names(path):
@@ -422,7 +426,10 @@ def _shards(index):
     return shards
 
 
-_GOOGLE_SKIP = re.compile(r"(^|/)(adam_[mv]|global_step|good_steps|bad_steps|loss_scale)($|/)")
+# optimizer slots and counters: google-research/bert's AdamWeightDecayOptimizer
+# (adam_m, adam_v), TensorFlow's Adam (Adam, Adam_1, beta1_power, beta2_power)
+_GOOGLE_SKIP = re.compile(r"(^|/)(adam_[mv]|Adam(_1)?|beta[12]_power|global_step|good_steps|"
+                          r"bad_steps|loss_scale)($|/)")
 _GOOGLE_EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
 
 
@@ -435,6 +442,12 @@ def google_to_canonical(name):
         "cls/predictions/output_bias": "cls.predictions.bias",
         "cls/seq_relationship/output_weights": "cls.seq_relationship.weight",
         "cls/seq_relationship/output_bias": "cls.seq_relationship.bias",
+        # the heads run_classifier.py and run_squad.py fine-tune, (out, in)
+        # as transformers' are: set aside as theirs (the backbone loads)
+        "output_weights": "classifier.weight",
+        "output_bias": "classifier.bias",
+        "cls/squad/output_weights": "qa_outputs.weight",
+        "cls/squad/output_bias": "qa_outputs.bias",
     }
     if name in special:
         return special[name], False
@@ -464,9 +477,18 @@ def read_google(folder):
     return Checkpoint("google", folder, config, tensors, index, vocab_file=_vocab_file(folder))
 
 
-def _google_reader(index):
-    import tensorflow as tf  # the checkpoint format is TensorFlow's own
+def _tensorflow(index):
+    """TensorFlow, whose format a Google checkpoint is (or a CheckpointError)."""
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise CheckpointError(f"{index}: a Google TF checkpoint is read with TensorFlow, which "
+                              f"cannot be imported here ({e})") from None
+    return tf
 
+
+def _google_reader(index):
+    tf = _tensorflow(index)
     prefix = str(index)[: -len(".index")]
     try:
         return tf.train.load_checkpoint(prefix)
@@ -487,8 +509,7 @@ def _google_names(index):
 
 def _open_google(index):
     """`read_one(variable)` over one reader of the checkpoint."""
-    import tensorflow as tf
-
+    tf = _tensorflow(index)
     reader = _google_reader(index)
 
     def read_one(name):
