@@ -635,7 +635,9 @@ def build_parser():
     p = sub.add_parser("convert", help="convert a checkpoint folder")
     p.add_argument("src", help="Hugging Face, Google TF, keras-hub or bertdesk folder")
     p.add_argument("dst", help="output folder")
-    p.add_argument("--to", choices=("hf", "bertdesk"), default="bertdesk")
+    p.add_argument("--to", choices=("hf", "bertdesk", "google", "keras_hub"), default="bertdesk",
+                   help="hf: transformers; google: Google's TF checkpoint layout; keras_hub: "
+                        "a keras-hub BertBackbone preset (backbone only)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the model in an existing folder (its other files stay)")
     p.set_defaults(func=_cmd_convert)

@@ -277,6 +277,62 @@ def test_keras_hub_preset(tmp_path):
                                to_np(theirs["pooled_output"]), atol=1e-5)
 
 
+def test_export_to_google_and_keras_hub_read_back_by_their_own_libraries(minilm_folder,
+                                                                         google_tiny, tmp_path):
+    """`convert --to google` writes Google's layout (TensorFlow reads its
+    variables by their release names), `--to keras_hub` a preset keras-hub
+    loads; bertdesk reads both back to the same numbers. Heads travel in the
+    Google layout; a keras-hub backbone preset holds none (said), and no
+    task model goes to either."""
+    import warnings
+
+    import keras_hub
+    import tensorflow as tf
+
+    from bertdesk.io.writers import canonical_to_google
+    from bertdesk.io.formats import google_to_canonical
+    from bertdesk.io.mapping import canonical_name
+
+    batch = bertdesk.load_tokenizer(minilm_folder)(["the export reads back", "as it was"],
+                                                   max_length=12)
+    x = {k: batch[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+    mask = x["padding_mask"].astype(bool)
+    expected = to_np(bertdesk.load_backbone(minilm_folder)(x)["sequence_output"])
+    for to in ("google", "keras_hub"):
+        assert cli_main(["convert", str(minilm_folder), str(tmp_path / to), "--to", to]) == 0
+        assert read_checkpoint(tmp_path / to).format == to
+        again = bertdesk.load_backbone(tmp_path / to)
+        np.testing.assert_array_equal(to_np(again(x)["sequence_output"]), expected)
+        assert bertdesk.load_tokenizer(tmp_path / to).vocabulary == \
+            bertdesk.load_tokenizer(minilm_folder).vocabulary
+    reader = tf.train.load_checkpoint(str(tmp_path / "google" / "bert_model.ckpt"))
+    shapes = reader.get_variable_to_shape_map()
+    assert shapes["bert/encoder/layer_0/intermediate/dense/kernel"] == [384, 1536]
+    assert shapes["bert/embeddings/LayerNorm/gamma"] == [384]
+    theirs = keras_hub.models.BertBackbone.from_preset(str(tmp_path / "keras_hub"))(x)
+    np.testing.assert_allclose(to_np(theirs["sequence_output"])[mask], expected[mask],
+                               atol=5e-3)  # keras-hub's tanh GELU
+    for name in list(ckpt_names := read_checkpoint(minilm_folder).tensors):
+        google, transpose = canonical_to_google(name)
+        back, back_transpose = google_to_canonical(google)
+        assert (canonical_name(back), back_transpose) == (name, transpose)
+    assert len(ckpt_names) > 100
+
+    _, pretrained = google_tiny  # with both heads: they come back in the Google layout
+    assert cli_main(["convert", str(pretrained), str(tmp_path / "heads"), "--to", "google"]) == 0
+    source, copy = read_checkpoint(pretrained).tensors, read_checkpoint(tmp_path / "heads").tensors
+    assert set(copy) == set(source) and any(k.startswith("cls.") for k in copy)
+    for k in source:
+        np.testing.assert_array_equal(copy[k], source[k])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert cli_main(["convert", str(pretrained), str(tmp_path / "kh"), "--to",
+                         "keras_hub"]) == 0
+    assert any("heads are left out" in str(w.message) for w in said)
+    assert cli_main(["convert", str(pretrained), str(tmp_path / "kh"), "--to", "keras_hub",
+                     "--overwrite"]) == 2  # a preset is not replaced file by file
+
+
 def test_export_to_hf_loads_in_transformers(minilm_folder, tmp_path):
     import torch
     from transformers import BertModel

@@ -290,6 +290,9 @@ def test_converting_a_transformers_task_folder_keeps_its_task(tmp_path, tokenize
     hf_config = json.loads((tmp_path / "again-hf" / "config.json").read_text())
     assert hf_config["architectures"] == [config["architectures"][0]]
     assert hf_config.get("id2label") == config.get("id2label")
+    for to in ("google", "keras_hub"):  # neither layout holds a task model: refused, not stripped
+        assert cli_main(["convert", str(hf), str(tmp_path / to), "--to", to]) == 2
+        assert not (tmp_path / to).exists()
 
 
 def test_a_task_folder_of_another_kind_is_refused_not_stripped(tmp_path, tokenizer):

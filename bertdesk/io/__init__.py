@@ -20,6 +20,7 @@ from bertdesk.io.mapping import (MLM_NAMES, NSP_NAMES, POOLER_NAMES, TASK_HEAD_P
                                  head_in, initialized_at_the_end, kept_open, read_tied_bias,
                                  validate)
 from bertdesk.io.safetensors_writer import save_safetensors
+from bertdesk.io.writers import write_google, write_keras_hub
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "detect_format", "load_backbone",
            "load_tokenizer", "read_checkpoint", "save_pretrained"]
@@ -101,6 +102,13 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     hold pretraining heads, by the class they belong to
     (`BertForPreTraining` for both, `BertForMaskedLM`,
     `BertForNextSentencePrediction`).
+    format "google": bert_config.json + bert_model.ckpt.* + vocab.txt, as
+    Google released BERT (heads under `cls/`), read by TensorFlow's
+    `tf.train.load_checkpoint` and google-research/bert.
+    format "keras_hub": a keras-hub `BertBackbone` preset (with the
+    tokenizer, its `BertTokenizer`), loaded by keras-hub's `from_preset`;
+    a backbone preset holds no heads, and is written into a new or empty
+    folder only.
 
     The folder is written by `write_model_folder` (assembled beside its
     destination and moved in; an existing folder only with `overwrite`).
@@ -113,8 +121,15 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
     out (the pooler of a checkpoint that had none: written, it would be
     read back as trained weights).
     """
-    if format not in ("bertdesk", "hf"):
-        raise ValueError(f"format must be 'bertdesk' or 'hf', got {format!r}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "keras_hub" and (extra_tensors or without):
+        raise ValueError("a keras-hub BertBackbone preset holds the backbone alone, pooler "
+                         "included: no heads, nothing left out")
+    if format == "keras_hub" and overwrite and Path(folder).exists() and any(
+            Path(folder).iterdir()):
+        raise FileExistsError(f"{folder}: a keras-hub preset is written into a new or empty "
+                              "folder (it cannot be replaced file by file)")
     tensors = backbone_tensors(backbone)
     tensors.update(extra_tensors or {})
     config = backbone.architecture_config()
@@ -144,9 +159,13 @@ def save_pretrained(backbone, folder, tokenizer=None, format="bertdesk", extra_t
         tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"]
 
     def write(staging):
-        save_safetensors(staging / "model.safetensors", tensors)
+        if format == "keras_hub":
+            return write_keras_hub(staging, config, tensors, tokenizer)
         if tokenizer is not None:
             tokenizer.save(staging)
+        if format == "google":
+            return write_google(staging, config, tensors)
+        save_safetensors(staging / "model.safetensors", tensors)
         if format == "hf":
             hf = config_to_hf(config, [hf_architecture or "BertModel"])
             hf.update(hf_config or {})
@@ -224,27 +243,39 @@ def _model_files(folder):
 
 
 def convert(src, dst, to="bertdesk", overwrite=False):
-    """Convert the checkpoint folder `src` to format `to` ("hf" or "bertdesk")
-    in `dst`, heads (MLM, NSP) included when present. A fine-tuned model
-    (`bertdesk finetune`'s `model/`, or a transformers task model folder:
+    """Convert the checkpoint folder `src` to format `to` (one of `FORMATS`:
+    "bertdesk", "hf", "google", "keras_hub") in `dst`, heads (MLM, NSP)
+    included when present (a keras-hub backbone preset has none: they are
+    left out, with a warning). A fine-tuned model (`bertdesk finetune`'s
+    `model/`, or a transformers task model folder:
     `BertForSequenceClassification`, `BertForTokenClassification`,
     `BertForQuestionAnswering`) stays one, head, labels and all: in format
     "hf" the transformers task model of its task, in format "bertdesk" the
-    folder `bertdesk finetune` writes. A pooler the source did not have is
-    not written."""
+    folder `bertdesk finetune` writes (the other two formats hold no task
+    model: refused). A pooler the source did not have is not written."""
     import keras  # noqa: F401  (a backend is needed to build the model)
 
-    if to not in ("bertdesk", "hf"):
-        raise ValueError(f"format must be 'bertdesk' or 'hf', got {to!r}")
+    if to not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {to!r}")
     ckpt = read_checkpoint(src)
     without = () if all(n in ckpt.tensors for n in POOLER_NAMES) else POOLER_NAMES
     if ckpt.metadata["task_heads"] or ckpt.metadata.get("task"):
+        if to not in ("bertdesk", "hf"):
+            raise CheckpointError(f"{src}: a fine-tuned model converts to bertdesk or hf (a "
+                                  f"{to} folder holds no task model); convert its backbone "
+                                  "from the checkpoint it was fine-tuned from")
         return _convert_task_model(ckpt, dst, to, overwrite, without)
     backbone = load_backbone(src)
     extra = {}
     for names in (MLM_NAMES, NSP_NAMES):
         if head_in(ckpt.tensors, names, ckpt.weights_file):
             extra.update({name: ckpt.tensors[name] for name in names})
+    if to == "keras_hub" and (extra or without):
+        warnings.warn(f"{src}: a keras-hub BertBackbone preset holds the backbone alone"
+                      + (": the masked-LM / next-sentence heads are left out" if extra else "")
+                      + ("; the source has no pooler, so the preset's is a random initial one"
+                         if without else ""), stacklevel=2)
+        extra, without = {}, ()
     tokenizer = load_tokenizer(src) if ckpt.vocab_file is not None else None
     return save_pretrained(backbone, dst, tokenizer=tokenizer, format=to,
                            extra_tensors=extra, overwrite=overwrite, without=without)
