@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -692,6 +693,23 @@ def test_resume_after_interruption_continues_exactly(tmp_path, data_folder):
     with pytest.raises(DataError, match=r"planned for --max-steps 6; resume it with the "
                                         r"same \(got 9\)"):
         run_pretrain(_config(tmp_path / "resumed", data_folder, resume=True, max_steps=9))
+
+
+def test_a_resume_with_other_data_options_is_refused(tmp_path, corpus, tokenizer):
+    """A run that made its data from --corpus reused OUTPUT/data on --resume
+    whatever the data options or corpus given now."""
+    from bertdesk.pretraining.pretrain import run_pretrain
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(tokenizer.vocabulary) + "\n", encoding="utf-8")
+    cfg = _config(tmp_path / "run", None, data=None, corpus=[str(c) for c in corpus],
+                  vocab=str(vocab), max_steps=1, save_every=1, dupe_factor=1)
+    run_pretrain(cfg)
+    for change, message in (({"masking": "static"}, r"masking 'dynamic' \(asked: 'static'\)"),
+                            ({"corpus": [str(corpus[0])]}, r"corpus \[.*\] \(asked: \[")):
+        with pytest.raises(DataError, match=r"data: this run's data was made with " + message):
+            run_pretrain(replace(cfg, resume=True, **change))
+    assert run_pretrain(replace(cfg, resume=True))["steps"] == 1  # the same: nothing to refuse
 
 
 def test_pretraining_learns_and_accumulates(tmp_path, data_folder):

@@ -135,6 +135,7 @@ def prepare_data(config, out, log):
         return existing(folder)
     folder = out / "data"
     if (folder / "data.json").is_file():
+        _check_same_data(folder, config)
         return existing(folder)
     if config.vocab:
         from bertdesk.pretraining.vocab import vocabulary_tokenizer
@@ -230,6 +231,24 @@ def _tensorflow_sees_a_gpu():
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _check_same_data(folder, config):
+    """DataError where the data a resumed run made from its corpus (`folder`,
+    `OUTPUT/data`) was made with other data options or another corpus than
+    this command gives: it was reused without a word."""
+    from bertdesk.pretraining.data_writer import DataOptions
+
+    made = read_json(folder / "data.json")
+    asked = asdict(DataOptions.of(config))
+    options = made.get("options") or {}
+    differ = [f"{name} {options.get(name)!r} (asked: {value!r})"
+              for name, value in asked.items() if name in options and options[name] != value]
+    if [str(p) for p in config.corpus] != made.get("corpus"):
+        differ.append(f"corpus {made.get('corpus')} (asked: {[str(p) for p in config.corpus]})")
+    if differ:
+        raise DataError(f"{folder}: this run's data was made with {'; '.join(differ)}: resume "
+                        "with the same options, or start a new --output")
 
 
 def _check_same_length(optimizer, config, out):
