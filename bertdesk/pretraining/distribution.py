@@ -33,15 +33,18 @@ def cpu_devices(count):
         os.environ["BERTDESK_TF_CPU_DEVICES"] = str(count)
 
 
-def bert_layout_map(mesh):
+def bert_layout_map(mesh, vocabulary_size=None):
     """Tensor-parallel layout (Megatron style) for bertdesk's variable paths:
     column-split q/k/v and the first feed-forward kernel, row-split the
     attention output and second feed-forward kernel, vocabulary rows of the
-    embedding split; everything else replicated."""
+    embedding split where the model axis divides `vocabulary_size` (JAX
+    refuses an uneven split: Google's 30,522 pieces over 4 devices);
+    everything else replicated."""
     import keras
 
     layout = keras.distribution.LayoutMap(mesh)
-    layout[r".*token_embedding/embeddings"] = ("model", None)
+    if vocabulary_size is None or vocabulary_size % mesh.shape[-1] == 0:
+        layout[r".*token_embedding/embeddings"] = ("model", None)
     layout[r".*attention/qkv/kernel"] = (None, "model")
     layout[r".*attention/qkv/bias"] = ("model",)
     layout[r".*attention_output/kernel"] = ("model", None)
@@ -60,7 +63,7 @@ def initialize_processes(coordinator, num_processes, process_id):
     keras.distribution.initialize(coordinator, num_processes, process_id)
 
 
-def configure_distribution(config, log):
+def configure_distribution(config, log, vocabulary_size=None):
     """Set up `config.distribution`; returns (scope, (process index,
     process count)): build and compile the model inside `scope()`."""
     import keras
@@ -85,10 +88,13 @@ def configure_distribution(config, log):
                                 f"--model-parallel {mp}")
             mesh = keras.distribution.DeviceMesh((len(devices) // mp, mp), ["batch", "model"],
                                                  devices)
-            dist = keras.distribution.ModelParallel(layout_map=bert_layout_map(mesh),
-                                                    batch_dim_name="batch")
+            dist = keras.distribution.ModelParallel(
+                layout_map=bert_layout_map(mesh, vocabulary_size), batch_dim_name="batch")
             log(f"model parallel: mesh {len(devices) // mp} (batch) x {mp} (model) "
                 "(JAX, keras.distribution)")
+            if vocabulary_size is not None and vocabulary_size % mp:
+                log(f"the token embedding is replicated: --model-parallel {mp} does not divide "
+                    f"its {vocabulary_size:,} rows")
         if jax.process_count() > 1:
             # each process reads its own rows of every batch (PretrainingData part=)
             dist.auto_shard_dataset = False

@@ -233,6 +233,30 @@ def _tensorflow_sees_a_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+# what a resumed run must keep: its batches, its data order, its optimizer
+_PLAN = ("preset", "batch_size", "gradient_accumulation", "seed", "learning_rate",
+         "warmup_steps", "optimizer", "weight_decay", "max_grad_norm", "dropout")
+
+
+def _check_same_args(out, config):
+    """DataError where a resume changes a setting the run's checkpoint and
+    data position depend on (`_PLAN`, as `pretraining_args.json` recorded
+    them): another batch size or accumulation restarted the data at the
+    wrong batch and counted steps the optimizer did not make, another seed
+    another data order; the optimizer settings were kept from the
+    checkpoint whatever was given."""
+    path = out / "pretraining_args.json"
+    if not path.is_file():
+        return
+    started = read_json(path)
+    given = asdict(config)
+    differ = [f"--{name.replace('_', '-')} {started[name]!r} (got {given[name]!r})"
+              for name in _PLAN if name in started and started[name] != given[name]]
+    if differ:
+        raise DataError(f"{out}: the run was started with {'; '.join(differ)}: resume it "
+                        "with the same")
+
+
 def _check_same_data(folder, config):
     """DataError where the data a resumed run made from its corpus (`folder`,
     `OUTPUT/data`) was made with other data options or another corpus than
@@ -314,7 +338,7 @@ def run_pretrain(config, sink=None):
     set_precision(config.mixed_precision, log)
 
     data_folder, tokenizer = prepare_data(config, out, log)
-    scope, process = configure_distribution(config, log)
+    scope, process = configure_distribution(config, log, tokenizer.vocabulary_size)
     data = PretrainingData(data_folder, config.batch_size, seed=config.seed,
                            vocabulary=tokenizer.vocabulary)
     if data.seq_length != config.seq_length and not config.data:
@@ -326,6 +350,7 @@ def run_pretrain(config, sink=None):
     state = {"step": 0, "batches": 0, "history": []}
     with scope():
         if resuming:
+            _check_same_args(out, config)
             state = resume_checkpoints.read_state(out / "checkpoint")
             model = resume_checkpoints.load(out / "checkpoint", state)
             # This run's choice, not the saved one (JAX's True would mean
@@ -433,6 +458,7 @@ def run_pretrain(config, sink=None):
                 self.window_start, self.window_batches = time.perf_counter(), 0
                 counted["window"] = 0
             if step % config.save_every == 0 and step < config.max_steps:
+                self.model  # noqa: B018  (on JAX, fit's state copied back into the variables)
                 export(step)
 
     start = time.perf_counter()
