@@ -5,6 +5,7 @@ resume), the command line and data-parallel equivalence."""
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -672,6 +673,13 @@ def test_resume_after_interruption_continues_exactly(tmp_path, data_folder):
         run_pretrain(_config(tmp_path / "resumed", data_folder), sink=kill_at_step_5)
     state = json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())
     assert state["step"] == 4  # the last checkpoint before the kill
+    # another batch size restarted the data at the wrong batch (and counted steps the
+    # optimizer did not make), another seed read another order: refused, nothing changed
+    for change, said in (({"batch_size": 4}, "--batch-size 8 (got 4)"),
+                         ({"seed": 4}, "--seed 3 (got 4)"),
+                         ({"learning_rate": 0.1}, "--learning-rate 0.001 (got 0.1)")):
+        with pytest.raises(DataError, match=re.escape(f"run was started with {said}")):
+            run_pretrain(_config(tmp_path / "resumed", data_folder, resume=True, **change))
     resumed = run_pretrain(_config(tmp_path / "resumed", data_folder, resume=True))
     assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(straight["history"], resumed["history"]):
@@ -710,6 +718,45 @@ def test_a_resume_with_other_data_options_is_refused(tmp_path, corpus, tokenizer
         with pytest.raises(DataError, match=r"data: this run's data was made with " + message):
             run_pretrain(replace(cfg, resume=True, **change))
     assert run_pretrain(replace(cfg, resume=True))["steps"] == 1  # the same: nothing to refuse
+
+
+def test_a_checkpoint_between_log_steps_holds_the_trained_weights(tmp_path, data_folder):
+    """On JAX, `fit` keeps the weights outside the variables until a
+    callback reads the model: a checkpoint at a step that was not also a
+    log step failed (or would have saved the initial weights)."""
+    from bertdesk.pretraining.pretrain import run_pretrain
+    from bertdesk.training import resume_checkpoints
+
+    def checkpoint_weights(out):
+        folder = out / "checkpoint"
+        model = resume_checkpoints.load(folder, resume_checkpoints.read_state(folder))
+        return {w.path: keras.ops.convert_to_numpy(w) for w in model.backbone.weights}
+
+    import keras
+
+    outs = [tmp_path / f"log{k}" for k in (3, 1)]
+    for out, log_every in zip(outs, (3, 1)):
+        run_pretrain(_config(out, data_folder, max_steps=3, save_every=2, log_every=log_every))
+    sparse, logged = (checkpoint_weights(out) for out in outs)
+    assert set(sparse) == set(logged)
+    for k in sparse:
+        np.testing.assert_allclose(sparse[k], logged[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.backend_neutral
+def test_model_parallel_replicates_an_embedding_its_axis_does_not_divide():
+    """JAX refuses an uneven split: Google's 30,522 pieces over 4 devices
+    stopped the run."""
+    import keras
+
+    from bertdesk.pretraining.distribution import bert_layout_map
+
+    mesh = keras.distribution.DeviceMesh((1, 4), ["batch", "model"],
+                                         [f"cpu:{i}" for i in range(4)])
+    assert bert_layout_map(mesh, 30522)["bert/token_embedding/embeddings"] is None
+    assert bert_layout_map(mesh, 30520)["bert/token_embedding/embeddings"].axes == ("model", None)
+    assert bert_layout_map(mesh, 30522)["bert/encoder_layer_0/intermediate/kernel"].axes == (
+        None, "model")
 
 
 def test_pretraining_learns_and_accumulates(tmp_path, data_folder):
