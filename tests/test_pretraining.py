@@ -664,6 +664,11 @@ def test_resume_after_interruption_continues_exactly(tmp_path, data_folder):
 
     straight = run_pretrain(_config(tmp_path / "straight", data_folder))
     assert len(straight["history"]) == 6
+    # each step logs the rate it updated with (no warm-up in 6 steps: linear from the peak;
+    # it logged the next step's, 0 at the last) and the instances read over the data's
+    assert [h["learning_rate"] for h in straight["history"]] == pytest.approx(
+        [1e-3 * (1 - k / 6) for k in range(6)], rel=1e-5)
+    assert straight["history"][-1]["epoch"] == pytest.approx(6 * 8 / straight["instances"])
 
     def kill_at_step_5(event):
         if event["event"] == "step" and event["step"] == 5:

@@ -287,6 +287,14 @@ def _check_same_length(optimizer, config, out):
                         f"resume it with the same (got {config.max_steps})")
 
 
+def _rate_of_step(optimizer, step):
+    """The learning rate optimizer step `step` (1-based) updated with; the
+    optimizer's current one is already the next step's (0 after the last)."""
+    rate = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+    value = rate(step - 1) if callable(rate) else rate
+    return float(keras.ops.convert_to_numpy(value))
+
+
 def _pick(logs, *names):
     for name in names:
         if name in logs:
@@ -441,11 +449,11 @@ def run_pretrain(config, sink=None):
                     "nsp_loss": _pick(logs, "nsp_logits_loss"),
                     "mlm_accuracy": _pick(logs, "mlm_logits_accuracy"),
                     "nsp_accuracy": _pick(logs, "nsp_logits_accuracy"),
-                    "learning_rate": float(keras.ops.convert_to_numpy(
-                        opt._get_current_learning_rate())),
+                    "learning_rate": _rate_of_step(opt, step),
                     "tokens_per_second": counted["window"] / elapsed,
                     "positions_per_second": self.window_batches * positions_per_batch / elapsed,
-                    "epoch": batches / data.batches_per_epoch,
+                    # (the stream runs on across epochs: instances read over the data's)
+                    "epoch": batches * config.batch_size / data.num_instances,
                 }
                 history.append(record)
                 rate = self.window_batches / accumulation / elapsed
