@@ -2,8 +2,12 @@
 
 Masked-LM labels are `(batch, max_predictions)` ids with -1 where a row has
 fewer predictions; the loss is the mean cross-entropy over the real
-predictions of the whole batch, as google-research/bert's
-`sum(weights * loss) / (sum(weights) + 1e-5)`.
+predictions of the batch a step computes on, as google-research/bert's
+`sum(weights * loss) / (sum(weights) + 1e-5)`: the whole batch on one
+device and under JAX's distribution (global arrays); with gradient
+accumulation the mean of each micro-batch's, and under TensorFlow's
+MirroredStrategy the mean of each replica's (as google-research/bert per
+TPU core and NVIDIA's accumulation normalise).
 """
 
 import keras
