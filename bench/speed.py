@@ -12,8 +12,9 @@ mode (forward = inference; train = forward + backward + AdamW on a
 `--repeats` calls after `--warmup` calls, the first call (compile) time and
 the job's peak resident memory, and converts to sequences/s and model FLOPs
 utilisation against a GEMM peak measured in the same run (at the start of
-every round, each row against the highest so far: a shared machine's speed
-drifts, and a peak measured in a slow moment put utilisation above 100%).
+every round, each row against the highest so far, and after the last job
+for the summary: a shared machine's speed drifts, and a peak measured in a
+slow moment put utilisation above 100%).
 Ratios are bertdesk's best over each peer's best in the same run.
 
 On a machine with a CUDA GPU (`--device cuda`, the default when PyTorch sees
@@ -570,6 +571,10 @@ def main():
             Path(args.json_out).write_text(json.dumps(
                 {"device": args.device, "gemm_peak": peak, "gemm_peaks": peaks,
                  "results": results}, indent=2))
+    if results:  # once more at the end: a one-round run had only its start's
+        peaks.append(gemm_peak(8192 if gpu else 2048, args.device))
+        peak = _highest_peak(peaks)
+        print(f"after the last job: {_describe_peak(peaks[-1], gpu)}", flush=True)
     print("bertdesk's best over each peer's best, per configuration "
           "(speed: sequences/s" + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
           + "; utilisation against the run's highest GEMM peak"
