@@ -1159,7 +1159,7 @@ def test_finetune_accumulates_gradients(tmp_path, tiny_model, capsys):
                                         r"with the same \(got 2\)"):
         run_finetune(cfg)
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(DataError, match="gradient_accumulation: expected a whole number"):
+        with pytest.raises(DataError, match="--gradient-accumulation: expected a whole number"):
             run_finetune(config(tmp_path, tiny_model, output=str(tmp_path / "x"),
                                 gradient_accumulation=bad))
 
