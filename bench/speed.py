@@ -80,7 +80,7 @@ def bertdesk_work_fraction(shape, batch, seq, mode):
     pretrain heads read the last layer at [CLS] (and the masked positions)
     alone, so it runs the keys and values there at every position and the
     rest only where read; keras-hub and transformers compute it all (1.0).
-    Its MFU over this fraction is the utilisation of the work it does."""
+    Its MFU times this fraction is the utilisation of the work it does."""
     if mode == "forward":
         return 1.0
     h, f = shape["hidden_dim"], shape["intermediate_dim"]
@@ -588,7 +588,7 @@ def main():
               "transformers compute it. bertdesk's training and pretraining steps run the last "
               "layer only where their heads read it: "
               + ", ".join(f"{s} x {q} {m} {w:.2f}" for s, q, m, w in shares)
-              + " of the nominal FLOPs; its MFU over that is the utilisation of its work)")
+              + " of the nominal FLOPs; its MFU times that share is the utilisation of its work)")
     for c in configs:
         key = (c["shape"], c["seq"], c["precision"], c["mode"])
         rows = [row for row in results if "seq_per_s" in row
