@@ -538,6 +538,32 @@ def test_fused_adamw_matches_keras_adamw(dot_norm_elements, monkeypatch):
 
 
 @pytest.mark.skipif(not FUSED, reason="the fused update is PyTorch's and TensorFlow's")
+@pytest.mark.parametrize("clipping", [{"clipnorm": 1.0}, {"clipvalue": 0.5}])
+def test_fused_adamw_clips_per_variable_as_keras_does(clipping):
+    """`clipnorm` and `clipvalue` (each variable's gradient clipped on its
+    own) were skipped by the fused PyTorch update, which clips by the
+    global norm alone: 7.6e-2 apart after three steps. And a `fused=False`
+    optimizer stays so when saved and loaded."""
+    from bertdesk.training.optimization import BertAdamW
+
+    rng = np.random.default_rng(1)
+    values = [rng.normal(size=s).astype("float32") for s in [(6, 4), (4,)]]
+    step_grads = [[rng.normal(scale=scale, size=v.shape).astype("float32") for v in values]
+                  for scale in (100.0, 0.3, 7.0)]
+    results = []
+    for fused in (False, True):
+        variables = [keras.Variable(v, name=n) for v, n in zip(values, ("kernel", "bias"))]
+        opt = BertAdamW(learning_rate=0.05, weight_decay=0.01, fused=fused, **clipping)
+        for grads in step_grads:
+            opt.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+        results.append([keras.ops.convert_to_numpy(v) for v in variables])
+    for plain, fast in zip(*results):
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(
+        BertAdamW(learning_rate=0.1, fused=False))).fused is False
+
+
+@pytest.mark.skipif(not FUSED, reason="the fused update is PyTorch's and TensorFlow's")
 def test_fused_adamw_follows_the_variables_it_is_given():
     """The fused update keeps its argument lists from step to step; given
     the same variables in another order, or only some of them, it updates

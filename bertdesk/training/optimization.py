@@ -136,8 +136,10 @@ class BertAdamW(_ClipsSummedGradients, _SchedulesByUpdate, keras.optimizers.Adam
         """Keras' sequence (clip, decay, update) as one fused kernel call,
         without Keras' evaluation of the learning-rate schedule on the
         device, which the fused update does not read (`_host_learning_rate`);
-        Keras' own code with a moving average."""
-        if not self._fused_now() or self.use_ema:
+        Keras' own code with a moving average or per-variable clipping
+        (`clipnorm`, `clipvalue`: the fused kernel clips by the global norm
+        alone, and they were skipped)."""
+        if not self._fused_now() or self.use_ema or self.clipnorm or self.clipvalue:
             return super()._backend_apply_gradients(grads, trainable_variables)
         count = self._host_count()
         steps = self.gradient_accumulation_steps
@@ -325,8 +327,9 @@ class BertAdamW(_ClipsSummedGradients, _SchedulesByUpdate, keras.optimizers.Adam
         return plan[1]
 
     def get_config(self):
+        # fused: each backend's default again, unless turned off
         return {**super().get_config(), "exclude_names": list(self.exclude_names),
-                "fused": None}
+                "fused": None if self.fused else False}
 
 
 # Where `BertAdamW` has a fused update by default.
