@@ -13,7 +13,7 @@ from harness import to_np
 import bertdesk
 from bertdesk import BertPretrainingModel, CheckpointError
 from bertdesk.cli import main as cli_main
-from bertdesk.io import read_checkpoint, save_pretrained
+from bertdesk.io import convert, read_checkpoint, save_pretrained
 from bertdesk.io.formats import detect_format
 
 HF_TINY = dict(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -203,6 +203,13 @@ def test_google_fine_tuned_checkpoint_loads_its_backbone(google_tiny, tmp_path, 
     np.testing.assert_allclose(to_np(backbone.encoder_layers[0].intermediate.kernel),
                                hf_model.bert.encoder.layer[0].intermediate.dense.weight
                                .detach().numpy().T, atol=0)
+    # converted, its backbone goes (no labels to make a task model of: said)
+    with pytest.warns(UserWarning, match=rf"the fine-tuned head \({kind}.bias, {kind}.weight\) "
+                                         "is left out"):
+        convert(folder, tmp_path / "hf", to="hf")
+    np.testing.assert_array_equal(
+        to_np(bertdesk.load_backbone(tmp_path / "hf").encoder_layers[0].intermediate.kernel),
+        to_np(backbone.encoder_layers[0].intermediate.kernel))
 
 
 def test_google_checkpoint_without_tensorflow_and_in_bfloat16(google_tiny, monkeypatch):
@@ -331,6 +338,11 @@ def test_export_to_google_and_keras_hub_read_back_by_their_own_libraries(minilm_
     assert any("heads are left out" in str(w.message) for w in said)
     assert cli_main(["convert", str(pretrained), str(tmp_path / "kh"), "--to", "keras_hub",
                      "--overwrite"]) == 2  # a preset is not replaced file by file
+    # an epsilon other than BERT's travels in bert_config.json (it was dropped: 1e-12 read back)
+    odd = bertdesk.BertBackbone(vocabulary_size=120, num_layers=1, hidden_dim=16, num_heads=2,
+                                intermediate_dim=32, layer_norm_epsilon=1e-5)
+    save_pretrained(odd, tmp_path / "eps", format="google")
+    assert bertdesk.load_backbone(tmp_path / "eps").layer_norm_epsilon == 1e-5
 
 
 def test_export_to_hf_loads_in_transformers(minilm_folder, tmp_path):

@@ -561,6 +561,7 @@ def test_fused_adamw_clips_per_variable_as_keras_does(clipping):
         np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
     assert keras.optimizers.deserialize(keras.optimizers.serialize(
         BertAdamW(learning_rate=0.1, fused=False))).fused is False
+    assert BertAdamW(learning_rate=0.1).get_config()["fused"] is None  # each backend's default
 
 
 @pytest.mark.skipif(not FUSED, reason="the fused update is PyTorch's and TensorFlow's")

@@ -133,3 +133,7 @@ def test_the_held_out_part_never_holds_a_type_training_lacks():
         assert sorted(train.lines + validation.lines) == data.lines
         held += ["B-PER", "O"] in validation.tags
     assert held == 20
+    small = TaggedSentences(words[15:], tags[15:], "small.conll", data.lines[15:])  # 4 + 1
+    for seed in range(20):  # one sentence held out: never the only ORG one
+        train, validation = NerTask().split(small, 0.1, seed)
+        assert len(validation.words) == 1 and ["B-ORG", "I-ORG"] in train.tags

@@ -723,6 +723,8 @@ def test_a_resume_with_other_data_options_is_refused(tmp_path, corpus, tokenizer
         with pytest.raises(DataError, match=r"data: this run's data was made with " + message):
             run_pretrain(replace(cfg, resume=True, **change))
     assert run_pretrain(replace(cfg, resume=True))["steps"] == 1  # the same: nothing to refuse
+    respelt = [str(Path(os.path.relpath(c))) for c in corpus]  # the same files spelt otherwise
+    assert run_pretrain(replace(cfg, resume=True, corpus=respelt))["steps"] == 1
 
 
 def test_a_checkpoint_between_log_steps_holds_the_trained_weights(tmp_path, data_folder):

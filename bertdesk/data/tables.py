@@ -340,10 +340,11 @@ def stratified_split(labels, fraction=0.1, seed=0):
     held out in all, each stratum's share rounded down and the examples
     left to hold out given to the strata with the largest remainders.
     Single labels with two or more examples keep at least one in each part
-    (so every label is scored), even past `fraction`, and a label's only
-    example trains; label combinations do neither (one of each pair of a
-    rare combination took 14-16% of multi-label data where 10% was
-    asked)."""
+    (so every label is scored), even past `fraction`; label combinations do
+    not (one of each pair of a rare combination took 14-16% of multi-label
+    data where 10% was asked). Either way every label of a held-out example
+    is one some training example has (the labels are learnt from the
+    training part): an example whose label would be held out alone trains."""
     rng = np.random.default_rng(seed)
     keys = [tuple(l) if isinstance(l, list) else l for l in labels]
     by_label = {}
@@ -368,6 +369,16 @@ def stratified_split(labels, fraction=0.1, seed=0):
         rng.shuffle(idx)
         val.extend(idx[:k].tolist())
         train.extend(idx[k:].tolist())
+    if combinations:
+        def names(i):
+            return set(keys[i]) if isinstance(keys[i], tuple) else {keys[i]}
+
+        trained = set().union(*(names(i) for i in train))
+        for i in list(val):
+            if names(i) - trained:
+                val.remove(i)
+                train.append(i)
+                trained |= names(i)
     return sorted(train), sorted(val)
 
 

@@ -259,7 +259,13 @@ def convert(src, dst, to="bertdesk", overwrite=False):
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {to!r}")
     ckpt = read_checkpoint(src)
     without = () if all(n in ckpt.tensors for n in POOLER_NAMES) else POOLER_NAMES
-    if ckpt.metadata["task_heads"] or ckpt.metadata.get("task"):
+    if ckpt.format == "google" and ckpt.metadata["task_heads"]:
+        # run_classifier.py / run_squad.py record no labels or task settings:
+        # no fine-tuned model to make of the head
+        warnings.warn(f"{src}: the fine-tuned head ({', '.join(ckpt.metadata['task_heads'])}) "
+                      "is left out: a Google checkpoint records no labels or task settings; "
+                      "the backbone is converted", stacklevel=2)
+    elif ckpt.metadata["task_heads"] or ckpt.metadata.get("task"):
         if to not in ("bertdesk", "hf"):
             raise CheckpointError(f"{src}: a fine-tuned model converts to bertdesk or hf (a "
                                   f"{to} folder holds no task model); convert its backbone "

@@ -50,8 +50,10 @@ def write_google(staging, config, tensors):
         values.append(np.ascontiguousarray(value.T if transpose else value))
     tf.raw_ops.SaveV2(prefix=str(staging / "bert_model.ckpt"), tensor_names=names,
                       shape_and_slices=[""] * len(names), tensors=values)
+    # (Google's BertConfig takes every entry; layer_norm_eps, which its
+    # modeling.py does not read, keeps a model with another epsilon whole)
     bert_config = {theirs: config[ours] for theirs, ours in HF_CONFIG_KEYS.items()
-                   if ours in config and theirs != "layer_norm_eps"}
+                   if ours in config}
     bert_config["hidden_act"] = "gelu"
     atomic_write_text(staging / "bert_config.json", json.dumps(bert_config, indent=2))
 

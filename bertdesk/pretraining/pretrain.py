@@ -268,8 +268,12 @@ def _check_same_data(folder, config):
     options = made.get("options") or {}
     differ = [f"{name} {options.get(name)!r} (asked: {value!r})"
               for name, value in asked.items() if name in options and options[name] != value]
-    if [str(p) for p in config.corpus] != made.get("corpus"):
-        differ.append(f"corpus {made.get('corpus')} (asked: {[str(p) for p in config.corpus]})")
+    def files(corpus):  # the same files however spelt (one path or several)
+        corpus = [corpus] if isinstance(corpus, (str, Path)) else list(corpus or [])
+        return [Path(p).resolve() for p in corpus]
+
+    if files(config.corpus) != files(made.get("corpus")):
+        differ.append(f"corpus {made.get('corpus')} (asked: {config.corpus})")
     if differ:
         raise DataError(f"{folder}: this run's data was made with {'; '.join(differ)}: resume "
                         "with the same options, or start a new --output")

@@ -46,9 +46,14 @@ def vocabulary_tokenizer(path, cased=False):
     """The `BertTokenizer` of `--vocab`: a folder with its own settings
     (tokenizer_config.json), or a bare vocab.txt read lower-cased unless
     `cased`. A vocab.txt records no casing, so its pieces are checked
-    against the setting: upper-case pieces read lower-cased are never used
-    (a cased vocabulary), and an uncased one read cased turns capitals into
-    [UNK]: both are refused, naming the fix."""
+    against the setting: capitalised pieces read lower-cased are never
+    used (a cased vocabulary): refused, naming the fix. A vocabulary
+    without a capital read `cased` turns every capital into [UNK] if it
+    is an uncased one, but may be a cased one of lower-case text: a
+    warning. (A capital is a letter whose lower case differs: "ℝ", which
+    bert-base-uncased holds, is none.)"""
+    import warnings
+
     from bertdesk.tokenizer import BertTokenizer
 
     path = Path(path)
@@ -56,15 +61,15 @@ def vocabulary_tokenizer(path, cased=False):
         return BertTokenizer.from_pretrained(path)
     tokenizer = BertTokenizer(path, lowercase=not cased)
     pieces = [p for p in tokenizer.vocabulary if not (p.startswith("[") and p.endswith("]"))]
-    upper = sum(any(c.isupper() for c in p) for p in pieces)
-    lower = sum(any(c.islower() for c in p) for p in pieces)
+    upper = sum(any(c != c.lower() for c in p) for p in pieces)
+    lower = sum(any(c != c.upper() for c in p) for p in pieces)
     if not cased and upper > 0.01 * len(pieces):
         raise DataError(f"{path}: {upper:,} of its {len(pieces):,} pieces have capital letters, "
                         "so it is a cased vocabulary, read lower-cased here (those pieces would "
                         "never be used): add --cased")
     if cased and upper == 0 and lower > 0.01 * len(pieces):
-        raise DataError(f"{path}: no piece has a capital letter, so it is an uncased vocabulary, "
-                        "read cased here (capitalised words would become [UNK]): drop --cased")
+        warnings.warn(f"{path}: no piece has a capital letter: if it is an uncased vocabulary, "
+                      "--cased makes every capitalised word [UNK]", stacklevel=2)
     return tokenizer
 
 

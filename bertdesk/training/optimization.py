@@ -113,6 +113,7 @@ class BertAdamW(_ClipsSummedGradients, _SchedulesByUpdate, keras.optimizers.Adam
         self.exclude_names = tuple(exclude_names)
         if self.exclude_names:
             self.exclude_from_weight_decay(var_names=list(self.exclude_names))
+        self._fused_asked = fused  # saved: None, each backend's default again
         if fused is None:
             fused = keras.backend.backend() in _FUSED_BACKENDS and not self.amsgrad
         self.fused = bool(fused)
@@ -327,9 +328,11 @@ class BertAdamW(_ClipsSummedGradients, _SchedulesByUpdate, keras.optimizers.Adam
         return plan[1]
 
     def get_config(self):
-        # fused: each backend's default again, unless turned off
+        # fused: each backend's default again, unless turned off (False on
+        # JAX by default is not turned off: a JAX checkpoint resumed on
+        # PyTorch fuses)
         return {**super().get_config(), "exclude_names": list(self.exclude_names),
-                "fused": None if self.fused else False}
+                "fused": False if self._fused_asked is False else None}
 
 
 # Where `BertAdamW` has a fused update by default.

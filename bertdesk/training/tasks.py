@@ -150,10 +150,17 @@ class NerTask:
         kinds = [{t[2:] for t in tags if t != "O"} for tags in data.tags]
         trained = set().union(*(kinds[i] for i in tr))
         for i in list(val):
-            if kinds[i] - trained and len(val) > 1:
-                val.remove(i)
-                tr.append(i)
-                trained |= kinds[i]
+            if not kinds[i] - trained:
+                continue
+            val.remove(i)
+            tr.append(i)
+            trained |= kinds[i]
+            if not val:  # it held out the last: one whose types others cover goes instead
+                spare = next((j for j in tr if j != i and not kinds[j] - set().union(
+                    *(kinds[k] for k in tr if k != j))), None)
+                if spare is not None:
+                    tr.remove(spare)
+                    val.append(spare)
         val, tr = sorted(val), sorted(tr)
         pick = lambda idx: TaggedSentences([data.words[i] for i in idx],  # noqa: E731
                                            [data.tags[i] for i in idx], data.source,
