@@ -3,14 +3,16 @@ making): each wrong value is a `DataError` naming the setting as the
 command line spells it and the range expected, before any work starts."""
 
 import math
+import numbers
 
 from bertdesk.data.tables import DataError
 
 
 def whole(config, name, minimum=1, option=None):
-    """`config.<name>` must be an int (not a bool) >= `minimum`."""
+    """`config.<name>` must be a whole number (an int or numpy integer, not
+    a bool) >= `minimum`."""
     value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise DataError(f"{option or _option(name)}: expected a whole number >= {minimum}, "
                         f"got {value!r}")
 
@@ -19,7 +21,7 @@ def number(config, name, low, high=math.inf, low_open=False, high_open=False, op
     """`config.<name>` must be a real number in the interval from `low` to
     `high` (each end excluded where `*_open`)."""
     value = getattr(config, name)
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
           and (value > low if low_open else value >= low)
           and (value < high if high_open else value <= high))
     if not ok:
