@@ -101,6 +101,25 @@ def check_mixed_precision(build_model, inputs, atol=0.1):
     return model16
 
 
+def assert_same_updates(before, expected, actual, rtol, names=None):
+    """Two training steps from the same weights `before` moved every weight
+    alike: each variable's update in `actual` is within `rtol` of the
+    largest element of its update in `expected`. Comparing the updates, not
+    the weights, keeps a loose (bfloat16) tolerance from passing a step
+    that lost a whole gradient: one SGD step moves a weight by less than
+    bfloat16's tolerance on the weight itself."""
+    assert len(before) == len(expected) == len(actual)
+    moved = 0
+    for i, (w, e, a) in enumerate(zip(before, expected, actual)):
+        want, got = np.asarray(e) - np.asarray(w), np.asarray(a) - np.asarray(w)
+        scale = float(np.abs(want).max()) if want.size else 0.0
+        moved += scale > 0
+        name = names[i] if names else f"weight {i}"
+        np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale + 1e-7,
+                                   err_msg=f"{name}'s update")
+    return moved
+
+
 def check_fit_step(model, inputs, targets, loss):
     """One `fit` step runs, gives a finite loss and changes the weights."""
     before = [np.array(w) for w in model.get_weights()]

@@ -27,7 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _use(monkeypatch, onednn):
+    """Products through oneDNN or ATen, as on a CPU where the measurement
+    chose it: with oneDNN, the batched products too where oneDNN keeps
+    their float32 sums here; without, MKL's (a decision cached before
+    would otherwise send the reference's attention to oneDNN as well)."""
     monkeypatch.setattr(cpu_products, "_decision", lambda: (onednn, None))
+    batched = onednn and cpu_products.batched_products_stay_float32()
+    monkeypatch.setattr(cpu_products, "batched_products_use_onednn", lambda: batched)
 
 
 def _tensor(shape, seed, grad=False):
@@ -67,8 +73,9 @@ def test_kernel_gradient_is_one_product_in_onednns_float32_mode(monkeypatch):
     after), float64's numbers to float32's rounding, whatever the layouts."""
     import torch
 
-    if not cpu_products.batched_products_use_onednn():
-        pytest.skip("oneDNN's float32 matmul mode is not used on this CPU")
+    if not cpu_products.batched_products_stay_float32():
+        pytest.skip("oneDNN takes no float32 batched products here")
+    _use(monkeypatch, True)
     modes = []
     mm = torch.mm
     monkeypatch.setattr(torch, "mm", lambda *a: modes.append(
@@ -366,7 +373,7 @@ def test_the_layers_projection_takes_the_fused_call_only_outside_autograd(monkey
     assert out.requires_grad and leaf.grad is not None and float(leaf.grad.abs().max()) > 0.1
 
 
-@needs_bf16_onednn
+@needs_onednn
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("gelu", [False, True])
 def test_a_packed_kernel_gives_the_plain_kernels_numbers(monkeypatch, dtype, gelu):
@@ -375,6 +382,8 @@ def test_a_packed_kernel_gives_the_plain_kernels_numbers(monkeypatch, dtype, gel
     knowing them), strided rows, and none."""
     import torch
 
+    if dtype == "bfloat16" and not cpu_products._has_bf16_kernels():
+        pytest.skip("no oneDNN bf16 kernels here")
     _use(monkeypatch, True)
     rows, kernel, bias = _projection_case("contiguous", getattr(torch, dtype))
     packed = cpu_products.pack(kernel)
@@ -620,19 +629,23 @@ def test_a_pretraining_step_of_one_shape_builds_nothing_after_its_first():
 
 # === Batched products through oneDNN (`onednn_batched_products`) ===
 needs_batched = pytest.mark.skipif(
-    not (IS_TORCH and cpu_products.batched_products_use_onednn()),
-    reason="this CPU keeps PyTorch's float32 batched products (MKL's)")
+    not (IS_TORCH and cpu_products.batched_products_stay_float32()),
+    reason="oneDNN takes no float32 batched products here (its bf16 math mode needs "
+           "bf16 kernels and rounds on AMX)")
 
 
 @needs_batched
 @pytest.mark.parametrize("shape", [(64, 128, 64, 128), (16, 256, 32, 256), (4, 512, 64, 512),
                                    (3, 7, 5, 9), (192, 24, 32, 24)])
-def test_batched_products_in_onednn_match_mkl(shape):
+def test_batched_products_in_onednn_match_mkl(monkeypatch, shape):
     """The blocked attention's products (a transposed right operand, one
     scaled into an `out=` buffer, a transposed left one) inside the context
     equal float64's to float32 rounding, as MKL's do, and the process-wide
-    setting is back afterwards."""
+    setting is back afterwards (on every CPU where oneDNN keeps float32's
+    sums, chosen by the speed measurement or not)."""
     import torch
+
+    _use(monkeypatch, True)
 
     groups, rows, depth, cols = shape
     a, b = _tensor((groups, rows, depth), 0), _tensor((groups, cols, depth), 1)
@@ -717,6 +730,7 @@ def test_batched_products_run_onednn_float32_kernels():
     """oneDNN's own log (`ONEDNN_VERBOSE`) in a fresh process: the products
     inside the context run a float32 matmul kernel on float32 memory."""
     code = ("import os; os.environ['KERAS_BACKEND'] = 'torch'\n"
+            "os.environ['BERTDESK_TORCH_GEMM'] = 'onednn'\n"
             "import torch\n"
             "from bertdesk.layers import cpu_products\n"
             "assert cpu_products.batched_products_use_onednn()\n"

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY, random_batch
-from harness import rng_restore, rng_snapshot, to_np
+from harness import assert_same_updates, rng_restore, rng_snapshot, to_np
 
 from bertdesk import BertBackbone
 from bertdesk.layers.bert_dropout import BertDropout
@@ -43,9 +43,11 @@ def test_checkpointed_step_matches_the_plain_step(policy):
     backbone.gradient_checkpointing = True
     assert all(layer.gradient_checkpointing for layer in backbone.encoder_layers)
     _sgd_step(model, x, y)
-    atol = 1e-6 if policy == "float32" else 2e-2
-    for a, b in zip(plain, model.get_weights()):
-        np.testing.assert_allclose(a, b, atol=atol)
+    # each update within 0.01% (float32) or 5% (bfloat16) of its largest
+    # element: a weight's whole update is below bfloat16's rounding of it
+    rtol = 1e-4 if policy == "float32" else 0.05
+    assert assert_same_updates(before, plain, model.get_weights(), rtol,
+                               names=[v.path for v in model.weights]) > 10
     for a, b in zip(rng_plain, rng_snapshot(model), strict=True):
         np.testing.assert_array_equal(a, b)  # no generator advanced twice
 

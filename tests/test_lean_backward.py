@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY, random_batch
-from harness import rng_restore, rng_snapshot, to_np
+from harness import assert_same_updates, rng_restore, rng_snapshot, to_np
 from keras import ops
 
 from bertdesk.layers import bert_encoder_block, bert_self_attention
@@ -166,7 +166,7 @@ def test_blocks_of_sequences_need_the_shapes():
     assert blocks(None, 256) is None
 
 
-@pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.1)])
+@pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.03)])
 def test_gelu_matmul_matches_autodiff(dtype, atol):
     rng = np.random.default_rng(1)
     z = (2 * rng.normal(size=(3, 5, 8))).astype("float32")
@@ -185,7 +185,7 @@ def test_gelu_matmul_matches_autodiff(dtype, atol):
         np.testing.assert_allclose(g, p, atol=atol, rtol=atol)
 
 
-@pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.1)])
+@pytest.mark.parametrize("dtype,atol", [("float32", 1e-5), ("bfloat16", 0.03)])
 def test_feed_forward_matches_autodiff(dtype, atol):
     """The whole training feed-forward (on PyTorch one Function, biases in
     the GEMMs): output and all five gradients equal autodiff's."""
@@ -245,9 +245,11 @@ def test_classifier_training_step_matches_autodiff(monkeypatch, policy):
     model.compile(optimizer=keras.optimizers.SGD(0.5),  # retrace with the plain ops
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.train_on_batch(x, y)
-    atol = 2e-5 if policy == "float32" else 2e-2
-    for a, b in zip(lean, model.get_weights()):
-        np.testing.assert_allclose(a, b, atol=atol)
+    # each update within 0.1% (float32) or 5% (bfloat16) of its largest
+    # element: a weight's whole update is below bfloat16's rounding of it
+    rtol = 1e-3 if policy == "float32" else 0.05
+    assert assert_same_updates(before, lean, model.get_weights(), rtol,
+                               names=[v.path for v in model.weights]) > 10
 
 
 def test_gelu_and_softmax_backward_are_their_formulas():
@@ -267,3 +269,29 @@ def test_gelu_and_softmax_backward_are_their_formulas():
     np.testing.assert_allclose(
         to_np(softmax_backward(ops.convert_to_tensor(g), ops.convert_to_tensor(p))),
         p * (g - (g * p).sum(-1, keepdims=True)), atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's gelu_backward kernel")
+def test_gelu_backward_into_its_upstream_is_the_same_gradient():
+    """`overwrite=True` (the feed-forward's own product) writes upstream *
+    gelu'(x) into the upstream buffer, the same numbers as a fresh output;
+    an upstream in another dtype or layout is left alone."""
+    import torch
+
+    from bertdesk.layers import fused_kernels
+
+    generator = torch.Generator().manual_seed(5)
+    x = 2 * torch.randn(6, 9, generator=generator)
+    g = torch.randn(6, 9, generator=generator)
+    fresh = fused_kernels.gelu_backward(g, x)
+    buffer = g.clone()
+    kept = fused_kernels.gelu_backward(buffer, x, overwrite=True)
+    assert kept.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(kept, fresh, rtol=0, atol=0)
+    assert not torch.equal(fresh, g)
+    for other in (g.double(), g.t().contiguous().t(), g.to(torch.bfloat16)):
+        before = other.clone()
+        out = fused_kernels.gelu_backward(other, x, overwrite=True)
+        assert torch.equal(other, before) and out.data_ptr() != other.data_ptr()
+        torch.testing.assert_close(out, fresh, rtol=1e-2 if other.dtype == torch.bfloat16 else 1e-6,
+                                   atol=1e-2 if other.dtype == torch.bfloat16 else 1e-6)

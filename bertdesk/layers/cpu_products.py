@@ -426,18 +426,37 @@ def onednn_batched_products(like):
 def batched_products_use_onednn():
     """Whether `onednn_batched_products` sends float32 batched products to
     oneDNN in this process: where `products_use_onednn()` (oneDNN measured
-    faster than MKL for a float32 product), the CPU has no AMX (where
-    oneDNN's "bf16" math mode does round to bfloat16), and a probe inside
-    that mode gives float32's exact sums (`_batched_sums_stay_float32`)."""
+    faster than MKL for a float32 product) and `batched_products_stay_float32()`:
+    PyTorch sends them to oneDNN in its "bf16" math mode (the CPU has its bf16
+    kernels), the CPU has no AMX (where that mode does round to bfloat16),
+    and a probe inside the mode gives float32's exact sums
+    (`_batched_sums_stay_float32`)."""
     return _batched_decision()
+
+
+def batched_products_stay_float32():
+    """Whether oneDNN's matmul takes float32 batched products in its "bf16"
+    math mode on this CPU and keeps float32's sums there, whatever the speed
+    measurement chose: PyTorch sends them to oneDNN in that mode only where
+    the CPU has oneDNN's bf16 kernels (elsewhere, as on AVX2 CPUs, MKL
+    still multiplies them: the mode does nothing), not on AMX (which does
+    round), and the probe must come out exact. Where it holds, the tests
+    run the oneDNN path against MKL's, not only where it is chosen."""
+    return _batched_exact()
 
 
 @functools.cache
 def _batched_decision():
+    return products_use_onednn() and _batched_exact()
+
+
+@functools.cache
+def _batched_exact():
     import torch
 
     matmul = getattr(torch.backends.mkldnn, "matmul", None)
-    if not products_use_onednn() or not hasattr(matmul, "fp32_precision") or _has_amx():
+    if (not _has_linear_pointwise() or not hasattr(matmul, "fp32_precision")
+            or not _has_bf16_kernels() or _has_amx()):
         return False
     try:
         with _fp32_precision("bf16"):

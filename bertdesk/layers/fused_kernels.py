@@ -33,10 +33,20 @@ import functools
 from bertdesk.layers import cpu_products
 
 
-def gelu_backward(upstream, x):
-    """`upstream * gelu'(x)` for the exact (erf) GELU, on PyTorch tensors."""
+def gelu_backward(upstream, x, overwrite=False):
+    """`upstream * gelu'(x)` for the exact (erf) GELU, on PyTorch tensors.
+
+    `overwrite`: the caller owns `upstream` (a product it just made) and
+    lets the result go into it, where the dtypes and layout allow, instead
+    of into one more `(tokens, intermediate)` buffer: BERT-mini's training
+    step at 16 x 128 on 2 AMD Zen 3 cores, the two alternating in one
+    process, median 414.6 -> 390.6 and 333.5 -> 316.3 ms in two runs."""
     import torch
 
+    if overwrite and upstream.dtype == x.dtype and upstream.is_contiguous() \
+            and upstream.shape == x.shape:
+        return torch.ops.aten.gelu_backward.grad_input(upstream, x, approximate="none",
+                                                       grad_input=upstream)
     return torch.ops.aten.gelu_backward(upstream.to(x.dtype), x, approximate="none")
 
 
@@ -773,7 +783,7 @@ def _feed_forward_function():
             g = g.reshape(-1, g.shape[-1])  # (tokens, hidden)
             mm, kernel_gradient = cpu_products.mm, cpu_products.kernel_gradient
             g_down = kernel_gradient(functional.gelu(z), g)
-            g_z = gelu_backward(mm(g, down_kernel.t()), z)
+            g_z = gelu_backward(mm(g, down_kernel.t()), z, overwrite=True)
             g_up = kernel_gradient(rows, g_z)
             g_x = mm(g_z, up_kernel.t())
             return g_x.view(ctx.x_shape), g_up, g_z.sum(0), g_down, g.sum(0)
