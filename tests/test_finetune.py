@@ -897,6 +897,23 @@ def test_ner_sentences_cut_at_max_length_are_counted(tmp_path, tiny_model):
                          for w in words) == 2
 
 
+def test_ner_run_says_how_many_sentences_it_cut(tmp_path, tiny_model):
+    """The whole run with sentences longer than --max-length: it trains and
+    says how many were cut (the message took len() of the sentences, which
+    have none: a TypeError before the first step)."""
+    sentences = [[("Ann", "B-PER")] + [("runs", "O")] * n for n in (1, 30, 3, 40, 5, 2)]
+    path = tmp_path / "long.conll"
+    path.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in s) for s in sentences) + "\n",
+                    encoding="utf-8")
+    events = []
+    run_finetune(config(tmp_path, tiny_model, task="ner", format="conll", train=str(path),
+                        validation=str(path), max_length=16, pad_to_multiple=16),
+                 events.append)
+    said = [e["text"] for e in events if e["event"] == "message" and "cut to it" in e["text"]]
+    assert said == ["2 of 6 training sentences are longer than --max-length 16 tokens: "
+                    "cut to it, their ends unseen"]
+
+
 def test_ner_unknown_tag_in_validation(tmp_path, tiny_model):
     train = tmp_path / "t.conll"
     train.write_text("Alice B-PER\nruns O\n\nBob B-PER\n\n")

@@ -470,8 +470,9 @@ def run_finetune(config, sink=None):
     check_fits(backbone, config)
     train_ds = task.dataset(tokenizer, train, head, config, train=True)
     if getattr(train_ds, "cut", 0):
+        unit = "sentences" if task.name == "ner" else "examples"
         sink({"event": "message", "text": (
-            f"{train_ds.cut:,} of {len(train):,} training examples are longer than "
+            f"{train_ds.cut:,} of {len(train_ds.lengths):,} training {unit} are longer than "
             f"--max-length {config.max_length} tokens: cut to it, their ends unseen")})
     steps_per_epoch = len(train_ds)  # batches
     total_steps = -(-steps_per_epoch // accumulation) * config.epochs  # updates
