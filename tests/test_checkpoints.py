@@ -261,6 +261,11 @@ def test_keras_hub_preset(tmp_path):
     kh = keras_hub.models.BertBackbone(vocabulary_size=120, num_layers=2, num_heads=2,
                                        hidden_dim=16, intermediate_dim=32,
                                        max_sequence_length=32)
+    # every weight away from its initial value (zero biases, unit LayerNorm),
+    # so a reader that swaps or drops one shows
+    rng = np.random.default_rng(4)
+    kh.set_weights([w + 0.1 * rng.standard_normal(w.shape).astype(w.dtype)
+                    for w in kh.get_weights()])
     kh.save_to_preset(str(tmp_path))
     write_vocab(tmp_path)
     vocab = (tmp_path / "vocab.txt").read_text().split()
@@ -270,10 +275,13 @@ def test_keras_hub_preset(tmp_path):
     batch = random_batch(seq=12)
     mask = batch["padding_mask"].astype(bool)
     theirs = kh(batch)
+    # keras-hub's tanh GELU: 1.1e-4 apart at most here (torch, JAX, TensorFlow);
+    # a reader that swaps the query and key biases, the two LayerNorms of a
+    # layer, or drops a bias, is 0.1 or more away
     np.testing.assert_allclose(to_np(ours(batch)["sequence_output"])[mask],
-                               to_np(theirs["sequence_output"])[mask], atol=1e-5)
+                               to_np(theirs["sequence_output"])[mask], atol=1e-3)
     np.testing.assert_allclose(to_np(ours(batch)["pooled_output"]),
-                               to_np(theirs["pooled_output"]), atol=1e-5)
+                               to_np(theirs["pooled_output"]), atol=1e-3)
     assert bertdesk.load_tokenizer(tmp_path).vocabulary == vocab
     # a preset keras-nlp (keras-hub's former name) wrote: read as keras-hub's (it was taken
     # for a transformers folder, "missing config fields")
@@ -281,7 +289,7 @@ def test_keras_hub_preset(tmp_path):
     config.write_text(config.read_text().replace("keras_hub.src", "keras_nlp.src"))
     assert "keras_nlp" in config.read_text() and read_checkpoint(tmp_path).format == "keras_hub"
     np.testing.assert_allclose(to_np(bertdesk.load_backbone(tmp_path)(batch)["pooled_output"]),
-                               to_np(theirs["pooled_output"]), atol=1e-5)
+                               to_np(theirs["pooled_output"]), atol=1e-3)
 
 
 def test_export_to_google_and_keras_hub_read_back_by_their_own_libraries(minilm_folder,

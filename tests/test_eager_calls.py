@@ -100,13 +100,16 @@ def _fast_and_explicit(model, padded=True, **kwargs):
 
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("model", [attention_model, encoder_model])
-def test_inference_paths_match_the_keras_layers(model, padded):
-    """The whole layer (fused attention, direct projections) against the
-    explicit attention path with every sublayer called as Keras does."""
+def test_inference_paths_match_the_explicit_attention(model, padded):
+    """The whole layer with the fused attention against the explicit
+    attention path (both through the same direct projections and LayerNorm,
+    which `test_dense_equals_the_layer_call` and the LayerNorm tests hold
+    to Keras' own layers): 1e-8 to 6e-8 apart on every backend; a scale of
+    1/d instead of 1/sqrt(d), or q and k swapped, is 4e-5 to 6e-5 away."""
     x, fast, explicit = _fast_and_explicit(model, padded)
     a, b = to_np(fast(x)), to_np(explicit(x))
     mask = x["padding_mask"].astype(bool)
-    np.testing.assert_allclose(a[mask], b[mask], atol=1e-5)
+    np.testing.assert_allclose(a[mask], b[mask], atol=2e-6)
 
 
 @pytest.mark.skipif(not IS_TORCH, reason="PyTorch's attention kernel call")

@@ -88,8 +88,12 @@ def test_dropout_attention_in_bfloat16():
             return ops.sum(ops.cast(out, "float32") * ops.convert_to_tensor(upstream))
 
         results.append(value_and_grads(loss, q, k, v))
-    for g, p in zip(results[0][1], results[1][1]):
-        np.testing.assert_allclose(g, p, atol=0.05, rtol=0.05)
+    (value, grads), (plain_value, plain_grads) = results
+    # bfloat16's roundings: the loss 1.3% apart on PyTorch (its products'
+    # rounding differs), gradients 8.8e-3 of up to 6.75; equal elsewhere
+    np.testing.assert_allclose(value, plain_value, rtol=0.03)
+    for g, p in zip(grads, plain_grads):
+        np.testing.assert_allclose(g, p, atol=0.02, rtol=0.02)
 
 
 @pytest.mark.skipif(keras.backend.backend() == "tensorflow",

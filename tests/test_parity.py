@@ -60,8 +60,11 @@ def test_sequence_output_matches_transformers(ours, batch, reference):
     out = ours[1](batch)
     mask = batch["padding_mask"].astype(bool)
     diff = np.abs(to_np(out["sequence_output"]) - reference["sequence_output"])[mask]
-    assert diff.max() < 1e-4, diff.max()
-    np.testing.assert_allclose(to_np(out["pooled_output"]), reference["pooled_output"], atol=1e-4)
+    # 2.2e-6 to 4.1e-6 apart on the three backends (pooled 1.8e-7 to 2.4e-7);
+    # a LayerNorm epsilon of 1e-6 instead of 1e-12 is 2.6e-4 away (pooled
+    # 1.8e-5), the tanh GELU 3.0e-3, a pooler without its tanh 4.0e-3
+    assert diff.max() < 3e-5, diff.max()
+    np.testing.assert_allclose(to_np(out["pooled_output"]), reference["pooled_output"], atol=3e-6)
 
 
 def test_hidden_states_and_attentions_match_transformers(minilm_folder, batch, reference):
@@ -71,7 +74,7 @@ def test_hidden_states_and_attentions_match_transformers(minilm_folder, batch, r
     mask = batch["padding_mask"].astype(bool)
     hidden = to_np(out["hidden_states"]).transpose(0, 2, 1, 3)[mask]  # (tokens, L+1, H)
     ref_hidden = reference["hidden_states"].transpose(0, 2, 1, 3)[mask]
-    assert np.abs(hidden - ref_hidden).max() < 1e-4
+    assert np.abs(hidden - ref_hidden).max() < 3e-5
     probs = to_np(out["attention_probs"])  # (batch, L, heads, q, k)
     q_mask = mask[:, None, None, :, None]
     np.testing.assert_allclose(np.where(q_mask, probs, 0),
@@ -83,7 +86,7 @@ def test_jit_compiled_predict_matches_transformers(ours, batch, reference):
     model.compile(jit_compile=True)
     out = model.predict(batch, verbose=0)
     mask = batch["padding_mask"].astype(bool)
-    assert np.abs(out["sequence_output"] - reference["sequence_output"])[mask].max() < 1e-4
+    assert np.abs(out["sequence_output"] - reference["sequence_output"])[mask].max() < 3e-5
 
 
 def test_sentence_embeddings_match_sentence_transformers(minilm_folder, ours, batch):
@@ -105,4 +108,4 @@ def test_mixed_bfloat16_stays_close(minilm_folder, batch, reference):
         keras.config.set_dtype_policy("float32")
     emb = mean_pool(seq, batch["padding_mask"])
     ref = mean_pool(reference["sequence_output"], batch["padding_mask"])
-    assert (emb * ref).sum(1).min() > 0.99
+    assert (emb * ref).sum(1).min() > 0.999  # 0.99994 on PyTorch; LayerNorm epsilon 1e-3: 0.997
