@@ -241,13 +241,26 @@ def _cmd_finetune(args):
 
     import keras
 
+    from bertdesk.data.tables import DataError
     from bertdesk.training.callbacks import TerminalProgress
     from bertdesk.training.finetune import run_finetune
 
     _refuse_writing_over_inputs({"--metrics-out": args.metrics_out},
                                 {"--train": args.train, "--validation": args.validation,
                                  "--model": _files_in(args.model)})
+    if args.metrics_out and _inside(args.metrics_out, args.output):
+        raise DataError(f"{args.metrics_out}: --metrics-out is inside the run folder "
+                        f"{args.output}, whose files the run writes (its metrics.json, the "
+                        "model's); choose a path outside it")
     config = _finetune_config(args)
+
+    def write_metrics(result):
+        if args.metrics_out:
+            from bertdesk.io.atomic import atomic_write_text
+
+            atomic_write_text(args.metrics_out,
+                              json.dumps(_public_metrics(result["metrics"]), indent=2))
+
     if args.events == "jsonl":
         # for the desktop app (or any other driver): one JSON object per line on stdout
         sink = JsonLinesEvents(sys.stdout)
@@ -257,16 +270,14 @@ def _cmd_finetune(args):
         sink({"event": "result", "metrics": _public_metrics(result["metrics"]),
               "best_epoch": result["best_epoch"], "model": result["model"],
               "predictions": result["predictions"], "train_seconds": result["train_seconds"]})
+        write_metrics(result)  # (it was left out with --events jsonl)
         return
     print(f"fine-tuning on the {keras.backend.backend()} backend: {config.train} -> {config.output}")
     result = run_finetune(config, TerminalProgress())
     print(f"best epoch {result['best_epoch']}; validation metrics:")
     _print_metrics(result["metrics"])
     print(f"model:       {result['model']}\npredictions: {result['predictions']}")
-    if args.metrics_out:
-        from bertdesk.io.atomic import atomic_write_text
-
-        atomic_write_text(args.metrics_out, json.dumps(_public_metrics(result["metrics"]), indent=2))
+    write_metrics(result)
 
 
 class JsonLinesEvents:
@@ -395,6 +406,8 @@ def _refuse_writing_over_inputs(outputs, inputs):
 
     for out_flag, out_value in outputs.items():
         for out in paths(out_value):
+            if os.path.isdir(out):  # (os.replace failed on it after all the work)
+                raise DataError(f"{out}: {out_flag} is a folder; expected the path of a file")
             if not os.path.isfile(out):
                 continue
             for in_flag, in_value in inputs.items():
@@ -402,6 +415,14 @@ def _refuse_writing_over_inputs(outputs, inputs):
                     if os.path.exists(source) and os.path.samefile(out, source):
                         raise DataError(f"{out}: {out_flag} is the {in_flag} file {source}, and "
                                         "writing it would replace the data; choose another path")
+
+
+def _inside(path, folder):
+    """Whether `path` is `folder` or lies under it (however either is spelt)."""
+    import os
+
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _files_in(folder):

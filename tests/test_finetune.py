@@ -105,9 +105,11 @@ def test_classify_end_to_end(tmp_path, tiny_model):
     assert rows and abs(float(rows[0]["p(negative)"]) + float(rows[0]["p(positive)"]) - 1) < 1e-5
 
 
-def test_gradient_checkpointing_trains_the_same_model(tmp_path, tiny_model, monkeypatch):
+def test_gradient_checkpointing_trains_the_same_model(tmp_path, tiny_model, monkeypatch, capsys):
     """`--gradient-checkpointing` on the command line trains, with dropout,
-    to the same weights as the plain run (same seed, same masks)."""
+    to the same weights as the plain run (same seed, same masks); with
+    `--events jsonl` (the app's) `--metrics-out` is written too (it was
+    left out)."""
     from bertdesk.io import load_backbone
     from bertdesk.layers.bert_encoder_block import BertEncoderBlock
 
@@ -121,7 +123,11 @@ def test_gradient_checkpointing_trains_the_same_model(tmp_path, tiny_model, monk
     assert cli_main(["finetune", "--train", str(train), "--model", tiny_model,
                      "--output", str(tmp_path / "ckpt"), "--epochs", "1", "--batch-size", "16",
                      "--max-length", "32", "--learning-rate", "1e-3", "--pad-to-multiple", "8",
-                     "--gradient-checkpointing"]) == 0
+                     "--gradient-checkpointing", "--events", "jsonl",
+                     "--metrics-out", str(tmp_path / "m.json")]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["event"] == "result"
+    assert json.loads((tmp_path / "m.json").read_text()) == events[-1]["metrics"]
     assert len(set(calls)) == 2  # both blocks of the tiny model
     meta = json.loads((tmp_path / "ckpt" / "model" / "bertdesk.json").read_text())
     assert meta["training_args"]["gradient_checkpointing"] is True

@@ -45,6 +45,40 @@ def test_an_output_that_is_an_input_file_is_refused_before_any_work(tmp_path, ca
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
+@pytest.mark.parametrize("argv", [
+    ["predict", "--model", "{model}", "--data", "{data}", "--output", "{folder}"],
+    ["evaluate", "--model", "{model}", "--data", "{data}", "--metrics-out", "{folder}"],
+    ["finetune", "--model", "{model}", "--train", "{data}", "--output", "{run}",
+     "--metrics-out", "{folder}"],
+])
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys, argv):
+    """(os.replace failed on it with IsADirectoryError, after all the work)"""
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    folder = tmp_path / "out.csv"
+    folder.mkdir()
+    names = {"model": str(tmp_path / "no-model"), "data": str(data), "run": str(tmp_path / "run"),
+             "folder": str(folder)}
+    assert cli_main([a.format(**names) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder}: --" in err and "is a folder; expected the path of a file" in err, err
+    assert "Traceback" not in err and folder.is_dir() and not (tmp_path / "run").exists()
+
+
+def test_metrics_out_inside_the_run_folder_is_refused(tmp_path, capsys):
+    """--metrics-out RUN/metrics.json replaced the run's own results (the app
+    then showed none), RUN/model/vocab.txt the model's vocabulary."""
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    run = tmp_path / "run"
+    for inside in (run / "metrics.json", run / "model" / "vocab.txt", tmp_path / "." / "run" / "x"):
+        assert cli_main(["finetune", "--model", "tiny", "--train", str(data), "--output", str(run),
+                         "--metrics-out", str(inside)]) == 2
+        err = capsys.readouterr().err
+        assert f"{inside}: --metrics-out is inside the run folder {run}" in err, err
+        assert not run.exists()
+
+
 def test_an_output_into_the_model_folder_is_refused(tmp_path, capsys, minilm_folder):
     data = tmp_path / "data.csv"
     data.write_text(ROWS)
@@ -391,6 +425,8 @@ def test_bad_vocabulary_and_data_arguments_are_messages(tmp_path, capsys, comman
     (["--warmup-ratio", "2"], r"--warmup-ratio: expected a number in \[0, 1\], got 2.0"),
     (["--learning-rate=-1e-5"], r"--learning-rate: expected a number in \(0, inf\)"),
     (["--early-stopping-patience", "-1"], "--early-stopping-patience: expected a whole number"),
+    # a QA window of 4 leaves no room for a question and a context (a traceback)
+    (["--task", "qa", "--max-length", "4"], "--max-length: expected a whole number >= 5, got 4"),
 ])
 def test_bad_finetuning_arguments_are_messages(tmp_path, capsys, extra, message):
     data = tmp_path / "data.csv"

@@ -378,6 +378,9 @@ def check_settings(config):
     for name in ("epochs", "batch_size", "gradient_accumulation", "doc_stride",
                  "max_answer_length"):
         settings.whole(config, name)
+    if config.task == "qa":  # [CLS] question [SEP] context [SEP], a piece of each (a
+        # shorter window was a ValueError traceback, the run folder made)
+        settings.whole(config, "max_length", 5)
     if config.early_stopping_patience is not None:  # 0: off
         settings.whole(config, "early_stopping_patience", 0)
     settings.number(config, "learning_rate", 0, low_open=True)
