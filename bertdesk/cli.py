@@ -57,7 +57,10 @@ def _set_backend(backend):
 def _cmd_convert(args):
     from bertdesk.io import convert
 
-    out = convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)
+    try:
+        out = convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)
+    except FileExistsError as e:  # the library's advice names its argument, not the flag
+        raise FileExistsError(str(e).replace("overwrite=True", "--overwrite")) from None
     print(f"wrote {args.to} checkpoint to {out}")
 
 

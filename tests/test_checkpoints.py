@@ -353,12 +353,16 @@ def test_export_to_google_and_keras_hub_read_back_by_their_own_libraries(minilm_
     assert bertdesk.load_backbone(tmp_path / "eps").layer_norm_epsilon == 1e-5
 
 
-def test_export_to_hf_loads_in_transformers(minilm_folder, tmp_path):
+def test_export_to_hf_loads_in_transformers(minilm_folder, tmp_path, capsys):
     import torch
     from transformers import BertModel
 
     out = tmp_path / "export"
     assert cli_main(["convert", str(minilm_folder), str(out), "--to", "hf"]) == 0
+    # again into the now full folder: refused, the advice naming the flag
+    assert cli_main(["convert", str(minilm_folder), str(out), "--to", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: folder exists and is not empty (use --overwrite)" in err, err
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "vocab.txt",
                                               "tokenizer_config.json"}
     ref = BertModel.from_pretrained(str(minilm_folder)).eval()

@@ -238,3 +238,24 @@ def test_v2_file_of_answerable_questions_has_its_has_answer_scores(tmp_path):
     ], version="v2.0"))
     m = squad_metrics({"q2": "Paris"}, data)
     assert m["HasAns_exact"] == 100.0 and m["HasAns_total"] == 1 and "NoAns_exact" not in m
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_validation_split_holds_out_whole_articles_near_the_fraction(seed):
+    """Articles of 20, 20, 200 and 5 questions: about a tenth of the
+    questions held out, whole articles only (a tenth of the articles held
+    out the 200-question one for some seeds: 200 of 245)."""
+    from bertdesk.data.squad import QAData, QAExample
+    from bertdesk.training.tasks import QaTask
+
+    sizes = {"a": 20, "b": 20, "c": 200, "d": 5}
+    data = QAData([QAExample(f"{t}{i}", "?", "context", [], True, t)
+                   for t, n in sizes.items() for i in range(n)], "x", "2.0")
+    train, validation = QaTask().split(data, 0.1, seed)
+    held = {ex.title for ex in validation.examples}
+    assert held and not held & {ex.title for ex in train.examples}
+    assert len(train) + len(validation) == 245
+    assert 1 <= len(validation) <= 25  # at most the fraction, rounded: 24.5 -> 24 or 25
+    # nothing fits a tiny fraction: the smallest article, not a random one
+    _, smallest = QaTask().split(data, 0.01, seed)
+    assert {ex.title for ex in smallest.examples} == {"d"}

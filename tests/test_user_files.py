@@ -270,8 +270,8 @@ def test_fine_tuning_resumes_a_run_stopped_in_its_first_checkpoint(tmp_path):
     out = tmp_path / "run"
     (out / "model").mkdir(parents=True)
     (out / "checkpoint").mkdir()
-    config = FinetuneConfig(train=str(data), output=str(out), model=str(tmp_path / "no-model"),
-                            resume=True)
+    config = FinetuneConfig(train=str(data), validation=str(data), output=str(out),
+                            model=str(tmp_path / "no-model"), resume=True)
     with pytest.raises(Exception) as e:  # past the folder check: the missing model stops it
         run_finetune(config)
     assert "no-model" in str(e.value) and "--resume found no checkpoint" not in str(e.value)
@@ -446,9 +446,23 @@ def test_a_damaged_checkpoint_state_is_a_message(tmp_path, capsys):
     for damaged in ('{"epoch": 1, "check', "[1, 2]", "\xff"):
         (out / "checkpoint" / "state.json").write_text(damaged, encoding="latin-1")
         assert cli_main(["finetune", "--model", "tiny", "--train", str(data),
-                         "--output", str(out), "--resume"]) == 2
+                         "--validation", str(data), "--output", str(out), "--resume"]) == 2
         err = capsys.readouterr().err
         assert "state.json: not the checkpoint state a run writes" in err, err
+
+
+def test_a_split_that_holds_out_nothing_is_a_message(tmp_path, capsys):
+    """Two rows, one a label: the stratified split holds out none, and the
+    run scored nothing (accuracy 0.0, a "best" model, an empty predictions
+    file)."""
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    assert cli_main(["finetune", "--model", "tiny", "--train", str(data),
+                     "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert (f"{data}: --validation-fraction 0.1 of 2 examples holds out none (every label "
+            "needs its examples in training); give a --validation file") in err, err
+    assert not (tmp_path / "run" / "model").exists()
 
 
 def test_inputs_past_the_models_tables_are_refused_before_training(tmp_path, capsys,

@@ -392,6 +392,14 @@ def check_settings(config):
         settings.number(config, "validation_fraction", 0, 1, low_open=True, high_open=True)
 
 
+def _examples(data):
+    """How many examples (rows, sentences, questions) a task's data holds."""
+    for name in ("words", "examples"):
+        if hasattr(data, name):
+            return len(getattr(data, name))
+    return len(data)
+
+
 def check_fits(backbone, config):
     """DataError before any training where the inputs would index past the
     model's tables: `max_length` over its learned positions, or text pairs
@@ -464,6 +472,11 @@ def run_finetune(config, sink=None):
         validation = task.load(config.validation, options)
     else:
         train, validation = task.split(train, config.validation_fraction, config.seed)
+        if not _examples(validation):  # (a run scored on nothing: accuracy 0, "best")
+            raise DataError(f"{config.train}: --validation-fraction {config.validation_fraction} "
+                            f"of {_examples(train)} examples holds out none (every label "
+                            "needs its examples in training); give a --validation file, "
+                            "more data or a larger fraction")
     head = task.make_head(train, config)
     task.targets(validation, head)  # unknown validation labels fail now, not after training
     sink({"event": "message", "text": task.describe(train, validation, head)})
