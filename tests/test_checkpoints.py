@@ -320,6 +320,17 @@ def test_export_to_google_and_keras_hub_read_back_by_their_own_libraries(minilm_
         np.testing.assert_array_equal(to_np(again(x)["sequence_output"]), expected)
         assert bertdesk.load_tokenizer(tmp_path / to).vocabulary == \
             bertdesk.load_tokenizer(minilm_folder).vocabulary
+        # the same pieces, accents stripped as the uncased source does (keras-hub's
+        # tokenizer keeps them unless told: "Héllo café" read back as [UNK]s)
+        accented = ["Héllo, café crème à Zürich"]
+        assert bertdesk.load_tokenizer(tmp_path / to)(accented, max_length=16)["token_ids"] \
+            .tolist() == bertdesk.load_tokenizer(minilm_folder)(accented, max_length=16)[
+                "token_ids"].tolist()
+    pieces = keras_hub.models.BertTokenizer.from_preset(str(tmp_path / "keras_hub"))(
+        "Héllo café")  # keras-hub's own tokenizer reads the export alike
+    ours = bertdesk.load_tokenizer(minilm_folder)(["Héllo café"], max_length=16)
+    ours = ours["token_ids"][0][ours["padding_mask"][0].astype(bool)][1:-1]  # no [CLS], [SEP]
+    assert to_np(pieces).astype(int).tolist() == ours.tolist()
     reader = tf.train.load_checkpoint(str(tmp_path / "google" / "bert_model.ckpt"))
     shapes = reader.get_variable_to_shape_map()
     assert shapes["bert/encoder/layer_0/intermediate/dense/kernel"] == [384, 1536]

@@ -117,5 +117,10 @@ def write_keras_hub(staging, config, tensors, tokenizer=None):
         warnings.filterwarnings("ignore", message=".*copy keyword")
         model.save_to_preset(str(staging))
     if tokenizer is not None:
-        keras_hub.models.BertTokenizer(vocabulary=list(tokenizer.vocabulary),
-                                       lowercase=tokenizer.lowercase).save_to_preset(str(staging))
+        # keras-hub's tokenizer strips accents only when told (its default is
+        # not to, whatever the casing): the export says what this one does
+        strip = tokenizer.strip_accents
+        keras_hub.models.BertTokenizer(
+            vocabulary=list(tokenizer.vocabulary), lowercase=tokenizer.lowercase,
+            strip_accents=tokenizer.lowercase if strip is None else bool(strip),
+        ).save_to_preset(str(staging))
