@@ -232,6 +232,21 @@ def test_rows_score_each_question_as_the_metrics_do(tmp_path):
     assert "HasAns_exact" not in metrics  # v1.1: no split
 
 
+def test_rows_of_questions_without_gold_answers_are_not_scored(tmp_path):
+    """`predict` on questions alone (no answers, not marked impossible): no
+    gold, no score, as classification leaves unlabelled rows (every row read
+    gold "", exact match 0, wrong); a v2 impossible question is still scored."""
+    from bertdesk.training.tasks import TASKS
+
+    data = read_squad(squad_file(tmp_path, [
+        {"id": "q1", "question": "Which?", "answers": []},
+        {"id": "q2", "question": "Where?", "answers": [], "is_impossible": True},
+    ], version="v2.0"), require_answers=False)
+    rows = TASKS["qa"].rows({"q1": "Paris", "q2": ""}, data, {"version": "2.0"})
+    assert [(r["gold"], r["exact_match"], r["f1"], r["correct"]) for r in rows] == [
+        (None, None, None, None), ("", 1.0, 1.0, True)]
+
+
 def test_v2_file_of_answerable_questions_has_its_has_answer_scores(tmp_path):
     data = read_squad(squad_file(tmp_path, [
         {"id": "q2", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 42}]},

@@ -414,6 +414,11 @@ class QaTask:
         rows = []
         for ex in data.examples:
             pred = scores.get(ex.id, "")
+            if not ex.answers and not ex.is_impossible:  # no gold (predict on questions
+                # alone): nothing to score, as classification leaves them (was EM 0, wrong)
+                rows.append({"id": ex.id, "question": ex.question, "prediction": pred,
+                             "gold": None, "exact_match": None, "f1": None, "correct": None})
+                continue
             em, f1 = answer_scores(pred, ex, v1)
             rows.append({"id": ex.id, "question": ex.question, "prediction": pred,
                          "gold": " | ".join(a["text"] for a in ex.answers),
