@@ -345,14 +345,37 @@ def test_a_resume_with_other_labels_is_refused(tmp_path, tiny_model):
     cfg = config(tmp_path, tiny_model, epochs=3)
     with pytest.raises(KeyboardInterrupt):
         run_finetune(cfg, sink)
-    other = tmp_path / "other.csv"
-    rows = Path(cfg.train).read_text(encoding="utf-8").splitlines()
-    other.write_text("\n".join([rows[0]] + [r.replace(",positive", ",upbeat") for r in rows[1:]])
+    train = Path(cfg.train)  # the same file, edited since (another file: refused by name)
+    original = train.read_text(encoding="utf-8")
+    rows = original.splitlines()
+    train.write_text("\n".join([rows[0]] + [r.replace(",positive", ",upbeat") for r in rows[1:]])
                      + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"run was started with labels \['negative', 'positive'\]; "
                                         r"this data gives \['negative', 'upbeat'\]"):
-        run_finetune(replace(cfg, train=str(other), validation=None, resume=True))
+        run_finetune(replace(cfg, resume=True))
+    train.write_text(original, encoding="utf-8")
     assert run_finetune(replace(cfg, resume=True))["best_epoch"] >= 1
+
+
+def test_a_resume_with_other_data_settings_is_refused(tmp_path, tiny_model):
+    """A finished run "resumed" on another file was scored on it, its
+    metrics overwritten (an MRPC run on RTE); an interrupted one took another
+    --max-length without a word. Both refused, naming the setting."""
+    cfg = config(tmp_path, tiny_model, epochs=1)
+    run_finetune(cfg)
+    metrics = (tmp_path / "run" / "metrics.json").read_bytes()
+    other = sample(tmp_path, "other.csv", 96)
+    with pytest.raises(DataError, match=rf"the run was started with --train {cfg.train}; "
+                                        rf"resume it with the same \(got {other}\)"):
+        run_finetune(replace(cfg, train=str(other), resume=True))
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == metrics
+    for change in ({"max_length": 16}, {"seed": 1}, {"validation_fraction": 0.2}):
+        name = "--" + next(iter(change)).replace("_", "-")
+        with pytest.raises(DataError, match=f"the run was started with {name} "):
+            run_finetune(replace(cfg, resume=True, **change))
+    # the same file under another spelling is the same data
+    spelled = str(Path(cfg.train).parent / "." / Path(cfg.train).name)
+    assert run_finetune(replace(cfg, train=spelled, resume=True))["best_epoch"] == 1
 
 
 def test_resume_checkpoints_swap_in_whole(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -369,6 +370,39 @@ def _check_same_labels(out, head):
                         f"{head.get('labels')}: resume it with the same data")
 
 
+# The settings that decide what a run's examples are (and so its batches
+# and steps): a resume must keep them.
+_DATA_SETTINGS = ("task", "train", "validation", "format", "text_column", "text_pair_column",
+                  "label_column", "label_separator", "problem_type", "max_length",
+                  "validation_fraction", "seed", "doc_stride", "max_answer_length")
+
+
+def _check_same_data(out, config):
+    """DataError naming the first data setting (the files, their columns,
+    --max-length, the split) that differs from the run being resumed, as its
+    best model records them: a finished run was scored on other data and its
+    metrics overwritten (an MRPC run "resumed" on RTE), an interrupted one
+    went on with other examples, without a word."""
+    saved = out / "model" / "bertdesk.json"
+    if not saved.is_file():
+        return
+    started = read_json(saved).get("training_args") or {}
+    for name in _DATA_SETTINGS:
+        if name not in started:
+            continue
+        before, now = started[name], getattr(config, name)
+        if name in ("train", "validation") and before and now:
+            # (a path recorded relative to another folder: its name alone)
+            same = (os.path.realpath(before) == os.path.realpath(now) if os.path.isabs(before)
+                    else os.path.basename(before) == os.path.basename(now))
+        else:
+            same = before == now
+        if not same:
+            option = "--" + name.replace("_", "-")
+            raise DataError(f"{out}: the run was started with {option} {before}; resume it "
+                            f"with the same (got {now})")
+
+
 def check_settings(config):
     """DataError naming the first setting out of its range, before the run
     folder is touched (an --epochs 0 run wrote no model and said its
@@ -514,6 +548,8 @@ def run_finetune(config, sink=None):
                             f"continues an interrupted run with the same --epochs (got "
                             f"{config.epochs}). To train further, fine-tune its model "
                             f"(--model {out / 'model'}) into a new --output")
+        _check_same_data(out, config)
+        _check_same_labels(out, head)
         model, initial_epoch = None, done
         sink({"event": "message", "text": f"the run finished after epoch {done}: nothing to "
                                           "resume; scoring its best model"})
@@ -523,6 +559,7 @@ def run_finetune(config, sink=None):
         if started != accumulation:
             raise DataError(f"{out}: the run was started with --gradient-accumulation "
                             f"{started}; resume it with the same (got {accumulation})")
+        _check_same_data(out, config)
         _check_same_plan(model.optimizer, config, total_steps, out)
         _check_same_labels(out, head)
         loss = model.loss.get("logits") if isinstance(model.loss, dict) else model.loss
