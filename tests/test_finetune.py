@@ -187,10 +187,13 @@ def test_multi_label_and_regression(tmp_path, tiny_model):
         run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"),
                             output=str(tmp_path / "reg_weighted"), problem_type="regression",
                             label_column="score", class_weight="balanced"))
+    events = []
     reg = run_finetune(config(tmp_path, tiny_model, train=str(tmp_path / "ml.csv"),
                               output=str(tmp_path / "reg"), problem_type="regression",
-                              label_column="score"))
+                              label_column="score"), events.append)
     assert set(reg["metrics"]) >= {"pearson", "spearman", "mse"}
+    said = [e["text"] for e in events if e["event"] == "message" and e["text"].startswith("data")]
+    assert said == ["data: 72 training, 8 validation examples; a regression target"]  # (labels: None)
 
 
 class Interrupt(Exception):

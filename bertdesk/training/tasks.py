@@ -108,7 +108,8 @@ class ClassifyTask:
 
     def describe(self, train, validation, head):
         text = (f"data: {len(train)} training, {len(validation)} validation examples; "
-                f"labels: {head['labels']}")
+                + ("a regression target" if head.get("problem_type") == "regression"
+                   else f"labels: {head['labels']}"))
         for key, name in (("class_weights", "class weights"),
                           ("positive_weights", "weights of positive examples")):
             if head.get(key):
