@@ -75,7 +75,9 @@ def test_read_char_tags(tmp_path):
 def test_bad_ner_files(tmp_path):
     p = tmp_path / "bad.conll"
     p.write_text("EU NNP I-NP I-ORG\nrejects VBZ O\n")
-    with pytest.raises(DataError, match=r"bad.conll: line 2: 3 fields, expected 4"):
+    # the line quoted is the one that broke the rule (it read as if the first)
+    with pytest.raises(DataError, match=r"bad.conll: line 2: 3 fields, expected 4 as on the "
+                                        r"first word line; the line reads 'rejects VBZ O'"):
         read_conll(p)
     p.write_text("EU NNP I-NP ORG\n")
     with pytest.raises(DataError, match=r"bad.conll: line 1: tag 'ORG' is not O or B-TYPE/I-TYPE"):

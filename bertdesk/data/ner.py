@@ -118,7 +118,7 @@ def read_conll(path, require_tags=True):
                 raise DataError(f"{path}: line {lineno}: expected 'word ... TAG', got {line!r}")
         if len(parts) != n_fields:
             raise DataError(f"{path}: line {lineno}: {len(parts)} fields, expected {n_fields} "
-                            f"like the first line: {line!r}")
+                            f"as on the first word line; the line reads {line!r}")
         _check_tag(parts[-1], path, lineno, ("B-", "I-"))
         if not cur_w:
             start = lineno
@@ -152,7 +152,7 @@ def _read_words(path, lines):
             continue
         if len(parts) != 1:
             raise DataError(f"{path}: line {lineno}: {len(parts)} fields, expected one word "
-                            f"per line like the first line: {line!r}")
+                            f"per line as on the first word line; the line reads {line!r}")
         if not cur:
             start = lineno
         cur.append(parts[0])
