@@ -234,6 +234,14 @@ def test_an_export_reads_data_as_the_model_was_trained_to(tmp_path, tokenizer, c
     assert "'neg|pos'" in capsys.readouterr().err
     assert cli_main(["evaluate", "--model", str(hf), "--data", str(data),
                      "--label-separator", "|", "--metrics-out", str(metrics)]) == 0
+    # predictions join the labels with the data's separator (they were joined with ",")
+    out = tmp_path / "p.jsonl"
+    assert cli_main(["predict", "--model", str(hf), "--data", str(data),
+                     "--label-separator", "|", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["gold"] == "neg|pos" and rows[1]["gold"] == "neu"
+    assert "," not in "".join(r["prediction"] for r in rows)
+    assert all(set(r["prediction"].split("|")) <= {"", "neg", "neu", "pos"} for r in rows)
 
 
 def test_predict_reads_untagged_words_and_writes_every_labels_probability(tmp_path, tokenizer,

@@ -212,6 +212,7 @@ class ClassificationData:
     labels: list | None
     source: str = ""
     rows: list = field(default_factory=list)  # 1-based data row of each example
+    label_separator: str = ","  # a multi-label cell's, as read (predictions join with it)
 
     def __len__(self):
         return len(self.texts)
@@ -319,7 +320,8 @@ def load_classification(path, text_column="text", text_pair_column=None, label_c
         if pairs is not None and not pairs[i - 1].strip():
             raise DataError(f"{path}: row {i}: empty text pair in column {text_pair_column!r} "
                             "(every row needs both texts)")
-    return ClassificationData(texts, pairs, labels, str(path), list(range(1, len(texts) + 1)))
+    return ClassificationData(texts, pairs, labels, str(path), list(range(1, len(texts) + 1)),
+                              label_separator)
 
 
 def _label_str(value):
@@ -385,4 +387,4 @@ def stratified_split(labels, fraction=0.1, seed=0):
 def subset(data, indices):
     pick = lambda xs: None if xs is None else [xs[i] for i in indices]  # noqa: E731
     return ClassificationData(pick(data.texts), pick(data.pairs), pick(data.labels),
-                              data.source, pick(data.rows))
+                              data.source, pick(data.rows), data.label_separator)

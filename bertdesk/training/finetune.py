@@ -228,10 +228,11 @@ def prediction_rows(scores, data, head):
                 row["gold"] = None if gold is None else float(gold)
         elif head["problem_type"] == "multi_label":
             chosen = [labels[j] for j in np.flatnonzero(scores[i] >= 0.5)]
-            row["prediction"] = ",".join(chosen)
+            join = getattr(data, "label_separator", ",").join  # as the data's cells read
+            row["prediction"] = join(chosen)
             row["confidence"] = float(np.where(scores[i] >= 0.5, scores[i], 1 - scores[i]).min())
             if data.labels is not None:
-                row["gold"] = None if gold is None else ",".join(gold)
+                row["gold"] = None if gold is None else join(gold)
                 row["correct"] = None if gold is None else sorted(chosen) == sorted(gold)
             for k, label in enumerate(labels):  # each label's own probability (a sigmoid)
                 row[f"p({label})"] = float(scores[i, k])
