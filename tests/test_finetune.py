@@ -99,6 +99,18 @@ def test_classify_end_to_end(tmp_path, tiny_model):
     assert accuracy == pytest.approx(metrics["accuracy"])
     with open(tmp_path / "pred.csv", encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 40
+    # a .tsv of predictions, quotes, a tab and a line break in the texts, reads back as
+    # bertdesk reads TSV (written CSV-style, it did not: "11 fields, the header has 10")
+    tricky = tmp_path / "tricky.csv"
+    with open(tricky, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label"], ['a "quoted" word', "positive"],
+                                 ["a\ttab and a\nbreak", "negative"]])
+    assert cli_main(["predict", "--model", str(run / "model"), "--data", str(tricky),
+                     "--output", str(tmp_path / "pred.tsv")]) == 0
+    lines = (tmp_path / "pred.tsv").read_text(encoding="utf-8").split("\n")
+    assert lines[1].split("\t")[1] == 'a "quoted" word' and "a tab and a break" in lines[2]
+    assert cli_main(["evaluate", "--model", str(run / "model"), "--data",
+                     str(tmp_path / "pred.tsv"), "--label-column", "gold"]) == 0
     # validation predictions of the run itself
     with open(run / "validation_predictions.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -264,11 +264,22 @@ def write_rows(rows, path):
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    else:  # .csv, .tsv
+    elif path.suffix.lower() == ".tsv":
+        # GLUE-style, as bertdesk reads TSV: tabs only, quotes are text, so a
+        # cell's own tabs and line breaks become spaces (quoted CSV-style, the
+        # file did not read back: "11 fields, the header has 10")
+        def cell(value):
+            text = "" if value is None else str(value)
+            return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+        names = list(rows[0]) if rows else []
+        text = "".join("\t".join(map(cell, line)) + "\n"
+                       for line in ([names] + [[r.get(k) for k in names] for r in rows]
+                                    if rows else []))
+    else:  # .csv
         buf = io.StringIO()
         if rows:
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]),
-                                    delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
         text = buf.getvalue()
