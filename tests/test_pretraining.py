@@ -659,6 +659,20 @@ class Killed(Exception):
     pass
 
 
+def test_prepared_data_sets_the_sequence_length_and_the_record_says_so(tmp_path, data_folder):
+    """--data made at 32 tokens with --seq-length 128 (the default): the run
+    uses the data's 32 and says so; pretraining_args.json recorded 128."""
+    from bertdesk.pretraining.pretrain import run_pretrain
+
+    said = []
+    run_pretrain(_config(tmp_path / "run", data_folder, seq_length=128, max_steps=1),
+                 sink=lambda e: e["event"] == "message" and said.append(e["text"]))
+    assert f"{data_folder}: sequences of 32 tokens, as the data was made (--seq-length 128 " \
+           "applies to data made from --corpus)" in said
+    args = json.loads((tmp_path / "run" / "pretraining_args.json").read_text())
+    assert args["seq_length"] == 32
+
+
 def test_resume_after_interruption_continues_exactly(tmp_path, data_folder):
     from bertdesk.pretraining.pretrain import run_pretrain
 

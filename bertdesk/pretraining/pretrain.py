@@ -23,7 +23,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -356,6 +356,10 @@ def run_pretrain(config, sink=None):
     if data.seq_length != config.seq_length and not config.data:
         raise DataError(f"{data_folder}: made for sequences of {data.seq_length} tokens, "
                         f"not {config.seq_length}")
+    if data.seq_length != config.seq_length:  # --data: made with its own --seq-length
+        log(f"{data_folder}: sequences of {data.seq_length} tokens, as the data was made "
+            f"(--seq-length {config.seq_length} applies to data made from --corpus)")
+        config = replace(config, seq_length=data.seq_length)  # and so recorded
     accumulation = config.gradient_accumulation
     total_batches = config.max_steps * accumulation
 
