@@ -794,7 +794,8 @@ def main(argv=None):
 
     try:
         args.func(args)
-    except (CheckpointError, DataError, FileNotFoundError, FileExistsError) as e:
+    except (CheckpointError, DataError, FileNotFoundError, FileExistsError, PermissionError,
+            NotADirectoryError) as e:
         if getattr(args, "events", None) == "jsonl":
             JsonLinesEvents(sys.stdout)({"event": "error", "text": str(e)})
         print(f"bertdesk {args.command}: error: {e}", file=sys.stderr)

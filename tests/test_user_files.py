@@ -493,3 +493,21 @@ def test_inputs_past_the_models_tables_are_refused_before_training(tmp_path, cap
     err = capsys.readouterr().err
     assert "one segment embedding (type_vocab_size 1), and text pairs need two" in err, err
     assert not (tmp_path / "run-pairs" / "model").exists()
+
+
+def test_a_file_that_cannot_be_made_is_named_as_asked(monkeypatch, tmp_path):
+    """A file the system refuses to make is named as given, not by the
+    temporary file beside it (`/proc/.nope.json.x1y2.tmp`)."""
+    from bertdesk.io.atomic import atomic_write_text
+
+    for target in ("/proc/nope.json", str(tmp_path / "out.json")):
+        if target.startswith(str(tmp_path)):  # a folder that refuses new files (root or not)
+            import tempfile
+
+            def refuse(*args, **kwargs):
+                raise PermissionError(13, "Permission denied", str(tmp_path / ".out.json.x.tmp"))
+            monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        with pytest.raises(OSError) as e:
+            atomic_write_text(target, "{}")
+        assert e.value.filename == target and ".tmp" not in str(e.value)
+    assert isinstance(e.value, PermissionError)
