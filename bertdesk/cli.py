@@ -390,6 +390,12 @@ def _cmd_predict(args):
         rows = predict_lines(Predictor(model), args.data)
     else:
         task, data = _load_data_for(model, args, require_labels=False)
+        if getattr(args, "label_column", None) and getattr(data, "labels", True) is None:
+            from bertdesk.data.tables import DataError
+
+            # asked for by name: a misspelt column was ignored without a word
+            raise DataError(f"{args.data}: no label column {args.label_column!r} (given with "
+                            "--label-column); leave it out to predict without gold labels")
         scores = task.scores(model.model, model.tokenizer, data, model.head, model.max_length)
         rows = task.rows(scores, data, model.head)
     write_rows(rows, args.output)

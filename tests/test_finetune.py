@@ -111,6 +111,10 @@ def test_classify_end_to_end(tmp_path, tiny_model):
     assert lines[1].split("\t")[1] == 'a "quoted" word' and "a tab and a break" in lines[2]
     assert cli_main(["evaluate", "--model", str(run / "model"), "--data",
                      str(tmp_path / "pred.tsv"), "--label-column", "gold"]) == 0
+    # a label column asked for by name and missing is said (it was ignored)
+    assert cli_main(["predict", "--model", str(run / "model"), "--data", str(tricky),
+                     "--label-column", "gold", "--output", str(tmp_path / "p2.csv")]) == 2
+    assert not (tmp_path / "p2.csv").exists()
     # validation predictions of the run itself
     with open(run / "validation_predictions.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
