@@ -23,43 +23,43 @@ def digest(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("argv", [
-    ["predict", "--model", "{model}", "--data", "{data}", "--output", "{data}"],
-    ["evaluate", "--model", "{model}", "--data", "{data}", "--metrics-out", "{data}"],
+# Each job's file output, `{out}`, beside its input `{data}`.
+OUTPUT_JOBS = [
+    ["predict", "--model", "{model}", "--data", "{data}", "--output", "{out}"],
+    ["evaluate", "--model", "{model}", "--data", "{data}", "--metrics-out", "{out}"],
     ["finetune", "--model", "{model}", "--train", "{data}", "--output", "{run}",
-     "--metrics-out", "{data}"],
-])
+     "--metrics-out", "{out}"],
+]
+
+
+def _job(argv, tmp_path, data, out):
+    names = {"model": str(tmp_path / "no-model"), "data": str(data), "run": str(tmp_path / "run"),
+             "out": str(out)}
+    return [a.format(**names) for a in argv]
+
+
+@pytest.mark.parametrize("argv", OUTPUT_JOBS)
 def test_an_output_that_is_an_input_file_is_refused_before_any_work(tmp_path, capsys, argv):
     data = tmp_path / "data.csv"
     data.write_text(ROWS)
     link = tmp_path / "same.csv"  # the same file under another name
     link.symlink_to(data)
     for output in (data, link):
-        names = {"model": str(tmp_path / "no-model"), "data": str(data), "run": str(tmp_path / "run")}
-        args = [a.format(**names) for a in argv]
-        args[args.index(str(data), args.index(str(data)) + 1)] = str(output)
-        assert cli_main(args) == 2
+        assert cli_main(_job(argv, tmp_path, data, output)) == 2
         err = capsys.readouterr().err
         assert f"{output}: " in err and "is the --" in err and "replace the data" in err, err
         assert data.read_text() == ROWS
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
-@pytest.mark.parametrize("argv", [
-    ["predict", "--model", "{model}", "--data", "{data}", "--output", "{folder}"],
-    ["evaluate", "--model", "{model}", "--data", "{data}", "--metrics-out", "{folder}"],
-    ["finetune", "--model", "{model}", "--train", "{data}", "--output", "{run}",
-     "--metrics-out", "{folder}"],
-])
+@pytest.mark.parametrize("argv", OUTPUT_JOBS)
 def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys, argv):
     """(os.replace failed on it with IsADirectoryError, after all the work)"""
     data = tmp_path / "data.csv"
     data.write_text(ROWS)
     folder = tmp_path / "out.csv"
     folder.mkdir()
-    names = {"model": str(tmp_path / "no-model"), "data": str(data), "run": str(tmp_path / "run"),
-             "folder": str(folder)}
-    assert cli_main([a.format(**names) for a in argv]) == 2
+    assert cli_main(_job(argv, tmp_path, data, folder)) == 2
     err = capsys.readouterr().err
     assert f"{folder}: --" in err and "is a folder; expected the path of a file" in err, err
     assert "Traceback" not in err and folder.is_dir() and not (tmp_path / "run").exists()
