@@ -395,6 +395,19 @@ def test_a_resume_with_other_data_settings_is_refused(tmp_path, tiny_model):
     # the same file under another spelling is the same data
     spelled = str(Path(cfg.train).parent / "." / Path(cfg.train).name)
     assert run_finetune(replace(cfg, train=spelled, resume=True))["best_epoch"] == 1
+    # recorded relative to the folder the run was started from: another file of the
+    # same name in another folder is other data
+    meta = tmp_path / "run" / "model" / "bertdesk.json"
+    recorded = json.loads(meta.read_text())
+    recorded["training_args"]["train"] = os.path.relpath(cfg.train)
+    meta.write_text(json.dumps(recorded))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    twin = elsewhere / Path(cfg.train).name
+    twin.write_bytes(Path(cfg.train).read_bytes())
+    with pytest.raises(DataError, match="the run was started with --train "):
+        run_finetune(replace(cfg, train=str(twin), resume=True))
+    assert run_finetune(replace(cfg, resume=True))["best_epoch"] == 1
 
 
 def test_resume_checkpoints_swap_in_whole(tmp_path, monkeypatch):

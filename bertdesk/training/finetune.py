@@ -400,12 +400,14 @@ def _check_same_data(out, config):
         return
     started = read_json(saved).get("training_args") or {}
     for name in _DATA_SETTINGS:
-        if name not in started:
-            continue
+        if name not in started or (name == "validation_fraction" and config.validation):
+            continue  # (no split where a validation file is given)
         before, now = started[name], getattr(config, name)
         if name in ("train", "validation") and before and now:
-            # (a path recorded relative to another folder: its name alone)
-            same = (os.path.realpath(before) == os.path.realpath(now) if os.path.isabs(before)
+            # a path recorded relative to a folder the run was started from: the same
+            # file from here where one is there, else (another folder) its name alone
+            same = (os.path.realpath(before) == os.path.realpath(now)
+                    if os.path.isabs(before) or os.path.exists(before)
                     else os.path.basename(before) == os.path.basename(now))
         else:
             same = before == now
