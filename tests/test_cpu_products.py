@@ -477,6 +477,11 @@ def test_large_float32_kernels_are_packed_for_float32_inference(monkeypatch):
     with pytest.raises(ValueError, match="BERTDESK_PACK_FLOAT32='always'"):
         cpu_products.packs(stored, torch.float32)
     monkeypatch.delenv("BERTDESK_PACK_FLOAT32")
+    # chosen by the probe: packed only where oneDNN measured far faster than MKL
+    for ratio, packs in ((2.1, True), (cpu_products.FLOAT32_PACK_RATIO, True), (1.3, False)):
+        monkeypatch.setattr(cpu_products, "_decision", lambda ratio=ratio: (True, ratio))
+        assert cpu_products.packs(stored, torch.float32) is packs, ratio
+        assert cpu_products.packs(stored, torch.bfloat16) is cpu_products._has_bf16_kernels()
     _use(monkeypatch, False)
     assert not cpu_products.packs(stored, torch.float32)
 
@@ -507,7 +512,8 @@ def test_an_unknown_setting_is_refused(monkeypatch, fresh_decision):
 
 
 @needs_onednn
-@pytest.mark.parametrize("ratio, expected", [(2.2, True), (1.3, True), (1.1, False), (0.6, False)])
+@pytest.mark.parametrize("ratio, expected", [(2.2, True), (1.3, True), (1.05, True),
+                                             (1.01, False), (0.6, False)])
 def test_auto_takes_onednn_where_it_measures_faster(monkeypatch, fresh_decision,
                                                    ratio, expected):
     monkeypatch.delenv(cpu_products.ENV, raising=False)

@@ -18,10 +18,17 @@ float32 (the same numbers to rounding).
 `products_use_onednn()` decides once per process: the environment variable
 `BERTDESK_TORCH_GEMM` (`auto`, `onednn` or `aten`), and by default (`auto`)
 a measurement, the same (1024, 768) x (768, 768) product timed both ways
-(about 0.1 s at the first product): oneDNN where it is at least 1.25x
-faster. On 2 AMD EPYC Zen 3 cores (AVX2) it was slower than MKL, so ATen
-keeps the product there and, expected, on Intel CPUs, where MKL's own
-kernels are the fast ones.
+(about 0.15 s at the first product): oneDNN where it measures at least 2%
+faster (`_FASTER`). Measured ratios (ATen's time over oneDNN's): 1.9-2.3
+on 2 AMD Zen 5 cores; 1.02-1.39 on 2 AMD Zen 4 cores (AVX-512 on 256-bit
+units), where oneDNN is 5-13% faster on every BERT-base product, forward,
+input gradient and weight gradient alike (its kernels at the GEMM peak,
+about 217 GFLOP/s, MKL's at 90% of it) and the whole model gains too
+(alternating in one process: BERT-base's forward pass 1.14x, training step
+1.04x, BERT-mini's 1.33x and 1.08x); 0.73-0.84 on 2 AMD Zen 3 cores (AVX2),
+which keep MKL, as Intel CPUs are expected to, where MKL's own kernels are
+the fast ones. A threshold of 1.25 (until 2026-12-07) left the Zen 4
+hosts on MKL in most processes and on oneDNN in some.
 
 `addmm` and `mm` are `torch.addmm`/`torch.mm` for code that writes its own
 backward pass (`fused_kernels.feed_forward`); `linear` is an autograd-aware
@@ -42,7 +49,7 @@ from bertdesk.training import allocator
 
 ENV = "BERTDESK_TORCH_GEMM"
 CHOICES = ("auto", "onednn", "aten")
-_FASTER = 1.25  # how much faster oneDNN must measure to be used
+_FASTER = 1.02  # how much faster oneDNN must measure to be used
 
 
 def products_use_onednn():
@@ -144,9 +151,12 @@ PRIMITIVE_CACHES = {("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CA
                     ("LRU_CACHE_CAPACITY",): 64}
 
 
-def _measure(rows=1024, width=768, repeats=5):
+def _measure(rows=1024, width=768, repeats=9, warmup=2):
     """ATen's best time over oneDNN's best for one projection, alternating
-    the two so a slow moment of a shared machine hits both."""
+    the two so a slow moment of a shared machine hits both (and which goes
+    first), after `warmup` calls of each: with one warm-up call and five
+    timed, the ratio on a Zen 4 host ranged from 1.02 to 1.81 across fresh
+    processes for products 5-13% faster through oneDNN."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -157,10 +167,11 @@ def _measure(rows=1024, width=768, repeats=5):
         aten = lambda: torch.addmm(bias, x, kernel)  # noqa: E731
         onednn = lambda: _linear_pointwise(x, kernel.t(), bias)  # noqa: E731
         best = {aten: float("inf"), onednn: float("inf")}
-        for f in (aten, onednn):  # warm-up: oneDNN builds its kernel at the first call
-            f()
-        for _ in range(repeats):
+        for _ in range(warmup):  # oneDNN builds its kernel at the first call
             for f in best:
+                f()
+        for i in range(repeats):
+            for f in (aten, onednn) if i % 2 == 0 else (onednn, aten):
                 start = time.perf_counter()
                 f()
                 best[f] = min(best[f], time.perf_counter() - start)
@@ -337,7 +348,8 @@ def packs(kernel, dtype):
     float32 forward pass at 16 x 128 832-858 -> 748-759 ms with its
     feed-forward kernels packed (fresh processes alternating), for their
     copy, 226 MB (loading BERT-base and predicting, `bench/load_memory.py`:
-    peak 943 -> 1,236 MB). `BERTDESK_PACK_FLOAT32=off` keeps float32
+    peak 943 -> 1,236 MB). Only where oneDNN measured far faster than
+    MKL (`_float32_pack_pays`). `BERTDESK_PACK_FLOAT32=off` keeps float32
     kernels plain. A bfloat16 model's own kernels, and smaller float32
     ones, are not packed."""
     import torch
@@ -346,7 +358,7 @@ def packs(kernel, dtype):
         return False
     if dtype == torch.float32 and kernel.dtype == torch.float32:
         return (kernel.numel() * 4 >= FLOAT32_PACK_FROM and _packs_float32()
-                and products_use_onednn())
+                and products_use_onednn() and _float32_pack_pays())
     if dtype != torch.bfloat16 or kernel.dtype == dtype:
         return False
     return _has_bf16_kernels()
@@ -356,6 +368,25 @@ def packs(kernel, dtype):
 # bytes: BERT-base's feed-forward kernels (9 MiB each) gain 10-18%, its
 # (768, 2304) attention kernel (7 MiB) nothing.
 FLOAT32_PACK_FROM = 8 << 20
+
+
+def _float32_pack_pays():
+    """Whether `products_use_onednn()`'s probe measured oneDNN at least
+    `FLOAT32_PACK_RATIO` times as fast as ATen (or oneDNN was chosen by
+    `BERTDESK_TORCH_GEMM=onednn`): where its float32 kernels run that far
+    ahead of MKL's, the per-call copy of a plain kernel is a tenth of the
+    product (2 AMD Zen 5 cores, probe 1.9-2.3: 10-18% a feed-forward
+    product, BERT-base's forward pass 1.10-1.13x). On 2 AMD Zen 4 cores
+    (probe 1.02-1.39, oneDNN's products at that host's GEMM peak, about
+    217 GFLOP/s, half Zen 5's) the pack gained 2-6% a feed-forward product
+    and 3% on BERT-base's forward pass (1,865 -> 1,806 ms, alternating in
+    one process): not worth a second copy of the kernels, 226 MB there."""
+    ratio = probe_ratio()
+    return ratio is None or ratio >= FLOAT32_PACK_RATIO
+
+
+# The probe ratio from which float32 kernels are kept packed (above).
+FLOAT32_PACK_RATIO = 1.5
 
 
 def _packs_float32():
