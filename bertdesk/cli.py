@@ -245,13 +245,14 @@ def _cmd_finetune(args):
     import keras
 
     from bertdesk.data.tables import DataError
+    from bertdesk.io.run_folder import within
     from bertdesk.training.callbacks import TerminalProgress
     from bertdesk.training.finetune import run_finetune
 
     _refuse_writing_over_inputs({"--metrics-out": args.metrics_out},
                                 {"--train": args.train, "--validation": args.validation,
                                  "--model": _files_in(args.model)})
-    if args.metrics_out and _inside(args.metrics_out, args.output):
+    if args.metrics_out and within(args.metrics_out, args.output):
         raise DataError(f"{args.metrics_out}: --metrics-out is inside the run folder "
                         f"{args.output}, whose files the run writes (its metrics.json, the "
                         "model's); choose a path outside it")
@@ -261,8 +262,8 @@ def _cmd_finetune(args):
         if args.metrics_out:
             from bertdesk.io.atomic import atomic_write_text
 
-            atomic_write_text(args.metrics_out,
-                              json.dumps(_public_metrics(result["metrics"]), indent=2))
+            metrics = _public_metrics(result["metrics"])
+            atomic_write_text(args.metrics_out, json.dumps(metrics, indent=2, allow_nan=False))
 
     if args.events == "jsonl":
         # for the desktop app (or any other driver): one JSON object per line on stdout
@@ -305,7 +306,21 @@ def _json_default(value):
 
 
 def _public_metrics(metrics):
-    return {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+    """The metrics `--metrics-out` writes: strict JSON, for other tools (jq,
+    JavaScript) refuse a bare NaN, so an undefined metric (Pearson's r of
+    constant predictions) is null."""
+    import math
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    return {k: finite(v) for k, v in metrics.items() if k != "confusion_matrix"}
 
 
 def _load_data_for(model, args, require_labels):
@@ -366,7 +381,8 @@ def _cmd_evaluate(args):
     print(f"{args.data}:")
     _print_metrics(metrics)
     if args.metrics_out:
-        atomic_write_text(args.metrics_out, json.dumps(_public_metrics(metrics), indent=2))
+        public = _public_metrics(metrics)
+        atomic_write_text(args.metrics_out, json.dumps(public, indent=2, allow_nan=False))
         print(f"metrics written to {args.metrics_out}")
 
 
@@ -424,14 +440,6 @@ def _refuse_writing_over_inputs(outputs, inputs):
                     if os.path.exists(source) and os.path.samefile(out, source):
                         raise DataError(f"{out}: {out_flag} is the {in_flag} file {source}, and "
                                         "writing it would replace the data; choose another path")
-
-
-def _inside(path, folder):
-    """Whether `path` is `folder` or lies under it (however either is spelt)."""
-    import os
-
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _files_in(folder):

@@ -161,8 +161,8 @@ class Predictor:
         "score"}]`, `start`/`end` character offsets into the text, `score` the
         mean probability of its words' tags. An entity starts at a B- tag, or
         at an I- tag after O or after another type (as Hugging Face's
-        pipelines and seqeval's default mode read them); `strict=True` drops
-        those, as the metrics do (seqeval's strict IOB2). A model whose labels
+        pipelines, seqeval's default mode and the metrics read them);
+        `strict=True` drops those (seqeval's strict IOB2). A model whose labels
         are BIOES/BMES or IO (a checkpoint trained elsewhere) is read by its
         own scheme (`bertdesk.data.ner.to_bio`).
         `is_split_into_words=True`: words given, as for `tag` (offsets and

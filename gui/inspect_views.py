@@ -30,11 +30,26 @@ def read_predictions(run):
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except pd.errors.EmptyDataError:  # a run with no validation examples
         return pd.DataFrame()
     except (OSError, ValueError):
         return None
+    dropped = run.get("dropped_row_numbers")
+    if dropped and "row" in frame:  # rows of the cleaned copy the run read, as the user's
+        frame["row"] = [str(file_row(int(r), dropped)) if r.isdigit() else r
+                        for r in frame["row"]]
+    return frame
+
+
+def file_row(row, dropped):
+    """The row number in the user's file of row `row` of its copy without
+    the rows `dropped` (the file's row numbers, ascending)."""
+    for number in dropped:
+        if number > row:
+            break
+        row += 1
+    return row
 
 
 def entity_types(tags):

@@ -66,11 +66,24 @@ class Dataset:
         return self.stamp is not None and file_stamp(self.path) != self.stamp
 
     def label_counts(self):
-        """{label: count} over usable rows (single-label tables and NER tags)."""
-        if self.task == "classify" and self.label_column in self.frame.columns:
+        """{label: count} over usable rows, each label read as the command
+        line reads it (1.0 is 1; each label of a multi-label cell counted),
+        and entity types by their B- tags; none for a regression target."""
+        from bertdesk.data.tables import label_text, multi_label_texts
+
+        if (self.task == "classify" and self.label_column in self.frame.columns
+                and self.problem_type != "regression"):
             bad = {r for r, _ in self.bad_rows}
-            values = [str(v).strip() for i, v in enumerate(self.frame[self.label_column], 1)
-                      if i not in bad]
+            cells = [v for i, v in enumerate(self.frame[self.label_column], 1) if i not in bad]
+            if self.problem_type == "multi_label":
+                values = []
+                for v in cells:
+                    try:
+                        values += multi_label_texts(v if isinstance(v, list) else str(v).strip())
+                    except ValueError:  # not a JSON list: the run refuses the row
+                        pass
+            else:
+                values = [label_text(v) for v in cells]
         elif self.task == "ner" and "tags" in self.frame.columns:
             values = [t.split("-", 1)[-1] for tags in self.frame["tags"] for t in tags.split()
                       if t.startswith("B-")]
@@ -96,12 +109,35 @@ def load_dataset(path, previous=None):
     file and row on bad input). Guesses the task from the file type and the
     columns from their names; a table opened again (`previous`, the same
     file's `Dataset`, e.g. after fixing its bad rows) keeps the mapping and
-    label kind chosen for it where its columns are still there."""
-    path = Path(path)
+    label kind chosen for it where its columns are still there. The path is
+    kept absolute (recent files, the run's records, the child's --train
+    are read again from other working folders)."""
+    path = Path(path).absolute()
     stamp = file_stamp(path)  # before reading: a write during the read shows as a change
     ds = _read_dataset(path, previous)
     ds.stamp = stamp
     return ds
+
+
+def _tag_file_format(path, lines=500):
+    """A `.bio` or `.ner` file's format by its content: `bmes` (one character
+    a line, as Chinese NER sets are written) where nearly every line's first
+    field is one character, else `conll` (a word a line, and spaces between
+    words: such a file read as characters was joined without them, and the
+    model saved as tagging characters)."""
+    firsts = []
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] != "-DOCSTART-":
+                    firsts.append(fields[0])
+                    if len(firsts) >= lines:
+                        break
+    except OSError:  # the reader says what is wrong, naming the file
+        return "bmes"
+    single = sum(len(word) == 1 for word in firsts)
+    return "bmes" if firsts and single >= 0.9 * len(firsts) else "conll"
 
 
 def _read_dataset(path, previous):
@@ -113,7 +149,7 @@ def _read_dataset(path, previous):
     if suffix in FORMATS:
         from bertdesk.data.ner import read_char_tags, read_conll
 
-        fmt = FORMATS[suffix]
+        fmt = FORMATS[suffix] if suffix in (".conll", ".bmes") else _tag_file_format(path)
         data = read_conll(path) if fmt == "conll" else read_char_tags(path)
         sep = "" if fmt == "bmes" else " "
         frame = pd.DataFrame({"line": data.lines, "text": [sep.join(w) for w in data.words],
@@ -166,7 +202,8 @@ def guess_columns(ds):
     ds.label_column = pick(LABEL_NAMES)
     sample = ds.frame.head(200)
     if ds.text_column is None:
-        lengths = {c: sample[c].astype(str).str.len().mean() for c in ds.columns}
+        lengths = {c: sample[c].astype(str).str.len().mean() for c in ds.columns
+                   if c != ds.text_pair_column}
         ds.text_column = max(lengths, key=lengths.get) if lengths else None
     if ds.label_column is None:
         rest = [c for c in ds.columns if c not in (ds.text_column, ds.text_pair_column)]
@@ -237,28 +274,40 @@ class ModelChoice:
 
 class RunHistory:
     """Every run with its settings, status, final metrics and output folder,
-    in `runs.json` under the app's home (written atomically)."""
+    in `runs.json` under the app's home (written atomically). Two app
+    windows may share it: each save merges this window's runs into what the
+    file holds then, so neither drops the other's, and a run another live
+    app is training keeps its status."""
 
     def __init__(self, path=None):
         self.path = Path(path) if path else home() / "runs.json"
-        self.runs = []
-        if self.path.is_file():
-            try:
-                runs = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                runs = None
-            if isinstance(runs, list) and all(isinstance(r, dict) and "id" in r for r in runs):
-                self.runs = runs
-                # a run still "running" when the history is opened lost its app
-                # (killed or crashed while it trained): its child went with it
-                for run in self.runs:
-                    if run.get("status") == "running":
-                        run["status"] = "interrupted"
-            else:  # a damaged history is kept aside, never overwritten
-                self.path.replace(self.path.with_suffix(f".damaged-{int(time.time())}.json"))
+        self._ours = set()  # ids of the runs this history added or changed
+        self.runs = self._read(opening=True)
+
+    def _read(self, opening=False):
+        """The runs the file holds (a damaged file is kept aside, never
+        overwritten); `opening`, a run still "running" for an app that is
+        gone (killed or crashed while it trained: its child went with it)
+        read as interrupted."""
+        if not self.path.is_file():
+            return []
+        try:
+            runs = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            runs = None
+        if not (isinstance(runs, list) and all(isinstance(r, dict) and "id" in r for r in runs)):
+            self.path.replace(self.path.with_suffix(f".damaged-{int(time.time())}.json"))
+            return []
+        for run in runs if opening else ():
+            if run.get("status") == "running" and not _app_alive(run.get("app_pid")):
+                run["status"] = "interrupted"
+                self._ours.add(run["id"])
+        return runs
 
     def add(self, run):
+        run.setdefault("app_pid", os.getpid())
         self.runs.append(run)
+        self._ours.add(run["id"])
         self.save()
         return run
 
@@ -266,6 +315,7 @@ class RunHistory:
         for run in self.runs:
             if run["id"] == run_id:
                 run.update(fields)
+                self._ours.add(run_id)
         self.save()
 
     def get(self, run_id):
@@ -274,8 +324,28 @@ class RunHistory:
     def save(self):
         from bertdesk.io.atomic import atomic_write_text
 
+        mine = {r["id"]: r for r in self.runs if r["id"] in self._ours}
+        on_disk = self._read()
+        merged = [mine.pop(r["id"], r) for r in on_disk] + list(mine.values())
+        self.runs = merged
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(self.runs, indent=2))
+        atomic_write_text(self.path, json.dumps(merged, indent=2))
+
+
+def _app_alive(pid):
+    """Whether `pid` is another live process (the app that started a run);
+    this process's own runs are never found running when it opens the file."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
 
 
 class AppState:
@@ -326,6 +396,9 @@ class AppState:
                 return "no usable rows"
             if ds.label_column == ds.text_column or ds.label_column == ds.text_pair_column:
                 return "the label column is also a text column: choose another (Data page)"
+            if ds.text_pair_column == ds.text_column:
+                return ("the text pair column is the text column: choose another, or none "
+                        "(Data page)")
             if ds.problem_type == "single_label" and len(ds.label_counts()) < 2:
                 return (f"the label column {ds.label_column!r} holds one label only: a "
                         "classifier needs two or more (Data page)")
@@ -347,13 +420,13 @@ class AppState:
         folder = self.runs_dir / run_id
         folder.mkdir(parents=True)
         train_file = ds.path
-        dropped = 0
+        dropped = []
         if ds.task == "classify" and ds.bad_rows:
             bad = {r - 1 for r, _ in ds.bad_rows}
             keep = ds.frame.drop(index=ds.frame.index[sorted(bad)])
             train_file = str(folder / "train_clean.jsonl")
             keep.to_json(train_file, orient="records", lines=True, force_ascii=False)
-            dropped = len(bad)
+            dropped = sorted(r + 1 for r in bad)  # the user's row numbers (`file_row`)
         out = folder / "output"
         s = self.settings
         args = ["--backend", self.model.backend, "finetune", "--task", ds.task,
@@ -366,10 +439,11 @@ class AppState:
         if ds.format:
             args += ["--format", ds.format]
         if ds.task == "classify":
-            args += ["--text-column", ds.text_column, "--label-column", ds.label_column,
+            # --flag=value: a column named "-x" or "--notes" is a value, not a flag
+            args += [f"--text-column={ds.text_column}", f"--label-column={ds.label_column}",
                      "--problem-type", ds.problem_type]
             if ds.text_pair_column:
-                args += ["--text-pair-column", ds.text_pair_column]
+                args += [f"--text-pair-column={ds.text_pair_column}"]
             if ds.problem_type != "regression" and s.balanced_class_weights:
                 args += ["--class-weight", "balanced"]
         if s.early_stopping_patience:
@@ -381,7 +455,8 @@ class AppState:
         if s.gradient_checkpointing:
             args += ["--gradient-checkpointing"]
         run = {"id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "running",
-               "task": ds.task, "data": ds.path, "dropped_rows": dropped,
+               "task": ds.task, "data": ds.path, "dropped_rows": len(dropped),
+               "dropped_row_numbers": dropped,
                "model": self.model.source, "backend": self.model.backend,
                "precision": self.model.precision,
                "settings": {**asdict(s), "balanced_class_weights": "--class-weight" in args},

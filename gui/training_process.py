@@ -54,7 +54,9 @@ class TrainingProcess(QObject):
         p.finished.connect(self._on_finished)
         p.errorOccurred.connect(self._on_error)
         self.process = p
-        command = program or [sys.executable, "-m", "bertdesk", *args]
+        # -P: the app's working folder is not put on the child's import path
+        # (a keras.py or json.py there would be imported in place of the real one)
+        command = program or [sys.executable, "-P", "-m", "bertdesk", *args]
         p.start(command[0], command[1:])
 
     def pid(self):
@@ -62,8 +64,10 @@ class TrainingProcess(QObject):
 
     def cancel(self):
         """Ask the child to stop (SIGTERM), and kill it if it is still there
-        after KILL_AFTER_MS."""
-        if not self.is_running():
+        after KILL_AFTER_MS. Nothing once the child has sent its result: the
+        run has finished (its metrics, predictions and model are written) and
+        the process is only exiting; a SIGTERM then made it a cancelled run."""
+        if not self.is_running() or self._got_result:
             return
         self._cancelled = True
         p = self.process

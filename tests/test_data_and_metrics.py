@@ -202,6 +202,13 @@ def test_multi_label_and_label_normalisation(tmp_path):
     assert load_classification(p, problem_type="multi_label").labels == [["x", "y"], ["y"], ["z"]]
     p = write(tmp_path / "n.csv", "text,label\na,1.0\nb,0\n")
     assert load_classification(p).labels == ["1", "0"]
+    # multi-label items read as single labels do: a model trained on "1,2" knows [1.0, 2.0]
+    p = write(tmp_path / "o.jsonl", '{"text": "a", "label": [1.0, 2]}\n'
+                                    '{"text": "b", "label": "[3.0, \\"x\\"]"}\n')
+    q = write(tmp_path / "o.csv", 'text,label\na,"1,2.0"\nb,"3, x"\n')
+    for path in (p, q):
+        assert load_classification(path, problem_type="multi_label").labels == [
+            ["1", "2"], ["3", "x"]], path
 
 
 def test_stratified_split_keeps_proportions():

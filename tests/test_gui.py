@@ -103,6 +103,12 @@ def test_open_map_and_bad_rows(qtbot, window, tmp_path):
     assert page.bad_box.isHidden()
     assert "120 of 1,200" in page.split_label.text()
     screenshot(w, "data_page")
+    w.show()
+    w.go("Train")  # another fraction there: the Data page says so when shown again
+    w.train_page.fields["validation_fraction"].setValue(0.25)
+    w.go("Data")
+    assert "300 of 1,200 (25%)" in page.split_label.text()
+    w.train_page.fields["validation_fraction"].setValue(0.1)
 
     # a file with bad rows: listed with their reasons; the file is never changed
     bad = tmp_path / "bad.csv"
@@ -121,6 +127,74 @@ def test_open_map_and_bad_rows(qtbot, window, tmp_path):
     ds = open_file(qtbot, w, big)
     assert len(ds.frame) == 100_000 and page.preview_model.rowCount() == 500
     assert bad.read_bytes() == original
+
+
+def test_the_runs_arguments_keep_the_users_columns_and_file(tmp_path, monkeypatch):
+    """Column names starting with "-" were read by the command line as flags
+    (the run failed: "expected one argument"); the longest column was
+    guessed as the text even when it was the pair's (the run trained on
+    the hypothesis twice); a file opened by a relative name was recorded so
+    (--train, recent files and the run's record pointed elsewhere from
+    another working folder)."""
+    from bertdesk.cli import build_parser
+    from bertdesk_gui.state import AppState, load_dataset
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs.csv").write_text(
+        "-x,hypothesis,--notes\nshort,a much longer second sentence here,yes\n"
+        "tiny,another long hypothesis sentence,no\n", encoding="utf-8")
+    ds = load_dataset("pairs.csv")
+    assert ds.path == str(tmp_path / "pairs.csv")
+    assert (ds.text_column, ds.text_pair_column) == ("-x", "hypothesis")
+    state = AppState(history_path=tmp_path / "runs.json", runs_dir=tmp_path / "runs")
+    state.set_dataset(ds)
+    state.set_mapping(label_column="--notes")
+    assert state.ready() is None
+    args = build_parser().parse_args(state.new_run()["args"])
+    assert (args.text_column, args.text_pair_column, args.label_column) == \
+        ("-x", "hypothesis", "--notes")
+    assert args.train == str(tmp_path / "pairs.csv")
+    state.set_mapping(text_pair_column="-x")
+    assert "the text pair column is the text column" in state.ready()
+
+
+def test_a_bio_file_of_words_is_read_as_words(tmp_path):
+    """`.bio` and `.ner` files were always read as one character a line: a
+    word-level file's words were joined without spaces, and the run told
+    the model it tags characters."""
+    from bertdesk_gui.state import load_dataset
+
+    words = tmp_path / "words.bio"
+    words.write_text("EU B-ORG\nrejects O\nGerman B-MISC\ncall O\n\nPeter B-PER\nBlackburn "
+                     "I-PER\n", encoding="utf-8")
+    chars = tmp_path / "chars.ner"
+    tags = ["O", "O", "B-LOC", "I-LOC", "O", "O", "O"]
+    chars.write_text("".join(f"{c} {t}\n" for c, t in zip("我爱北京天安门", tags)),
+                     encoding="utf-8")
+    ds = load_dataset(words)
+    assert ds.format == "conll" and list(ds.frame["text"]) == ["EU rejects German call",
+                                                                "Peter Blackburn"]
+    ds = load_dataset(chars)
+    assert ds.format == "bmes" and list(ds.frame["text"]) == ["我爱北京天安门"]
+
+
+def test_the_label_table_counts_labels_as_the_run_reads_them(tmp_path):
+    """The Data page's label counts took whole cells: 1 and 1.0 were two
+    labels (the run reads one), a multi-label cell "a,b" one label, and a
+    regression target listed every number."""
+    from bertdesk_gui.state import load_dataset
+
+    path = tmp_path / "labels.csv"
+    path.write_text("text,label\na,1\nb,1.0\nc,2\nd,\"1,2\"\n", encoding="utf-8")
+    ds = load_dataset(path)
+    ds.label_column = "label"
+    ds.problem_type = "single_label"
+    ds.bad_rows = [(4, "not a label of its own")]
+    assert ds.label_counts() == {"1": 2, "2": 1}
+    ds.problem_type, ds.bad_rows = "multi_label", []
+    assert ds.label_counts() == {"1": 3, "2": 2}
+    ds.problem_type = "regression"
+    assert ds.label_counts() == {}
 
 
 def test_mapping_changes_are_checked(qtbot, window, tmp_path):
@@ -450,7 +524,7 @@ def test_a_damaged_run_history_is_kept_aside(tmp_path, damaged):
     [aside] = tmp_path.glob("runs.damaged-*.json")
     assert aside.read_bytes() == damaged
     history.add({"id": "a", "status": "done"})
-    assert RunHistory(path).get("a") == {"id": "a", "status": "done"}
+    assert RunHistory(path).get("a") == {"id": "a", "status": "done", "app_pid": os.getpid()}
 
 
 def test_a_run_left_running_by_a_closed_app_reads_as_interrupted(tmp_path):
@@ -463,6 +537,29 @@ def test_a_run_left_running_by_a_closed_app_reads_as_interrupted(tmp_path):
     history = RunHistory(path)
     assert [r["status"] for r in history.runs] == ["finished", "interrupted"]
     assert "was interrupted" in no_results_message(history.get("b"))
+
+
+def test_two_windows_keep_each_others_runs(tmp_path):
+    """Each window wrote its own list over runs.json: the other's runs went
+    from the history, and a run another live app was training read as
+    interrupted."""
+    from bertdesk_gui.state import RunHistory
+
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([{"id": "old", "status": "finished"},
+                                {"id": "live", "status": "running", "app_pid": os.getppid()},
+                                {"id": "gone", "status": "running", "app_pid": 2**22 + 7}]))
+    first, second = RunHistory(path), RunHistory(path)
+    assert [r["status"] for r in first.runs] == ["finished", "running", "interrupted"]
+    first.add({"id": "a", "status": "running"})
+    second.add({"id": "b", "status": "running"})
+    first.update("a", status="finished", metrics={"accuracy": 1.0})
+    on_disk = {r["id"]: r for r in json.loads(path.read_text())}
+    assert list(on_disk) == ["old", "live", "gone", "a", "b"]
+    assert on_disk["a"]["status"] == "finished" and on_disk["b"]["status"] == "running"
+    assert on_disk["live"]["status"] == "running" and on_disk["gone"]["status"] == "interrupted"
+    assert [r["id"] for r in first.runs] == list(on_disk)  # each sees the other's runs
+    assert RunHistory(path).get("b")["status"] == "interrupted"  # its app: this process
 
 
 def test_settings_from_another_version_are_not_applied(qtbot, tmp_path, monkeypatch):
@@ -479,8 +576,9 @@ def test_settings_from_another_version_are_not_applied(qtbot, tmp_path, monkeypa
 
 
 def test_a_cancel_after_the_result_keeps_the_finished_run(qtbot):
-    # the child wrote its result and exits 0; a Cancel pressed meanwhile does
-    # not turn the finished run into a cancelled one
+    # the child wrote its result and is exiting; a Cancel pressed meanwhile
+    # (its SIGTERM made the exit a crash) does not turn the finished run into
+    # a cancelled one
     from bertdesk_gui.training_process import TrainingProcess
 
     process = TrainingProcess()
@@ -492,7 +590,7 @@ def test_a_cancel_after_the_result_keeps_the_finished_run(qtbot):
     with qtbot.waitSignal(process.finished, timeout=30000) as blocker:
         process.start([], program=[sys.executable, "-c", script])
         qtbot.waitUntil(lambda: any(e["event"] == "result" for e in events), timeout=20000)
-        process._cancelled = True  # as cancel() marks it, without the kill racing the exit
+        process.cancel()
     assert blocker.args[0] == "finished"
     assert events[-1] == {"event": "message", "text": "last"}  # the line without its newline
 

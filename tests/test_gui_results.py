@@ -5,7 +5,6 @@ tests/output/screenshots/."""
 
 import csv
 import json
-import multiprocessing
 import os
 import re
 import time
@@ -117,7 +116,9 @@ def state(tmp_path, cls_run):
 @pytest.fixture
 def page(qtbot):
     """Builds pages; afterwards checks that none left a thread or process running."""
-    made = []
+    from test_gui import child_pids
+
+    made, before = [], set(child_pids())
 
     def make(cls, state, run=None):
         p = cls(state)
@@ -132,7 +133,7 @@ def page(qtbot):
         assert not getattr(p, "busy", lambda: False)(), f"{type(p).__name__} left work running"
     assert wait_idle(5000)  # a job that has reported may take a moment to return
     assert QThreadPool.globalInstance().activeThreadCount() == 0
-    assert multiprocessing.active_children() == []
+    assert not set(child_pids()) - before, "a page left a child process running"
 
 
 def metrics_json(run):
@@ -570,7 +571,7 @@ def test_copy_model(page, state, cls_run, tmp_path, monkeypatch):
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.No))
     assert ex.choose_predictions_file() is None
     assert (tmp_path / "preds.jsonl").read_text() == "mine"
-    assert answers == [f"{tmp_path / 'preds.jsonl'} already exists. Replace it?"]
+    assert answers == [f"<p>{tmp_path / 'preds.jsonl'} already exists. Replace it?</p>"]
     assert "Not saved" in ex.status.text()
     monkeypatch.setattr(QFileDialog, "getSaveFileName",
                         staticmethod(lambda *a, **k: (str(tmp_path / "report"), "HTML (*.html)")))
@@ -581,3 +582,33 @@ def test_copy_model(page, state, cls_run, tmp_path, monkeypatch):
     assert ex.choose_report_file() == tmp_path / "report.html"
     assert "<html" in (tmp_path / "report.html").read_text().lower()
     assert len(answers) == 3
+    # never over the run's data (the dialog's own replace prompt was all there was)
+    data = Path(cls_run["data"])
+    before = data.read_bytes()
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(data), "CSV (*.csv)")))
+    assert ex.choose_predictions_file() is None
+    assert f"Not saved: {data} is the data file" in ex.status.text()
+    assert data.read_bytes() == before
+
+
+def test_a_run_that_dropped_bad_rows_shows_the_files_row_numbers(tmp_path):
+    """With bad rows dropped the run reads a cleaned copy and numbers its
+    rows: Inspect, its headings and the exports showed every row after a
+    dropped one under the number of the row above it."""
+    import random
+
+    from bertdesk_gui.inspect_views import file_row, read_predictions
+
+    out = tmp_path / "output"
+    out.mkdir()
+    (out / "validation_predictions.csv").write_text(
+        "row,text,gold,prediction\n1,a,x,x\n2,d,y,x\n3,e,x,x\n", encoding="utf-8")
+    run = {"output": str(out), "dropped_row_numbers": [2, 3]}  # rows b and c of the file
+    assert list(read_predictions(run)["row"]) == ["1", "4", "5"]
+    assert list(read_predictions({"output": str(out)})["row"]) == ["1", "2", "3"]
+    rng = random.Random(0)
+    for _ in range(50):
+        dropped = sorted(rng.sample(range(1, 40), rng.randint(0, 10)))
+        kept = [r for r in range(1, 40) if r not in dropped]
+        assert [file_row(i, dropped) for i in range(1, len(kept) + 1)] == kept

@@ -118,6 +118,61 @@ def test_entity_metrics_match_seqeval():
     assert m["f1"] == pytest.approx(seqeval.f1_score(gold, pred, **kw))
 
 
+def test_predicted_tags_are_scored_as_conlleval_reads_them(monkeypatch):
+    """A B-/I- model's predictions are read as the gold tags are (an I-X
+    after O or another type opens an entity; conlleval, seqeval's default
+    mode): they were read strictly, so a checkpoint trained on IOB1 tags
+    scored near 0 on its own data, and `predict --format conll` listed no
+    entity where `--format text` listed one."""
+    import seqeval.metrics as seqeval
+
+    from bertdesk.data import ner
+    from bertdesk.data.ner import TaggedSentences
+    from bertdesk.training.tasks import NerTask
+
+    rng = random.Random(1)
+    kinds = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    gold_iob1, pred = [], []
+    for _ in range(200):
+        g = [rng.choice(["O", "I-PER", "I-LOC", "B-PER"]) for _ in range(rng.randint(1, 12))]
+        gold_iob1.append(g)
+        pred.append([t if rng.random() < 0.8 else rng.choice(kinds) for t in g])
+    data = TaggedSentences([["w"] * len(g) for g in gold_iob1],
+                           [iob1_to_iob2(g) for g in gold_iob1], "x.conll",
+                           list(range(1, 201)))
+    monkeypatch.setattr(ner, "tag_words", lambda *args: [(p, None) for p in pred])
+    head = {"labels": kinds}
+    task = NerTask()
+    m = task.metrics(task.scores(None, None, data, head, 128), data, head)
+    assert m["f1"] == pytest.approx(seqeval.f1_score(gold_iob1, pred))
+    assert m["precision"] == pytest.approx(seqeval.precision_score(gold_iob1, pred))
+    assert m["recall"] == pytest.approx(seqeval.recall_score(gold_iob1, pred))
+    monkeypatch.setattr(ner, "tag_words", lambda *args: [(g, None) for g in gold_iob1])
+    perfect = task.metrics(task.scores(None, None, data, head, 128), data, head)
+    assert perfect["f1"] == 1.0  # an IOB1 model predicting its own data's tags exactly
+    rows = task.rows(task.scores(None, None, data, head, 128), data, head)
+    first = next(i for i, g in enumerate(gold_iob1) if g[0] == "I-PER")
+    assert rows[first]["entities"].startswith("PER:w") and rows[first]["correct"]
+
+
+def test_a_model_tagging_in_another_scheme_is_scored_on_bio_data():
+    """The data's tags (IOB2) were checked against the labels of a BMES or IO
+    model, which has no I-X: `evaluate` refused every such checkpoint."""
+    from bertdesk.data.ner import TaggedSentences
+    from bertdesk.training.tasks import NerTask
+
+    data = TaggedSentences([["Li", "Na", "in", "Oslo"]], [["B-PER", "I-PER", "O", "B-LOC"]],
+                           "x.conll", [1])
+    for labels in (["O", "B-PER", "M-PER", "E-PER", "S-PER", "S-LOC", "B-LOC", "E-LOC"],
+                   ["O", "PER", "LOC"]):
+        NerTask().targets(data, {"labels": labels})
+        with pytest.raises(DataError, match=r"x.conll: line 4: tag 'B-LOC' is not one the "
+                                            r"model knows \(O, "):
+            NerTask().targets(data, {"labels": [label for label in labels if "LOC" not in label]})
+    with pytest.raises(DataError, match="line 2: tag 'I-PER' is not one the model knows"):
+        NerTask().targets(data, {"labels": ["O", "B-PER", "B-LOC", "I-LOC"]})
+
+
 def test_the_held_out_part_never_holds_a_type_training_lacks():
     """The labels come from the training part: a type in one sentence went
     to the held-out part for some seeds, and the run failed for those."""

@@ -11,7 +11,7 @@ import pytest
 
 from bertdesk.cli import main as cli_main
 from bertdesk.io.errors import CheckpointError
-from bertdesk.io.run_folder import open_run_folder
+from bertdesk.io.run_folder import open_run_folder, removed_if_left_empty, within
 
 pytestmark = pytest.mark.backend_neutral
 
@@ -213,6 +213,53 @@ def test_run_folder_rules(tmp_path):
         open_run_folder(fresh, resume=True, own=own)
     (fresh / "checkpoint" / "state.json").write_text("{}")
     assert open_run_folder(fresh, resume=True) is True
+
+
+def test_a_failed_run_removes_only_the_empty_folders_it_made(tmp_path):
+    out = tmp_path / "new" / "runs" / "run"
+    with pytest.raises(ValueError, match="refused"), removed_if_left_empty(out):
+        out.mkdir(parents=True)
+        raise ValueError("refused")
+    assert tmp_path.is_dir() and not (tmp_path / "new").exists()
+    (tmp_path / "new" / "runs").mkdir(parents=True)  # the user's: kept
+    with pytest.raises(KeyboardInterrupt), removed_if_left_empty(out):
+        out.mkdir()
+        raise KeyboardInterrupt  # a cancel
+    assert (tmp_path / "new" / "runs").is_dir() and not out.exists()
+    with pytest.raises(ValueError), removed_if_left_empty(out):
+        (out / "checkpoint").mkdir(parents=True)  # written: the run's work is kept
+        raise ValueError
+    assert (out / "checkpoint").is_dir()
+    (out / "checkpoint").rmdir()
+    with pytest.raises(ValueError), removed_if_left_empty(out):  # existed before: kept
+        raise ValueError
+    assert out.is_dir()
+    with removed_if_left_empty(tmp_path / "done"):  # a run that succeeds keeps its folder
+        (tmp_path / "done").mkdir()
+    assert (tmp_path / "done").is_dir()
+
+
+def test_metrics_out_is_strict_json():
+    """An undefined metric (Pearson's r of constant predictions) was written
+    as a bare NaN, which jq and JavaScript refuse."""
+    from bertdesk.cli import _public_metrics
+
+    metrics = {"pearson": float("nan"), "accuracy": 0.5, "confusion_matrix": [[1]],
+               "per_class": {"a": {"f1": float("inf"), "support": 3}}, "sizes": [float("nan")]}
+    text = json.dumps(_public_metrics(metrics), allow_nan=False)
+    assert json.loads(text) == {"pearson": None, "accuracy": 0.5, "sizes": [None],
+                                "per_class": {"a": {"f1": None, "support": 3}}}
+
+
+def test_within_compares_paths_however_spelt(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (tmp_path / "link").symlink_to(run, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for inside in (run, run / "metrics.json", tmp_path / "." / "run" / "model" / "x",
+                   "run/../run/a", tmp_path / "link" / "metrics.json", "link"):
+        assert within(inside, run) and within(inside, "run"), inside
+    for outside in (tmp_path, tmp_path / "run2", tmp_path / "runs" / "run", "run/../x"):
+        assert not within(outside, run), outside
 
 
 def test_resume_never_takes_a_users_folder_named_as_a_runs(tmp_path, capsys, minilm_folder):
@@ -462,7 +509,31 @@ def test_a_split_that_holds_out_nothing_is_a_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert (f"{data}: --validation-fraction 0.1 of 2 examples holds out none (every label "
             "needs its examples in training); give a --validation file") in err, err
-    assert not (tmp_path / "run" / "model").exists()
+    assert not (tmp_path / "run").exists()  # (made for the run, then removed, empty)
+
+
+def test_a_run_refused_for_its_data_leaves_no_folder(tmp_path, capsys):
+    """Fine-tuning and pretraining runs refused for their data, which they
+    read once the run folder is made, left it behind empty (and the parents
+    made for it)."""
+    data = tmp_path / "data.csv"
+    data.write_text(ROWS)
+    out = tmp_path / "new" / "run"
+    finetune = ["finetune", "--model", "tiny", "--train", str(data), "--output", str(out),
+                "--text-column", "body"]
+    assert cli_main(finetune) == 2
+    assert "body" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    out.mkdir(parents=True)  # the user's own empty folder stays
+    assert cli_main(finetune) == 2 and out.is_dir()
+    out.rmdir()
+    out.parent.rmdir()
+    corpus = tmp_path / "wiki.txt"
+    corpus.write_text("\n\n")
+    assert cli_main(["pretrain", "--corpus", str(corpus), "--output", str(out),
+                     "--preset", "tiny", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(corpus) in err and "Traceback" not in err, err
+    assert not (tmp_path / "new").exists()
 
 
 def test_inputs_past_the_models_tables_are_refused_before_training(tmp_path, capsys,

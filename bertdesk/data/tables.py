@@ -302,18 +302,12 @@ def load_classification(path, text_column="text", text_pair_column=None, label_c
                                     f"{label_column!r} is not a finite number")
                 labels.append(_number(cell))
             elif problem_type == "multi_label":
-                if isinstance(cell, list):
-                    items = [str(x).strip() for x in cell]
-                elif cell.startswith("["):
-                    try:
-                        items = [str(x).strip() for x in json.loads(cell)]
-                    except json.JSONDecodeError:
-                        raise DataError(f"{path}: row {i}: label {cell!r} is not a JSON list") from None
-                else:
-                    items = [x.strip() for x in cell.split(label_separator)]
-                labels.append(sorted({x for x in items if x}))
+                try:
+                    labels.append(multi_label_texts(cell, label_separator))
+                except json.JSONDecodeError:
+                    raise DataError(f"{path}: row {i}: label {cell!r} is not a JSON list") from None
             else:
-                labels.append(_label_str(cell))
+                labels.append(label_text(cell))
     for i, t in enumerate(texts, 1):
         if not t.strip():
             raise DataError(f"{path}: row {i}: empty text in column {text_column!r}")
@@ -324,8 +318,23 @@ def load_classification(path, text_column="text", text_pair_column=None, label_c
                               label_separator)
 
 
-def _label_str(value):
-    """Labels as strings; '1.0' from a float column reads as '1'."""
+def multi_label_texts(cell, separator=","):
+    """The labels of a multi-label cell, sorted, each read as `label_text`
+    reads a single label (1.0 from JSON or a float column is 1): a list, a
+    JSON list written as text (json.JSONDecodeError where it is not one),
+    or labels joined by `separator`."""
+    if isinstance(cell, list):
+        items = cell
+    elif cell.startswith("["):
+        items = json.loads(cell)
+    else:
+        items = cell.split(separator)
+    return sorted({x for x in map(label_text, items) if x})
+
+
+def label_text(value):
+    """A label as the text a model knows it by; '1.0' from a float column
+    reads as '1'."""
     s = str(value).strip()
     try:
         f = float(s)

@@ -16,7 +16,10 @@ def atomic_write(path, write_fn, mode="wb"):
     except OSError as e:  # named by the file asked for, not the temporary one's made-up name
         raise OSError(e.errno, e.strerror, str(path)) from None
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        # text as given: no "\n" -> "\r\n" on Windows (a CSV's own "\r\n" rows
+        # would become "\r\r\n", and line breaks inside its cells change)
+        text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(fd, mode, **text) as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())

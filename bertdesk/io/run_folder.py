@@ -1,6 +1,7 @@
 """The output folder of a training run: a run writes only into a new or empty
 folder, or continues the run whose checkpoint the folder holds."""
 
+import contextlib
 from pathlib import Path
 
 from bertdesk.data.tables import DataError
@@ -44,6 +45,36 @@ def open_run_folder(out, resume, own=None):
                         f"choose another --output")
     out.mkdir(parents=True, exist_ok=True)
     return False
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(out):
+    """Within it, a run that fails (an error, a cancel) removes the folders
+    it made for `out` (it, and its parents that did not exist on entry)
+    where they are still empty: a run refused for its data or its model
+    leaves no trace. A folder that holds anything (a checkpoint, a log) is
+    kept, and so are those that existed before."""
+    made = []
+    path = Path(out)
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        made.append(path)
+        path = path.parent
+    try:
+        yield
+    except BaseException:
+        for path in made:  # the innermost first
+            try:
+                path.rmdir()
+            except OSError:  # not empty, or not ours to remove
+                break
+        raise
+
+
+def within(path, folder):
+    """Whether `path` is `folder` or lies under it, however either is spelt
+    (relative, with `..`, through a symbolic link); neither needs to exist."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
 
 
 def _is_own(path, test):

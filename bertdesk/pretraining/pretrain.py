@@ -19,6 +19,7 @@ next batch, so a killed run continues at the same step with the same
 optimizer state, dropout generator state and data.
 """
 
+import contextlib
 import json
 import math
 import tempfile
@@ -31,7 +32,7 @@ import keras
 from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
 from bertdesk.io.formats import read_json
-from bertdesk.io.run_folder import open_run_folder, records_output
+from bertdesk.io.run_folder import open_run_folder, records_output, removed_if_left_empty
 
 
 @dataclass
@@ -309,7 +310,15 @@ def _pick(logs, *names):
 # === Training ===
 def run_pretrain(config, sink=None):
     """Pretrain as `config` says; returns a dict of results (history,
-    throughput, paths). Progress events go to `sink` (a callable)."""
+    throughput, paths). Progress events go to `sink` (a callable). A run that
+    fails before it writes anything leaves no output folder behind (the
+    first process's: it makes the folder)."""
+    first = config.process_id == 0
+    with removed_if_left_empty(config.output) if first else contextlib.nullcontext():
+        return _run_pretrain(config, sink)
+
+
+def _run_pretrain(config, sink):
     from bertdesk.io import save_pretrained
     from bertdesk.pretraining.distribution import (configure_distribution, describe_placement,
                                                    initialize_processes, tensorflow_cpu_devices)

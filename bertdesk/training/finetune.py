@@ -18,7 +18,8 @@ import numpy as np
 from bertdesk.data.tables import DataError
 from bertdesk.io.atomic import atomic_write_text
 from bertdesk.io.formats import read_json
-from bertdesk.io.run_folder import is_leftover, open_run_folder, records_output
+from bertdesk.io.run_folder import (is_leftover, open_run_folder, records_output,
+                                    removed_if_left_empty, within)
 
 
 @dataclass
@@ -364,8 +365,7 @@ def _inside(spec, folder):
     if (not isinstance(spec, (str, Path)) or spec in ("bundled", "minilm")
             or spec in bertdesk.preset_names() or not Path(spec).is_dir()):
         return False
-    path, folder = Path(spec).resolve(), Path(folder).resolve()
-    return path == folder or folder in path.parents
+    return within(spec, folder)
 
 
 def _check_same_labels(out, head):
@@ -468,7 +468,13 @@ def check_fits(backbone, config):
 
 def run_finetune(config, sink=None):
     """Fine-tune as `config` says; returns a dict of results (metrics,
-    paths, timings). Progress events go to `sink` (a callable)."""
+    paths, timings). Progress events go to `sink` (a callable). A run that
+    fails before it writes anything leaves no output folder behind."""
+    with removed_if_left_empty(config.output):
+        return _run_finetune(config, sink)
+
+
+def _run_finetune(config, sink):
     import keras
 
     from bertdesk.data.batching import default_max_shapes, default_pad_multiple, fit_input

@@ -178,12 +178,22 @@ class NerTask:
                 "labels": labels}
 
     def targets(self, data, head):
-        index = {label: i for i, label in enumerate(head["labels"])}
+        """{tag: class index}, after checking that the model knows every tag
+        of `data` (IOB2, as the readers give it); a model tagging in another
+        scheme (BIOES/BMES or IO, trained elsewhere: never trained on, only
+        scored, its predictions read as IOB2) must know each entity type."""
+        from bertdesk.data.ner import is_bio
+
+        labels = head["labels"]
+        index = {label: i for i, label in enumerate(labels)}
+        bio = is_bio(labels)
+        kinds = {label[2:] if label[:2] in ("B-", "I-", "M-", "E-", "S-") else label
+                 for label in labels if label != "O"}
         for sentence, line in zip(data.tags, data.lines):
             for offset, tag in enumerate(sentence):
-                if tag not in index:
+                if tag not in index if bio else (tag != "O" and tag[2:] not in kinds):
                     raise DataError(f"{data.source}: line {line + offset}: tag {tag!r} is not "
-                                    f"one the model knows ({', '.join(head['labels'])})")
+                                    f"one the model knows ({', '.join(labels)})")
         return index
 
     def dataset(self, tokenizer, data, head, config, train=False):
@@ -229,14 +239,19 @@ class NerTask:
 
     def scores(self, model, tokenizer, data, head, max_length):
         """Word-level predicted tags per sentence (a sentence longer than
-        `max_length` tokens in consecutive windows), as BIO: a model
-        tagging in BIOES or IO (trained elsewhere) has its tags read by
-        that scheme, so they compare with the data's."""
-        from bertdesk.data.ner import is_bio, tag_words, to_bio
+        `max_length` tokens in consecutive windows), as IOB2, read as the
+        data's own tags are read (`read_conll`): an `I-X` after `O` or
+        after another type starts an entity, as conlleval (CoNLL's own
+        scorer), seqeval's default mode and transformers' `run_ner` read
+        it; a model tagging in BIOES or IO (trained elsewhere) has its tags
+        read by that scheme. (Until 2026-12-07 a B-/I- model's predictions
+        were read strictly, such an `I-` starting nothing, while the gold
+        tags were read leniently: a checkpoint trained on IOB1 tags, which
+        opens most entities with `I-`, scored near 0 on its own data.)"""
+        from bertdesk.data.ner import tag_words, to_bio
 
-        tagged = [tags for tags, _ in tag_words(model, tokenizer, data.words, head["labels"],
-                                                max_length)]
-        return tagged if is_bio(head["labels"]) else [to_bio(tags) for tags in tagged]
+        return [to_bio(tags) for tags, _ in tag_words(model, tokenizer, data.words,
+                                                       head["labels"], max_length)]
 
     def metrics(self, scores, data, head):
         from bertdesk.data.ner import entity_metrics

@@ -37,6 +37,7 @@ class DataPage(QWidget):
         self.open_button.clicked.connect(self.choose_file)
         self.path_label = QLabel("No dataset yet: open a file or drop it here.")
         self.path_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.path_label.setTextFormat(Qt.PlainText)  # a file named <b>x</b>.csv is shown so
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #c0392b;")
@@ -196,6 +197,22 @@ class DataPage(QWidget):
         self._updating = False
         self._refresh(ds)
 
+    def showEvent(self, event):
+        super().showEvent(event)
+        if self.state.dataset is not None:  # the fraction may have changed on the Train page
+            self._show_split(self.state.dataset)
+
+    def _show_split(self, ds):
+        usable = len(ds.frame) - len(ds.bad_rows)
+        frac = self.state.settings.validation_fraction
+        if ds.task == "classify":
+            how = "stratified by label" if ds.problem_type == "single_label" else "random"
+        elif ds.task == "qa":
+            how = "whole articles held out"
+        else:
+            how = "random sentences"
+        self.split_label.setText(f"{round(usable * frac):,} of {usable:,} ({frac:.0%}), {how}")
+
     def _refresh(self, ds):
         bad = ds.bad_rows
         self.preview_model.set_frame(ds.frame, [r for r, _ in bad])
@@ -211,15 +228,7 @@ class DataPage(QWidget):
                 if j:
                     item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.labels_table.setItem(i, j, item)
-        usable = len(ds.frame) - len(bad)
-        frac = self.state.settings.validation_fraction
-        if ds.task == "classify":
-            how = "stratified by label" if ds.problem_type == "single_label" else "random"
-        elif ds.task == "qa":
-            how = "whole articles held out"
-        else:
-            how = "random sentences"
-        self.split_label.setText(f"{round(usable * frac):,} of {usable:,} ({frac:.0%}), {how}")
+        self._show_split(ds)
         self.bad_table.setRowCount(min(len(bad), 1000))
         for i, (row, problem) in enumerate(bad[:1000]):
             self.bad_table.setItem(i, 0, QTableWidgetItem(str(row)))

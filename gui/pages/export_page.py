@@ -390,12 +390,29 @@ class ExportPage(QWidget):
         if not Path(path).exists():
             return True
         answer = QMessageBox.question(
-            self, "Replace file?", f"{path} already exists. Replace it?",
+            # (rich text, escaped: a name with markup is shown as written)
+            self, "Replace file?", f"<p>{html.escape(str(path))} already exists. Replace it?</p>",
             QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
         if answer == QMessageBox.Yes:
             return True
         self.status.setStyleSheet("")
         self.status.setText(f"Not saved: {path} exists")
+        return False
+
+    def _is_an_input(self, path):
+        """Whether `path` is the run's data file or the dataset open in the
+        app (the status says so): an export is never written over them."""
+        inputs = [self.run.get("data"), self.state.dataset and self.state.dataset.path]
+        for data in filter(None, inputs):
+            try:
+                same = os.path.samefile(data, path)
+            except OSError:  # either one is not there
+                continue
+            if same:
+                self.status.setStyleSheet("color: #b00020;")
+                self.status.setText(f"Not saved: {path} is the data file {data}; choose "
+                                    "another name")
+                return True
         return False
 
     def choose_predictions_file(self):
@@ -407,8 +424,10 @@ class ExportPage(QWidget):
             return None
         if Path(path).suffix.lower() not in PREDICTION_TYPES:
             path += {"TSV": ".tsv", "JSON lines": ".jsonl"}.get(chosen.split(" (")[0], ".csv")
-            if not self._may_replace(path):
+            if self._is_an_input(path) or not self._may_replace(path):
                 return None
+        elif self._is_an_input(path):
+            return None
         return self._do(export_predictions, path)
 
     def choose_report_file(self):
@@ -419,7 +438,9 @@ class ExportPage(QWidget):
             return None
         if Path(path).suffix.lower() not in (".html", ".htm", ".pdf"):
             path += ".pdf" if chosen.startswith("PDF") else ".html"
-            if not self._may_replace(path):
+            if self._is_an_input(path) or not self._may_replace(path):
                 return None
+        elif self._is_an_input(path):
+            return None
         pdf = Path(path).suffix.lower() == ".pdf"
         return self._do(export_report_pdf if pdf else export_report_html, path)

@@ -290,6 +290,7 @@ class TrainPage(QWidget):
             self.append_log(event.get("text", ""))
         elif kind == "result":
             self.run_result = event
+            self.cancel_button.setEnabled(False)  # finished: the child is only exiting
         elif kind == "error":
             self.append_log("error: " + event.get("text", ""))
 
