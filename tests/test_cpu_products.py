@@ -512,14 +512,33 @@ def test_an_unknown_setting_is_refused(monkeypatch, fresh_decision):
 
 
 @needs_onednn
-@pytest.mark.parametrize("ratio, expected", [(2.2, True), (1.3, True), (1.05, True),
-                                             (1.01, False), (0.6, False)])
+@pytest.mark.parametrize("slow_mkl, ratio, expected", [
+    (False, 2.2, True), (False, 1.3, True), (False, 1.1, False), (False, 0.6, False),
+    # AVX-512 and not Intel: oneDNN unless it measures far slower (a Zen 4 host's
+    # products are 5-13% faster through it, and its probe gave 0.78 beside another job)
+    (True, 2.2, True), (True, 1.05, True), (True, 0.78, True), (True, 0.5, False)])
 def test_auto_takes_onednn_where_it_measures_faster(monkeypatch, fresh_decision,
-                                                   ratio, expected):
+                                                   slow_mkl, ratio, expected):
     monkeypatch.delenv(cpu_products.ENV, raising=False)
     monkeypatch.setattr(cpu_products, "_measure", lambda: ratio)
+    monkeypatch.setattr(cpu_products, "_mkl_takes_a_slow_path", lambda: slow_mkl)
     assert cpu_products.products_use_onednn() is expected
     assert cpu_products.probe_ratio() == ratio
+
+
+def test_the_cpu_vendor_and_avx512_are_read_from_cpuinfo(tmp_path):
+    def cpu(vendor, flags):
+        path = tmp_path / f"{vendor}-{len(flags)}"
+        path.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\n"
+                        f"flags\t\t: {' '.join(flags)}\n\nprocessor\t: 1\n"
+                        f"vendor_id\t: {vendor}\nflags\t\t: {' '.join(flags)}\n")
+        return str(path)
+
+    slow = cpu_products._mkl_takes_a_slow_path.__wrapped__
+    assert slow(cpu("AuthenticAMD", ["fpu", "avx2", "avx512f", "avx512_bf16"]))  # Zen 4, 5
+    assert not slow(cpu("AuthenticAMD", ["fpu", "avx2", "fma"]))  # Zen 3: MKL's AVX2 path
+    assert not slow(cpu("GenuineIntel", ["fpu", "avx2", "avx512f", "amx_bf16"]))
+    assert not slow(str(tmp_path / "missing"))
 
 
 @needs_onednn

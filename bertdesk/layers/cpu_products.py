@@ -17,18 +17,22 @@ float32 (the same numbers to rounding).
 
 `products_use_onednn()` decides once per process: the environment variable
 `BERTDESK_TORCH_GEMM` (`auto`, `onednn` or `aten`), and by default (`auto`)
-a measurement, the same (1024, 768) x (768, 768) product timed both ways
-(about 0.15 s at the first product): oneDNN where it measures at least 2%
-faster (`_FASTER`). Measured ratios (ATen's time over oneDNN's): 1.9-2.3
-on 2 AMD Zen 5 cores; 1.02-1.39 on 2 AMD Zen 4 cores (AVX-512 on 256-bit
-units), where oneDNN is 5-13% faster on every BERT-base product, forward,
-input gradient and weight gradient alike (its kernels at the GEMM peak,
-about 217 GFLOP/s, MKL's at 90% of it) and the whole model gains too
-(alternating in one process: BERT-base's forward pass 1.14x, training step
-1.04x, BERT-mini's 1.33x and 1.08x); 0.73-0.84 on 2 AMD Zen 3 cores (AVX2),
+the CPU and a measurement, the same (1024, 768) x (768, 768) product timed
+both ways (about 0.15 s at the first product). A CPU with AVX-512 that is
+not Intel's (`_mkl_takes_a_slow_path`) takes oneDNN unless it measures
+clearly slower (below `_SLOWER`): MKL's vendor check is the cause, and it
+holds on every such CPU measured. On 2 AMD Zen 5 cores the probe gave
+1.9-2.3 (ATen's time over oneDNN's); on 2 AMD Zen 4 cores (AVX-512 on
+256-bit units) 1.02-1.81, where oneDNN is 5-13% faster on every BERT-base
+product, forward, input gradient and weight gradient alike (its kernels at
+the GEMM peak, about 217 GFLOP/s, MKL's at 90% of it), and the whole model
+gains (alternating in one process: BERT-base's forward pass 1.14x, training
+step 1.04x, BERT-mini's 1.33x and 1.08x), yet a probe timed while another
+process ran gave 0.78 there. Other CPUs take oneDNN only where it measures
+at least `_FASTER` times as fast: 0.73-0.84 on 2 AMD Zen 3 cores (AVX2),
 which keep MKL, as Intel CPUs are expected to, where MKL's own kernels are
-the fast ones. A threshold of 1.25 (until 2026-12-07) left the Zen 4
-hosts on MKL in most processes and on oneDNN in some.
+the fast ones. (Until 2026-12-07 every CPU needed 1.25x, which left the Zen
+4 hosts on MKL in most processes and on oneDNN in some.)
 
 `addmm` and `mm` are `torch.addmm`/`torch.mm` for code that writes its own
 backward pass (`fused_kernels.feed_forward`); `linear` is an autograd-aware
@@ -49,7 +53,8 @@ from bertdesk.training import allocator
 
 ENV = "BERTDESK_TORCH_GEMM"
 CHOICES = ("auto", "onednn", "aten")
-_FASTER = 1.02  # how much faster oneDNN must measure to be used
+_FASTER = 1.25  # how much faster oneDNN must measure to be used (where MKL is expected fast)
+_SLOWER = 0.6  # how much slower it must measure to be refused (where MKL is expected slow)
 
 
 def products_use_onednn():
@@ -90,7 +95,29 @@ def _decision():
     if chosen == "onednn":
         return True, None
     ratio = _measure()
-    return ratio >= _FASTER, ratio
+    return ratio >= (_SLOWER if _mkl_takes_a_slow_path() else _FASTER), ratio
+
+
+@functools.cache
+def _mkl_takes_a_slow_path(cpuinfo="/proc/cpuinfo"):
+    """Whether the CPU has AVX-512 and is not Intel's (Linux's `avx512f`
+    flag and `vendor_id`): MKL, which PyTorch's float32 products call,
+    dispatches by vendor and runs such a CPU on a path without AVX-512,
+    while oneDNN dispatches by instruction set. False where it cannot tell."""
+    vendor, flags = None, ()
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id" and vendor is None:
+                    vendor = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = value.split()
+                if vendor is not None and flags:
+                    break
+    except OSError:
+        return False
+    return vendor not in (None, "GenuineIntel") and "avx512f" in flags
 
 
 @functools.cache
@@ -377,16 +404,17 @@ def _float32_pack_pays():
     ahead of MKL's, the per-call copy of a plain kernel is a tenth of the
     product (2 AMD Zen 5 cores, probe 1.9-2.3: 10-18% a feed-forward
     product, BERT-base's forward pass 1.10-1.13x). On 2 AMD Zen 4 cores
-    (probe 1.02-1.39, oneDNN's products at that host's GEMM peak, about
-    217 GFLOP/s, half Zen 5's) the pack gained 2-6% a feed-forward product
-    and 3% on BERT-base's forward pass (1,865 -> 1,806 ms, alternating in
-    one process): not worth a second copy of the kernels, 226 MB there."""
+    (probe 1.02-1.39 on a quiet machine, up to 1.81 beside another job;
+    oneDNN's products at that host's GEMM peak, about 217 GFLOP/s, half
+    Zen 5's) the pack gained 2-6% a feed-forward product and 3% on
+    BERT-base's forward pass (1,865 -> 1,806 ms, alternating in one
+    process): not worth a second copy of the kernels, 226 MB there."""
     ratio = probe_ratio()
     return ratio is None or ratio >= FLOAT32_PACK_RATIO
 
 
 # The probe ratio from which float32 kernels are kept packed (above).
-FLOAT32_PACK_RATIO = 1.5
+FLOAT32_PACK_RATIO = 1.75
 
 
 def _packs_float32():
