@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PySide6.QtCore import QThreadPool, Qt  # noqa: E402
 from PySide6.QtGui import QTextCursor, QTextDocument  # noqa: E402
-from PySide6.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox  # noqa: E402
 
 from bertdesk.training.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from bertdesk_gui.pages.evaluate_page import EvaluatePage  # noqa: E402
@@ -532,6 +532,15 @@ def test_export_for_transformers(page, state, cls_run, tmp_path, monkeypatch, qt
                         staticmethod(lambda *a, **k: str(tmp_path / "hf2")))
     ex.choose_transformers_target()  # now not empty: refused, in red
     qtbot.waitUntil(lambda: "not empty" in ex.status.text(), timeout=60000)
+    # another run shown while an export runs: its end leaves that run's page alone
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *a, **k: str(tmp_path / "hf3")))
+    ex.choose_transformers_target()
+    other = dict(cls_run, id="no-model", output=str(tmp_path / "nothing"))
+    ex.show_run(other)
+    assert wait_idle(60000) and (tmp_path / "hf3" / "config.json").is_file()
+    QApplication.processEvents()
+    assert not ex.transformers_button.isEnabled() and not ex.status.text()
 
 
 def test_copy_model(page, state, cls_run, tmp_path, monkeypatch):

@@ -371,14 +371,19 @@ class ExportPage(QWidget):
         self.status.setStyleSheet("")
         self.status.setText(f"Exporting to {target}…")
 
+        # A run shown since has its own button and status (`show_run`): the
+        # export's end leaves them alone (it enabled the button of a run with
+        # no model, and wrote its status under the other run's name).
         def done(folder):
-            self.transformers_button.setEnabled(True)
-            self.status.setText(f"Saved {folder} (transformers task model)")
+            if self.run is run:
+                self.transformers_button.setEnabled(True)
+                self.status.setText(f"Saved {folder} (transformers task model)")
 
         def failed(error, _trace):
-            self.transformers_button.setEnabled(True)
-            self.status.setStyleSheet("color: #c0392b;")
-            self.status.setText(str(error))
+            if self.run is run:
+                self.transformers_button.setEnabled(True)
+                self.status.setStyleSheet("color: #c0392b;")
+                self.status.setText(str(error))
 
         return run_async(lambda: export_transformers(run, target), done, failed)
 
