@@ -244,7 +244,11 @@ def qa_html(row, context):
     if context is None:
         out.append("<p><i>Loading the context…</i></p>")
     elif isinstance(context, str):
-        at = context.find(pred) if pred else -1
+        start = str(row.get("start", ""))  # where the model found it (runs since 2026-12-07)
+        if pred and start.isdigit() and context[int(start):int(start) + len(pred)] == pred:
+            at = int(start)
+        else:
+            at = context.find(pred) if pred else -1
         body = (esc(context) if at < 0 else
                 esc(context[:at]) + '<span style="background-color:#ffd54f"><b>'
                 + esc(pred) + "</b></span>" + esc(context[at + len(pred):]))

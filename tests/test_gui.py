@@ -619,3 +619,15 @@ def test_qa_rows_show_no_answer_in_words():
     assert shown["prediction"].tolist() == ["(no answer)", "Ana"]
     assert shown["gold"].tolist() == ["(no answer)", "Oslo"]
     assert frame["prediction"].tolist() == ["", "Ana"]  # the data itself is left as it is
+
+
+def test_the_qa_view_highlights_the_answer_where_the_model_found_it():
+    from bertdesk_gui.inspect_views import qa_html
+
+    context = "Paris is far. The capital of France is Paris."
+    row = {"question": "Capital?", "prediction": "Paris", "gold": "Paris", "f1": "1.0",
+           "correct": "True", "start": str(context.rindex("Paris"))}
+    mark = '<span style="background-color:#ffd54f"><b>Paris</b></span>'
+    assert f"France is {mark}." in qa_html(row, context)
+    del row["start"]  # a run from before: its first occurrence, as before
+    assert f"<p>{mark} is far" in qa_html(row, context)

@@ -274,3 +274,26 @@ def test_the_validation_split_holds_out_whole_articles_near_the_fraction(seed):
     # nothing fits a tiny fraction: the smallest article, not a random one
     _, smallest = QaTask().split(data, 0.01, seed)
     assert {ex.title for ex in smallest.examples} == {"d"}
+
+
+def test_rows_say_where_the_answer_starts(tmp_path):
+    """A row gives the predicted answer's start in the context (SQuAD's
+    answer_start): the app highlighted the first occurrence of its text,
+    which for "Paris" here is not where the model found it."""
+    from bertdesk.data.squad import QAData, QAExample
+    from bertdesk.training.tasks import Answers, TASKS
+
+    context = "Paris is far. The capital of France is Paris."
+    at = context.rindex("Paris")
+    examples = [QAExample("q1", "Capital?", context, [{"text": "Paris", "answer_start": at}]),
+                QAExample("q2", "Never?", context, [], is_impossible=True)]
+    found = [{"spans": [{"answer": "Paris", "start": at, "end": at + 5, "score": 0.9}],
+              "null_diff": -5.0},
+             {"spans": [{"answer": "far", "start": 9, "end": 12, "score": 0.2}],
+              "null_diff": 3.0}]
+    scores = Answers(examples, found, 0.0)
+    assert dict(scores) == {"q1": "Paris", "q2": ""}
+    rows = TASKS["qa"].rows(scores, QAData(examples, "x.json", "2.0"), {"version": "2.0"})
+    assert [r["start"] for r in rows] == [at, None]
+    assert TASKS["qa"].rows({"q1": "Paris", "q2": ""}, QAData(examples, "x.json", "2.0"),
+                            {"version": "2.0"})[0]["start"] is None  # no decoding: not known

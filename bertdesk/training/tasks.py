@@ -427,17 +427,23 @@ class QaTask:
         from bertdesk.data.squad import answer_scores, scored_as_v1
 
         v1 = scored_as_v1(data)  # (scored as `metrics` scores them)
+        found = getattr(scores, "found", None) or [None] * len(data.examples)
         rows = []
-        for ex in data.examples:
+        for ex, decoded in zip(data.examples, found):
             pred = scores.get(ex.id, "")
+            # where the answer starts in the context, as SQuAD's answer_start (the
+            # text alone may occur earlier: the app highlighted the first one)
+            spans = decoded["spans"] if decoded else []
+            start = spans[0]["start"] if pred and spans and spans[0]["answer"] == pred else None
             if not ex.answers and not ex.is_impossible:  # no gold (predict on questions
                 # alone): nothing to score, as classification leaves them (was EM 0, wrong)
                 rows.append({"id": ex.id, "question": ex.question, "prediction": pred,
-                             "gold": None, "exact_match": None, "f1": None, "correct": None})
+                             "start": start, "gold": None, "exact_match": None, "f1": None,
+                             "correct": None})
                 continue
             em, f1 = answer_scores(pred, ex, v1)
             rows.append({"id": ex.id, "question": ex.question, "prediction": pred,
-                         "gold": " | ".join(a["text"] for a in ex.answers),
+                         "start": start, "gold": " | ".join(a["text"] for a in ex.answers),
                          "exact_match": em, "f1": f1, "correct": em == 1.0})
         return rows
 
