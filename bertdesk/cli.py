@@ -814,6 +814,12 @@ def main(argv=None):
             JsonLinesEvents(sys.stdout)({"event": "error", "text": str(e)})
         print(f"bertdesk {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback of wherever it landed
+        resumable = args.command in ("finetune", "pretrain") and getattr(args, "output", None)
+        print(f"bertdesk {args.command}: interrupted"
+              + (f"; --resume continues the run in {args.output} from its last checkpoint"
+                 if resumable else ""), file=sys.stderr)
+        return 130
     return 0
 
 

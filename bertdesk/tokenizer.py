@@ -410,9 +410,38 @@ def _settings_from_folder(folder):
                 if isinstance(data.get("tokenize_chinese_chars"), bool):
                     settings["tokenize_chinese_chars"] = data["tokenize_chinese_chars"]
                 return settings
-    # Google's folders record casing only in their name (e.g. uncased_L-12_H-768_A-12).
+    # Google's folders record casing only in their name (e.g. uncased_L-12_H-768_A-12);
+    # without a name that says, the vocabulary does: a lower-cased input never
+    # reaches its capitalised pieces, so a vocabulary that holds them is cased
     name = folder.resolve().name.lower()
-    return {"lowercase": "uncased" in name or "cased" not in name, "strip_accents": None}
+    if "cased" in name:
+        return {"lowercase": "uncased" in name, "strip_accents": None}
+    return {"lowercase": not _vocabulary_is_cased(folder / "vocab.txt"), "strip_accents": None}
+
+
+def _vocabulary_is_cased(path):
+    """Whether more than `CASED_SHARE` of a vocab.txt's pieces hold a capital
+    letter (`capital_pieces`). False where there is no such file."""
+    try:
+        pieces = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    capitals, total = capital_pieces(pieces)
+    return capitals > CASED_SHARE * total
+
+
+def capital_pieces(vocabulary):
+    """(pieces with a capital letter, pieces) of a vocabulary, special tokens
+    such as [CLS] aside. A capital is a letter whose lower case differs ("ℝ",
+    which bert-base-uncased holds, is none): BERT's uncased English
+    vocabularies have none, lower-casing everything they were made from;
+    bert-base-cased has 28%."""
+    pieces = [p for p in vocabulary if p and not (p.startswith("[") and p.endswith("]"))]
+    return sum(p != p.lower() for p in pieces), len(pieces)
+
+
+# The share of capitalised pieces above which a vocabulary is cased.
+CASED_SHARE = 0.01
 
 
 def _bert_normalizer_settings(normalizer):

@@ -135,6 +135,17 @@ def test_from_pretrained_reads_casing(minilm_folder, tmp_path):
     google.mkdir()
     (google / "vocab.txt").write_text((minilm_folder / "vocab.txt").read_text())
     assert BertTokenizer.from_pretrained(google).lowercase is False
+    # a folder whose name does not say (a cased checkpoint read as uncased: its
+    # capitalised pieces never reached): a vocabulary with capitals is cased
+    cased, uncased = tmp_path / "ckpt", tmp_path / "other"
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    for folder, words in ((cased, ["The", "the", "Paris", "##s", "a", "B"]),
+                          (uncased, ["the", "paris", "##s", "a", "b", "c"])):
+        folder.mkdir()
+        (folder / "vocab.txt").write_text("\n".join(special + words) + "\n")
+    assert BertTokenizer.from_pretrained(cased).lowercase is False
+    assert BertTokenizer.from_pretrained(cased).encode("Paris")[1:-1] == [7]
+    assert BertTokenizer.from_pretrained(uncased).lowercase is True
 
 
 def test_bad_inputs_have_clear_errors(tmp_path, vocab_file):

@@ -239,6 +239,21 @@ def test_a_failed_run_removes_only_the_empty_folders_it_made(tmp_path):
     assert (tmp_path / "done").is_dir()
 
 
+def test_an_interrupted_job_says_so_in_a_line(monkeypatch, capsys, tmp_path):
+    """Ctrl-C in a pretraining run printed a 33-frame traceback."""
+    from bertdesk import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_pretrain", interrupted)
+    out = tmp_path / "run"
+    assert cli_main(["pretrain", "--corpus", "x.txt", "--output", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err == (f"bertdesk pretrain: interrupted; --resume continues the run in {out} from "
+                   "its last checkpoint\n")
+
+
 def test_metrics_out_is_strict_json():
     """An undefined metric (Pearson's r of constant predictions) was written
     as a bare NaN, which jq and JavaScript refuse."""
@@ -429,6 +444,10 @@ def test_files_with_a_byte_order_mark_read_as_without(model_folder, minilm_folde
     (["--warmup-steps", "-5"], "--warmup-steps: expected a whole number >= 0, got -5"),
     (["--workers", "-3"], "--workers: expected a whole number >= 1, got -3"),
     (["--learning-rate", "nan"], r"--learning-rate: expected a number in \(0, inf\), got nan"),
+    # ignored beside prepared data, and recorded as if used
+    (["--data", "prepared", "--vocab", "v.txt"], "--vocab: the prepared data prepared holds its "
+                                                 "own vocabulary and casing"),
+    (["--data", "prepared", "--cased"], "--cased: the prepared data prepared holds its own"),
 ])
 def test_bad_pretraining_arguments_are_messages(tmp_path, capsys, extra, message):
     corpus = tmp_path / "wiki.txt"

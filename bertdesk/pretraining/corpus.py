@@ -23,10 +23,11 @@ from bertdesk.data.tables import DataError
 
 # A sentence ends at . ! ? (then optional closing quotes or brackets) followed
 # by white space and an upper-case letter, digit or opening quote; or at CJK
-# full stops, which need no space. Abbreviations ("Dr. Watson") are split;
-# give one sentence per line to control it exactly.
+# full stops, which need no space (a run of them, "太好了！！！", ends one
+# sentence: each mark had been a "sentence" of its own). Abbreviations ("Dr.
+# Watson") are split; give one sentence per line to control it exactly.
 _SENTENCE_END = re.compile(
-    r"[.!?][\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])|[。！？][”’」』）]*")
+    r"[.!?][\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])|[。！？]+[”’」』）]*")
 
 
 def split_sentences(line):

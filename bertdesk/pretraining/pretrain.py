@@ -114,6 +114,12 @@ class PretrainConfig:
         if not self.data and not self.corpus:
             raise DataError("give --corpus (raw text files) or --data (a folder written by "
                             "`bertdesk pretraining-data`)")
+        if self.data and (self.vocab or self.cased):
+            # (they were ignored, and recorded in pretraining_args.json as if used)
+            given = "--vocab" if self.vocab else "--cased"
+            raise DataError(f"{given}: the prepared data {self.data} holds its own vocabulary "
+                            "and casing (those `bertdesk pretraining-data` was given); leave "
+                            "--vocab and --cased out, or give --corpus")
 
 
 # === Data ===

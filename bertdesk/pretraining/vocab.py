@@ -54,20 +54,20 @@ def vocabulary_tokenizer(path, cased=False):
     bert-base-uncased holds, is none.)"""
     import warnings
 
-    from bertdesk.tokenizer import BertTokenizer
+    from bertdesk.tokenizer import CASED_SHARE, BertTokenizer, capital_pieces
 
     path = Path(path)
     if path.is_dir():
         return BertTokenizer.from_pretrained(path)
     tokenizer = BertTokenizer(path, lowercase=not cased)
+    upper, total = capital_pieces(tokenizer.vocabulary)
     pieces = [p for p in tokenizer.vocabulary if not (p.startswith("[") and p.endswith("]"))]
-    upper = sum(any(c != c.lower() for c in p) for p in pieces)
     lower = sum(any(c != c.upper() for c in p) for p in pieces)
-    if not cased and upper > 0.01 * len(pieces):
-        raise DataError(f"{path}: {upper:,} of its {len(pieces):,} pieces have capital letters, "
+    if not cased and upper > CASED_SHARE * total:
+        raise DataError(f"{path}: {upper:,} of its {total:,} pieces have capital letters, "
                         "so it is a cased vocabulary, read lower-cased here (those pieces would "
                         "never be used): add --cased")
-    if cased and upper == 0 and lower > 0.01 * len(pieces):
+    if cased and upper == 0 and lower > CASED_SHARE * total:
         warnings.warn(f"{path}: no piece has a capital letter: if it is an uncased vocabulary, "
                       "--cased makes every capitalised word [UNK]", stacklevel=2)
     return tokenizer
