@@ -815,7 +815,8 @@ def main(argv=None):
         print(f"bertdesk {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback of wherever it landed
-        resumable = args.command in ("finetune", "pretrain") and getattr(args, "output", None)
+        output = getattr(args, "output", None) if args.command in ("finetune", "pretrain") else None
+        resumable = output and os.path.isfile(os.path.join(output, "checkpoint", "state.json"))
         print(f"bertdesk {args.command}: interrupted"
               + (f"; --resume continues the run in {args.output} from its last checkpoint"
                  if resumable else ""), file=sys.stderr)

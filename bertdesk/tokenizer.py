@@ -385,10 +385,12 @@ def _settings_from_folder(folder):
     """The tokenizer's settings (`lowercase`, `strip_accents`, and
     `tokenize_chinese_chars` where recorded) from a checkpoint folder's
     config files."""
+    configured = False  # a tokenizer config without a casing: transformers' default applies
     for name in ("tokenizer_config.json", "tokenizer.json", "bertdesk.json"):
         path = folder / name
         if not path.is_file():
             continue
+        configured = True
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -411,11 +413,14 @@ def _settings_from_folder(folder):
                     settings["tokenize_chinese_chars"] = data["tokenize_chinese_chars"]
                 return settings
     # Google's folders record casing only in their name (e.g. uncased_L-12_H-768_A-12);
-    # without a name that says, the vocabulary does: a lower-cased input never
-    # reaches its capitalised pieces, so a vocabulary that holds them is cased
+    # one with no config and no name that says is read by its vocabulary: a
+    # lower-cased input never reaches capitalised pieces, so one that holds them
+    # is cased. (A config without a casing: lower-cased, as transformers reads it.)
     name = folder.resolve().name.lower()
     if "cased" in name:
         return {"lowercase": "uncased" in name, "strip_accents": None}
+    if configured:
+        return {"lowercase": True, "strip_accents": None}
     return {"lowercase": not _vocabulary_is_cased(folder / "vocab.txt"), "strip_accents": None}
 
 

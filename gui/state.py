@@ -337,6 +337,8 @@ def _app_alive(pid):
     this process's own runs are never found running when it opens the file."""
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
         return False
+    if os.name == "nt":  # (os.kill(pid, 0) there sends a Ctrl-C, or fails in a GUI process)
+        return _windows_process_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -346,6 +348,22 @@ def _app_alive(pid):
     except OSError:
         return False
     return True
+
+
+def _windows_process_alive(pid):
+    """Whether a Windows process `pid` is still running (its exit code reads
+    STILL_ACTIVE)."""
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 class AppState:

@@ -77,6 +77,7 @@ def test_sentences_and_documents(tmp_path):
     assert split_sentences("我爱北京。你呢？好") == ["我爱北京。", "你呢？", "好"]
     # a run of full stops ends one sentence (each "！" was a sentence of its own)
     assert split_sentences("太好了！！！非常满意。。下次？！") == ["太好了！！！", "非常满意。。", "下次？！"]
+    assert split_sentences("他说：“好！”。下次") == ["他说：“好！”。", "下次"]
     path = tmp_path / "c.txt"
     path.write_bytes(b" = Title = \r\nOne. Two.\r\n\r\n\r\nThree.\r\n = Next = \r\nFour.\r\n")
     chunks = plan_chunks([path])

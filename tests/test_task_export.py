@@ -11,6 +11,7 @@ import pytest
 
 import bertdesk
 from bertdesk.cli import main as cli_main
+from bertdesk.data.ner import to_bio
 from bertdesk.io.errors import CheckpointError
 from bertdesk.predictor import Predictor
 from bertdesk.tasks.bert_question_answerer import BertQuestionAnswerer
@@ -261,8 +262,9 @@ def test_predict_reads_untagged_words_and_writes_every_labels_probability(tmp_pa
     assert rows["words"].tolist() == ["Ana moved to U.S.", "Dull ."]  # U.S. one word
     assert rows["line"].tolist() == [3, 8]
     expected = Predictor(load_model(ner))
+    # the model's tags as they are scored: IOB2 (an I- that opens an entity is its B-)
     assert [p.split() for p in rows["prediction"]] == [
-        [w["tag"] for w in sentence] for sentence in expected.tag(
+        to_bio([w["tag"] for w in sentence]) for sentence in expected.tag(
             [["Ana", "moved", "to", "U.S."], ["Dull", "."]], is_split_into_words=True)]
     words.write_text("Ana\nmoved NNP\n")
     assert cli_main(["predict", "--model", str(ner), "--data", str(words),

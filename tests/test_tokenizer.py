@@ -146,6 +146,9 @@ def test_from_pretrained_reads_casing(minilm_folder, tmp_path):
     assert BertTokenizer.from_pretrained(cased).lowercase is False
     assert BertTokenizer.from_pretrained(cased).encode("Paris")[1:-1] == [7]
     assert BertTokenizer.from_pretrained(uncased).lowercase is True
+    # a tokenizer config without a casing: lower-cased, as transformers reads it
+    (cased / "tokenizer_config.json").write_text('{"model_max_length": 512}')
+    assert BertTokenizer.from_pretrained(cased).lowercase is True
 
 
 def test_bad_inputs_have_clear_errors(tmp_path, vocab_file):

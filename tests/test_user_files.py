@@ -249,6 +249,10 @@ def test_an_interrupted_job_says_so_in_a_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cli, "_cmd_pretrain", interrupted)
     out = tmp_path / "run"
     assert cli_main(["pretrain", "--corpus", "x.txt", "--output", str(out)]) == 130
+    assert capsys.readouterr().err == "bertdesk pretrain: interrupted\n"  # nothing to resume
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "state.json").write_text("{}")
+    assert cli_main(["pretrain", "--corpus", "x.txt", "--output", str(out)]) == 130
     err = capsys.readouterr().err
     assert err == (f"bertdesk pretrain: interrupted; --resume continues the run in {out} from "
                    "its last checkpoint\n")

@@ -27,7 +27,7 @@ from bertdesk.data.tables import DataError
 # sentence: each mark had been a "sentence" of its own). Abbreviations ("Dr.
 # Watson") are split; give one sentence per line to control it exactly.
 _SENTENCE_END = re.compile(
-    r"[.!?][\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])|[。！？]+[”’」』）]*")
+    r"[.!?][\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])|[。！？]+(?:[”’」』）]+[。！？]*)*")
 
 
 def split_sentences(line):

@@ -178,20 +178,19 @@ class NerTask:
                 "labels": labels}
 
     def targets(self, data, head):
-        """{tag: class index}, after checking that the model knows every tag
-        of `data` (IOB2, as the readers give it); a model tagging in another
-        scheme (BIOES/BMES or IO, trained elsewhere: never trained on, only
-        scored, its predictions read as IOB2) must know each entity type."""
-        from bertdesk.data.ner import is_bio
-
+        """{tag: class index}, after checking that the model knows each
+        entity type of `data` (its tags IOB2, as the readers give them). By
+        type, not tag: a model trained elsewhere may tag in BIOES/BMES or IO,
+        or in IOB1 without some B-X (CoNLL-2003's own IOB1 training data has
+        no B-PER); its predictions are read as IOB2 (`scores`). A head this
+        package trains has both tags of every type it learnt."""
         labels = head["labels"]
         index = {label: i for i, label in enumerate(labels)}
-        bio = is_bio(labels)
         kinds = {label[2:] if label[:2] in ("B-", "I-", "M-", "E-", "S-") else label
                  for label in labels if label != "O"}
         for sentence, line in zip(data.tags, data.lines):
             for offset, tag in enumerate(sentence):
-                if tag not in index if bio else (tag != "O" and tag[2:] not in kinds):
+                if tag != "O" and tag[2:] not in kinds:
                     raise DataError(f"{data.source}: line {line + offset}: tag {tag!r} is not "
                                     f"one the model knows ({', '.join(labels)})")
         return index

@@ -374,13 +374,16 @@ class ExportPage(QWidget):
         # A run shown since has its own button and status (`show_run`): the
         # export's end leaves them alone (it enabled the button of a run with
         # no model, and wrote its status under the other run's name).
+        def shown():  # (the history may hand the same run back as another dict)
+            return bool(self.run) and self.run.get("id") == run.get("id")
+
         def done(folder):
-            if self.run is run:
+            if shown():
                 self.transformers_button.setEnabled(True)
                 self.status.setText(f"Saved {folder} (transformers task model)")
 
         def failed(error, _trace):
-            if self.run is run:
+            if shown():
                 self.transformers_button.setEnabled(True)
                 self.status.setStyleSheet("color: #c0392b;")
                 self.status.setText(str(error))
