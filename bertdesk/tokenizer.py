@@ -439,8 +439,8 @@ def capital_pieces(vocabulary):
     """(pieces with a capital letter, pieces) of a vocabulary, special tokens
     such as [CLS] aside. A capital is a letter whose lower case differs ("ℝ",
     which bert-base-uncased holds, is none): BERT's uncased English
-    vocabularies have none, lower-casing everything they were made from;
-    bert-base-cased has 28%."""
+    vocabularies have none (the bundled MiniLM's: 0 of 30,522), lower-casing
+    everything they were made from."""
     pieces = [p for p in vocabulary if p and not (p.startswith("[") and p.endswith("]"))]
     return sum(p != p.lower() for p in pieces), len(pieces)
 
